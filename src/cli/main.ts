@@ -1,0 +1,54 @@
+// The CLI entry. Parsing, exit codes and process.exit live only here and in src/cli/.
+// Exit codes: 0 ok, 1 failure, 2 usage error. Errors print one line (no stack unless DEBUG is set).
+import { Command, CommanderError } from 'commander';
+import { DockvmError } from '../errors.js';
+import { registerCommands } from './commands.js';
+import { VERSION } from '../version.js';
+
+export function createProgram(): Command {
+  const program = new Command('dockvm')
+    .description(
+      'Build container image layers that need root, on hosts that give you none: a throwaway QEMU\n' +
+        'microVM over an image\'s layers. IMAGE is read like skopeo reads it: PATH (docker-archive .tar or\n' +
+        '.tar.gz), docker-archive:PATH[:NAME:TAG], oci:DIR[:REF], oci-archive:PATH[:REF], docker://REF.',
+    )
+    .version(VERSION)
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride();
+  registerCommands(program);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = createProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    process.exitCode = exitCodeFor(err);
+    if (!(err instanceof CommanderError)) reportError(err);
+  }
+}
+
+function exitCodeFor(err: unknown): number {
+  if (err instanceof CommanderError) {
+    // --help and --version end with exit code 0; every other commander error is a usage error.
+    return err.exitCode === 0 ? 0 : 2;
+  }
+  if (err instanceof DockvmError) return err.exitCode;
+  return 1;
+}
+
+function reportError(err: unknown): void {
+  if (process.env.DEBUG) {
+    console.error(err);
+    return;
+  }
+  const message = err instanceof Error ? err.message : String(err);
+  process.stderr.write(`dockvm: ${message}\n`);
+  if (err instanceof DockvmError && 'problems' in err && Array.isArray(err.problems)) {
+    for (const problem of err.problems) process.stderr.write(`  - ${problem}\n`);
+  }
+  if (!(err instanceof DockvmError)) {
+    process.stderr.write('(an unexpected error: run with DEBUG=1 for the stack trace)\n');
+  }
+}

@@ -1,0 +1,28 @@
+// The image model: small interfaces in the style of go-containerregistry. Transports produce and
+// consume these; operations return new images and never edit their input. Layers are lazy and
+// re-openable: each open() starts a fresh stream, verified against its digest while it flows.
+import type { Readable } from 'node:stream';
+import type { Digest } from './digest.js';
+import type { ImageConfig } from './config.js';
+
+export interface Layer {
+  /** sha256 of the uncompressed tar (the config's rootfs.diff_ids entry) */
+  readonly diffId: Digest;
+  /** the blob as stored or to be pushed: its media type, digest and size (may hash the blob once, then cached) */
+  blob(): Promise<{ mediaType: string; digest: Digest; size: number }>;
+  /** the stored blob's bytes (compressed or not), verified against blob().digest */
+  openBlob(): Promise<Readable>;
+  /** the uncompressed tar, verified against diffId */
+  openTar(): Promise<Readable>;
+}
+
+export interface Image {
+  /** the config exactly as stored: its sha256 is the image ID / config digest */
+  readonly rawConfig: Buffer;
+  readonly config: ImageConfig;
+  readonly configDigest: Digest;
+  /** bottom layer first */
+  readonly layers: readonly Layer[];
+  /** "name:tag" references this image is known by (docker-archive RepoTags, OCI ref names) */
+  readonly repoTags: readonly string[];
+}

@@ -1,0 +1,8 @@
+// dockvm's library API: the same operations the CLI runs, as typed ESM exports.
+export * from './errors.js';
+export * from './image/digest.js';
+export * from './image/media-types.js';
+export type * from './image/config.js';
+export type * from './image/descriptor.js';
+export type * from './image/image.js';
+export * from './layer/tar.js';

@@ -1,0 +1,6 @@
+// dockvm's version, as package.json says.
+import { readFileSync } from 'node:fs';
+
+const packageJson = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+
+export const VERSION: string = packageJson.version;
