@@ -14,6 +14,11 @@ export interface Layer {
   openBlob(): Promise<Readable>;
   /** the uncompressed tar, verified against diffId */
   openTar(): Promise<Readable>;
+  /**
+   * Where the uncompressed tar lies inside a local file, when it does (an uncompressed layer in a plain
+   * archive or layout), so that readers can seek to entries; undefined otherwise.
+   */
+  localTar?(): Promise<{ path: string; offset: number; size: number } | undefined>;
 }
 
 export interface Image {
