@@ -1,0 +1,103 @@
+import test from 'ava';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { checkSpec, hostArchitecture, loadSpec, resolveImagePath } from '../../src/spec/load.js';
+import { SpecError } from '../../src/errors.js';
+
+function problemsOf(input: unknown): string[] {
+  try {
+    checkSpec(input, '/specs/spec.json');
+  } catch (err) {
+    if (err instanceof SpecError) return [...err.problems];
+    throw err;
+  }
+  return [];
+}
+
+test('a minimal spec gets nixpkgs defaults and paths relative to the spec file', (t) => {
+  const spec = checkSpec({ name: 'registry.example.com:5000/my/image', fromImage: 'base.tar', copyToRoot: 'root' }, '/specs/spec.json');
+  t.is(spec.tag, null);
+  t.is(spec.fromImage, '/specs/base.tar');
+  t.deepEqual(spec.copyToRoot, ['/specs/root']);
+  t.is(spec.diskSize, 1024);
+  t.is(spec.buildVMMemorySize, 512);
+  t.is(spec.created, '1970-01-01T00:00:01Z');
+  t.is(spec.uid, 0);
+  t.is(spec.keepContentsDirlinks, false);
+  t.is(spec.extraCommands, '');
+  t.is(spec.network, false);
+  t.is(spec.architecture, hostArchitecture());
+  t.is(spec.output, '/specs/image.tar.gz');
+  t.deepEqual(spec.warnings, []);
+});
+
+test('contents alone works, with a deprecation warning', (t) => {
+  const spec = checkSpec({ name: 'a', contents: ['x', 'y.tar'] }, '/specs/spec.json');
+  t.deepEqual(spec.copyToRoot, ['/specs/x', '/specs/y.tar']);
+  t.regex(spec.warnings.join(), /contents is deprecated/);
+});
+
+test('a spec with every kind of mistake gets all of its errors, each naming its field', (t) => {
+  const problems = problemsOf({
+    name: 'My/Image',
+    tag: '-bad',
+    nmae: 'typo',
+    copyToRoot: 'a',
+    contents: 'b',
+    fromImage: 'base.tar',
+    fromImageName: 'only-name',
+    diskSize: -5,
+    buildVMMemorySize: 'lots',
+    created: 'yesterday',
+    architecture: 'x86',
+    uid: 1.5,
+    env: { 'BAD-NAME': 'x', OK: 3 },
+    config: { Cmd: 'not a list', Env: ['NOEQUALS'] },
+    output: 'out.zip',
+    network: 'yes',
+  });
+  const expectFor = (field: string, pattern: RegExp) =>
+    t.true(
+      problems.some((p) => p.startsWith(`${field}:`) && pattern.test(p)),
+      `${field} ${pattern} in:\n${problems.join('\n')}`,
+    );
+  expectFor('name', /lowercase/);
+  expectFor('tag', /not a valid tag/);
+  expectFor('nmae', /unknown field/);
+  expectFor('contents', /set only copyToRoot/);
+  expectFor('fromImageTag', /set both or neither/);
+  expectFor('diskSize', /0/);
+  expectFor('buildVMMemorySize', /number/);
+  expectFor('created', /ISO-8601/);
+  expectFor('architecture', /amd64/);
+  expectFor('uid', /int/);
+  expectFor('env.BAD-NAME', /variable name/);
+  expectFor('env.OK', /string/);
+  expectFor('config.Cmd', /array/);
+  expectFor('config.Env.0', /NAME=value/);
+  expectFor('output', /\.tar/);
+  expectFor('network', /boolean/);
+});
+
+test('name is required; a non-object is refused', (t) => {
+  t.true(problemsOf({}).some((p) => p.startsWith('name: required')));
+  t.deepEqual(problemsOf([1]), ['the spec must be a JSON object']);
+});
+
+test('loadSpec names the file when it is missing or not JSON', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'dockvm-spec-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const bad = join(dir, 'bad.json');
+  writeFileSync(bad, '{ "name": ');
+  const err = await t.throwsAsync(loadSpec(bad), { instanceOf: SpecError });
+  t.regex(err!.message, /bad\.json is not valid JSON/);
+  await t.throwsAsync(loadSpec(join(dir, 'missing.json')), { instanceOf: SpecError, message: /cannot read spec .*missing\.json: ENOENT/ });
+});
+
+test('image references keep their transport while their path becomes absolute', (t) => {
+  t.is(resolveImagePath('oci:layout:v1', '/s'), 'oci:/s/layout:v1');
+  t.is(resolveImagePath('docker-archive:a.tar:x/y:1', '/s'), 'docker-archive:/s/a.tar:x/y:1');
+  t.is(resolveImagePath('docker://localhost:5000/a:b', '/s'), 'docker://localhost:5000/a:b');
+  t.is(resolveImagePath('/abs/base.tar.gz', '/s'), '/abs/base.tar.gz');
+});
