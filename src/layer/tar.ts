@@ -283,7 +283,8 @@ export class TarWriter {
 /** The header blocks for one entry: an optional PAX extended header, then the ustar header. */
 export function encodeHeader(entry: TarEntry): Buffer[] {
   const pax: [string, Buffer][] = [];
-  const name = Buffer.from(entry.type === 'directory' && entry.path !== '' ? `${entry.path}/` : entry.path, 'latin1');
+  // Directories end in "/" as ustar writers do; the root ("") is written as "./".
+  const name = Buffer.from(entry.path === '' ? './' : entry.type === 'directory' ? `${entry.path}/` : entry.path, 'latin1');
   const link = Buffer.from(entry.linkname ?? '', 'latin1');
   const split = splitUstarName(name);
   if (!split) pax.push(['path', name]);
