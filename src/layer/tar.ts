@@ -11,7 +11,7 @@
 // `_encode`) are internal; test/layer/tar.test.ts fails if they stop being called.
 import { Readable } from 'node:stream';
 import * as tarStream from 'tar-stream';
-import { UnsafeTarEntryError, TarFormatError } from '../errors.js';
+import { DockvmError, UnsafeTarEntryError, TarFormatError } from '../errors.js';
 
 export type EntryType = 'file' | 'link' | 'symlink' | 'directory' | 'block-device' | 'character-device' | 'fifo';
 
@@ -76,7 +76,8 @@ export async function* readTar(input: Readable, options: ReadTarOptions): AsyncG
       yield { entry, body: body as unknown as Readable };
     }
   } catch (err) {
-    if (err instanceof UnsafeTarEntryError || err instanceof TarFormatError) throw err;
+    // Our own errors (also those of the input stream: a digest mismatch, an unreadable source) pass through.
+    if (err instanceof DockvmError) throw err;
     const message = err instanceof Error ? err.message : String(err);
     const where = last ? ` after entry ${printable(last)}` : '';
     throw new TarFormatError(`${options.source}: not a valid tar${where}: ${message} (truncated or corrupt?)`, {
