@@ -47,6 +47,8 @@ export interface ReadTarOptions {
 
 export interface TarItem {
   entry: TarEntry;
+  /** where the entry's content starts in the tar stream (bytes from its start), for reading it again by offset */
+  dataOffset: number;
   /** the entry's content; it is drained automatically if not read before the next item */
   body: Readable;
 }
@@ -73,7 +75,9 @@ export async function* readTar(input: Readable, options: ReadTarOptions): AsyncG
     for await (const body of extract) {
       const entry = toEntry(body.header, options);
       last = entry.path;
-      yield { entry, body: body as unknown as Readable };
+      // tar-stream's offset is that of the entry's own header block; its content follows that block.
+      const dataOffset = (body as unknown as { offset: number }).offset + BLOCK;
+      yield { entry, dataOffset, body: body as unknown as Readable };
     }
   } catch (err) {
     // Our own errors (also those of the input stream: a digest mismatch, an unreadable source) pass through.

@@ -44,6 +44,13 @@ test('entries round-trip byte for byte, read in odd-sized chunks', async (t) => 
   }
 });
 
+test('dataOffset points at each entry\'s content in the tar', async (t) => {
+  const tar = await writeAll(entries);
+  for await (const { entry, dataOffset, body } of readTar(oddChunks(tar), { source: 'test.tar' })) {
+    t.deepEqual(tar.subarray(dataOffset, dataOffset + entry.size), await collect(body), entry.path);
+  }
+});
+
 test('the same entries give the same bytes', async (t) => {
   t.deepEqual(await writeAll(entries), await writeAll(entries));
 });
