@@ -1,0 +1,148 @@
+# dockvm's guest side of run-as-root and export-in-VM. The host runs it with the agent's exec, one step
+# at a time, as: sh -c "$(cat guest.sh)" dockvm-guest STEP [ARGS…], with parameters in DOCKVM_* variables.
+# Disks are found by the serial the host gave them, never by /dev/vdX order (microvm's virtio-mmio
+# probes devices in reverse).
+#
+#   mount   lowers (squashfs, top first) + ext4 scratch → overlay at /build/root; unpack copyToRoot
+#   run     the runAsRoot script, chrooted in fresh mount/pid/uts/ipc namespaces, /proc /dev /sys mounted
+#   extra   unmount the overlay; extraCommands in the upper directory (the new layer's root)
+#   pack    the upper directory as a tar written straight onto the output disk; prints its size
+#   merged  (export) the merged view of the lowers as a tar onto the output disk
+set -eu
+
+B=/build
+R=$B/root
+GNU_TAR=${DOCKVM_GNU_TAR:-/usr/lib/dockvm/tar}
+# The xattrs of a layer include trusted.overlay.* (whiteout bookkeeping the host converts) and
+# security.capability (setcap); GNU tar stores only user.* unless told.
+TAR_XATTRS="--xattrs --xattrs-include=*"
+
+die() { echo "dockvm-guest: $*" >&2; exit 70; }
+
+disk() {
+  for d in /sys/block/vd*; do
+    if [ "$(cat "$d/serial" 2>/dev/null)" = "$1" ]; then echo "/dev/${d##*/}"; return 0; fi
+  done
+  die "no disk with serial $1"
+}
+
+step_mount() {
+  mkdir -p $R $B/scratch
+  lowerdirs=""
+  i=0
+  for serial in ${DOCKVM_LOWERS:-}; do
+    mkdir -p $B/lower/$i
+    mount -t squashfs -o ro "$(disk "$serial")" $B/lower/$i
+    lowerdirs="${lowerdirs:+$lowerdirs:}$B/lower/$i"
+    i=$((i + 1))
+  done
+  # overlayfs needs a lower; FROM scratch gets an empty one.
+  [ -n "$lowerdirs" ] || { mkdir -p $B/empty; lowerdirs=$B/empty; }
+  [ -n "${DOCKVM_SCRATCH:-}" ] || { mount -t overlay overlay -o "lowerdir=$lowerdirs" $R; return 0; }
+  mount -t ext4 -o noatime "$(disk "$DOCKVM_SCRATCH")" $B/scratch
+  mkdir -p $B/scratch/upper $B/scratch/work
+  # Off: redirect_dir and metacopy (their xattrs have no OCI form), index and xino (not needed for a
+  # throwaway mount). A renamed lower directory is then copied up whole, which OCI can express.
+  mount -t overlay overlay \
+    -o "lowerdir=$lowerdirs,upperdir=$B/scratch/upper,workdir=$B/scratch/work,redirect_dir=off,index=off,metacopy=off,xino=off" $R
+  if [ -n "${DOCKVM_COPY:-}" ]; then
+    keep=""
+    [ "${DOCKVM_KEEP_DIRLINKS:-0}" = 1 ] && keep=--keep-directory-symlink
+    # shellcheck disable=SC2086
+    "$GNU_TAR" -C $R $TAR_XATTRS --same-owner --numeric-owner --same-permissions $keep -xf "$(disk "$DOCKVM_COPY")"
+  fi
+}
+
+# Mount points this run creates and the base lacks are removed afterwards: they must leave no trace.
+make_mount_point() {
+  if [ ! -e "$R/$1" ] && [ ! -L "$R/$1" ]; then
+    mkdir "$R/$1"
+    echo "$1" >> $B/created
+  fi
+}
+
+step_run() {
+  : > $B/created
+  for d in proc sys dev; do make_mount_point $d; done
+  shell=/bin/sh
+  extra_path=""
+  if ! chroot $R /bin/sh -c true 2>/dev/null; then
+    # No usable shell in the image (FROM scratch): a bundled busybox, mounted from outside the layer.
+    make_mount_point .dockvm
+    mkdir -p /run/dockvm-shell
+    [ -e /run/dockvm-shell/sh ] || { cp /bin/busybox /run/dockvm-shell/busybox; /run/dockvm-shell/busybox --install -s /run/dockvm-shell; }
+    shell=/.dockvm/sh
+    extra_path=:/.dockvm
+  fi
+  set +e
+  # The script's environment comes as arguments (NAME=VALUE…); PATH gets the bundled shell's applets
+  # when the image has no shell of its own.
+  DOCKVM_EXTRA_PATH=$extra_path DOCKVM_SHELL=$shell unshare --mount --uts --ipc --pid --fork --propagation private \
+    /bin/sh -c '
+      set -e
+      R=$1; shift
+      mount -t proc proc "$R/proc"
+      mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys"
+      mount -t tmpfs -o mode=755,nosuid,size=65536k dev "$R/dev"
+      for n in null:1:3 zero:1:5 full:1:7 random:1:8 urandom:1:9 tty:5:0; do
+        mknod -m 666 "$R/dev/${n%%:*}" c "$(echo "$n" | cut -d: -f2)" "${n##*:}"
+      done
+      mkdir "$R/dev/pts" "$R/dev/shm"
+      mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts "$R/dev/pts"
+      ln -s pts/ptmx "$R/dev/ptmx"
+      ln -s /proc/self/fd "$R/dev/fd"
+      ln -s /proc/self/fd/0 "$R/dev/stdin"; ln -s /proc/self/fd/1 "$R/dev/stdout"; ln -s /proc/self/fd/2 "$R/dev/stderr"
+      mount -t tmpfs -o mode=1777,nosuid,nodev shm "$R/dev/shm"
+      [ "$DOCKVM_SHELL" = /bin/sh ] || mount --bind /run/dockvm-shell "$R/.dockvm"
+      hostname dockvm
+      n=$#
+      while [ "$n" -gt 0 ]; do
+        a=$1; shift; n=$((n - 1))
+        case "$a" in PATH=*) a="$a$DOCKVM_EXTRA_PATH" ;; esac
+        set -- "$@" "$a"
+      done
+      # env -i first (the image may have no env of its own); busybox chroot also changes to "/".
+      exec env -i "$@" /bin/busybox chroot "$R" "$DOCKVM_SHELL" -e -c "$DOCKVM_SCRIPT"
+    ' dockvm-ns "$R" "$@"
+  status=$?
+  set -e
+  # The namespace died with the script, and its mounts with it; now remove the mount points.
+  sort -r $B/created | while read -r d; do rmdir "$R/$d" 2>/dev/null || true; done
+  return $status
+}
+
+step_extra() {
+  umount $R
+  cd $B/scratch/upper
+  sh -e -c "$DOCKVM_EXTRA"
+}
+
+pack() {
+  out=$(disk "$DOCKVM_OUT")
+  # --totals prints the archive's size; the host reads exactly that many bytes of the output disk.
+  "$GNU_TAR" -C "$1" $TAR_XATTRS --numeric-owner --format=posix --pax-option=delete=atime,delete=ctime \
+    --totals -cf "$out" . 2> $B/tar.err || { cat $B/tar.err >&2; exit 71; }
+  bytes=$(sed -n 's/^Total bytes written: \([0-9]*\).*/\1/p' $B/tar.err)
+  echo "dockvm-tar-bytes=$bytes"
+}
+
+step_pack() {
+  if grep -q " $R " /proc/mounts; then umount $R; fi
+  echo "dockvm-upper-kib=$(du -sk $B/scratch/upper | cut -f1)"
+  pack $B/scratch/upper
+}
+
+step_merged() {
+  pack $R
+}
+
+step=$1
+shift
+case "$step" in
+  mount) step_mount ;;
+  run) step_run "$@" ;;
+  extra) step_extra ;;
+  pack) step_pack ;;
+  merged) step_merged ;;
+  *) die "unknown step $step" ;;
+esac
