@@ -1,0 +1,149 @@
+// Writing docker-archives that `docker load`, `podman load` and skopeo read, byte-identical for the same
+// images: manifest.json, repositories, one `<config-hex>.json` per image and one uncompressed
+// `<diffid-hex>.tar` per distinct layer, in that order; every entry mtime 0, mode 0644, owner 0:0.
+import { createReadStream, createWriteStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGzip } from 'node:zlib';
+import { dir as tempDir, type DirectoryResult } from 'tmp-promise';
+import { writeOutput } from '../cli/io.js';
+import { DockvmError, ImageReferenceError } from '../errors.js';
+import { hex, type Digest } from '../image/digest.js';
+import type { Image, Layer } from '../image/image.js';
+import { layerCompression } from '../image/media-types.js';
+import { isRepoTag, splitNameTag } from '../image/reference.js';
+import { TarWriter } from '../layer/tar.js';
+import { checkTarEntries } from './entry-check.js';
+import { chain, describeFailure } from './streams.js';
+
+export interface ArchiveImage {
+  image: Image;
+  /** "name:tag" references to load it as */
+  tags: readonly string[];
+  /** names where the image came from in messages (an input archive) */
+  source?: string;
+}
+
+export interface WriteDockerArchiveOptions {
+  /** gzip the archive (deterministic: fixed level, no timestamp or name) */
+  gzip?: boolean;
+  /** parse every layer as untrusted input while copying it (no "..", no absolute paths) */
+  checkEntries?: boolean;
+}
+
+/** zlib's default level, fixed here so that output does not change with Node's defaults. */
+export const GZIP_LEVEL = 6;
+
+interface PlannedImage {
+  image: Image;
+  tags: string[];
+  source?: string | undefined;
+}
+
+/** Write a docker-archive to `path` atomically (nothing is left on failure), or to stdout when path is "-". */
+export async function writeDockerArchive(images: readonly ArchiveImage[], path: string, options: WriteDockerArchiveOptions = {}): Promise<void> {
+  const planned = plan(images);
+  const layers = distinctLayers(planned);
+  const layerSource = new Map<Digest, string>();
+  for (const { image, source } of planned) for (const layer of image.layers) if (source && !layerSource.has(layer.diffId)) layerSource.set(layer.diffId, source);
+  const manifest = planned.map(({ image, tags }) => ({
+    Config: `${hex(image.configDigest)}.json`,
+    RepoTags: tags,
+    Layers: image.layers.map((layer) => `${hex(layer.diffId)}.tar`),
+  }));
+  const files: [string, Buffer][] = [
+    ['manifest.json', Buffer.from(JSON.stringify(manifest))],
+    ['repositories', Buffer.from(JSON.stringify(repositories(planned)))],
+    ...planned.map(({ image }): [string, Buffer] => [`${hex(image.configDigest)}.json`, image.rawConfig]),
+  ];
+  let spool: DirectoryResult | undefined;
+  const spoolDir = async () => (spool ??= await tempDir({ prefix: 'dockvm-spool-', unsafeCleanup: true })).path;
+  try {
+    await writeOutput(path, () => {
+      const writer = new TarWriter();
+      const produce = async () => {
+        for (const [name, data] of files) await writer.add(fileEntry(name, data.length), data);
+        for (const layer of layers) {
+          const { size, open } = await sizedTar(layer, spoolDir);
+          const name = `${hex(layer.diffId)}.tar`;
+          const body = options.checkEntries ? checkTarEntries(await open(), `${layerSource.get(layer.diffId) ?? 'image'}: layer ${layer.diffId}`) : await open();
+          await writer.add(fileEntry(name, size), body);
+        }
+      };
+      produce().then(
+        () => writer.finish(),
+        (err: unknown) => writer.destroy(err instanceof Error ? err : new Error(String(err))),
+      );
+      if (!options.gzip) return writer.stream;
+      return chain(writer.stream, [createGzip({ level: GZIP_LEVEL })], describeFailure(path));
+    });
+  } catch (err) {
+    if (err instanceof DockvmError) throw err;
+    throw new DockvmError(`${path}: cannot write the archive: ${(err as Error).message}`, { source: path, cause: err });
+  } finally {
+    await spool?.cleanup();
+  }
+}
+
+/** One entry per distinct config (tags of the same image merged); every tag well-formed and naming one image. */
+function plan(images: readonly ArchiveImage[]): PlannedImage[] {
+  const byConfig = new Map<Digest, PlannedImage>();
+  const owner = new Map<string, Digest>();
+  for (const { image, tags, source } of images) {
+    const entry = byConfig.get(image.configDigest) ?? { image, tags: [], source };
+    byConfig.set(image.configDigest, entry);
+    for (const tag of tags) {
+      if (!isRepoTag(tag)) throw new ImageReferenceError(`"${tag}" is not a valid image name:tag to store in an archive`, { source: tag });
+      const previous = owner.get(tag);
+      if (previous !== undefined && previous !== image.configDigest) {
+        throw new ImageReferenceError(`tag ${tag} is given to two different images (${previous} and ${image.configDigest}); an archive can load only one`, {
+          source: tag,
+        });
+      }
+      owner.set(tag, image.configDigest);
+      if (!entry.tags.includes(tag)) entry.tags.push(tag);
+    }
+  }
+  return [...byConfig.values()];
+}
+
+function distinctLayers(images: PlannedImage[]): Layer[] {
+  const seen = new Map<Digest, Layer>();
+  for (const { image } of images) for (const layer of image.layers) if (!seen.has(layer.diffId)) seen.set(layer.diffId, layer);
+  return [...seen.values()];
+}
+
+/** The legacy `repositories` file: name → tag → top layer ID (here: the top layer's diff_id hex, its file's name). */
+function repositories(images: PlannedImage[]): Record<string, Record<string, string>> {
+  const result: Record<string, Record<string, string>> = {};
+  for (const { image, tags } of images) {
+    const top = image.layers[image.layers.length - 1];
+    if (!top) continue;
+    for (const tag of tags) {
+      const { name, tag: tagPart } = splitNameTag(tag, tag);
+      (result[name] ??= {})[tagPart!] = hex(top.diffId);
+    }
+  }
+  return result;
+}
+
+function fileEntry(path: string, size: number) {
+  return { path, type: 'file' as const, mode: 0o644, uid: 0, gid: 0, size, mtime: 0 };
+}
+
+/**
+ * The uncompressed tar's size (a tar header needs it before the content) and a way to stream it. A
+ * compressed layer is decompressed once into the spool directory; an uncompressed one is read in place.
+ */
+async function sizedTar(layer: Layer, spoolDir: () => Promise<string>): Promise<{ size: number; open: () => Promise<Readable> }> {
+  const local = await layer.localTar?.();
+  if (local) return { size: local.size, open: () => layer.openTar() };
+  const blob = await layer.blob();
+  if (layerCompression(blob.mediaType) === 'none') return { size: blob.size, open: () => layer.openTar() };
+  const path = join(await spoolDir(), `${hex(layer.diffId)}.tar`);
+  await pipeline(await layer.openTar(), createWriteStream(path));
+  const { size } = await stat(path);
+  return { size, open: async () => createReadStream(path) };
+}
