@@ -1,0 +1,45 @@
+import test from 'ava';
+import { mergeEnv, newImageConfig, resolveCreated, scriptEnvironment } from '../../src/build/config.js';
+import { sha256 } from '../../src/image/digest.js';
+
+test('Env merges to one entry per name, the later value winning', (t) => {
+  t.deepEqual(mergeEnv(['PATH=/bin', 'A=1', 'B=2'], ['A=3', 'C=4', 'A=5']), ['PATH=/bin', 'A=5', 'B=2', 'C=4']);
+});
+
+test('the script gets the image Env, then the spec env, PATH defaulted, HOME=/root', (t) => {
+  t.deepEqual(scriptEnvironment(['LANG=C.UTF-8'], { DEBIAN_FRONTEND: 'noninteractive' }), [
+    'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+    'HOME=/root',
+    'LANG=C.UTF-8',
+    'DEBIAN_FRONTEND=noninteractive',
+  ]);
+  t.deepEqual(scriptEnvironment(['PATH=/opt/bin'], {})[0], 'PATH=/opt/bin');
+});
+
+test('the new config carries the base over, merges, and names the new layer', (t) => {
+  const base = sha256('base');
+  const layer = sha256('layer');
+  const config = newImageConfig({
+    base: {
+      architecture: 'amd64',
+      os: 'linux',
+      created: '2020-01-01T00:00:00Z',
+      config: { Env: ['PATH=/bin', 'A=1'], Cmd: ['bash'], Labels: { a: '1' } },
+      rootfs: { type: 'layers', diff_ids: [base] },
+    },
+    config: { Env: ['A=2'], Cmd: ['/app'], Labels: { b: '2' } },
+    architecture: 'amd64',
+    created: '1970-01-01T00:00:01Z',
+    diffId: layer,
+    createdBy: 'dockvm run-as-root',
+  });
+  t.deepEqual(config.config, { Env: ['PATH=/bin', 'A=2'], Cmd: ['/app'], Labels: { a: '1', b: '2' } });
+  t.deepEqual(config.rootfs.diff_ids, [base, layer]);
+  t.deepEqual(config.history, [{ created: '2020-01-01T00:00:00Z' }, { created: '1970-01-01T00:00:01Z', created_by: 'dockvm run-as-root' }]);
+});
+
+test('created: an ISO time is kept, "now" is the current time', (t) => {
+  t.is(resolveCreated('1970-01-01T00:00:01Z'), '1970-01-01T00:00:01Z');
+  const now = Date.parse(resolveCreated('now'));
+  t.true(Math.abs(now - Date.now()) < 5000);
+});
