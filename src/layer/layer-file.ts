@@ -1,0 +1,71 @@
+// An untrusted tar (the guest's upperdir, a copyToRoot tar) turned into a normalised layer file: read
+// with strict paths, converted entry by entry (whiteouts into OCI form), checked so that nothing lies
+// under a non-directory, sorted and written reproducibly, its diff_id computed while it is written.
+import { createReadStream, createWriteStream } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
+import { UnsafeTarEntryError } from '../errors.js';
+import { DigestingStream, type Digest } from '../image/digest.js';
+import { normalizeEntries, writeEntries, type LayerEntry } from './normalize.js';
+import { printable, readTar, TarWriter, type TarEntry } from './tar.js';
+
+export interface LayerFileOptions {
+  /** names the input in errors ("guest output", "copyToRoot") */
+  source: string;
+  /** bytes of the input tar to read (the rest of a disk image is not part of it) */
+  size?: number;
+  /** entry → the entries it becomes (default: itself) */
+  convert?: (entry: TarEntry) => TarEntry[];
+  clampMtime?: number;
+}
+
+export interface LayerFile {
+  path: string;
+  diffId: Digest;
+  size: number;
+  /** how many entries the layer holds */
+  entries: number;
+}
+
+export async function writeLayerFile(input: string, output: string, options: LayerFileOptions): Promise<LayerFile> {
+  const convert = options.convert ?? ((entry: TarEntry) => [entry]);
+  const stream = createReadStream(input, options.size === undefined ? {} : { end: options.size - 1 });
+  const collected = new Map<string, LayerEntry>();
+  for await (const { entry, dataOffset, body } of readTar(stream, { source: options.source })) {
+    body.resume();
+    if (entry.path === '') continue; // the root's own metadata is the base's business
+    for (const converted of convert(entry)) {
+      const location = converted.type === 'file' && converted.size > 0 ? { file: input, offset: dataOffset } : undefined;
+      collected.set(converted.path, location ? { entry: converted, body: location } : { entry: converted });
+    }
+  }
+  checkNoEntryUnderNonDirectory(collected, options.source);
+  const entries = normalizeEntries([...collected.values()], { source: options.source, ...(options.clampMtime === undefined ? {} : { clampMtime: options.clampMtime }) });
+  const writer = new TarWriter();
+  const digest = new DigestingStream();
+  const writing = pipeline(writer.stream, digest, createWriteStream(output));
+  try {
+    await writeEntries(entries, writer);
+    writer.finish();
+  } catch (err) {
+    writer.destroy(err as Error);
+    await writing.catch(() => undefined);
+    throw err;
+  }
+  await writing;
+  return { path: output, diffId: digest.digest, size: digest.size, entries: entries.length };
+}
+
+/** A layer where "a" is a symlink or file and "a/b" exists would make extractors write through "a". */
+function checkNoEntryUnderNonDirectory(entries: ReadonlyMap<string, LayerEntry>, source: string): void {
+  for (const path of entries.keys()) {
+    for (let slash = path.indexOf('/'); slash >= 0; slash = path.indexOf('/', slash + 1)) {
+      const parent = entries.get(path.slice(0, slash));
+      if (parent && parent.entry.type !== 'directory') {
+        throw new UnsafeTarEntryError(
+          `${source}: entry ${printable(path)} lies under ${printable(parent.entry.path)}, which is a ${parent.entry.type}, not a directory`,
+          { source, entry: path },
+        );
+      }
+    }
+  }
+}
