@@ -2,10 +2,11 @@
 import type { Command } from 'commander';
 import { registerInspect } from './inspect.js';
 import { registerMerge } from './merge.js';
+import { registerRunAsRoot } from './run-as-root.js';
 
 type Register = (program: Command) => void;
 
-const commands: Register[] = [registerInspect, registerMerge];
+const commands: Register[] = [registerRunAsRoot, registerInspect, registerMerge];
 
 export function registerCommands(program: Command): void {
   for (const register of commands) register(program);

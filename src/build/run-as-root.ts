@@ -1,0 +1,83 @@
+// run-as-root: nixpkgs buildImage with runAsRoot. Base image + copyToRoot + the script run as root in a
+// throwaway VM + extraCommands → one new reproducible layer on top of the base → an image archive.
+// (DESIGN.md "Data flow of run-as-root".)
+import { hex, sha256 } from '../image/digest.js';
+import { FileLayer } from '../image/file-layer.js';
+import type { Image } from '../image/image.js';
+import { openImage, writeImage, type OpenedImage } from '../transport/index.js';
+import { withTempDir } from '../cleanup.js';
+import type { BuildSpec } from '../spec/load.js';
+import { newImageConfig, resolveCreated } from './config.js';
+import { buildLayerOnHost } from './host-layer.js';
+import { buildLayerInVm, type VmBuildOptions } from './vm-layer.js';
+
+export interface RunAsRootOptions extends VmBuildOptions {
+  /** overrides the spec's `output` */
+  output?: string;
+}
+
+export interface RunAsRootResult {
+  imageName: string;
+  imageTag: string;
+  output: string;
+  configDigest: string;
+  layers: { digest: string; diffId: string; size: number }[];
+  /** whether a VM was booted (only when the spec has runAsRoot) */
+  bootedVm: boolean;
+}
+
+export async function runAsRoot(spec: BuildSpec, options: RunAsRootOptions = {}): Promise<RunAsRootResult> {
+  const base = spec.fromImage ? await openBase(spec) : undefined;
+  try {
+    return await withTempDir('build', async (tmp) => {
+      const created = resolveCreated(spec.created);
+      const clampMtime = sourceDateEpoch() ?? Math.floor(Date.parse(created) / 1000);
+      const layerFile = spec.runAsRoot
+        ? await buildLayerInVm(spec, base, tmp, clampMtime, options)
+        : await buildLayerOnHost(spec, tmp, clampMtime);
+      const config = newImageConfig({
+        base: base?.config,
+        config: spec.config,
+        architecture: spec.architecture,
+        created,
+        diffId: layerFile.diffId,
+        createdBy: spec.runAsRoot ? 'dockvm run-as-root' : 'dockvm copyToRoot',
+      });
+      const rawConfig = Buffer.from(JSON.stringify(config));
+      const configDigest = sha256(rawConfig);
+      // nixpkgs derives the tag from the output's hash; the config digest names the content the same way.
+      const imageTag = spec.tag ?? hex(configDigest).slice(0, 32);
+      const image: Image = {
+        rawConfig,
+        config,
+        configDigest,
+        layers: [...(base?.layers ?? []), new FileLayer(layerFile.path, layerFile.diffId, layerFile.size)],
+        repoTags: [`${spec.name}:${imageTag}`],
+      };
+      const output = options.output ?? spec.output;
+      await writeImage(image, output, { tags: image.repoTags });
+      const layers = await Promise.all(
+        image.layers.map(async (layer) => {
+          const blob = await layer.blob();
+          return { digest: blob.digest, diffId: layer.diffId, size: blob.size };
+        }),
+      );
+      return { imageName: spec.name, imageTag, output, configDigest, layers, bootedVm: spec.runAsRoot !== null };
+    });
+  } finally {
+    await base?.close();
+  }
+}
+
+async function openBase(spec: BuildSpec): Promise<OpenedImage> {
+  const options = spec.fromImageName && spec.fromImageTag ? { name: spec.fromImageName, tag: spec.fromImageTag } : {};
+  return openImage(spec.fromImage!, options);
+}
+
+/** SOURCE_DATE_EPOCH, when set, clamps every mtime (reproducible-builds.org). */
+function sourceDateEpoch(): number | undefined {
+  const value = process.env.SOURCE_DATE_EPOCH;
+  if (value === undefined || value === '') return undefined;
+  const epoch = Number(value);
+  return Number.isInteger(epoch) && epoch >= 0 ? epoch : undefined;
+}
