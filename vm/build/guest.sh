@@ -7,6 +7,7 @@
 #   run     the runAsRoot script, chrooted in fresh mount/pid/uts/ipc namespaces, /proc /dev /sys mounted
 #   extra   unmount the overlay; extraCommands in the upper directory (the new layer's root)
 #   pack    the upper directory as a tar written straight onto the output disk; prints its size
+#   newdirs the upper's directories the lowers lack (NUL-separated)
 #   merged  (export) the merged view of the lowers as a tar onto the output disk
 set -eu
 
@@ -26,16 +27,26 @@ disk() {
   die "no disk with serial $1"
 }
 
+# The mounted lowers, top first, as overlayfs' lowerdir wants them.
+lowerdir_list() {
+  list=""
+  i=0
+  for _ in ${DOCKVM_LOWERS:-}; do
+    list="${list:+$list:}$B/lower/$i"
+    i=$((i + 1))
+  done
+  echo "$list"
+}
+
 step_mount() {
   mkdir -p $R $B/scratch
-  lowerdirs=""
   i=0
   for serial in ${DOCKVM_LOWERS:-}; do
     mkdir -p $B/lower/$i
     mount -t squashfs -o ro "$(disk "$serial")" $B/lower/$i
-    lowerdirs="${lowerdirs:+$lowerdirs:}$B/lower/$i"
     i=$((i + 1))
   done
+  lowerdirs=$(lowerdir_list)
   # overlayfs needs a lower; FROM scratch gets an empty one.
   [ -n "$lowerdirs" ] || { mkdir -p $B/empty; lowerdirs=$B/empty; }
   [ -n "${DOCKVM_SCRATCH:-}" ] || { mount -t overlay overlay -o "lowerdir=$lowerdirs" $R; return 0; }
@@ -136,6 +147,22 @@ step_merged() {
   pack $R
 }
 
+# The upper's directories that the lowers lack, NUL-separated on stdout: an opaque xattr on one of them
+# means nothing, and the host drops it instead of writing a .wh..wh..opq marker.
+step_newdirs() {
+  cd $B/scratch/upper
+  if [ -z "$(lowerdir_list)" ]; then
+    find . -mindepth 1 -type d -exec sh -c 'for d; do printf "%s\0" "${d#./}"; done' dockvm-newdirs {} +
+    return 0
+  fi
+  mkdir -p $B/lowers $B/empty
+  # A read-only overlay of the lowers alone (the empty lower makes at least two, as overlayfs wants).
+  mount -t overlay overlay -o "ro,lowerdir=$(lowerdir_list):$B/empty" $B/lowers
+  cd $B/scratch/upper
+  find . -mindepth 1 -type d -exec sh -c 'for d; do [ -d "/build/lowers/$d" ] || printf "%s\0" "${d#./}"; done' dockvm-newdirs {} +
+  umount $B/lowers
+}
+
 step=$1
 shift
 case "$step" in
@@ -144,5 +171,6 @@ case "$step" in
   extra) step_extra ;;
   pack) step_pack ;;
   merged) step_merged ;;
+  newdirs) step_newdirs ;;
   *) die "unknown step $step" ;;
 esac
