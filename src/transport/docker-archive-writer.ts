@@ -14,8 +14,8 @@ import { hex, type Digest } from '../image/digest.js';
 import type { Image, Layer } from '../image/image.js';
 import { layerCompression } from '../image/media-types.js';
 import { isRepoTag, splitNameTag } from '../image/reference.js';
-import { TarWriter } from '../layer/tar.js';
 import { checkTarEntries } from './entry-check.js';
+import { TarOutput } from './tar-output.js';
 import { chain, describeFailure } from './streams.js';
 
 export interface ArchiveImage {
@@ -62,22 +62,23 @@ export async function writeDockerArchive(images: readonly ArchiveImage[], path: 
   const spoolDir = async () => (spool ??= await tempDir({ prefix: 'dockvm-spool-', unsafeCleanup: true })).path;
   try {
     await writeOutput(path, () => {
-      const writer = new TarWriter();
+      const output = new TarOutput();
       const produce = async () => {
-        for (const [name, data] of files) await writer.add(fileEntry(name, data.length), data);
+        for (const [name, data] of files) await output.add(fileEntry(name, data.length), data);
         for (const layer of layers) {
           const { size, open } = await sizedTar(layer, spoolDir);
           const name = `${hex(layer.diffId)}.tar`;
-          const body = options.checkEntries ? checkTarEntries(await open(), `${layerSource.get(layer.diffId) ?? 'image'}: layer ${layer.diffId}`) : await open();
-          await writer.add(fileEntry(name, size), body);
+          const source = layerSource.get(layer.diffId) ?? 'image';
+          const body = options.checkEntries ? checkTarEntries(await open(), `${source}: layer ${layer.diffId}`) : await open();
+          await output.addStream(fileEntry(name, size), body);
         }
       };
       produce().then(
-        () => writer.finish(),
-        (err: unknown) => writer.destroy(err instanceof Error ? err : new Error(String(err))),
+        () => output.finish(),
+        (err: unknown) => output.fail(err),
       );
-      if (!options.gzip) return writer.stream;
-      return chain(writer.stream, [createGzip({ level: GZIP_LEVEL })], describeFailure(path));
+      if (!options.gzip) return output.stream;
+      return chain(output.stream, [createGzip({ level: GZIP_LEVEL })], describeFailure(path));
     });
   } catch (err) {
     if (err instanceof DockvmError) throw err;

@@ -1,0 +1,45 @@
+// A TarWriter for archives built from streams that may fail mid-way (a layer whose digest turns out
+// wrong). The failure surfaces, once, on `stream`; the writer itself is only ever destroyed without an
+// error, because tar-stream re-emits an entry's error on its internal entry stream, where nothing
+// listens, and that is an uncaught exception (seen with tar-stream 3.2.2 + streamx).
+import { PassThrough, type Readable } from 'node:stream';
+import { DockvmError } from '../errors.js';
+import { TarWriter, type TarEntry } from '../layer/tar.js';
+
+export class TarOutput {
+  readonly #writer = new TarWriter();
+  readonly stream = new PassThrough({ highWaterMark: 256 * 1024 });
+  #failed = false;
+
+  constructor() {
+    this.#writer.stream.on('error', (err) => this.fail(err));
+    this.#writer.stream.pipe(this.stream);
+  }
+
+  /** Fail the output with `err` (the first failure wins). */
+  fail(err: unknown): void {
+    if (this.#failed) return;
+    this.#failed = true;
+    this.stream.destroy(err instanceof Error ? err : new DockvmError(String(err)));
+    this.#writer.destroy(undefined as unknown as Error); // see the module comment
+  }
+
+  async add(entry: TarEntry, data: Buffer): Promise<void> {
+    await this.#writer.add(entry, data);
+  }
+
+  /** Add an entry whose content is streamed; a failure of `source` fails the whole output. */
+  async addStream(entry: TarEntry, source: Readable): Promise<void> {
+    const body = new PassThrough();
+    source.on('error', (err) => {
+      this.fail(err);
+      body.destroy();
+    });
+    source.pipe(body);
+    await this.#writer.add(entry, body);
+  }
+
+  finish(): void {
+    this.#writer.finish();
+  }
+}

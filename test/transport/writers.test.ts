@@ -1,0 +1,133 @@
+import test from 'ava';
+import { existsSync } from 'node:fs';
+import { readFile, readdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { gunzipSync } from 'node:zlib';
+import { openImage, openImages, writeDockerArchive, writeImage } from '../../src/transport/index.js';
+import { ImageReferenceError, UnsafeTarEntryError, DigestMismatchError } from '../../src/errors.js';
+import { readTar, type TarEntry } from '../../src/layer/tar.js';
+import { dockerArchive, layerTar } from '../fixtures/assemble.js';
+import { collect } from '../helpers/streams.js';
+import { Readable } from 'node:stream';
+import { configFor, gzip, sampleLayers, sha, tarOf, tempDir } from './archives.js';
+
+async function entriesOf(archive: Buffer): Promise<[TarEntry, Buffer][]> {
+  const result: [TarEntry, Buffer][] = [];
+  for await (const { entry, body } of readTar(Readable.from([archive]), { source: 'out' })) result.push([entry, await collect(body)]);
+  return result;
+}
+
+async function twoImages(t: Parameters<typeof tempDir>[0]) {
+  const { base, app } = await sampleLayers();
+  const dir = await tempDir(t);
+  await writeFile(join(dir, 'in.tar'), await dockerArchive([{ repoTag: 'app:1', layers: [base, app] }, { repoTag: 'base:1', layers: [base] }]));
+  const { images, close } = await openImages(join(dir, 'in.tar'));
+  t.teardown(close);
+  return { base, app, dir, images };
+}
+
+test('docker-archive layout: fixed order, owners, modes and times; shared layers once', async (t) => {
+  const { base, app, dir, images } = await twoImages(t);
+  const out = join(dir, 'out.tar');
+  await writeDockerArchive(images.map((image) => ({ image, tags: [...image.repoTags, `extra/${image.repoTags[0]}`] })), out);
+  const entries = await entriesOf(await readFile(out));
+  const [appImage, baseImage] = images;
+  t.deepEqual(entries.map(([entry]) => entry.path), [
+    'manifest.json', 'repositories',
+    `${sha(appImage!.rawConfig)}.json`, `${sha(baseImage!.rawConfig)}.json`,
+    `${sha(base)}.tar`, `${sha(app)}.tar`,
+  ]);
+  for (const [entry] of entries) t.like(entry, { type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 0 });
+  t.deepEqual(JSON.parse(entries[0]![1].toString()), [
+    { Config: `${sha(appImage!.rawConfig)}.json`, RepoTags: ['app:1', 'extra/app:1'], Layers: [`${sha(base)}.tar`, `${sha(app)}.tar`] },
+    { Config: `${sha(baseImage!.rawConfig)}.json`, RepoTags: ['base:1', 'extra/base:1'], Layers: [`${sha(base)}.tar`] },
+  ]);
+  t.deepEqual(JSON.parse(entries[1]![1].toString()), { app: { '1': sha(app) }, 'extra/app': { '1': sha(app) }, base: { '1': sha(base) }, 'extra/base': { '1': sha(base) } });
+  t.deepEqual(entries[2]![1], appImage!.rawConfig);
+  t.deepEqual(entries[4]![1], base);
+  t.deepEqual(entries[5]![1], app);
+});
+
+test('the same images written twice are the same bytes, plain and gzip (no timestamp, no name)', async (t) => {
+  const { dir, images } = await twoImages(t);
+  const write = async (name: string, gz: boolean) => {
+    await writeDockerArchive(images.map((image) => ({ image, tags: image.repoTags })), join(dir, name), { gzip: gz });
+    return readFile(join(dir, name));
+  };
+  t.deepEqual(await write('a.tar', false), await write('b.tar', false));
+  const gz = await write('a.tar.gz', true);
+  t.deepEqual(gz, await write('b.tar.gz', true));
+  t.is(gz.readUInt32LE(4), 0, 'gzip mtime is 0');
+  t.is(gz[3]! & 0x08, 0, 'gzip has no file name');
+  t.deepEqual(gunzipSync(gz), await readFile(join(dir, 'a.tar')));
+});
+
+test('compressed source layers are stored uncompressed, named by diff_id; the result reads back the same', async (t) => {
+  const { base, app } = await sampleLayers();
+  const dir = await tempDir(t);
+  const config = configFor([base, app]);
+  await writeFile(join(dir, 'gz.tar'), await tarOf([
+    { path: 'c.json', data: config },
+    { path: '1.tar.gz', data: gzip(base) },
+    { path: '2.tar.gz', data: gzip(app) },
+    { path: 'manifest.json', data: JSON.stringify([{ Config: 'c.json', RepoTags: ['gz:1'], Layers: ['1.tar.gz', '2.tar.gz'] }]) },
+  ]));
+  const image = await openImage(join(dir, 'gz.tar'));
+  t.teardown(() => image.close());
+  await writeImage(image, join(dir, 'out.tar.gz'), { tags: ['gz:2'] });
+  const entries = await entriesOf(gunzipSync(await readFile(join(dir, 'out.tar.gz'))));
+  t.deepEqual(entries.slice(3).map(([entry, data]) => [entry.path, data]), [[`${sha(base)}.tar`, base], [`${sha(app)}.tar`, app]]);
+  const back = await openImage(join(dir, 'out.tar.gz'));
+  t.teardown(() => back.close());
+  t.is(back.configDigest, image.configDigest);
+  t.deepEqual(back.repoTags, ['gz:2']);
+  t.deepEqual(await back.layers[1]!.blob(), { mediaType: 'application/vnd.docker.image.rootfs.diff.tar', digest: `sha256:${sha(app)}`, size: app.length });
+});
+
+test('writeImage picks the format from the destination', async (t) => {
+  const { dir, images } = await twoImages(t);
+  const image = images[0]!;
+  await writeImage(image, `oci:${join(dir, 'layout')}`, { tags: ['app:1'] });
+  const layout = await openImage(`oci:${join(dir, 'layout')}:1`);
+  t.is(layout.configDigest, image.configDigest);
+  await layout.close();
+  await writeImage(image, join(dir, 'x.tgz'), { tags: [] });
+  t.is((await readFile(join(dir, 'x.tgz')))[0], 0x1f);
+  await t.throwsAsync(writeImage(image, join(dir, 'x.zip'), { tags: [] }), { instanceOf: ImageReferenceError, message: /name it \*\.tar/ });
+});
+
+test('bad tags and a tag on two images are refused before anything is written', async (t) => {
+  const { dir, images } = await twoImages(t);
+  const out = join(dir, 'out.tar');
+  await t.throwsAsync(writeDockerArchive([{ image: images[0]!, tags: ['NoTag'] }], out), { instanceOf: ImageReferenceError, message: /"NoTag" is not a valid image name:tag/ });
+  await t.throwsAsync(writeDockerArchive(images.map((image) => ({ image, tags: ['same:1'] })), out), { instanceOf: ImageReferenceError, message: /tag same:1 is given to two different images/ });
+  t.false(existsSync(out));
+});
+
+test('a failure while writing leaves no output file: hostile entries and bad digests', async (t) => {
+  const dir = await tempDir(t);
+  const evil = await layerTar([{ path: 'ok', content: 'x' }, { path: '../../etc/passwd', content: 'root::0:0::/:/bin/sh\n' }]);
+  const config = configFor([evil]);
+  await writeFile(join(dir, 'evil.tar'), await tarOf([
+    { path: 'c.json', data: config }, { path: 'l.tar', data: evil },
+    { path: 'manifest.json', data: JSON.stringify([{ Config: 'c.json', RepoTags: ['evil:1'], Layers: ['l.tar'] }]) },
+  ]));
+  const image = await openImage(join(dir, 'evil.tar'));
+  t.teardown(() => image.close());
+  const out = join(dir, 'out.tar');
+  const err = await t.throwsAsync(writeDockerArchive([{ image, tags: ['evil:1'], source: 'evil.tar' }], out, { checkEntries: true }), { instanceOf: UnsafeTarEntryError });
+  t.regex(err!.message, /^evil\.tar: layer sha256:\w+: entry "\.\.\/\.\.\/etc\/passwd" has a "\.\." component$/);
+  t.deepEqual(await readdir(dir), ['evil.tar']);
+
+  const { base } = await sampleLayers();
+  const flipped = Buffer.from(base);
+  flipped[flipped.length - 1030] ^= 0x01; // inside the file content, past the headers
+  await writeFile(join(dir, 'flipped.tar'), await tarOf([
+    { path: 'c.json', data: configFor([base]) }, { path: 'l.tar', data: flipped },
+    { path: 'manifest.json', data: JSON.stringify([{ Config: 'c.json', RepoTags: ['f:1'], Layers: ['l.tar'] }]) },
+  ]));
+  const bad = await openImage(join(dir, 'flipped.tar'));
+  t.teardown(() => bad.close());
+  await t.throwsAsync(writeDockerArchive([{ image: bad, tags: [] }], join(dir, 'out.tar.gz'), { gzip: true }), { instanceOf: DigestMismatchError });
+  t.deepEqual((await readdir(dir)).sort(), ['evil.tar', 'flipped.tar']);
+});
