@@ -6,3 +6,5 @@ export type * from './image/config.js';
 export type * from './image/descriptor.js';
 export type * from './image/image.js';
 export * from './layer/tar.js';
+export { flattenImage, type FlattenOptions, type FlattenStats } from './flatten/flatten.js';
+export { parseWhiteout, type Whiteout } from './layer/whiteout.js';

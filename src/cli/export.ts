@@ -1,0 +1,128 @@
+// dockvm export IMAGE -o OUT [--mtime EPOCH] [--engine native|vm] [--json]: nixpkgs exportImage: the
+// image's merged filesystem as one uncompressed tar. The native engine computes it from the layer tars
+// (src/flatten); the VM engine (mounting the layers and tarring the merged view) is not built yet.
+import { createWriteStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { Transform, type Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { Option, type Command } from 'commander';
+import { UsageError } from '../errors.js';
+import { flattenImage, type FlattenStats } from '../flatten/flatten.js';
+import { openImage } from '../transport/index.js';
+import { printJson, say, writeAtomically } from './io.js';
+
+export interface ExportResult {
+  reference: string;
+  /** the file written, or "-" for stdout */
+  output: string;
+  engine: 'native';
+  /** entries in the tar */
+  entries: number;
+  /** bytes of the tar */
+  size: number;
+  layers: number;
+  /** the mtime clamp applied, if any (seconds since the epoch) */
+  mtime?: number;
+}
+
+interface ExportOptions {
+  output?: string;
+  mtime?: string;
+  engine: 'native' | 'vm';
+  json?: boolean;
+}
+
+export function registerExport(program: Command): void {
+  program
+    .command('export')
+    .description(
+      'Write the merged filesystem of IMAGE as one uncompressed tar (nixpkgs exportImage), with no VM and\n' +
+        'nothing extracted to disk: whiteouts applied, entries sorted by path with parents first, owners\n' +
+        'numeric, hard links kept. The same image gives the same bytes. "-o -" writes the tar to stdout\n' +
+        '(not to a terminal); a file is written atomically: on failure none is left.',
+    )
+    .argument('<image>', 'PATH, docker-archive:PATH[:NAME:TAG], oci:DIR[:REF] or oci-archive:PATH[:REF]')
+    .option('-o, --output <out>', 'the tar to write, or - for stdout')
+    .option('--mtime <epoch>', 'clamp every mtime to at most this many seconds since the epoch (default: $SOURCE_DATE_EPOCH if set, else keep them)')
+    .addOption(new Option('--engine <engine>', 'native: from the layer tars; vm: mount the layers in the build VM').choices(['native', 'vm']).default('native'))
+    .option('--json', 'print one JSON document describing the result')
+    .action(async (reference: string, options: ExportOptions) => {
+      const output = checkOutput(options);
+      const mtime = parseMtime(options.mtime);
+      if (options.engine === 'vm') {
+        throw new UsageError('--engine vm is not built yet: use --engine native (the default), which gives the same filesystem');
+      }
+      const result = await exportImage(reference, output, mtime);
+      if (options.json) printJson(result);
+      else say(`wrote ${output === '-' ? 'stdout' : output}: ${result.entries} entries, ${result.size} bytes, from ${result.layers} layer(s)`);
+    });
+}
+
+/** Flatten the image at `reference` into `output` (a path, or "-" for stdout). */
+export async function exportImage(reference: string, output: string, mtime?: number): Promise<ExportResult> {
+  const image = await openImage(reference);
+  try {
+    let stats: FlattenStats | undefined;
+    const tar = () =>
+      flattenImage(image, {
+        source: reference,
+        ...(mtime !== undefined ? { mtime } : {}),
+        onIndexed: (indexed) => {
+          stats = indexed;
+        },
+      });
+    let size: number;
+    if (output === '-') {
+      const counter = byteCounter();
+      await pipeline(tar(), counter, process.stdout as Writable, { end: false });
+      size = counter.bytes;
+    } else {
+      size = await writeAtomically(output, async (temp) => {
+        await pipeline(tar(), createWriteStream(temp, { mode: 0o644 }));
+        return (await stat(temp)).size;
+      });
+    }
+    return {
+      reference,
+      output,
+      engine: 'native',
+      entries: stats!.entries,
+      size,
+      layers: stats!.layers,
+      ...(mtime !== undefined ? { mtime } : {}),
+    };
+  } finally {
+    await image.close();
+  }
+}
+
+function checkOutput(options: ExportOptions): string {
+  const output = options.output;
+  if (output === undefined) throw new UsageError('give -o FILE for the tar, or -o - to write it to stdout');
+  if (output === '-' && options.json) throw new UsageError('--json and -o - both want stdout; write the tar to a file');
+  if (output === '-' && process.stdout.isTTY) {
+    throw new UsageError('refusing to write a tar to a terminal: redirect stdout (-o - > FILE) or give -o FILE');
+  }
+  return output;
+}
+
+/** --mtime, else $SOURCE_DATE_EPOCH, else none: whole seconds since the epoch. */
+function parseMtime(flag: string | undefined): number | undefined {
+  const [value, what] = flag !== undefined ? [flag, '--mtime'] : [process.env.SOURCE_DATE_EPOCH, 'SOURCE_DATE_EPOCH'];
+  if (value === undefined || (flag === undefined && value === '')) return undefined;
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(Number(value))) {
+    throw new UsageError(`${what} must be whole seconds since the epoch (like 1700000000), not ${JSON.stringify(value)}`);
+  }
+  return Number(value);
+}
+
+function byteCounter(): Transform & { bytes: number } {
+  const counter = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      counter.bytes += chunk.length;
+      callback(null, chunk);
+    },
+  }) as Transform & { bytes: number };
+  counter.bytes = 0;
+  return counter;
+}

@@ -1,0 +1,94 @@
+// Pass 2 of the native export: the merged filesystem's entries, already chosen and sorted, written as
+// one tar. Headers come from src/layer/tar.ts's encoder (the same bytes every dockvm tar has); bodies are
+// copied from the layer tars by position. Output comes in chunks of about 1 MiB, so a consumer's
+// backpressure bounds memory whatever the image's size.
+import { TarFormatError } from '../errors.js';
+import { encodeHeader, printable, type TarEntry } from '../layer/tar.js';
+import type { Inode, Winner } from './merge.js';
+import type { RangeReader } from './range-reader.js';
+
+const CHUNK = 1 << 20;
+const BLOCK = 512;
+/** two zero blocks end a tar */
+export const END_OF_ARCHIVE = Buffer.alloc(2 * BLOCK);
+
+export interface EmitOptions {
+  /** clamp mtimes to at most this (seconds since the epoch) */
+  readonly mtime?: number | undefined;
+  /** names a layer in errors */
+  readonly describe: (layer: number) => string;
+}
+
+/**
+ * The tar entries of `winners` (in the order given) without the end-of-archive blocks. Paths that share
+ * an inode (hard links) form a group: the first in output order carries the content, the others are
+ * hard links to it, so a link always points at an earlier entry; a group of one is a plain entry.
+ */
+export function* emitEntries(
+  winners: readonly Winner[],
+  readerFor: (layer: number) => RangeReader,
+  options: EmitOptions,
+): Generator<Buffer> {
+  const groupHeads = new Map<Inode, string>();
+  let chunk = Buffer.allocUnsafe(CHUNK);
+  let used = 0;
+
+  for (const { path, inode } of winners) {
+    const head = inode.linked ? groupHeads.get(inode) : undefined;
+    const entry = outputEntry(path, inode.entry, head, options.mtime);
+    if (inode.linked && head === undefined) groupHeads.set(inode, path);
+
+    for (const block of encodeHeader(entry)) {
+      if (used + block.length > CHUNK) {
+        yield chunk.subarray(0, used);
+        chunk = Buffer.allocUnsafe(Math.max(CHUNK, block.length));
+        used = 0;
+      }
+      used += block.copy(chunk, used);
+    }
+
+    // Copy the body in pieces that fill the current chunk, then pad it to a whole block.
+    let remaining = entry.type === 'file' ? entry.size : 0;
+    let position = inode.bodyOffset;
+    const reader = remaining > 0 ? readerFor(inode.layer) : undefined;
+    const padding = (BLOCK - (remaining % BLOCK)) % BLOCK;
+    while (remaining > 0) {
+      if (used === CHUNK) {
+        yield chunk;
+        chunk = Buffer.allocUnsafe(CHUNK);
+        used = 0;
+      }
+      const n = Math.min(remaining, CHUNK - used);
+      const got = reader!.readInto(position, n, chunk, used);
+      if (got !== n) {
+        throw new TarFormatError(
+          `${options.describe(inode.layer)}: the content of entry ${printable(inode.entry.path)} ends early (the layer tar is truncated)`,
+          { entry: inode.entry.path },
+        );
+      }
+      used += n;
+      position += n;
+      remaining -= n;
+    }
+    if (used + padding > CHUNK) {
+      yield chunk.subarray(0, used);
+      chunk = Buffer.allocUnsafe(CHUNK);
+      used = 0;
+    }
+    chunk.fill(0, used, used + padding);
+    used += padding;
+  }
+  if (used > 0) yield chunk.subarray(0, used);
+}
+
+/** The header to write for `path`: the inode's metadata, or a hard link to the group's first path. */
+function outputEntry(path: string, source: TarEntry, linkTo: string | undefined, clamp: number | undefined): TarEntry {
+  const mtime = clamp === undefined ? source.mtime : Math.min(source.mtime, clamp);
+  if (linkTo !== undefined) {
+    const link: TarEntry = { path, type: 'link', linkname: linkTo, mode: source.mode, uid: source.uid, gid: source.gid, size: 0, mtime };
+    if (source.xattrs) link.xattrs = source.xattrs;
+    return link;
+  }
+  const { uname: _uname, gname: _gname, ...rest } = source;
+  return { ...rest, path, mtime };
+}

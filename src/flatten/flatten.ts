@@ -1,0 +1,98 @@
+// The native export (nixpkgs exportImage without a VM): an image's merged filesystem as one
+// uncompressed tar, computed from the layer tars alone. Two passes keep memory flat whatever the
+// image's size: pass 1 reads each layer's headers top-down and keeps only which entry wins each path
+// (merge.ts); pass 2 writes the winners in sorted order, copying bodies by position (emit.ts).
+// Layers stored uncompressed are read in place (Layer.localTar, verified on a worker thread); others
+// are spooled uncompressed to a temp directory first, verified by the stream that produced them, and
+// removed at the end, also on error.
+import { createWriteStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { dir as tempDir, type DirectoryResult } from 'tmp-promise';
+import type { Image } from '../image/image.js';
+import { END_OF_ARCHIVE, emitEntries } from './emit.js';
+import { MergeIndex } from './merge.js';
+import { comparePaths } from './path-order.js';
+import { RangeReader } from './range-reader.js';
+import { scanTar } from './tar-scan.js';
+import { verifyLocalTars, type LocalTarToCheck } from './verify.js';
+
+export interface FlattenOptions {
+  /** names the image in errors (default: its first repo tag, else its config digest) */
+  readonly source?: string;
+  /** clamp every mtime to at most this many seconds since the epoch (--mtime, SOURCE_DATE_EPOCH); default: keep them */
+  readonly mtime?: number;
+  /** where layers that are not stored uncompressed are spooled (default: the OS temp directory) */
+  readonly tmpdir?: string;
+  /** called once pass 1 is done, before the first byte is produced */
+  readonly onIndexed?: (stats: FlattenStats) => void;
+}
+
+export interface FlattenStats {
+  /** entries the output tar will hold */
+  entries: number;
+  layers: number;
+  /** layers read in place (the rest were spooled) */
+  inPlace: number;
+}
+
+interface LayerTar {
+  path: string;
+  offset: number;
+  size: number;
+}
+
+/**
+ * The merged filesystem of `image` as a tar stream: entries sorted by path (parents first), whiteouts
+ * applied and gone, hard links pointing at earlier entries. Nothing is produced until every layer has
+ * been indexed, so bad input (see merge.ts) fails before the first byte; a layer whose bytes do not
+ * match its diff_id fails the stream before the end-of-archive blocks.
+ */
+export function flattenImage(image: Image, options: FlattenOptions = {}): Readable {
+  return Readable.from(flattenChunks(image, options), { objectMode: false, highWaterMark: 1 << 20 });
+}
+
+async function* flattenChunks(image: Image, options: FlattenOptions): AsyncGenerator<Buffer> {
+  const name = options.source ?? image.repoTags[0] ?? image.configDigest;
+  const count = image.layers.length;
+  const describe = (i: number) => `${name}: layer ${i + 1}/${count} (${image.layers[i]!.diffId})`;
+  let spool: DirectoryResult | undefined;
+  const readers: RangeReader[] = [];
+  let verification: ReturnType<typeof verifyLocalTars> | undefined;
+  try {
+    const tars: LayerTar[] = [];
+    const toCheck: LocalTarToCheck[] = [];
+    for (const [i, layer] of image.layers.entries()) {
+      const local = await layer.localTar?.();
+      if (local) {
+        tars.push(local);
+        toCheck.push({ ...local, diffId: layer.diffId, what: describe(i) });
+        continue;
+      }
+      spool ??= await tempDir({ prefix: 'dockvm-export-', unsafeCleanup: true, ...(options.tmpdir ? { tmpdir: options.tmpdir } : {}) });
+      const path = join(spool.path, `layer-${i}.tar`);
+      await pipeline(await layer.openTar(), createWriteStream(path));
+      tars.push({ path, offset: 0, size: (await stat(path)).size });
+    }
+    verification = verifyLocalTars(toCheck);
+    for (const tar of tars) readers.push(new RangeReader(tar.path));
+
+    const index = new MergeIndex(describe);
+    for (let i = count - 1; i >= 0; i--) {
+      const tar = tars[i]!;
+      index.addLayer(i, scanTar(readers[i]!, tar.offset, tar.size, describe(i)));
+    }
+    const winners = index.winners.sort((a, b) => comparePaths(a.path, b.path));
+    options.onIndexed?.({ entries: winners.length, layers: count, inPlace: toCheck.length });
+
+    yield* emitEntries(winners, (i) => readers[i]!, { mtime: options.mtime, describe });
+    await verification.done;
+    yield END_OF_ARCHIVE;
+  } finally {
+    await verification?.cancel();
+    for (const reader of readers) reader.close();
+    await spool?.cleanup();
+  }
+}
