@@ -6,5 +6,6 @@ export type * from './image/config.js';
 export type * from './image/descriptor.js';
 export type * from './image/image.js';
 export * from './layer/tar.js';
+export * from './transport/index.js';
 export { flattenImage, type FlattenOptions, type FlattenStats } from './flatten/flatten.js';
 export { parseWhiteout, type Whiteout } from './layer/whiteout.js';

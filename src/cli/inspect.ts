@@ -20,9 +20,7 @@ export function registerInspect(program: Command): void {
   program
     .command('inspect')
     .description(
-      'Show what an image is: its tags, os/architecture, creation time, config digest, each layer\'s\n' +
-        'digest, diff_id and size, and its Env, Entrypoint and Cmd. Uncompressed layers are hashed (and so\n' +
-        'checked against their diff_id); from a multi-image archive, the first image unless IMAGE names one.',
+      'Show what an image is: its tags, os/architecture, creation time, config digest, each layer\'s digest, diff_id and size, and its Env, Entrypoint and Cmd. Uncompressed layers are hashed (and so checked against their diff_id); from a multi-image archive, the first image unless IMAGE names one.',
     )
     .argument('<image>', 'PATH, docker-archive:PATH[:NAME:TAG], oci:DIR[:REF] or oci-archive:PATH[:REF]')
     .option('--json', 'print one JSON document instead of text')

@@ -2,7 +2,7 @@
 // of every input, layers shared between images stored once.
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
-import { openImages, writeDockerArchive, type OpenedImage } from '../transport/index.js';
+import { openImage, openImages, parseImageReference, writeDockerArchive, type OpenedImage } from '../transport/index.js';
 import { printJson, say } from './io.js';
 
 export interface MergeResult {
@@ -17,12 +17,9 @@ export function registerMerge(program: Command): void {
   program
     .command('merge')
     .description(
-      'Merge images into one docker-archive that `docker load` / `podman load` loads whole (nixpkgs\n' +
-        'mergeImages): every image and tag of every input, each layer stored once. OUT ending in .gz is\n' +
-        'gzip-compressed; "-o -" writes the archive to stdout. Every layer is checked while it is copied\n' +
-        '(digests, and no absolute or ".." paths); on failure no output file is left.',
+      'Merge images into one docker-archive that `docker load` / `podman load` loads whole (nixpkgs mergeImages): every image and tag of every input, each layer stored once. OUT ending in .gz is gzip-compressed; "-o -" writes the archive to stdout. Every layer is checked while it is copied (digests, and no absolute or ".." paths); on failure no output file is left.',
     )
-    .argument('<images...>', 'each PATH, docker-archive:PATH, oci:DIR[:REF] or oci-archive:PATH[:REF]; all images of each archive are taken')
+    .argument('<images...>', 'each PATH, docker-archive:PATH[:NAME:TAG], oci:DIR[:REF] or oci-archive:PATH[:REF]: the image named, or every image of the archive or layout')
     .requiredOption('-o, --output <out>', 'the archive to write (.tar, .tar.gz, or - for stdout)')
     .option('--json', 'print one JSON document describing the result')
     .action(async (references: string[], options: { output: string; json?: boolean }) => {
@@ -35,8 +32,11 @@ export async function merge(references: readonly string[], output: string): Prom
   const groups: { close(): Promise<void> }[] = [];
   try {
     const inputs: OpenedImage[] = [];
-    for (const reference of references) {
-      const group = await openImages(reference);
+    for (const text of references) {
+      const reference = parseImageReference(text);
+      // A reference that names one image (NAME:TAG, @N, an OCI REF) gives that image; otherwise every image.
+      const picksOne = reference.tag !== undefined || reference.index !== undefined || reference.ref !== undefined;
+      const group = picksOne ? await openImage(reference).then((image) => ({ images: [image], close: () => image.close() })) : await openImages(reference);
       groups.push(group);
       inputs.push(...group.images);
     }
