@@ -78,6 +78,9 @@ export async function* readTar(input: Readable, options: ReadTarOptions): AsyncG
       // tar-stream's offset is that of the entry's own header block; its content follows that block.
       const dataOffset = (body as unknown as { offset: number }).offset + BLOCK;
       yield { entry, dataOffset, body: body as unknown as Readable };
+      // tar-stream's iterator waits for an unread body forever once it outgrows the stream buffers:
+      // drain whatever the consumer left.
+      (body as unknown as { resume(): void }).resume();
     }
   } catch (err) {
     // Our own errors (also those of the input stream: a digest mismatch, an unreadable source) pass through.

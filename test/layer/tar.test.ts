@@ -51,6 +51,17 @@ test('dataOffset points at each entry\'s content in the tar', async (t) => {
   }
 });
 
+test('bodies left unread are drained, however large', async (t) => {
+  const big = Buffer.alloc(5 << 20, 7);
+  const tar = await writeAll([
+    [{ path: 'big', type: 'file', mode: 0o644, uid: 0, gid: 0, size: big.length, mtime: 0 }, big],
+    [{ path: 'after', type: 'file', mode: 0o644, uid: 0, gid: 0, size: 1, mtime: 0 }, Buffer.from('a')],
+  ]);
+  const paths: string[] = [];
+  for await (const { entry } of readTar(oddChunks(tar, [65536, 4097]), { source: 'big.tar' })) paths.push(entry.path);
+  t.deepEqual(paths, ['big', 'after']);
+});
+
 test('the same entries give the same bytes', async (t) => {
   t.deepEqual(await writeAll(entries), await writeAll(entries));
 });
