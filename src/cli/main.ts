@@ -8,8 +8,8 @@ import { VERSION } from '../version.js';
 export function createProgram(): Command {
   const program = new Command('dockvm')
     .description(
-      'Build container image layers that need root, on hosts that give you none: a throwaway QEMU\n' +
-        'microVM over an image\'s layers. IMAGE is read like skopeo reads it: PATH (docker-archive .tar or\n' +
+      'Build container image layers that need root, on hosts that give you none: a throwaway QEMU ' +
+        'microVM over an image\'s layers. IMAGE is read like skopeo reads it: PATH (docker-archive .tar or ' +
         '.tar.gz), docker-archive:PATH[:NAME:TAG], oci:DIR[:REF], oci-archive:PATH[:REF], docker://REF.',
     )
     .version(VERSION)

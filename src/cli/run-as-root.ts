@@ -10,9 +10,9 @@ export function registerRunAsRoot(program: Command): void {
   program
     .command('run-as-root')
     .description(
-      'Build an image as nixpkgs buildImage does: the base image\'s layers (fromImage) mounted in a throwaway\n' +
-        'VM, copyToRoot copied in, the runAsRoot script run as root, extraCommands run in the new layer, and\n' +
-        'what changed (whiteouts included) packed as one reproducible layer on top of the base. Without\n' +
+      'Build an image as nixpkgs buildImage does: the base image\'s layers (fromImage) mounted in a throwaway ' +
+        'VM, copyToRoot copied in, the runAsRoot script run as root, extraCommands run in the new layer, and ' +
+        'what changed (whiteouts included) packed as one reproducible layer on top of the base. Without ' +
         'runAsRoot no VM is booted. Writes a docker-archive (.tar, .tar.gz) or an OCI layout (oci:DIR).',
     )
     .argument('<spec>', 'spec.json (fields as nixpkgs buildImage; paths relative to the spec file)')
