@@ -1,0 +1,154 @@
+import test from 'ava';
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
+import { comparePaths } from '../../src/flatten/path-order.js';
+import { readTar, type TarEntry } from '../../src/layer/tar.js';
+import { FUTURE, LONG_NAME, NON_UTF8_NAME, UNDECLARED_DIRS, writeEdgeArchive, writeThroughSymlinkArchive } from '../fixtures/edge-images.js';
+
+const REPO = fileURLToPath(new URL('../../', import.meta.url));
+const BIN = join(REPO, 'bin', 'dockvm.js');
+
+/** Run the built CLI (`npm test` builds first), with its output as bytes and stderr as text. */
+async function dockvm(args: string[], env: Record<string, string> = {}) {
+  if (!existsSync(join(REPO, 'dist', 'src', 'cli', 'export.js'))) throw new Error('dist/ is missing or stale: run npm run build (npm test does)');
+  const run = await execa(process.execPath, [BIN, ...args], { cwd: REPO, reject: false, encoding: 'buffer', env: { SOURCE_DATE_EPOCH: '', ...env } });
+  return { exitCode: run.exitCode, stdout: Buffer.from(run.stdout), stderr: Buffer.from(run.stderr).toString() };
+}
+
+function tempDir(t: { teardown(fn: () => void): void }): string {
+  const dir = mkdtempSync(join(tmpdir(), 'dockvm-export-test-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+interface Seen {
+  type: TarEntry['type'];
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  mtime: number;
+  sha256?: string;
+  linkname?: string;
+  dev?: string;
+  xattrs?: Record<string, string>;
+}
+
+/** What a user compares between two filesystem tars, by path (in tar order). */
+async function listing(path: string): Promise<Map<string, Seen>> {
+  const seen = new Map<string, Seen>();
+  for await (const { entry, body } of readTar(createReadStream(path), { source: path })) {
+    const hash = createHash('sha256');
+    for await (const chunk of body) hash.update(chunk as Buffer);
+    const item: Seen = { type: entry.type, mode: entry.mode, uid: entry.uid, gid: entry.gid, size: entry.size, mtime: entry.mtime };
+    if (entry.type === 'file') item.sha256 = hash.digest('hex');
+    if (entry.linkname !== undefined) item.linkname = entry.linkname;
+    if (entry.devmajor !== undefined) item.dev = `${entry.devmajor},${entry.devminor}`;
+    if (entry.xattrs) item.xattrs = Object.fromEntries(Object.entries(entry.xattrs).map(([k, v]) => [k, v.toString('hex')]));
+    seen.set(entry.path, item);
+  }
+  return seen;
+}
+
+test('dockvm export gives the filesystem podman export gives, sorted, without whiteouts', async (t) => {
+  const dir = tempDir(t);
+  const tag = `localhost/dockvm-test/export-edges:${randomBytes(4).toString('hex')}`;
+  const container = `dockvm-test-export-${randomBytes(4).toString('hex')}`;
+  const archive = join(dir, 'edges.tar');
+  await writeEdgeArchive(archive, tag);
+  t.teardown(async () => {
+    await execa('podman', ['rm', '--force', '--ignore', container], { reject: false });
+    await execa('podman', ['rmi', '--force', tag], { reject: false });
+  });
+
+  const ours = join(dir, 'ours.tar');
+  const run = await dockvm(['export', archive, '-o', ours]);
+  t.is(run.exitCode, 0, run.stderr);
+  await execa('podman', ['load', '--quiet', '--input', archive]);
+  await execa('podman', ['create', '--name', container, tag, '/nothing']);
+  const theirs = join(dir, 'theirs.tar');
+  await execa('podman', ['export', '--output', theirs, container]);
+
+  const mine = await listing(ours);
+  const podman = await listing(theirs);
+  // Exception: podman's extraction creates the parents no layer declares (mode 755, mtime = now);
+  // dockvm does not invent entries. Nothing else differs: podman create adds no mount points (/etc/hosts,
+  // /run, …) to the container's filesystem before it first starts (checked with podman 4.3).
+  for (const path of UNDECLARED_DIRS) {
+    t.is(podman.get(path)?.type, 'directory', path);
+    podman.delete(path);
+  }
+  t.deepEqual([...mine.keys()].sort(), [...podman.keys()].sort());
+  for (const [path, entry] of podman) t.deepEqual(mine.get(path), entry, JSON.stringify(path));
+
+  // Spot checks that the fixture exercised what it should.
+  t.deepEqual([...mine.keys()], [...mine.keys()].sort(comparePaths));
+  t.deepEqual([...mine.keys()].slice(0, 7), ['big', 'bin', 'bin/aa', 'bin/new', 'bin/ping', 'bin/pong', 'bin/zz']);
+  t.is(mine.get('bin/zz')?.linkname, 'bin/aa');
+  t.is(mine.get('l-gone')?.type, 'file');
+  t.is(mine.get('l-gone2')?.linkname, 'l-gone');
+  t.is(mine.get('sym-dir')?.type, 'symlink');
+  t.true(mine.has(LONG_NAME) && mine.has(NON_UTF8_NAME));
+  t.false([...mine.keys()].some((path) => path.includes('.wh.') || path.startsWith('ww') || path.startsWith('o/old')));
+});
+
+test('the same image exports to the same bytes; --mtime and SOURCE_DATE_EPOCH clamp; -o - streams them; --json describes them', async (t) => {
+  const dir = tempDir(t);
+  const archive = join(dir, 'edges.tar');
+  await writeEdgeArchive(archive, 'localhost/dockvm-test/edges:1');
+  const [a, b, clamped, viaEnv, piped] = await Promise.all([
+    dockvm(['export', archive, '-o', join(dir, 'a.tar'), '--json']),
+    dockvm(['export', archive, '-o', join(dir, 'b.tar')]),
+    dockvm(['export', archive, '-o', join(dir, 'clamped.tar'), '--mtime', '1000']),
+    dockvm(['export', archive, '-o', join(dir, 'env.tar')], { SOURCE_DATE_EPOCH: '1000' }),
+    dockvm(['export', `docker-archive:${archive}`, '-o', '-']),
+  ]);
+  for (const run of [a, b, clamped, viaEnv, piped]) t.is(run.exitCode, 0, run.stderr);
+  const bytes = readFileSync(join(dir, 'a.tar'));
+  t.deepEqual(readFileSync(join(dir, 'b.tar')), bytes);
+  t.deepEqual(piped.stdout, bytes);
+  t.deepEqual(readFileSync(join(dir, 'env.tar')), readFileSync(join(dir, 'clamped.tar')));
+  t.notDeepEqual(readFileSync(join(dir, 'clamped.tar')), bytes);
+
+  const plain = await listing(join(dir, 'a.tar'));
+  const clamp = await listing(join(dir, 'clamped.tar'));
+  t.is(plain.get('bin/new')?.mtime, FUTURE);
+  t.is(clamp.get('bin/new')?.mtime, 1000);
+  t.is(clamp.get('etc/passwd')?.mtime, 1); // already older than the clamp
+
+  const result = JSON.parse(a.stdout.toString());
+  t.deepEqual(result, {
+    reference: archive,
+    output: join(dir, 'a.tar'),
+    engine: 'native',
+    entries: plain.size,
+    size: bytes.length,
+    layers: 3,
+  });
+});
+
+test('bad input and bad usage: one-line errors, exit codes, no output file left', async (t) => {
+  const dir = tempDir(t);
+  const bad = join(dir, 'bad.tar');
+  await writeThroughSymlinkArchive(bad, 'localhost/dockvm-test/bad:1');
+  const [through, noOutput, vm, mtime] = await Promise.all([
+    dockvm(['export', bad, '-o', join(dir, 'x.tar')]),
+    dockvm(['export', bad]),
+    dockvm(['export', bad, '-o', join(dir, 'vm.tar'), '--engine', 'vm']),
+    dockvm(['export', bad, '-o', join(dir, 'm.tar'), '--mtime', 'yesterday']),
+  ]);
+  t.is(through.exitCode, 1);
+  t.regex(through.stderr, new RegExp(`^dockvm: ${bad.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: layer 2/2 \\(sha256:[0-9a-f]{64}\\): entry "a/passwd" lies under "a", but layer 1 below makes it a symbolic link \\(-> "/etc"\\)`));
+  t.is(through.stderr.trim().split('\n').length, 1);
+  t.is(noOutput.exitCode, 2);
+  t.regex(noOutput.stderr, /give -o FILE for the tar, or -o - to write it to stdout/);
+  t.is(vm.exitCode, 2);
+  t.regex(vm.stderr, /--engine vm is not built yet/);
+  t.is(mtime.exitCode, 2);
+  t.regex(mtime.stderr, /--mtime must be whole seconds since the epoch/);
+  t.deepEqual(readdirSync(dir).sort(), ['bad.tar']);
+});
