@@ -10,7 +10,8 @@ export function checkTarEntries(input: Readable, source: string): Readable {
   let finished = false;
   let resume: (() => void) | undefined;
   const parsing = (async () => {
-    for await (const _ of readTar(feed, { source })) void _;
+    // Bodies are skipped explicitly: an unread body larger than tar-stream's buffer stalls the stream.
+    for await (const { body } of readTar(feed, { source })) body.resume();
   })().finally(() => {
     finished = true;
     resume?.();

@@ -1,13 +1,12 @@
 // Where an image's files live: a directory (an OCI layout) or a tar file read in place (a docker-archive,
 // an oci-archive). Readers ask for files by name; nothing is ever extracted.
-import { createReadStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
-import { createWriteStream } from 'node:fs';
 import type { Readable } from 'node:stream';
-import { file as tempFile } from 'tmp-promise';
+import { file as tempFile, setGracefulCleanup } from 'tmp-promise';
 import { ImageFormatError, ImageReferenceError } from '../errors.js';
 import { printable } from '../layer/tar.js';
 import { indexTar, resolveEntry, type IndexedEntry } from './tar-index.js';
@@ -29,6 +28,9 @@ export interface FileStore {
   has(name: string): Promise<boolean>;
   close(): Promise<void>;
 }
+
+// A decompressed archive left open when the process exits (an error path that skipped close()) is removed then.
+setGracefulCleanup();
 
 /** Largest JSON document (manifest, config, index) read into memory. */
 const JSON_LIMIT = 64 * 1024 * 1024;

@@ -23,7 +23,8 @@ const META_TYPES = new Set(['x', 'g', 'L', 'K']);
 /** Index the tar at `path`; `source` names it in errors. Later entries of the same name win, as in tar. */
 export async function indexTar(path: string, source: string): Promise<Map<string, IndexedEntry>> {
   const parsed: { path: string; type: EntryType; size: number; linkname?: string }[] = [];
-  for await (const { entry } of readTar(createReadStream(path), { source })) {
+  for await (const { entry, body } of readTar(createReadStream(path), { source })) {
+    body.resume(); // skip the content; an unread body larger than tar-stream's buffer stalls the stream
     parsed.push({ path: entry.path, type: entry.type, size: entry.size, ...(entry.linkname !== undefined ? { linkname: entry.linkname } : {}) });
   }
   const handle = await open(path, 'r');

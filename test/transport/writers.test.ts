@@ -131,3 +131,20 @@ test('a failure while writing leaves no output file: hostile entries and bad dig
   await t.throwsAsync(writeDockerArchive([{ image: bad, tags: [] }], join(dir, 'out.tar.gz'), { gzip: true }), { instanceOf: DigestMismatchError });
   t.deepEqual((await readdir(dir)).sort(), ['evil.tar', 'flipped.tar']);
 });
+
+test('entries larger than the stream buffers are indexed, checked and copied (unread bodies must not stall)', async (t) => {
+  t.timeout(30_000);
+  const dir = await tempDir(t);
+  const big = Buffer.alloc(3 * 1024 * 1024 + 17, 'dockvm');
+  const layer = await layerTar([{ path: 'big', content: big }]);
+  await writeFile(join(dir, 'big.tar'), await tarOf([
+    { path: 'l.tar', data: layer }, { path: 'c.json', data: configFor([layer]) },
+    { path: 'manifest.json', data: JSON.stringify([{ Config: 'c.json', RepoTags: ['big:1'], Layers: ['l.tar'] }]) },
+  ]));
+  const image = await openImage(join(dir, 'big.tar'));
+  t.teardown(() => image.close());
+  await writeDockerArchive([{ image, tags: ['big:1'] }], join(dir, 'copy.tar'), { checkEntries: true });
+  const copy = await openImage(join(dir, 'copy.tar'));
+  t.teardown(() => copy.close());
+  t.deepEqual(await collect(await copy.layers[0]!.openTar()), layer);
+});

@@ -1,0 +1,182 @@
+// Pushing an image to a registry: every layer and the config (blobs the repository has are skipped,
+// blobs of another repository of the same registry are mounted), a bounded number at a time, then the
+// manifest. Compressed layers go as they are (their digests kept); uncompressed ones are gzipped on the
+// way, deterministically, on every core. An image read from a registry keeps its manifest bytes, so the
+// pushed manifest has the digest it had there.
+import { Readable, Transform, type TransformCallback } from 'node:stream';
+import { DigestMismatchError, ImageReferenceError, RegistryError } from '../../errors.js';
+import { sha256, type Digest } from '../../image/digest.js';
+import type { Image, Layer } from '../../image/image.js';
+import { MediaType, layerCompression } from '../../image/media-types.js';
+import { parseImageReference, type ImageReference } from '../../image/reference.js';
+import { chain, describeFailure } from '../streams.js';
+import { RegistryClient, discard, type RegistryOptions } from './client.js';
+import { ParallelGzip } from './parallel-gzip.js';
+import { isRegistryImage, RegistryLayer } from './registry-image.js';
+import { ensureBlob, uploadStream, type BlobStatus } from './upload.js';
+
+export interface PushOptions extends RegistryOptions {
+  /** blobs uploaded at once (default 3) */
+  concurrency?: number;
+  /** progress: the total source bytes once, then counts as they are read (negative when an upload starts over) */
+  onProgress?: (event: { total: number } | { bytes: number }) => void;
+}
+
+export interface PushedBlob {
+  mediaType: string;
+  digest: Digest;
+  size: number;
+  status: BlobStatus;
+}
+
+export interface PushResult {
+  /** docker://HOST/REPO:TAG (or @DIGEST) as pushed */
+  reference: string;
+  registry: string;
+  repository: string;
+  tag?: string;
+  /** the manifest's digest: what to pin */
+  digest: Digest;
+  mediaType: string;
+  size: number;
+  config: PushedBlob;
+  layers: PushedBlob[];
+}
+
+type Format = 'docker' | 'oci';
+
+export async function pushImage(image: Image, destination: string | ImageReference, options: PushOptions = {}): Promise<PushResult> {
+  const ref = typeof destination === 'string' ? parseImageReference(destination) : destination;
+  if (ref.transport !== 'docker' || !ref.registry || !ref.repository) {
+    throw new ImageReferenceError(`${ref.text}: push needs a registry reference, docker://HOST/REPO:TAG`, { source: ref.text });
+  }
+  const client = new RegistryClient(ref.registry, ref.repository, options);
+  const format = manifestFormat(image);
+  const progress = options.onProgress;
+  const sizes = await Promise.all(image.layers.map(async (layer) => (await layer.blob()).size));
+  progress?.({ total: sizes.reduce((a, b) => a + b, 0) + image.rawConfig.length });
+
+  // Each distinct layer once; the same layer twice in an image is one blob.
+  const distinct = new Map<Digest, Layer>();
+  for (const layer of image.layers) if (!distinct.has(layer.diffId)) distinct.set(layer.diffId, layer);
+  const pushed = new Map<Digest, PushedBlob>();
+  const jobs: (() => Promise<void>)[] = [...distinct.values()].map((layer) => async () => {
+    pushed.set(layer.diffId, await pushLayer(client, layer, format, progress));
+  });
+  let config: PushedBlob | undefined;
+  jobs.push(async () => {
+    const blob = { digest: image.configDigest, size: image.rawConfig.length };
+    const status = await ensureBlob(client, blob, async () => counting(Readable.from([image.rawConfig]), progress));
+    if (status !== 'uploaded') progress?.({ bytes: blob.size });
+    config = { mediaType: format === 'oci' ? MediaType.OciConfig : MediaType.DockerConfig, ...blob, status };
+  });
+  await bounded(jobs, options.concurrency ?? 3);
+
+  const layers = image.layers.map((layer) => pushed.get(layer.diffId)!);
+  const manifest = manifestBytes(image, format, config!, layers);
+  const digest = sha256(manifest.bytes);
+  if (ref.digest !== undefined && ref.digest !== digest) {
+    throw new DigestMismatchError(`${ref.text}: the image's manifest is ${digest}, not the digest the reference names`, { source: ref.text, digest: ref.digest });
+  }
+  const target = ref.digest ?? ref.tag ?? 'latest';
+  const response = await client.request('PUT', `/v2/${client.repository}/manifests/${target}`, {
+    scopes: [client.pushScope()],
+    headers: { 'content-type': manifest.mediaType },
+    body: manifest.bytes,
+    expect: [201],
+    what: `manifest ${target}`,
+  });
+  await discard(response);
+  const claimed = response.headers.get('docker-content-digest');
+  if (claimed && claimed !== digest) {
+    throw new RegistryError(`${client.name}: the registry stored the manifest as ${claimed}, but its bytes hash to ${digest}`, { source: client.name });
+  }
+  const result: PushResult = {
+    reference: `docker://${client.name}${ref.digest ? `@${ref.digest}` : `:${target}`}`,
+    registry: client.registry,
+    repository: client.repository,
+    digest,
+    mediaType: manifest.mediaType,
+    size: manifest.bytes.length,
+    config: config!,
+    layers,
+  };
+  if (!ref.digest) result.tag = target;
+  return result;
+}
+
+async function pushLayer(client: RegistryClient, layer: Layer, format: Format, progress: PushOptions['onProgress']): Promise<PushedBlob> {
+  const blob = await layer.blob();
+  const compression = layerCompression(blob.mediaType);
+  if (compression === 'none') {
+    // The compressed digest is known only after compressing: stream it, then name it.
+    const { digest, size } = await uploadStream(
+      client,
+      async () => chain(counting(await layer.openTar(), progress), [new ParallelGzip()], describeFailure(`layer ${layer.diffId}`)),
+      `layer ${layer.diffId}`,
+    );
+    return { mediaType: format === 'oci' ? MediaType.OciLayerGzip : MediaType.DockerLayerGzip, digest, size, status: 'uploaded' };
+  }
+  const mountFrom = layer instanceof RegistryLayer && layer.origin.registry === client.registry && layer.origin.repository !== client.repository ? layer.origin.repository : undefined;
+  const status = await ensureBlob(client, blob, async () => counting(await layer.openBlob(), progress), mountFrom !== undefined ? { mountFrom } : {});
+  if (status !== 'uploaded') progress?.({ bytes: blob.size });
+  return { mediaType: layerMediaType(blob.mediaType, compression, format), digest: blob.digest, size: blob.size, status };
+}
+
+/** OCI when a layer is OCI-typed or zstd (Docker's types have no zstd); else Docker v2 schema 2, as skopeo writes. */
+function manifestFormat(image: Image): Format {
+  if (isRegistryImage(image)) return image.manifest.mediaType === MediaType.OciManifest ? 'oci' : 'docker';
+  return 'docker';
+}
+
+function layerMediaType(source: string, compression: 'gzip' | 'zstd', format: Format): string {
+  if (format === 'oci') return compression === 'zstd' ? MediaType.OciLayerZstd : MediaType.OciLayerGzip;
+  if (compression === 'zstd') return MediaType.OciLayerZstd;
+  return source === MediaType.DockerForeignLayerGzip ? source : MediaType.DockerLayerGzip;
+}
+
+function manifestBytes(image: Image, format: Format, config: PushedBlob, layers: PushedBlob[]): { bytes: Buffer; mediaType: string } {
+  // An image from a registry whose blobs went as they were keeps its manifest bytes (and so its digest).
+  if (isRegistryImage(image)) return { bytes: image.manifest.bytes, mediaType: image.manifest.mediaType };
+  const mediaType = format === 'oci' ? MediaType.OciManifest : MediaType.DockerManifest;
+  const descriptor = ({ mediaType: type, size, digest }: PushedBlob) => ({ mediaType: type, size, digest });
+  // Key order as Docker and skopeo write it.
+  const manifest = { schemaVersion: 2, mediaType, config: descriptor(config), layers: layers.map(descriptor) };
+  return { bytes: Buffer.from(JSON.stringify(manifest)), mediaType };
+}
+
+/** Run jobs, `limit` at a time; the first failure stops new jobs and is thrown once the running ones end. */
+async function bounded(jobs: (() => Promise<void>)[], limit: number): Promise<void> {
+  const queue = [...jobs];
+  let failure: { err: unknown } | undefined;
+  const worker = async () => {
+    while (!failure) {
+      const job = queue.shift();
+      if (!job) return;
+      try {
+        await job();
+      } catch (err) {
+        failure ??= { err };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, limit) }, worker));
+  if (failure) throw failure.err;
+}
+
+/** Report the bytes that flow through `stream`; when it is opened again for a retry, the earlier count is taken back. */
+function counting(stream: Readable, progress: PushOptions['onProgress']): Readable {
+  if (!progress) return stream;
+  let seen = 0;
+  const counter = new Transform({
+    transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback) {
+      seen += chunk.length;
+      progress({ bytes: chunk.length });
+      callback(null, chunk);
+    },
+  });
+  counter.on('close', () => {
+    if (!counter.writableFinished && seen > 0) progress({ bytes: -seen });
+  });
+  return chain(stream, [counter], describeFailure('upload'));
+}
