@@ -1,0 +1,59 @@
+// The guest agent (vm/agent.c) compiled on demand into the cache, keyed by a hash of its source and the
+// compiler flags: `cc -static -Os` once per source change; vm/build-initramfs does it at setup time.
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { MissingToolError } from '../errors.js';
+import { assetPath, cacheDir } from './paths.js';
+
+/** -static: the initramfs has no libc; -Os: it is copied into every boot; -s: symbols are dead weight. */
+const CFLAGS = ['-static', '-Os', '-s', '-Wall'];
+
+export interface AgentBinary {
+  readonly path: string;
+  /** sha256 of the source and flags: the agent's part of the initramfs hash */
+  readonly sourceHash: string;
+}
+
+export async function agentSourceHash(): Promise<string> {
+  const source = await readFile(assetPath('vm', 'agent.c'));
+  return createHash('sha256').update(JSON.stringify(CFLAGS)).update('\0').update(source).digest('hex');
+}
+
+const inFlight = new Map<string, Promise<AgentBinary>>();
+
+/** The compiled agent; compiles it into the cache when missing (needs a C compiler with static libc). */
+export async function ensureAgent(env: NodeJS.ProcessEnv = process.env): Promise<AgentBinary> {
+  const sourceHash = await agentSourceHash();
+  const dir = join(cacheDir(env), 'agent', sourceHash.slice(0, 16));
+  const path = join(dir, 'dockvm-agent');
+  if (existsSync(path)) return { path, sourceHash };
+  // one compile per process even when several callers ask at once
+  let building = inFlight.get(path);
+  if (building === undefined) {
+    building = compileAgent(dir, path, sourceHash, env).finally(() => inFlight.delete(path));
+    inFlight.set(path, building);
+  }
+  return building;
+}
+
+async function compileAgent(dir: string, path: string, sourceHash: string, env: NodeJS.ProcessEnv): Promise<AgentBinary> {
+  await mkdir(dir, { recursive: true });
+  // unique per process and call: two dockvm processes may compile at once; rename makes one win
+  const temp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  const cc = env.CC || 'cc';
+  try {
+    await execa(cc, [...CFLAGS, '-o', temp, assetPath('vm', 'agent.c')], { env, stdin: 'ignore' });
+    await rename(temp, path);
+  } catch (err) {
+    await rm(temp, { force: true });
+    const detail = (err as { stderr?: string }).stderr?.trim().split('\n')[0] ?? String(err);
+    throw new MissingToolError(
+      `could not compile the guest agent ${assetPath('vm', 'agent.c')} with ${cc}: ${detail}; install gcc and libc6-dev`,
+      { cause: err, command: cc },
+    );
+  }
+  return { path, sourceHash };
+}

@@ -1,0 +1,12 @@
+// The VM runtime: boot a throwaway QEMU microVM, run commands in it through the guest agent, stop it.
+export { startVm, bootVm, Vm, chooseTransport, vsockUsable, type VmOptions, type BootPlan, type Transport } from './vm.js';
+export type { ExecOptions, ExecResult, RunningCommand } from './agent-client.js';
+export { MAX_FILE_BYTES } from './agent-client.js';
+export { createScratchDisk, type VmDisk } from './disks.js';
+export { qemuImgCreate, qemuImgInfo, type ImageInfo, type ImageFormat } from './qemu-img.js';
+export { resolveKernel, fetchDebianKernel, type GuestKernel } from './kernel.js';
+export { ensureInitramfs, type Initramfs } from './initramfs.js';
+export { ensureAgent } from './agent-binary.js';
+export { chooseAccel, cachedAccel, kvmDevicePresent, type AccelChoice } from './accel.js';
+export { findQemu, type Accel, type Machine, type QemuBinary } from './qemu.js';
+export { cacheDir } from './paths.js';

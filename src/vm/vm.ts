@@ -1,0 +1,404 @@
+// Boot a throwaway build VM and talk to its agent. Every boot has a deadline; a VM that misses it, or
+// whose QEMU dies, becomes a VmError carrying the last lines of the guest console. QEMU and the VM's
+// temp dir (agent socket) are gone when the VM is shut down, when it fails, and when dockvm exits.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomInt } from 'node:crypto';
+import { accessSync, constants as fsConstants, readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { type Server, type Socket, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Duplex } from 'node:stream';
+import { VmError } from '../errors.js';
+import { chooseAccel } from './accel.js';
+import { ensureAgent } from './agent-binary.js';
+import { AgentClient, type ExecOptions, type ExecResult, type RunningCommand } from './agent-client.js';
+import { track, untrack } from './cleanup.js';
+import type { VmDisk } from './disks.js';
+import { ensureInitramfs } from './initramfs.js';
+import { type GuestKernel, resolveKernel } from './kernel.js';
+import { PROTOCOL_VERSION, type Hello } from './protocol.js';
+import { type Accel, type AgentChannel, type Machine, findQemu, hostTscKhz, qemuArgs } from './qemu.js';
+
+export type Transport = 'serial' | 'vsock';
+
+export interface VmOptions {
+  /** guest RAM (default 512, the spec's buildVMMemorySize default) */
+  readonly memoryMiB?: number;
+  /** virtual CPUs (default 1: under TCG a second vCPU slows the boot on a small host) */
+  readonly cpus?: number;
+  /** virtio-blk disks, in order: /dev/vda, /dev/vdb, … */
+  readonly disks?: readonly VmDisk[];
+  /** QEMU user-mode networking with DNS (default false: no network) */
+  readonly network?: boolean;
+  /** boot deadline: the agent must say hello by then (default 10 s under KVM, 30 s under TCG) */
+  readonly timeoutMs?: number;
+  /** the guest kernel (default: resolveKernel()) */
+  readonly kernel?: GuestKernel;
+  /** aborting kills the VM (during boot: startVm rejects) */
+  readonly signal?: AbortSignal;
+  /** default: DOCKVM_ACCEL, else the cached KVM probe verdict */
+  readonly accel?: Accel;
+  /** default: DOCKVM_MACHINE, else microvm */
+  readonly machine?: Machine;
+  /** default: DOCKVM_TRANSPORT, else vsock when /dev/vhost-vsock is usable, else serial */
+  readonly transport?: Transport;
+  readonly env?: NodeJS.ProcessEnv;
+  /** one-line notices (the KVM fallback); default: stderr */
+  readonly onNotice?: (line: string) => void;
+}
+
+/** Everything a boot needs, resolved. */
+export interface BootPlan {
+  readonly qemu: string;
+  readonly accel: Accel;
+  readonly machine: Machine;
+  readonly transport: Transport;
+  readonly memoryMiB: number;
+  readonly cpus: number;
+  readonly kernel: string;
+  readonly initrd: string;
+  readonly disks: readonly VmDisk[];
+  readonly network: boolean;
+  readonly timeoutMs: number;
+  /** the compiled agent: on the host it is also the vsock bridge */
+  readonly agentBinary: string;
+  readonly signal?: AbortSignal;
+}
+
+const CONSOLE_KEEP = 64 * 1024;
+const VSOCK_PORT = 1024;
+/** how long a VM gets to power off after the agent acknowledged shutdown before it is killed */
+const SHUTDOWN_GRACE_MS = 5000;
+
+/** Is /dev/vhost-vsock there and ours to open? */
+export function vsockUsable(): boolean {
+  try {
+    accessSync('/dev/vhost-vsock', fsConstants.R_OK | fsConstants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export function chooseTransport(env: NodeJS.ProcessEnv = process.env): Transport {
+  const forced = env.DOCKVM_TRANSPORT;
+  if (forced === 'serial' || forced === 'vsock') return forced;
+  if (forced) throw new VmError(`DOCKVM_TRANSPORT=${forced} is not one of serial, vsock`);
+  return vsockUsable() ? 'vsock' : 'serial';
+}
+
+function chooseMachine(env: NodeJS.ProcessEnv): Machine {
+  const forced = env.DOCKVM_MACHINE;
+  if (forced === undefined || forced === '') return 'microvm';
+  if (forced === 'microvm' || forced === 'pc') return forced;
+  throw new VmError(`DOCKVM_MACHINE=${forced} is not one of microvm, pc`);
+}
+
+/** Boot a VM: kernel and initramfs resolved (fetched/built when missing), accel chosen, agent ready. */
+export async function startVm(options: VmOptions = {}): Promise<Vm> {
+  const env = options.env ?? process.env;
+  const kernel = options.kernel ?? (await resolveKernel({ env }));
+  const [qemu, initramfs, agent] = await Promise.all([findQemu(env), ensureInitramfs({ kernel, env }), ensureAgent(env)]);
+  const machine = options.machine ?? chooseMachine(env);
+  const transport = options.transport ?? chooseTransport(env);
+  const base = { qemu: qemu.path, machine, transport, kernel: kernel.kernel, initrd: initramfs.path, agentBinary: agent.path };
+  const accel =
+    options.accel ??
+    (await chooseAccel({ env, qemu, kernel, initramfsHash: initramfs.hash, onNotice: options.onNotice, boot: (plan) => bootVm({ ...base, ...plan }) })).accel;
+  return bootVm({
+    ...base,
+    accel,
+    memoryMiB: options.memoryMiB ?? 512,
+    cpus: options.cpus ?? 1,
+    disks: options.disks ?? [],
+    network: options.network ?? false,
+    timeoutMs: options.timeoutMs ?? (accel === 'kvm' ? 10_000 : 30_000),
+    signal: options.signal,
+  });
+}
+
+/** Boot exactly what `plan` says (no resolution, no probing). */
+export async function bootVm(plan: BootPlan): Promise<Vm> {
+  plan.signal?.throwIfAborted();
+  const tempDir = await mkdtemp(join(tmpdir(), 'dockvm-vm-'));
+  const vm = new Vm(plan, tempDir);
+  try {
+    await vm.boot();
+    return vm;
+  } catch (err) {
+    await vm.kill();
+    throw err;
+  }
+}
+
+export class Vm {
+  readonly accel: Accel;
+  readonly transport: Transport;
+  readonly machine: Machine;
+  /** the agent's hello, once booted */
+  hello: Hello | undefined;
+  /** milliseconds from spawning QEMU to the agent's hello */
+  bootMs = 0;
+
+  private qemu: ChildProcess | undefined;
+  private bridge: ChildProcess | undefined;
+  private server: Server | undefined;
+  private client: AgentClient | undefined;
+  private console: Buffer[] = [];
+  private consoleBytes = 0;
+  private qemuStderr = '';
+  private qemuExited: Promise<void> = Promise.resolve();
+  private exitDescription: string | undefined;
+  private state: 'booting' | 'running' | 'stopping' | 'stopped' = 'booting';
+  private cleaned: Promise<void> | undefined;
+  private readonly resources;
+
+  /** @internal use startVm() or bootVm() */
+  constructor(
+    private readonly plan: BootPlan,
+    readonly tempDir: string,
+  ) {
+    this.accel = plan.accel;
+    this.transport = plan.transport;
+    this.machine = plan.machine;
+    this.resources = { tempDir, pid: () => this.livePid() };
+    track(this.resources);
+  }
+
+  /** QEMU's process id (for tests and diagnostics); undefined before spawn. */
+  get pid(): number | undefined {
+    return this.qemu?.pid;
+  }
+
+  private livePid(): number | undefined {
+    const child = this.qemu;
+    if (this.bridge?.pid !== undefined && this.bridge.exitCode === null) this.bridge.kill('SIGKILL');
+    return child && child.exitCode === null && child.signalCode === null ? child.pid : undefined;
+  }
+
+  /** @internal */
+  async boot(): Promise<void> {
+    const plan = this.plan;
+    let channel: AgentChannel;
+    let connected: Promise<Duplex>;
+    if (plan.transport === 'serial') {
+      const socketPath = join(this.tempDir, 'agent.sock');
+      channel = { transport: 'serial', socketPath };
+      const server = createServer();
+      this.server = server;
+      connected = new Promise<Duplex>((resolve) => server.once('connection', (socket: Socket) => {
+        server.close(); // one VM, one connection
+        resolve(socket);
+      }));
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(socketPath, () => resolve());
+      });
+    } else {
+      // a random CID: two VMs at once (also from two dockvm processes) must not share one
+      channel = { transport: 'vsock', cid: randomInt(3, 0x7fffffff) };
+      connected = Promise.resolve(undefined as unknown as Duplex);
+    }
+
+    const disks = plan.disks.map((disk, i) => ({ path: disk.path, readOnly: disk.readOnly ?? false, serial: (disk.name ?? `disk${i}`).slice(0, 20) }));
+    const args = qemuArgs({ ...plan, disks, agent: channel, hostTscKhz: hostTsc() });
+    const started = Date.now();
+    // node's spawn rather than execa: a long-lived child whose exit is an event, not an outcome
+    const qemu = spawn(plan.qemu, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.qemu = qemu;
+    qemu.stdout!.on('data', (chunk: Buffer) => this.keepConsole(chunk));
+    qemu.stderr!.on('data', (chunk: Buffer) => (this.qemuStderr = (this.qemuStderr + chunk.toString()).slice(-4096)));
+    this.qemuExited = new Promise<void>((resolve) => {
+      qemu.once('error', (err) => {
+        this.exitDescription = `QEMU could not start: ${err.message}`;
+        resolve();
+      });
+      qemu.once('exit', (code, signal) => {
+        this.exitDescription ??= signal ? `QEMU was killed by ${signal}` : `QEMU exited with code ${code}`;
+        resolve();
+      });
+      qemu.once('close', () => resolve());
+    });
+    void this.qemuExited.then(() => this.onQemuExit());
+
+    if (channel.transport === 'vsock') {
+      const bridge = spawn(plan.agentBinary, ['bridge-vsock', String(channel.cid), String(VSOCK_PORT)], { stdio: ['pipe', 'pipe', 'pipe'] });
+      this.bridge = bridge;
+      bridge.stderr!.on('data', (chunk: Buffer) => (this.qemuStderr = (this.qemuStderr + chunk.toString()).slice(-4096)));
+      connected = Promise.resolve(Duplex.from({ readable: bridge.stdout!, writable: bridge.stdin! }));
+    }
+
+    let timer: NodeJS.Timeout | undefined;
+    let onAbort: (() => void) | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new VmError(`the VM did not reach its agent within ${plan.timeoutMs} ms (${plan.accel}, ${plan.machine})${this.consoleSuffix()}`)),
+        plan.timeoutMs,
+      );
+    });
+    const aborted = new Promise<never>((_, reject) => {
+      onAbort = () => reject(new VmError('the VM boot was aborted', { cause: plan.signal?.reason }));
+      plan.signal?.addEventListener('abort', onAbort, { once: true });
+    });
+    const died = this.qemuExited.then(async () => {
+      throw new VmError(`the VM stopped while booting: ${this.describeExit()}`);
+    });
+    try {
+      const hello = await Promise.race([
+        connected.then((link) => {
+          this.client = new AgentClient(link, () => void this.onLinkLost());
+          return this.client.hello();
+        }),
+        deadline,
+        aborted,
+        died,
+      ]);
+      if (hello.protocol !== PROTOCOL_VERSION) {
+        throw new VmError(`the guest agent speaks protocol ${hello.protocol}, this dockvm speaks ${PROTOCOL_VERSION}; remove the initramfs cache to rebuild it`);
+      }
+      this.hello = hello;
+      this.bootMs = Date.now() - started;
+      this.state = 'running';
+      if (plan.signal) plan.signal.addEventListener('abort', () => void this.kill(), { once: true });
+    } finally {
+      clearTimeout(timer);
+      if (onAbort) plan.signal?.removeEventListener('abort', onAbort);
+      died.catch(() => {});
+    }
+  }
+
+  private keepConsole(chunk: Buffer): void {
+    this.console.push(chunk);
+    this.consoleBytes += chunk.length;
+    while (this.consoleBytes - this.console[0]!.length > CONSOLE_KEEP && this.console.length > 1) {
+      this.consoleBytes -= this.console.shift()!.length;
+    }
+  }
+
+  /** The last `lines` lines the guest printed on its console (kernel messages, init's errors). */
+  consoleTail(lines = 20): string[] {
+    // eslint-disable-next-line no-control-regex
+    const text = Buffer.concat(this.console).toString('utf8').replace(/\r/g, '').replace(/\x1b\[[0-9;?]*[a-zA-Z]/g, '');
+    return text.split('\n').filter((line) => line.trim() !== '').slice(-lines);
+  }
+
+  private consoleSuffix(): string {
+    const tail = this.consoleTail(8);
+    const stderr = this.qemuStderr.trim().split('\n').filter(Boolean).slice(-3);
+    const parts: string[] = [];
+    if (stderr.length) parts.push(`; QEMU said: ${stderr.join(' | ')}`);
+    parts.push(tail.length ? `; guest console ended with: ${tail.join(' | ')}` : '; the guest console is empty');
+    return parts.join('');
+  }
+
+  private describeExit(): string {
+    return `${this.exitDescription ?? 'QEMU exited'}${this.consoleSuffix()}`;
+  }
+
+  private async onLinkLost(): Promise<void> {
+    if (this.state === 'stopping' || this.state === 'stopped') return;
+    // the channel drops a moment before QEMU's exit is reported: give the better message a chance
+    await Promise.race([this.qemuExited, new Promise((r) => setTimeout(r, 1000))]);
+    this.client?.close(new VmError(`the VM's agent went away: ${this.describeExit()}`));
+    await this.kill();
+  }
+
+  private onQemuExit(): void {
+    if (this.state === 'stopping' || this.state === 'stopped') return;
+    this.client?.close(new VmError(`the VM stopped unexpectedly: ${this.describeExit()}`));
+    void this.cleanup();
+  }
+
+  private agent(): AgentClient {
+    if (this.state !== 'running' || !this.client || this.client.closed) {
+      throw new VmError(`the VM is ${this.state === 'running' ? 'gone' : this.state}: ${this.exitDescription ?? 'no agent'}`);
+    }
+    return this.client;
+  }
+
+  /** Run a command; resolves with its exit status (a non-zero exit is not an error here). */
+  exec(options: ExecOptions): Promise<ExecResult> {
+    try {
+      return this.agent().exec(options);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /** Run a command you can signal or resize while it runs. */
+  spawn(options: ExecOptions): RunningCommand {
+    return this.agent().spawn(options);
+  }
+
+  getFile(path: string): Promise<Buffer> {
+    try {
+      return this.agent().getFile(path);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  putFile(path: string, data: Buffer | string, mode = 0o644): Promise<void> {
+    try {
+      return this.agent().putFile(path, data, mode);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /** Sync and power off; kills QEMU if it does not stop in time. Idempotent. */
+  async shutdown(): Promise<void> {
+    if (this.state === 'stopping' || this.state === 'stopped') return this.cleaned;
+    const client = this.state === 'running' ? this.client : undefined;
+    this.state = 'stopping';
+    if (client && !client.closed) {
+      const acknowledged = client.shutdown().catch(() => {});
+      await Promise.race([acknowledged, this.qemuExited, sleep(SHUTDOWN_GRACE_MS)]);
+      await Promise.race([this.qemuExited, sleep(SHUTDOWN_GRACE_MS)]);
+      client.close(new VmError('the VM was shut down'));
+    }
+    return this.kill();
+  }
+
+  /** Kill QEMU now and remove the temp dir. Idempotent. */
+  async kill(): Promise<void> {
+    if (this.state !== 'stopped') this.state = 'stopping';
+    this.client?.close(new VmError(`the VM was stopped${this.exitDescription ? `: ${this.exitDescription}` : ''}`));
+    return this.cleanup();
+  }
+
+  private cleanup(): Promise<void> {
+    this.cleaned ??= (async () => {
+      this.server?.close();
+      this.bridge?.kill('SIGKILL');
+      const qemu = this.qemu;
+      if (qemu && qemu.exitCode === null && qemu.signalCode === null) qemu.kill('SIGKILL');
+      await Promise.race([this.qemuExited, sleep(2000)]);
+      await rm(this.tempDir, { recursive: true, force: true });
+      this.state = 'stopped';
+      untrack(this.resources);
+    })();
+    return this.cleaned;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.shutdown();
+  }
+}
+
+let tscKhz: number | undefined | null = null;
+function hostTsc(): number | undefined {
+  if (tscKhz === null) {
+    try {
+      tscKhz = hostTscKhz(readFileSync('/proc/cpuinfo', 'utf8'));
+    } catch {
+      tscKhz = undefined;
+    }
+  }
+  return tscKhz;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}

@@ -1,0 +1,574 @@
+/*
+ * dockvm guest agent: PID 1 of the build VM (init execs it). It speaks one framed protocol with the host
+ * over a virtio-vsock stream or a virtio-serial port, runs commands (pipes or a pty), streams their
+ * output, forwards signals and window sizes, moves small files, and powers the VM off.
+ *
+ * Frame: u32 length (big-endian; counts type + id + payload), u8 type, u32 id (big-endian), payload.
+ * The same file, run on the host as `agent bridge-vsock CID PORT`, relays stdin/stdout to a guest's
+ * vsock port, because Node.js cannot open AF_VSOCK sockets.
+ *
+ * Built with: gcc -static -Os -o agent agent.c
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <dirent.h>
+#include <termios.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/reboot.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <linux/vm_sockets.h>
+
+#define PROTOCOL_VERSION 1
+#define AGENT_VERSION "0.1.0"
+#define SERIAL_PORT_NAME "org.dockvm.agent"
+#define VSOCK_PORT 1024
+#define MAX_FRAME (16u << 20)   /* bounds a frame the host may send: file puts are "small" */
+#define MAX_FILE (15u << 20)
+#define READ_CHUNK 65536
+#define MAX_PROCS 32
+
+enum {
+  T_HELLO = 1, T_EXEC = 2, T_STDIN = 3, T_STDOUT = 4, T_STDERR = 5, T_EXIT = 6, T_SIGNAL = 7,
+  T_WINSIZE = 8, T_PUT = 9, T_GET = 10, T_FILE = 11, T_OK = 12, T_ERROR = 13, T_SHUTDOWN = 14,
+  T_STDIN_ACK = 15,
+};
+
+struct proc {
+  int used;
+  uint32_t id;
+  pid_t pid;
+  int tty;
+  int in_fd, out_fd, err_fd; /* -1 when closed; with a tty, out_fd is the pty master and in_fd == out_fd */
+  char *pending; size_t pending_len; int stdin_eof;
+  int exited; int status;
+  int hup; /* a pty master reported EIO: the command closed its terminal; wait for the reap */
+};
+
+static struct proc procs[MAX_PROCS];
+static int link_fd = -1;
+static int sigchld_pipe[2];
+static const char *transport_name = "serial";
+
+extern char **environ;
+
+static void die(const char *what) {
+  fprintf(stderr, "dockvm-agent: %s: %s\n", what, strerror(errno));
+  exit(1);
+}
+
+static void write_all(int fd, const void *buf, size_t len) {
+  const char *p = buf;
+  while (len > 0) {
+    ssize_t n = write(fd, p, len);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) { struct pollfd w = { fd, POLLOUT, 0 }; poll(&w, 1, -1); continue; }
+      die("write to host");
+    }
+    p += n; len -= (size_t)n;
+  }
+}
+
+static void put_u32(unsigned char *p, uint32_t v) { p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v; }
+static uint32_t get_u32(const unsigned char *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
+static uint16_t get_u16(const unsigned char *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+
+static void send_frame(int type, uint32_t id, const void *payload, size_t len) {
+  unsigned char head[9];
+  put_u32(head, (uint32_t)len + 5);
+  head[4] = (unsigned char)type;
+  put_u32(head + 5, id);
+  write_all(link_fd, head, sizeof head);
+  if (len) write_all(link_fd, payload, len);
+}
+
+static void send_error(uint32_t id, const char *what, const char *path, int err) {
+  char msg[4200];
+  snprintf(msg, sizeof msg, "%s %s: %s", what, path, strerror(err));
+  send_frame(T_ERROR, id, msg, strlen(msg));
+}
+
+static void send_hello(void) {
+  struct utsname u;
+  char text[512];
+  uname(&u);
+  snprintf(text, sizeof text, "protocol=%d\nagent=%s\nkernel=%s\ntransport=%s\n", PROTOCOL_VERSION,
+           AGENT_VERSION, u.release, transport_name);
+  send_frame(T_HELLO, 0, text, strlen(text));
+}
+
+static void set_nonblock(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
+
+static struct proc *find_proc(uint32_t id) {
+  for (int i = 0; i < MAX_PROCS; i++)
+    if (procs[i].used && procs[i].id == id) return &procs[i];
+  return NULL;
+}
+
+/* ---- exec ---------------------------------------------------------------------------------- */
+
+/* Split `count` NUL-terminated strings off [*p, end); NULL when the payload is malformed. */
+static char **take_strings(const char **p, const char *end, uint32_t count) {
+  if (count > 65536) return NULL;
+  char **list = calloc(count + 1, sizeof *list);
+  for (uint32_t i = 0; i < count; i++) {
+    const char *nul = memchr(*p, 0, (size_t)(end - *p));
+    if (!nul) { free(list); return NULL; }
+    list[i] = (char *)*p;
+    *p = nul + 1;
+  }
+  return list;
+}
+
+static void do_exec(uint32_t id, const unsigned char *payload, size_t len) {
+  if (len < 13) { send_frame(T_ERROR, id, "malformed exec", 14); return; }
+  int tty = payload[0] & 1;
+  uint16_t rows = get_u16(payload + 1), cols = get_u16(payload + 3);
+  uint32_t argc = get_u32(payload + 5), envc = get_u32(payload + 9);
+  const char *p = (const char *)payload + 13, *end = (const char *)payload + len;
+  char **cwd = take_strings(&p, end, 1);
+  char **argv = cwd ? take_strings(&p, end, argc) : NULL;
+  char **envp = argv ? take_strings(&p, end, envc) : NULL;
+  struct proc *slot = NULL;
+  for (int i = 0; i < MAX_PROCS && !slot; i++) if (!procs[i].used) slot = &procs[i];
+  if (!envp || argc == 0 || find_proc(id) || !slot) {
+    const char *why = !slot ? "too many running commands" : "malformed exec";
+    send_frame(T_ERROR, id, why, strlen(why));
+    free(cwd); free(argv); free(envp);
+    return;
+  }
+
+  int in[2] = { -1, -1 }, out[2] = { -1, -1 }, err[2] = { -1, -1 }, master = -1, status_pipe[2];
+  char *slave_name = NULL;
+  if (tty) {
+    master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (master < 0 || grantpt(master) || unlockpt(master) || !(slave_name = ptsname(master))) {
+      send_error(id, "open a pty for", argv[0], errno);
+      if (master >= 0) close(master);
+      free(cwd); free(argv); free(envp);
+      return;
+    }
+    struct winsize ws = { .ws_row = rows ? rows : 24, .ws_col = cols ? cols : 80 };
+    ioctl(master, TIOCSWINSZ, &ws);
+  } else if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) {
+    send_error(id, "create pipes for", argv[0], errno);
+    free(cwd); free(argv); free(envp);
+    return;
+  }
+  if (pipe2(status_pipe, O_CLOEXEC)) die("pipe");
+
+  pid_t pid = fork();
+  if (pid < 0) die("fork");
+  if (pid == 0) {
+    signal(SIGPIPE, SIG_DFL);
+    signal(SIGCHLD, SIG_DFL);
+    sigset_t none; sigemptyset(&none); sigprocmask(SIG_SETMASK, &none, NULL);
+    setsid(); /* own session and process group, so a signal reaches the whole command */
+    if (tty) {
+      int slave = open(slave_name, O_RDWR);
+      if (slave < 0) goto fail;
+      ioctl(slave, TIOCSCTTY, 0);
+      dup2(slave, 0); dup2(slave, 1); dup2(slave, 2);
+      if (slave > 2) close(slave);
+    } else {
+      dup2(in[0], 0); dup2(out[1], 1); dup2(err[1], 2);
+    }
+    if (chdir(cwd[0])) goto fail;
+    environ = envp; /* execvp then searches the command's own PATH */
+    execvp(argv[0], argv);
+  fail:;
+    int e = errno;
+    write(status_pipe[1], &e, sizeof e);
+    _exit(127);
+  }
+  close(status_pipe[1]);
+  int child_errno = 0;
+  ssize_t got;
+  do got = read(status_pipe[0], &child_errno, sizeof child_errno); while (got < 0 && errno == EINTR);
+  close(status_pipe[0]);
+  if (tty) {
+    /* nothing */
+  } else {
+    close(in[0]); close(out[1]); close(err[1]);
+  }
+  if (got == sizeof child_errno) {
+    /* chdir or exec failed: the child is a zombie the SIGCHLD loop reaps; report the cause instead */
+    char what[4200];
+    snprintf(what, sizeof what, "cannot run %s in %s:", argv[0], cwd[0]);
+    send_error(id, what, argv[0], child_errno);
+    if (tty) close(master); else { close(in[1]); close(out[0]); close(err[0]); }
+    free(cwd); free(argv); free(envp);
+    return;
+  }
+  memset(slot, 0, sizeof *slot);
+  slot->used = 1; slot->id = id; slot->pid = pid; slot->tty = tty;
+  if (tty) { slot->in_fd = slot->out_fd = master; slot->err_fd = -1; set_nonblock(master); }
+  else {
+    slot->in_fd = in[1]; slot->out_fd = out[0]; slot->err_fd = err[0];
+    set_nonblock(in[1]); set_nonblock(out[0]); set_nonblock(err[0]);
+  }
+  free(cwd); free(argv); free(envp);
+}
+
+/* Forward what a command wrote; returns 0 at end of stream. */
+static int pump_output(struct proc *p, int fd, int type) {
+  static char buf[READ_CHUNK];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n > 0) { send_frame(type, p->id, buf, (size_t)n); continue; }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) return 1;
+    return 0; /* EOF, or EIO from a pty master whose last slave closed */
+  }
+}
+
+static void close_stdin(struct proc *p) {
+  if (p->tty) return; /* the master is also the output side */
+  if (p->in_fd >= 0) close(p->in_fd);
+  p->in_fd = -1;
+}
+
+static void pump_stdin(struct proc *p) {
+  size_t done = 0;
+  while (done < p->pending_len) {
+    ssize_t n = write(p->in_fd, p->pending + done, p->pending_len - done);
+    if (n > 0) { done += (size_t)n; continue; }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) break;
+    /* the command closed its stdin: drop what it will never read, but still acknowledge it */
+    done = p->pending_len;
+    close_stdin(p);
+    break;
+  }
+  if (done) {
+    unsigned char ack[4];
+    put_u32(ack, (uint32_t)done);
+    send_frame(T_STDIN_ACK, p->id, ack, 4);
+    memmove(p->pending, p->pending + done, p->pending_len - done);
+    p->pending_len -= done;
+  }
+  if (p->pending_len == 0 && p->stdin_eof && p->in_fd >= 0) {
+    if (p->tty) { char eot = 4; write(p->in_fd, &eot, 1); p->stdin_eof = 0; }
+    else close_stdin(p);
+  }
+}
+
+static void finish_if_done(struct proc *p) {
+  if (!p->exited) return;
+  /* the command is gone: everything it wrote is in the pipe now, so drain it and report the status */
+  if (p->out_fd >= 0) pump_output(p, p->out_fd, T_STDOUT);
+  if (p->err_fd >= 0) pump_output(p, p->err_fd, T_STDERR);
+  if (p->out_fd >= 0) close(p->out_fd);
+  if (p->err_fd >= 0) close(p->err_fd);
+  if (!p->tty && p->in_fd >= 0) close(p->in_fd);
+  unsigned char st[8];
+  int code = WIFEXITED(p->status) ? WEXITSTATUS(p->status) : -1;
+  int sig = WIFSIGNALED(p->status) ? WTERMSIG(p->status) : 0;
+  put_u32(st, (uint32_t)code);
+  put_u32(st + 4, (uint32_t)sig);
+  send_frame(T_EXIT, p->id, st, 8);
+  free(p->pending);
+  memset(p, 0, sizeof *p);
+}
+
+static void reap_children(void) {
+  char drain[64];
+  while (read(sigchld_pipe[0], drain, sizeof drain) > 0) {}
+  int status;
+  pid_t pid;
+  while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+    for (int i = 0; i < MAX_PROCS; i++) {
+      if (procs[i].used && procs[i].pid == pid) {
+        procs[i].exited = 1;
+        procs[i].status = status;
+        finish_if_done(&procs[i]);
+      }
+    }
+    /* any other pid was an orphan re-parented to us (we are PID 1): reaping it is all it needs */
+  }
+}
+
+/* ---- files --------------------------------------------------------------------------------- */
+
+static void do_put(uint32_t id, const unsigned char *payload, size_t len) {
+  const char *path = (const char *)payload + 4;
+  const char *nul = len > 4 ? memchr(path, 0, len - 4) : NULL;
+  if (!nul) { send_frame(T_ERROR, id, "malformed put", 13); return; }
+  mode_t mode = get_u32(payload) & 07777;
+  const char *data = nul + 1;
+  size_t size = len - (size_t)(data - (const char *)payload);
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  if (fd < 0) { send_error(id, "open", path, errno); return; }
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = write(fd, data + done, size - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) { send_error(id, "write", path, errno); close(fd); return; }
+    done += (size_t)n;
+  }
+  if (fchmod(fd, mode) || close(fd)) { send_error(id, "close", path, errno); return; }
+  send_frame(T_OK, id, NULL, 0);
+}
+
+static void do_get(uint32_t id, const unsigned char *payload, size_t len) {
+  char path[4097];
+  if (len == 0 || len >= sizeof path) { send_frame(T_ERROR, id, "malformed get", 13); return; }
+  memcpy(path, payload, len);
+  path[len] = 0;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) { send_error(id, "open", path, errno); return; }
+  /* read to EOF rather than trusting st_size: /proc and /sys files report 0 */
+  size_t cap = 65536, done = 0;
+  char *buf = malloc(cap);
+  for (;;) {
+    if (done == cap) {
+      if (cap > MAX_FILE) { close(fd); free(buf); send_error(id, "read", path, EFBIG); return; }
+      cap *= 2;
+      buf = realloc(buf, cap);
+    }
+    ssize_t n = read(fd, buf + done, cap - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) { send_error(id, "read", path, errno); close(fd); free(buf); return; }
+    if (n == 0) break;
+    done += (size_t)n;
+  }
+  close(fd);
+  if (done > MAX_FILE) send_error(id, "read", path, EFBIG);
+  else send_frame(T_FILE, id, buf, done);
+  free(buf);
+}
+
+/* ---- dispatch ------------------------------------------------------------------------------ */
+
+static void power_off(void) {
+  sync();
+  reboot(RB_POWER_OFF);
+  reboot(RB_AUTOBOOT); /* QEMU runs with -no-reboot, so a reboot also ends it */
+  _exit(0);
+}
+
+static void dispatch(int type, uint32_t id, const unsigned char *payload, size_t len) {
+  struct proc *p;
+  switch (type) {
+  case T_EXEC: do_exec(id, payload, len); break;
+  case T_STDIN:
+    if (!(p = find_proc(id)) || p->in_fd < 0) {
+      /* the command is gone or closed stdin: acknowledge so the host's window does not stall */
+      unsigned char ack[4];
+      put_u32(ack, (uint32_t)len);
+      if (len) send_frame(T_STDIN_ACK, id, ack, 4);
+      break;
+    }
+    if (len == 0) p->stdin_eof = 1;
+    else {
+      p->pending = realloc(p->pending, p->pending_len + len);
+      memcpy(p->pending + p->pending_len, payload, len);
+      p->pending_len += len;
+    }
+    pump_stdin(p);
+    break;
+  case T_SIGNAL:
+    if ((p = find_proc(id)) && len >= 4) {
+      int sig = (int)get_u32(payload);
+      if (kill(-p->pid, sig)) kill(p->pid, sig);
+    }
+    break;
+  case T_WINSIZE:
+    if ((p = find_proc(id)) && p->tty && len >= 4) {
+      struct winsize ws = { .ws_row = get_u16(payload), .ws_col = get_u16(payload + 2) };
+      ioctl(p->out_fd, TIOCSWINSZ, &ws);
+    }
+    break;
+  case T_PUT: do_put(id, payload, len); break;
+  case T_GET: do_get(id, payload, len); break;
+  case T_SHUTDOWN:
+    for (int i = 0; i < MAX_PROCS; i++) if (procs[i].used) kill(-procs[i].pid, SIGKILL);
+    sync();
+    send_frame(T_OK, id, NULL, 0);
+    power_off();
+    break;
+  default: {
+    char msg[64];
+    snprintf(msg, sizeof msg, "unknown message type %d", type);
+    send_frame(T_ERROR, id, msg, strlen(msg));
+  }
+  }
+}
+
+static unsigned char *inbuf;
+static size_t in_len, in_cap;
+
+static void read_link(void) {
+  if (in_cap - in_len < READ_CHUNK) {
+    in_cap = in_cap ? in_cap * 2 : 4 * READ_CHUNK;
+    inbuf = realloc(inbuf, in_cap);
+  }
+  ssize_t n = read(link_fd, inbuf + in_len, in_cap - in_len);
+  if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
+  if (n <= 0) {
+    /* the host went away (it closed the socket or QEMU lost it): nothing left to serve */
+    power_off();
+  }
+  in_len += (size_t)n;
+  size_t at = 0;
+  while (in_len - at >= 9) {
+    uint32_t flen = get_u32(inbuf + at);
+    if (flen < 5 || flen > MAX_FRAME) { fprintf(stderr, "dockvm-agent: bad frame length %u\n", flen); power_off(); }
+    if (in_len - at < 4 + (size_t)flen) {
+      break;
+    }
+    dispatch(inbuf[at + 4], get_u32(inbuf + at + 5), inbuf + at + 9, flen - 5);
+    at += 4 + (size_t)flen;
+  }
+  memmove(inbuf, inbuf + at, in_len - at);
+  in_len -= at;
+}
+
+/* ---- transports ---------------------------------------------------------------------------- */
+
+static int open_serial(void) {
+  /* the port's node appears once virtio_console has probed the device; wait for it up to 10 s */
+  for (int tries = 0; tries < 1000; tries++) {
+    DIR *dir = opendir("/sys/class/virtio-ports");
+    struct dirent *e;
+    while (dir && (e = readdir(dir))) {
+      if (e->d_name[0] == '.') continue;
+      char path[300], name[128] = "";
+      snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", e->d_name);
+      FILE *f = fopen(path, "r");
+      if (!f) continue;
+      if (fgets(name, sizeof name, f)) name[strcspn(name, "\n")] = 0;
+      fclose(f);
+      if (strcmp(name, SERIAL_PORT_NAME) == 0) {
+        snprintf(path, sizeof path, "/dev/%s", e->d_name);
+        int fd = open(path, O_RDWR | O_CLOEXEC);
+        if (fd >= 0) { closedir(dir); return fd; }
+      }
+    }
+    if (dir) closedir(dir);
+    usleep(10000);
+  }
+  errno = ENODEV;
+  die("find the virtio-serial port " SERIAL_PORT_NAME);
+  return -1;
+}
+
+static int open_vsock(void) {
+  int s = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (s < 0) die("vsock socket");
+  struct sockaddr_vm addr = { .svm_family = AF_VSOCK, .svm_port = VSOCK_PORT, .svm_cid = VMADDR_CID_ANY };
+  if (bind(s, (struct sockaddr *)&addr, sizeof addr) || listen(s, 1)) die("vsock listen");
+  int fd;
+  while ((fd = accept4(s, NULL, NULL, SOCK_CLOEXEC)) < 0) if (errno != EINTR) die("vsock accept");
+  close(s);
+  return fd;
+}
+
+/* Host side of vsock: connect to CID:PORT (retrying while the guest boots) and relay stdio. */
+static int bridge_vsock(unsigned cid, unsigned port) {
+  int s = -1;
+  for (int tries = 0; tries < 3000; tries++) {
+    s = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0) die("vsock socket");
+    struct sockaddr_vm addr = { .svm_family = AF_VSOCK, .svm_port = port, .svm_cid = cid };
+    if (connect(s, (struct sockaddr *)&addr, sizeof addr) == 0) break;
+    close(s);
+    s = -1;
+    usleep(10000);
+  }
+  if (s < 0) die("vsock connect");
+  char buf[READ_CHUNK];
+  struct pollfd fds[2] = { { 0, POLLIN, 0 }, { s, POLLIN, 0 } };
+  for (;;) {
+    if (poll(fds, 2, -1) < 0) { if (errno == EINTR) continue; die("poll"); }
+    for (int i = 0; i < 2; i++) {
+      if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      ssize_t n = read(fds[i].fd, buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return 0;
+      link_fd = i == 0 ? s : 1;
+      write_all(link_fd, buf, (size_t)n);
+    }
+  }
+}
+
+static void on_sigchld(int sig) {
+  (void)sig;
+  int saved = errno;
+  write(sigchld_pipe[1], "c", 1);
+  errno = saved;
+}
+
+static int cmdline_has(const char *word) {
+  char buf[4096] = "";
+  int fd = open("/proc/cmdline", O_RDONLY);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = 0;
+  for (char *tok = strtok(buf, " \n"); tok; tok = strtok(NULL, " \n"))
+    if (strcmp(tok, word) == 0) return 1;
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc == 4 && strcmp(argv[1], "bridge-vsock") == 0)
+    return bridge_vsock((unsigned)strtoul(argv[2], NULL, 10), (unsigned)strtoul(argv[3], NULL, 10));
+
+  signal(SIGPIPE, SIG_IGN);
+  if (pipe2(sigchld_pipe, O_CLOEXEC | O_NONBLOCK)) die("pipe");
+  struct sigaction sa = { .sa_handler = on_sigchld, .sa_flags = SA_RESTART | SA_NOCLDSTOP };
+  sigaction(SIGCHLD, &sa, NULL);
+
+  if (cmdline_has("dockvm.transport=vsock")) { transport_name = "vsock"; link_fd = open_vsock(); }
+  else link_fd = open_serial();
+  send_hello();
+
+  for (;;) {
+    struct pollfd fds[2 + 3 * MAX_PROCS];
+    struct { struct proc *p; int role; } who[2 + 3 * MAX_PROCS];
+    int n = 0;
+    fds[n] = (struct pollfd){ link_fd, POLLIN, 0 }; who[n].p = NULL; who[n++].role = 0;
+    fds[n] = (struct pollfd){ sigchld_pipe[0], POLLIN, 0 }; who[n].p = NULL; who[n++].role = 1;
+    for (int i = 0; i < MAX_PROCS; i++) {
+      struct proc *p = &procs[i];
+      if (!p->used || p->exited) continue;
+      if (p->out_fd >= 0 && !p->hup) { fds[n] = (struct pollfd){ p->out_fd, POLLIN, 0 }; who[n].p = p; who[n++].role = T_STDOUT; }
+      if (p->err_fd >= 0) { fds[n] = (struct pollfd){ p->err_fd, POLLIN, 0 }; who[n].p = p; who[n++].role = T_STDERR; }
+      if (p->in_fd >= 0 && (p->pending_len || p->stdin_eof)) {
+        fds[n] = (struct pollfd){ p->in_fd, POLLOUT, 0 }; who[n].p = p; who[n++].role = T_STDIN;
+      }
+    }
+    if (poll(fds, (nfds_t)n, -1) < 0) { if (errno == EINTR) continue; die("poll"); }
+    for (int i = 0; i < n; i++) {
+      if (!fds[i].revents) continue;
+      struct proc *p = who[i].p;
+      if (who[i].role == 0) read_link();
+      else if (who[i].role == 1) reap_children();
+      else if (!p->used || p->exited) continue;
+      else if (who[i].role == T_STDIN) pump_stdin(p);
+      else {
+        int *fd = who[i].role == T_STDOUT ? &p->out_fd : &p->err_fd;
+        if (*fd != fds[i].fd) continue;
+        if (!pump_output(p, *fd, who[i].role)) {
+          /* a pty master reports EIO as soon as the command exits; keep it until the exit is reaped */
+          if (p->tty) { p->hup = 1; continue; }
+          close(*fd);
+          *fd = -1;
+        }
+      }
+    }
+  }
+}
