@@ -10,7 +10,7 @@ export function checkTarEntries(input: Readable, source: string): Readable {
   let finished = false;
   let resume: (() => void) | undefined;
   const parsing = (async () => {
-    // Bodies are skipped explicitly: an unread body larger than tar-stream's buffer stalls the stream.
+    // Bodies are skipped at once rather than left to tar-stream's own draining.
     for await (const { body } of readTar(feed, { source })) body.resume();
   })().finally(() => {
     finished = true;

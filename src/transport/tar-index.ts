@@ -24,7 +24,7 @@ const META_TYPES = new Set(['x', 'g', 'L', 'K']);
 export async function indexTar(path: string, source: string): Promise<Map<string, IndexedEntry>> {
   const parsed: { path: string; type: EntryType; size: number; linkname?: string }[] = [];
   for await (const { entry, body } of readTar(createReadStream(path), { source })) {
-    body.resume(); // skip the content; an unread body larger than tar-stream's buffer stalls the stream
+    body.resume(); // skip the content at once rather than leave it to tar-stream's own draining
     parsed.push({ path: entry.path, type: entry.type, size: entry.size, ...(entry.linkname !== undefined ? { linkname: entry.linkname } : {}) });
   }
   const handle = await open(path, 'r');

@@ -23,7 +23,8 @@ export async function writeBadArchives(dir: string): Promise<BadArchive[]> {
     { path: 'manifest.json', data: manifest(['1.tar', '2.tar']) },
   ]);
   const flipped = Buffer.from(app);
-  flipped[flipped.indexOf('echo run')] ^= 0x20; // "Echo run": same size, valid tar, wrong digest
+  const at = flipped.indexOf('echo run');
+  flipped[at] = flipped[at]! ^ 0x20; // "Echo run": same size, valid tar, wrong digest
   const hostile = async (path: string) => {
     const layer = await layerTar([{ path: 'etc', type: 'directory' }, { path, content: 'x' }]);
     const cfg = configFor([layer]);

@@ -49,7 +49,7 @@ function mutate(data: Buffer, mutations: Mutation[]): Buffer {
   let out = Buffer.from(data);
   for (const m of mutations) {
     const at = m.at % (out.length + 1);
-    if (m.kind === 'flip' && at < out.length) out[at] ^= m.mask;
+    if (m.kind === 'flip' && at < out.length) out[at] = out[at]! ^ m.mask;
     else if (m.kind === 'truncate') out = out.subarray(0, at);
     else if (m.kind === 'insert') out = Buffer.concat([out.subarray(0, at), m.bytes, out.subarray(at)]);
   }

@@ -121,7 +121,7 @@ test('a failure while writing leaves no output file: hostile entries and bad dig
 
   const { base } = await sampleLayers();
   const flipped = Buffer.from(base);
-  flipped[flipped.length - 1030] ^= 0x01; // inside the file content, past the headers
+  flipped[flipped.length - 1030] = flipped[flipped.length - 1030]! ^ 0x01; // in the padding after the content: still a valid tar, another digest
   await writeFile(join(dir, 'flipped.tar'), await tarOf([
     { path: 'c.json', data: configFor([base]) }, { path: 'l.tar', data: flipped },
     { path: 'manifest.json', data: JSON.stringify([{ Config: 'c.json', RepoTags: ['f:1'], Layers: ['l.tar'] }]) },
@@ -132,7 +132,7 @@ test('a failure while writing leaves no output file: hostile entries and bad dig
   t.deepEqual((await readdir(dir)).sort(), ['evil.tar', 'flipped.tar']);
 });
 
-test('entries larger than the stream buffers are indexed, checked and copied (unread bodies must not stall)', async (t) => {
+test('entries larger than the stream buffers are indexed, checked and copied', async (t) => {
   t.timeout(30_000);
   const dir = await tempDir(t);
   const big = Buffer.alloc(3 * 1024 * 1024 + 17, 'dockvm');
