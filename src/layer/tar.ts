@@ -272,6 +272,9 @@ export class TarWriter {
         return;
       }
       const sink = this.#pack.entry(header, done);
+      // A failing body destroys the entry, and with it the whole archive (tar-stream destroys the pack);
+      // the entry re-emits the error, so it needs a listener of its own or the process dies.
+      (sink as unknown as NodeJS.EventEmitter).on('error', reject);
       body.on('error', (err) => sink.destroy(err));
       body.pipe(sink as unknown as NodeJS.WritableStream);
     });

@@ -101,3 +101,14 @@ test('a truncated tar is a TarFormatError naming the archive', async (t) => {
   t.true(err instanceof TarFormatError, String(err));
   t.regex(err!.message, /cut\.tar/);
 });
+
+test('a body that fails mid-way fails add() and the archive stream, and nothing else', async (t) => {
+  const writer = new TarWriter();
+  const streamError = new Promise<Error>((resolve) => writer.stream.on('error', resolve));
+  writer.stream.resume();
+  const body = new Readable({ read() {} });
+  body.push(Buffer.alloc(100));
+  setTimeout(() => body.destroy(new Error('digest mismatch')), 10);
+  await t.throwsAsync(writer.add({ path: 'a', type: 'file', mode: 0o644, uid: 0, gid: 0, size: 1000, mtime: 0 }, body), { message: 'digest mismatch' });
+  t.is((await streamError).message, 'digest mismatch');
+});
