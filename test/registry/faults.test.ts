@@ -1,0 +1,64 @@
+// A registry behind a proxy that misbehaves: a flipped byte in a blob is caught by its digest, a
+// connection dropped mid-blob is resumed with a Range request, 503s are retried.
+import test from 'ava';
+import { randomBytes } from 'node:crypto';
+import { DigestMismatchError } from '../../src/errors.js';
+import { openRegistryImage, pushImage } from '../../src/transport/registry/index.js';
+import { startFaultProxy, startRegistry } from '../helpers/registry.js';
+import { collect } from '../helpers/streams.js';
+import { fileLayer, testImage } from './images.js';
+
+const fast = { authFiles: [] as string[], retry: { attempts: 4, backoffMs: 10 } };
+
+/** A layer that gzips to about 600 KB: noise does not compress. */
+function bigLayer(): Promise<Buffer> {
+  return fileLayer('noise', randomBytes(600_000));
+}
+
+test('a blob whose bytes do not match its digest: a DigestMismatchError naming the blob', async (t) => {
+  const registry = await startRegistry(t);
+  const pushed = await pushImage(testImage([await bigLayer()]), `docker://${registry.host}/dockvm/flip:1`, fast);
+  const proxy = await startFaultProxy(t, registry.host, { flipBlob: pushed.layers[0]!.digest });
+  const image = await openRegistryImage(`docker://${proxy.host}/dockvm/flip:1`, fast);
+  t.teardown(() => image.close());
+  const error = await t.throwsAsync(image.fetchLayers(), { instanceOf: DigestMismatchError });
+  t.regex(error.message, new RegExp(`^${proxy.host}/dockvm/flip: blob ${pushed.layers[0]!.digest}: the bytes the registry sent do not match the digest: got sha256:[0-9a-f]{64}$`));
+  // Opening the layer tries again, and fails the same way: nothing unverified is ever handed out.
+  await t.throwsAsync(image.layers[0]!.openTar(), { instanceOf: DigestMismatchError });
+});
+
+test('a connection dropped mid-blob is resumed from where it stopped (Range), and the result verified', async (t) => {
+  const registry = await startRegistry(t);
+  const layer = await bigLayer();
+  const pushed = await pushImage(testImage([layer]), `docker://${registry.host}/dockvm/drop:1`, fast);
+  t.true(pushed.layers[0]!.size > 300_000);
+  const proxy = await startFaultProxy(t, registry.host, { dropBlobAfter: 100_000, dropTimes: 2 });
+  const image = await openRegistryImage(`docker://${proxy.host}/dockvm/drop:1`, fast);
+  t.teardown(() => image.close());
+  await image.fetchLayers();
+  t.deepEqual(await collect(await image.layers[0]!.openTar()), layer);
+  const blobRequests = proxy.requests.filter((request) => request.line.includes(`/blobs/${pushed.layers[0]!.digest}`));
+  t.is(blobRequests.length, 3);
+  t.is(blobRequests[0]!.range, undefined);
+  // Each attempt resumes after what arrived before the cut (the proxy cuts 100000 bytes into each response).
+  const starts = blobRequests.slice(1).map((request) => Number(/^bytes=(\d+)-$/.exec(request.range ?? '')?.[1]));
+  t.true(starts[0]! > 0 && starts[0]! <= 100_000, String(starts));
+  t.true(starts[1]! > starts[0]! && starts[1]! <= starts[0]! + 100_000, String(starts));
+  t.deepEqual(blobRequests.map((request) => request.status), [200, 206, 206]);
+});
+
+test('503s are retried with backoff; a registry that keeps failing is an error after the last attempt', async (t) => {
+  const registry = await startRegistry(t);
+  const layer = await bigLayer();
+  await pushImage(testImage([layer]), `docker://${registry.host}/dockvm/busy:1`, fast);
+  const proxy = await startFaultProxy(t, registry.host, { unavailableTimes: 2 });
+  const image = await openRegistryImage(`docker://${proxy.host}/dockvm/busy:1`, fast);
+  t.teardown(() => image.close());
+  t.deepEqual(await collect(await image.layers[0]!.openTar()), layer);
+
+  const again = await openRegistryImage(`docker://${proxy.host}/dockvm/busy:1`, fast);
+  t.teardown(() => again.close());
+  proxy.faults.unavailableTimes = 100;
+  const error = await t.throwsAsync(again.fetchLayers());
+  t.regex(error.message, /dockvm\/busy: blob sha256:[0-9a-f]{64}: 503 Service Unavailable \(UNAVAILABLE: test proxy says 503\)$/);
+});
