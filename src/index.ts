@@ -9,3 +9,17 @@ export * from './layer/tar.js';
 export * from './transport/index.js';
 export { flattenImage, type FlattenOptions, type FlattenStats } from './flatten/flatten.js';
 export { parseWhiteout, type Whiteout } from './layer/whiteout.js';
+export {
+  openRegistryImage,
+  pushImage,
+  resolveDigest,
+  Credentials,
+  parseCreds,
+  type RegistryImage,
+  type RegistryOptions,
+  type OpenRegistryImageOptions,
+  type PushOptions,
+  type PushResult,
+} from './transport/registry/index.js';
+export { pull, type PullOptions, type PullResult } from './cli/pull.js';
+export { push } from './cli/push.js';

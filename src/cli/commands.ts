@@ -3,11 +3,13 @@ import type { Command } from 'commander';
 import { registerExport } from './export.js';
 import { registerInspect } from './inspect.js';
 import { registerMerge } from './merge.js';
+import { registerPull } from './pull.js';
+import { registerPush } from './push.js';
 import { registerRunAsRoot } from './run-as-root.js';
 
 type Register = (program: Command) => void;
 
-const commands: Register[] = [registerRunAsRoot, registerExport, registerInspect, registerMerge];
+const commands: Register[] = [registerRunAsRoot, registerExport, registerInspect, registerMerge, registerPull, registerPush];
 
 export function registerCommands(program: Command): void {
   for (const register of commands) register(program);

@@ -7,6 +7,7 @@ import { normalizeRepoTag, parseImageReference, type ImageReference } from '../i
 import { readLegacyImages, readManifestImages } from './docker-archive-reader.js';
 import type { LoadedImage } from './loaded-image.js';
 import { OciLayoutReader } from './oci-layout-reader.js';
+import { openRegistryImage, type OpenRegistryImageOptions } from './registry/registry-image.js';
 import { DirStore, TarStore, type FileStore } from './store.js';
 
 export interface OpenedImage extends Image {
@@ -21,11 +22,14 @@ export interface OpenImageOptions {
   name?: string;
   /** pick the image with this tag (with `name`): fromImageTag */
   tag?: string;
+  /** for docker:// references: TLS, credentials, platform (defaults: HTTPS, the auth files, linux/host arch) */
+  registry?: OpenRegistryImageOptions;
 }
 
 /** Open one image: NAME:TAG from the reference or the options (both or neither), else the first (OCI: this host's platform). */
 export async function openImage(reference: string | ImageReference, options: OpenImageOptions = {}): Promise<OpenedImage> {
   const ref = typeof reference === 'string' ? parseImageReference(reference) : reference;
+  if (ref.transport === 'docker') return openRegistryImage(ref, options.registry);
   const wanted = pickNameTag(ref, options);
   const store = await openStore(ref);
   try {
@@ -40,6 +44,10 @@ export async function openImage(reference: string | ImageReference, options: Ope
 /** Open every image of an archive or layout (what merge copies). */
 export async function openImages(reference: string | ImageReference): Promise<{ images: OpenedImage[]; close(): Promise<void> }> {
   const ref = typeof reference === 'string' ? parseImageReference(reference) : reference;
+  if (ref.transport === 'docker') {
+    const image = await openRegistryImage(ref);
+    return { images: [image], close: () => image.close() };
+  }
   const store = await openStore(ref);
   try {
     const loaded = await allImages(store, ref);

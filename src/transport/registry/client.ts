@@ -287,7 +287,7 @@ export class RegistryClient {
           ? 'unknown host (DNS lookup failed): check the registry name and the network'
           : code?.startsWith('ERR_SSL') || code?.startsWith('ERR_TLS') || code?.includes('CERT')
             ? `TLS failed (${code}): for a registry that speaks plain HTTP use --tls-verify=false`
-            : `${code ?? (err as Error)?.message ?? String(err)}`;
+            : (code ?? innermostMessage(err));
     return new RegistryError(`cannot reach registry ${this.registry} (${what}): ${reason}`, { source: this.registry, cause: err });
   }
 
@@ -310,6 +310,17 @@ export class RegistryClient {
       source: this.name,
     });
   }
+}
+
+/** "fetch failed" says nothing: the message of the deepest cause does ("bad port", "unknown scheme"). */
+function innermostMessage(err: unknown): string {
+  let current: unknown = err;
+  let message = String(err);
+  for (let depth = 0; depth < 5 && current; depth++) {
+    if (current instanceof Error) message = current.message;
+    current = (current as { cause?: unknown }).cause;
+  }
+  return message;
 }
 
 /** The DockvmError somewhere in a fetch failure's cause chain, if any. */

@@ -1,0 +1,74 @@
+// dockvm push IMAGE REF: upload an image (any IMAGE form) to a registry and print the manifest digest.
+import type { Command } from 'commander';
+import { UsageError } from '../errors.js';
+import { parseImageReference } from '../image/reference.js';
+import { openImage } from '../transport/index.js';
+import { openRegistryImage, pushImage, type PushResult, type RegistryOptions } from '../transport/registry/index.js';
+import { printJson, say } from './io.js';
+import { parseBool, registryOptions, registryReference, transferBar } from './pull.js';
+
+export function registerPush(program: Command): void {
+  program
+    .command('push')
+    .description(
+      'Push an image to a registry and print its manifest digest on stdout. Blobs the repository has are\n' +
+        'skipped, blobs of another repository of the same registry are mounted; uncompressed layers are\n' +
+        'gzipped (deterministically). Credentials: --creds, $REGISTRY_AUTH_FILE or ~/.docker/config.json.',
+    )
+    .argument('<image>', 'PATH, docker-archive:PATH[:NAME:TAG], oci:DIR[:REF], oci-archive:PATH[:REF] or docker://REF')
+    .argument('<ref>', 'where to: [docker://]HOST/REPO[:TAG]')
+    .option('--tls-verify [bool]', 'false: allow plain HTTP to the registry (loopback registries may use it anyway)', parseBool, true)
+    .option('--creds <user:pass>', 'registry credentials (else from $REGISTRY_AUTH_FILE or ~/.docker/config.json)')
+    .option('--json', 'print one JSON document describing the result')
+    .action(async (source: string, target: string, flags: { tlsVerify: boolean; creds?: string; json?: boolean }) => {
+      const options: RegistryOptions = registryOptions({ tlsVerify: flags.tlsVerify, ...(flags.creds !== undefined ? { creds: flags.creds } : {}) });
+      const result = await push(source, target, { ...options, progress: process.stderr.isTTY === true });
+      if (flags.json) {
+        printJson(result);
+        return;
+      }
+      say(`pushed ${source} to ${result.reference} (${describeBlobs(result)})`);
+      process.stdout.write(`${result.digest}\n`);
+    });
+}
+
+export async function push(source: string, target: string, options: RegistryOptions & { progress?: boolean } = {}): Promise<PushResult> {
+  const destination = registryReference(target);
+  if (destination.digest !== undefined && destination.tag !== undefined) {
+    throw new UsageError(`${target}: push to a tag or to a digest, not both`);
+  }
+  // A registry source gets the same TLS setting; --creds only when it is the same registry (else its auth file entry).
+  const sourceRef = source.startsWith('docker://') ? parseImageReference(source) : undefined;
+  const { creds, ...shared } = registryOptions(options);
+  const image = sourceRef
+    ? await openRegistryImage(sourceRef, { ...shared, ...(creds !== undefined && sourceRef.registry === destination.registry ? { creds } : {}), spoolTars: false })
+    : await openImage(source);
+  try {
+    let bar: ReturnType<typeof transferBar> | undefined;
+    try {
+      return await pushImage(image, destination, {
+        ...options,
+        ...(options.progress
+          ? {
+              onProgress: (event) => {
+                if ('total' in event) bar = transferBar('pushing', event.total);
+                else bar?.increment(event.bytes);
+              },
+            }
+          : {}),
+      });
+    } finally {
+      bar?.stop();
+    }
+  } finally {
+    await image.close();
+  }
+}
+
+function describeBlobs(result: PushResult): string {
+  const count = (status: string) => result.layers.filter((layer) => layer.status === status).length;
+  const parts = [`${count('uploaded')} layer(s) uploaded`];
+  if (count('exists')) parts.push(`${count('exists')} already there`);
+  if (count('mounted')) parts.push(`${count('mounted')} mounted`);
+  return parts.join(', ');
+}
