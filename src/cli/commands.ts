@@ -1,5 +1,6 @@
 // Every command, registered on the program in the order `--help` lists them.
 import type { Command } from 'commander';
+import { registerDoctor } from './doctor.js';
 import { registerExport } from './export.js';
 import { registerInspect } from './inspect.js';
 import { registerMerge } from './merge.js';

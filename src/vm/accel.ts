@@ -93,8 +93,9 @@ export async function chooseAccel(options: ChooseAccelOptions): Promise<AccelCho
     detail = err instanceof Error ? err.message.slice(0, 300) : String(err);
   }
   if (accel === 'tcg') {
+    const why = (detail ?? '').replace(/; guest console.*$/, '').slice(0, 160);
     (options.onNotice ?? ((line: string) => process.stderr.write(`${line}\n`)))(
-      `dockvm: /dev/kvm is present but a KVM guest did not reach its agent within ${timeoutMs} ms; using TCG (slower). Set DOCKVM_ACCEL to skip the probe.`,
+      `dockvm: /dev/kvm is present but a KVM test boot failed (${why}); using TCG, which is slower. DOCKVM_ACCEL=tcg skips this probe.`,
     );
   }
   // re-read before writing: another dockvm may have probed meanwhile; last writer wins per key

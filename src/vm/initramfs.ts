@@ -8,7 +8,7 @@ import { basename, join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { execa } from 'execa';
 import { MissingToolError } from '../errors.js';
-import { ensureAgent } from './agent-binary.js';
+import { agentSourceHash, ensureAgent } from './agent-binary.js';
 import { type CpioEntry, writeCpio } from './cpio.js';
 import type { GuestKernel } from './kernel.js';
 import { GUEST_MODULES, type ModuleGroup, planModules } from './modules.js';
@@ -57,12 +57,17 @@ async function busyboxApplets(path: string): Promise<string[]> {
   return stdout.split('\n').map((line) => line.trim()).filter((line) => line !== '' && !line.endsWith('/busybox'));
 }
 
-/** Find or build the initramfs for `kernel`. */
-export async function ensureInitramfs(options: InitramfsOptions): Promise<Initramfs> {
+/** Where the initramfs for these inputs lives, and whether it is built, without building anything. */
+export async function planInitramfs(options: InitramfsOptions): Promise<{ path: string; hash: string; modules: string[]; cached: boolean }> {
+  const inputs = await gatherInputs(options);
+  return { path: inputs.path, hash: inputs.digest, modules: inputs.moduleFiles.map((m) => m.name), cached: existsSync(inputs.path) };
+}
+
+async function gatherInputs(options: InitramfsOptions) {
   const env = options.env ?? process.env;
   const compression = options.compression ?? 'none';
   const init = await readFile(assetPath('vm', 'init'));
-  const agent = await ensureAgent(env);
+  const agentHash = await agentSourceHash();
   const busybox = await findBusybox(env);
   const plan = options.kernel.modulesDir === null ? { load: [] } : await planModules(options.kernel.modulesDir, options.modules ?? GUEST_MODULES);
   const moduleFiles = await Promise.all(plan.load.map(async (m) => ({ name: m.name, groups: m.groups, data: await readFile(m.path) })));
@@ -74,15 +79,21 @@ export async function ensureInitramfs(options: InitramfsOptions): Promise<Initra
   part('recipe', String(INITRAMFS_RECIPE_VERSION));
   part('compression', compression);
   part('init', init);
-  part('agent', agent.sourceHash);
+  part('agent', agentHash);
   part('busybox', busybox.data);
   for (const m of moduleFiles) part(`module:${m.name}:${m.groups.join(',')}`, m.data);
   const digest = hash.digest('hex');
-
   const dir = join(cacheDir(env), 'initramfs');
   const path = join(dir, `${digest.slice(0, 32)}.cpio${compression === 'gzip' ? '.gz' : ''}`);
+  return { env, compression, init, busybox, moduleFiles, digest, dir, path };
+}
+
+/** Find or build the initramfs for `kernel`. */
+export async function ensureInitramfs(options: InitramfsOptions): Promise<Initramfs> {
+  const { env, compression, init, busybox, moduleFiles, digest, dir, path } = await gatherInputs(options);
   const modules = moduleFiles.map((m) => m.name);
   if (existsSync(path)) return { path, hash: digest, modules, built: false };
+  const agent = await ensureAgent(env);
 
   const entries: CpioEntry[] = [];
   const dirs = new Set<string>();

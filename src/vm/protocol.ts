@@ -69,8 +69,12 @@ export class FrameParser extends Transform {
 
   private drain(): void {
     while (this.size >= HEADER) {
-      const first = this.buffered[0]!;
-      const length = (first.length >= 4 ? first : Buffer.concat(this.buffered, this.size)).readUInt32BE(0);
+      let first = this.buffered[0]!;
+      if (first.length < 4) {
+        first = Buffer.concat(this.buffered, this.size);
+        this.buffered = [first];
+      }
+      const length = first.readUInt32BE(0);
       if (length < 5 || length > MAX_FRAME + 5) throw new VmError(`the agent sent a frame of impossible length ${length}`);
       // join the chunks only once the whole frame is here, so a big frame in small chunks costs one copy
       if (this.size < 4 + length) return;
