@@ -10,7 +10,7 @@ import { registerRunAsRoot } from './run-as-root.js';
 
 type Register = (program: Command) => void;
 
-const commands: Register[] = [registerRunAsRoot, registerExport, registerInspect, registerMerge, registerPull, registerPush];
+const commands: Register[] = [registerRunAsRoot, registerExport, registerInspect, registerMerge, registerPull, registerPush, registerDoctor];
 
 export function registerCommands(program: Command): void {
   for (const register of commands) register(program);
