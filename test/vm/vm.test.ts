@@ -1,0 +1,179 @@
+// One real VM (TCG here), shared by the tests in this file: commands, streams, exit statuses, files,
+// disks. Each test asserts what a user of startVm() would check.
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import test from 'ava';
+import { ScriptError, VmError } from '../../src/errors.js';
+import { createScratchDisk } from '../../src/vm/disks.js';
+import { qemuImgInfo } from '../../src/vm/qemu-img.js';
+import { type Vm, startVm } from '../../src/vm/vm.js';
+import type { ExecOptions } from '../../src/vm/agent-client.js';
+import { oddChunks } from '../helpers/streams.js';
+
+let vm: Vm;
+let diskDir: string;
+
+test.before(async () => {
+  diskDir = await mkdtemp(join(tmpdir(), 'dockvm-vm-test-'));
+  const scratch = join(diskDir, 'scratch.img');
+  await createScratchDisk(scratch, 64);
+  const readOnly = join(diskDir, 'ro.img');
+  await createScratchDisk(readOnly, 16);
+  vm = await startVm({ memoryMiB: 512, disks: [{ path: scratch, name: 'scratch' }, { path: readOnly, readOnly: true, name: 'lower' }] });
+});
+
+test.after.always(async () => {
+  await vm?.shutdown();
+  if (diskDir) await rm(diskDir, { recursive: true, force: true });
+});
+
+async function run(options: ExecOptions): Promise<{ exitCode: number | null; signal?: string; stdout: string; stderr: string }> {
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  const status = await vm.exec({ ...options, onStdout: (c) => void out.push(c), onStderr: (c) => void err.push(c) });
+  return { ...status, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() };
+}
+
+test.serial('the agent said hello with its protocol and the transport in use', (t) => {
+  t.is(vm.hello?.protocol, 1);
+  t.is(vm.hello?.transport, vm.transport);
+  t.regex(vm.hello?.kernel ?? '', /^\d+\.\d+/);
+  t.true(existsSync(vm.tempDir));
+});
+
+test.serial('stdout and stderr arrive separately; exit codes come back as they are', async (t) => {
+  const r = await run({ argv: ['sh', '-c', 'echo out; echo err >&2; exit 7'] });
+  t.deepEqual(r, { exitCode: 7, stdout: 'out\n', stderr: 'err\n' });
+  t.is((await run({ argv: ['true'] })).exitCode, 0);
+  t.is((await run({ argv: ['false'] })).exitCode, 1);
+});
+
+test.serial('env and cwd are the command\'s own; PATH from that env finds the program', async (t) => {
+  const r = await run({ argv: ['sh', '-c', 'echo "$GREETING $PWD"; env | sort'], env: { GREETING: 'hi', PATH: '/bin' }, cwd: '/proc' });
+  t.is(r.exitCode, 0);
+  t.is(r.stdout.split('\n')[0], 'hi /proc');
+  t.deepEqual(r.stdout.split('\n').slice(1).filter((l) => l && !l.startsWith('PWD=') && !l.startsWith('SHLVL=')), ['GREETING=hi', 'PATH=/bin']);
+});
+
+test.serial('a megabyte of stdin fed in odd chunks reaches the command intact', async (t) => {
+  const input = Buffer.alloc(1024 * 1024).map((_, i) => (i * 31 + (i >> 8)) % 256);
+  const r = await run({ argv: ['sha256sum'], stdin: oddChunks(input, [1, 4099, 65537, 7, 300000]) });
+  t.is(r.exitCode, 0);
+  t.is(r.stdout.split(' ')[0], createHash('sha256').update(input).digest('hex'));
+  t.is((await run({ argv: ['cat'], stdin: 'short\n' })).stdout, 'short\n');
+  // a command that never reads its stdin still ends, and the sender does not stall
+  t.is((await run({ argv: ['true'], stdin: Buffer.alloc(2 * 1024 * 1024) })).exitCode, 0);
+});
+
+test.serial('50 MB streamed out of the guest arrive whole (sha256 matches the guest\'s own)', async (t) => {
+  const made = await run({ argv: ['sh', '-c', 'head -c 52428800 /dev/urandom > /tmp/big && sha256sum /tmp/big'] });
+  t.is(made.exitCode, 0, made.stderr);
+  const hash = createHash('sha256');
+  let bytes = 0;
+  const status = await vm.exec({
+    argv: ['cat', '/tmp/big'],
+    onStdout: async (chunk) => {
+      hash.update(chunk);
+      bytes += chunk.length;
+      if (bytes % 7 === 0) await new Promise((r) => setImmediate(r)); // a consumer that is sometimes slow
+    },
+  });
+  t.deepEqual(status, { exitCode: 0 });
+  t.is(bytes, 52428800);
+  t.is(hash.digest('hex'), made.stdout.split(' ')[0]);
+  await run({ argv: ['rm', '/tmp/big'] });
+});
+
+test.serial('a command killed by a signal reports the signal, and kill() reaches a running one', async (t) => {
+  t.deepEqual(await vm.exec({ argv: ['sh', '-c', 'kill -9 $$'] }), { exitCode: null, signal: 'SIGKILL' });
+  const running = vm.spawn({ argv: ['sleep', '600'] });
+  setTimeout(() => running.kill('SIGTERM'), 200);
+  t.deepEqual(await running.result, { exitCode: null, signal: 'SIGTERM' });
+});
+
+test.serial('a program that does not exist is a ScriptError naming it; the VM carries on', async (t) => {
+  const err = await t.throwsAsync(vm.exec({ argv: ['no-such-program'] }), { instanceOf: ScriptError });
+  t.regex(err!.message, /no-such-program.*No such file or directory/);
+  const cwd = await t.throwsAsync(vm.exec({ argv: ['true'], cwd: '/no/such/dir' }), { instanceOf: ScriptError });
+  t.regex(cwd!.message, /\/no\/such\/dir/);
+  t.is((await run({ argv: ['echo', 'still here'] })).stdout, 'still here\n');
+});
+
+test.serial('with a tty the command sees a terminal of the asked size, and can be resized', async (t) => {
+  const r = await run({ argv: ['sh', '-c', 'test -t 0 && test -t 1 && stty size; echo err >&2'], tty: { rows: 33, cols: 101 } });
+  t.is(r.exitCode, 0);
+  t.is(r.stdout.replace(/\r/g, ''), '33 101\nerr\n'); // stderr goes through the terminal too
+  t.is(r.stderr, '');
+  const chunks: Buffer[] = [];
+  const running = vm.spawn({ argv: ['sh', '-c', 'read line; stty size'], tty: true, stdin: (async function* () {
+    await new Promise((r) => setTimeout(r, 300));
+    yield Buffer.from('go\n');
+  })(), onStdout: (c) => void chunks.push(c) });
+  setTimeout(() => running.resize(50, 160), 100);
+  t.deepEqual(await running.result, { exitCode: 0 });
+  t.regex(Buffer.concat(chunks).toString(), /50 160/);
+});
+
+test.serial('putFile and getFile move small files both ways, with the mode asked for', async (t) => {
+  const data = Buffer.from(Array.from({ length: 70000 }, (_, i) => i % 256));
+  await vm.putFile('/tmp/moved', data, 0o750);
+  t.true((await vm.getFile('/tmp/moved')).equals(data));
+  t.is((await run({ argv: ['stat', '-c', '%a %s', '/tmp/moved'] })).stdout, '750 70000\n');
+  t.regex((await vm.getFile('/proc/cmdline')).toString(), /dockvm\.transport=/); // /proc files report size 0
+  await t.throwsAsync(vm.getFile('/no/such/file'), { instanceOf: VmError, message: /\/no\/such\/file: No such file or directory/ });
+  await t.throwsAsync(vm.putFile('/no/such/dir/f', 'x'), { instanceOf: VmError, message: /\/no\/such\/dir\/f/ });
+});
+
+test.serial('disks: the scratch disk is ext4 owned by root and writable; the read-only one refuses writes', async (t) => {
+  const r = await run({
+    argv: ['sh', '-c', [
+      'set -e',
+      'for d in /sys/block/vd*; do echo "$(basename $d) $(cat $d/serial) ro=$(cat $d/ro)"; done',
+      'mkdir -p /mnt/s /mnt/r',
+      'mount -t ext4 /dev/vda /mnt/s',
+      'stat -c "%u:%g" /mnt/s',
+      'echo hello > /mnt/s/file && cat /mnt/s/file',
+      'if dd if=/dev/zero of=/dev/vdb count=1 2>/dev/null; then echo wrote; else echo refused; fi',
+      'umount /mnt/s',
+    ].join('\n')],
+  });
+  t.is(r.exitCode, 0, r.stderr);
+  t.deepEqual(r.stdout.trim().split('\n'), ['vda scratch ro=0', 'vdb lower ro=1', '0:0', 'hello', 'refused']);
+  const info = await qemuImgInfo(join(diskDir, 'scratch.img'));
+  t.is(info.format, 'raw');
+  t.is(info.virtualSize, 64 * 1024 * 1024);
+  t.true(info.actualSize < info.virtualSize); // sparse
+});
+
+test.serial('consoleTail returns the guest console\'s last lines', async (t) => {
+  await run({ argv: ['sh', '-c', 'echo dockvm-console-marker > /dev/console'] });
+  await new Promise((r) => setTimeout(r, 200));
+  t.deepEqual(vm.consoleTail(1), ['dockvm-console-marker']);
+});
+
+test.serial('a put over the size limit is refused on the host with a hint', async (t) => {
+  await t.throwsAsync(vm.putFile('/tmp/huge', Buffer.alloc(16 * 1024 * 1024)), { instanceOf: VmError, message: /pass big data on a disk/ });
+});
+
+test.serial('shutdown powers the VM off: QEMU has exited, the temp dir is gone, further calls fail clearly', async (t) => {
+  const pid = vm.pid!;
+  const started = Date.now();
+  await vm.shutdown();
+  t.true(Date.now() - started < 5000);
+  t.false(processAlive(pid));
+  t.false(existsSync(vm.tempDir));
+  await t.throwsAsync(vm.exec({ argv: ['true'] }), { instanceOf: VmError, message: /the VM is stopped/ });
+});
+
+/** A live process (not a zombie waiting to be reaped). */
+function processAlive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
+  } catch {
+    return false;
+  }
+}
