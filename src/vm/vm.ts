@@ -285,6 +285,9 @@ export class Vm {
 
   private consoleSuffix(): string {
     const tail = this.consoleTail(8);
+    // a panic's register dump pushes its cause out of the tail: name it first
+    const panic = this.consoleTail(200).find((line) => /Kernel panic|Out of memory/.test(line));
+    if (panic && !tail.includes(panic)) tail.unshift(panic, '…');
     const stderr = this.qemuStderr.trim().split('\n').filter(Boolean).slice(-3);
     const parts: string[] = [];
     if (stderr.length) parts.push(`; QEMU said: ${stderr.join(' | ')}`);
