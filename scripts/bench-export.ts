@@ -100,6 +100,7 @@ function buildSynthetic(path: string, repoTag: string, bytes: number, files: num
     for (let layer = 0; layer < layers; layer++) {
       const tar = new TarFile(join(work, `layer-${layer}.tar`));
       const body = (size: number) => {
+        if (size > POOL_SIZE) throw new RangeError(`synthetic files are at most ${POOL_SIZE} bytes`);
         const at = random.int(0, POOL_SIZE - 1);
         if (at + size <= POOL_SIZE) return pool.subarray(at, at + size);
         return Buffer.concat([pool.subarray(at), pool.subarray(0, size - (POOL_SIZE - at))]);
@@ -109,8 +110,9 @@ function buildSynthetic(path: string, repoTag: string, bytes: number, files: num
       for (let d = 0; d < dirs; d++) tar.add(entry(`data/d${d}`, 'directory'));
       if (layer > 0) {
         // Delete some files of the layer below and a whole directory of it; make one directory opaque.
+        // (odd indices: the even ones are replaced below; each path at most once per layer)
         for (let i = 0; i < 50; i++) {
-          const k = random.int(0, perLayerFiles - 1);
+          const k = 2 * i + 1;
           tar.add(entry(`data/d${k % dirs}/.wh.l${layer - 1}-small-${k}`, 'file'));
         }
         tar.add(entry(`.wh.gone-${layer - 1}`, 'file'));
@@ -126,10 +128,10 @@ function buildSynthetic(path: string, repoTag: string, bytes: number, files: num
         if (i % 700 === 0) tar.add(entry(`data/d${i % dirs}/l${layer}-sym-${i}`, 'symlink', 0, { linkname: `l${layer}-small-${i}` }));
       }
       // Replace a few files of the layer below, then fill the layer up with large files.
-      if (layer > 0) for (let i = 0; i < 100; i++) file(`data/d${i % dirs}/l${layer - 1}-small-${i * 7}`, random.int(0, 8192));
+      if (layer > 0) for (let k = 0; k < 200; k += 2) file(`data/d${k % dirs}/l${layer - 1}-small-${k}`, random.int(0, 8192));
       let written = tar.size;
       for (let i = 0; written < perLayerBytes; i++) {
-        const size = Math.min(random.int(1 << 20, 24 << 20), Math.max(1, perLayerBytes - written));
+        const size = Math.min(random.int(1 << 20, 12 << 20), Math.max(1, perLayerBytes - written));
         file(`data/d${i % dirs}/l${layer}-large-${i}`, size);
         written = tar.size;
       }

@@ -2,12 +2,9 @@
 // image's merged filesystem as one uncompressed tar. The native engine computes it from the layer tars
 // (src/flatten); the VM engine (mounting the layers and tarring the merged view) is not built yet.
 import { createWriteStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
-import { Transform, type Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { Option, type Command } from 'commander';
 import { UsageError } from '../errors.js';
-import { flattenImage, type FlattenStats } from '../flatten/flatten.js';
+import { writeFlattened, type FlattenStats } from '../flatten/flatten.js';
 import { openImage } from '../transport/index.js';
 import { printJson, say, writeAtomically } from './io.js';
 
@@ -63,23 +60,24 @@ export async function exportImage(reference: string, output: string, mtime?: num
   const image = await openImage(reference);
   try {
     let stats: FlattenStats | undefined;
-    const tar = () =>
-      flattenImage(image, {
-        source: reference,
-        ...(mtime !== undefined ? { mtime } : {}),
-        onIndexed: (indexed) => {
-          stats = indexed;
-        },
-      });
+    const options = {
+      source: reference,
+      ...(mtime !== undefined ? { mtime } : {}),
+      onIndexed: (indexed: FlattenStats) => {
+        stats = indexed;
+      },
+    };
     let size: number;
     if (output === '-') {
-      const counter = byteCounter();
-      await pipeline(tar(), counter, process.stdout as Writable, { end: false });
-      size = counter.bytes;
+      size = await writeFlattened(image, process.stdout, options);
     } else {
       size = await writeAtomically(output, async (temp) => {
-        await pipeline(tar(), createWriteStream(temp, { mode: 0o644 }));
-        return (await stat(temp)).size;
+        const file = createWriteStream(temp, { mode: 0o644 });
+        try {
+          return await writeFlattened(image, file, options);
+        } finally {
+          await new Promise<void>((resolve) => file.end(resolve));
+        }
       });
     }
     return {
@@ -114,15 +112,4 @@ function parseMtime(flag: string | undefined): number | undefined {
     throw new UsageError(`${what} must be whole seconds since the epoch (like 1700000000), not ${JSON.stringify(value)}`);
   }
   return Number(value);
-}
-
-function byteCounter(): Transform & { bytes: number } {
-  const counter = new Transform({
-    transform(chunk: Buffer, _encoding, callback) {
-      counter.bytes += chunk.length;
-      callback(null, chunk);
-    },
-  }) as Transform & { bytes: number };
-  counter.bytes = 0;
-  return counter;
 }

@@ -7,7 +7,8 @@ import { encodeHeader, printable, type TarEntry } from '../layer/tar.js';
 import type { Inode, Winner } from './merge.js';
 import type { RangeReader } from './range-reader.js';
 
-const CHUNK = 1 << 20;
+export const CHUNK_SIZE = 1 << 20;
+const CHUNK = CHUNK_SIZE;
 const BLOCK = 512;
 /** two zero blocks end a tar */
 export const END_OF_ARCHIVE = Buffer.alloc(2 * BLOCK);
@@ -17,6 +18,11 @@ export interface EmitOptions {
   readonly mtime?: number | undefined;
   /** names a layer in errors */
   readonly describe: (layer: number) => string;
+  /**
+   * Where each next chunk of CHUNK_SIZE bytes comes from (default: a new buffer). A consumer that
+   * recycles buffers must be done with a yielded chunk before it asks for the next one.
+   */
+  readonly allocate?: () => Buffer;
 }
 
 /**
@@ -30,7 +36,8 @@ export function* emitEntries(
   options: EmitOptions,
 ): Generator<Buffer> {
   const groupHeads = new Map<Inode, string>();
-  let chunk = Buffer.allocUnsafe(CHUNK);
+  const allocate = options.allocate ?? (() => Buffer.allocUnsafe(CHUNK));
+  let chunk = allocate();
   let used = 0;
 
   for (const { path, inode } of winners) {
@@ -41,7 +48,7 @@ export function* emitEntries(
     for (const block of encodeHeader(entry)) {
       if (used + block.length > CHUNK) {
         yield chunk.subarray(0, used);
-        chunk = Buffer.allocUnsafe(Math.max(CHUNK, block.length));
+        chunk = block.length > CHUNK ? Buffer.allocUnsafe(block.length) : allocate();
         used = 0;
       }
       used += block.copy(chunk, used);
@@ -55,7 +62,7 @@ export function* emitEntries(
     while (remaining > 0) {
       if (used === CHUNK) {
         yield chunk;
-        chunk = Buffer.allocUnsafe(CHUNK);
+        chunk = allocate();
         used = 0;
       }
       const n = Math.min(remaining, CHUNK - used);
@@ -72,7 +79,7 @@ export function* emitEntries(
     }
     if (used + padding > CHUNK) {
       yield chunk.subarray(0, used);
-      chunk = Buffer.allocUnsafe(CHUNK);
+      chunk = allocate();
       used = 0;
     }
     chunk.fill(0, used, used + padding);

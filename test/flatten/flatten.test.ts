@@ -2,8 +2,8 @@ import test from 'ava';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
-import { flattenImage, type FlattenOptions } from '../../src/flatten/flatten.js';
+import { Readable, Writable } from 'node:stream';
+import { flattenImage, writeFlattened, type FlattenOptions } from '../../src/flatten/flatten.js';
 import { readTar, type TarEntry } from '../../src/layer/tar.js';
 import { DigestMismatchError, TarFormatError, UnsafeTarEntryError } from '../../src/errors.js';
 import { sha256 } from '../../src/image/digest.js';
@@ -308,4 +308,37 @@ test('a layer whose bytes do not match its diff_id fails the export before the e
     const out = Buffer.concat(chunks);
     t.false(out.length >= 1024 && out.subarray(-1024).equals(Buffer.alloc(1024)));
   }
+});
+
+/** A slow sink that keeps copies of what it is given (a buffer reused too early would show as corrupt output). */
+function slowSink(failAfter = Number.POSITIVE_INFINITY): Writable & { bytes(): Buffer } {
+  const copies: Buffer[] = [];
+  let seen = 0;
+  const sink = new Writable({
+    highWaterMark: 1,
+    write(chunk: Buffer, _encoding, callback) {
+      seen += chunk.length;
+      if (seen > failAfter) return callback(new Error('disk full'));
+      const copy = Buffer.from(chunk);
+      setTimeout(() => {
+        copies.push(copy);
+        callback();
+      }, 1);
+    },
+  });
+  return Object.assign(sink, { bytes: () => Buffer.concat(copies) });
+}
+
+test('writeFlattened writes the same bytes as the stream, reusing its buffers only once the output is done with them', async (t) => {
+  const layers = await Promise.all(MIXED.map((entries) => layerTar(entries)));
+  const image = memoryImage(layers, { inPlace: true });
+  t.teardown(() => image.dispose());
+  const expected = await collect(flattenImage(image));
+  const sink = slowSink();
+  t.is(await writeFlattened(image, sink), expected.length);
+  t.is(sink.bytes().length, expected.length);
+  t.true(sink.bytes().equals(expected));
+  const failing = slowSink(2 << 20);
+  failing.on('error', () => {});
+  await t.throwsAsync(writeFlattened(image, failing), { message: 'disk full' });
 });
