@@ -111,7 +111,7 @@ export async function pull(text: string, output: string, options: PullOptions = 
   if (options.os !== undefined) platform.os = options.os;
   if (options.arch !== undefined) platform.architecture = options.arch;
   if (options.variant !== undefined) platform.variant = options.variant;
-  const image = await openRegistryImage(ref, { ...registryOptions(options), platform, spoolTars: destination.kind === 'docker-archive' });
+  const image = await openRegistryImage(ref, { ...registryOptions(options), platform, spoolTars: destination.kind === 'docker-archive', keepBlobs: destination.kind !== 'docker-archive' });
   try {
     const bar = options.progress ? transferBar('pulling', image.downloadSize) : undefined;
     try {

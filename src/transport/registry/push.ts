@@ -1,8 +1,8 @@
 // Pushing an image to a registry: every layer and the config (blobs the repository has are skipped,
 // blobs of another repository of the same registry are mounted), a bounded number at a time, then the
 // manifest. Compressed layers go as they are (their digests kept); uncompressed ones are gzipped on the
-// way, deterministically, on every core. An image read from a registry keeps its manifest bytes, so the
-// pushed manifest has the digest it had there.
+// way, deterministically, on every core (what they gzip to is remembered, to skip them next time). An
+// image read from a registry keeps its manifest bytes, so the pushed manifest has the digest it had there.
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { DigestMismatchError, ImageReferenceError, RegistryError } from '../../errors.js';
 import { sha256, type Digest } from '../../image/digest.js';
@@ -13,7 +13,8 @@ import { chain, describeFailure } from '../streams.js';
 import { RegistryClient, discard, type RegistryOptions } from './client.js';
 import { ParallelGzip } from './parallel-gzip.js';
 import { isRegistryImage, RegistryLayer } from './registry-image.js';
-import { ensureBlob, uploadStream, type BlobStatus } from './upload.js';
+import { PUSH_GZIP, rememberGzip, rememberedGzip } from './gzip-cache.js';
+import { ensureBlob, hasBlob, uploadStream, type BlobStatus } from './upload.js';
 
 export interface PushOptions extends RegistryOptions {
   /** blobs uploaded at once (default 3) */
@@ -109,13 +110,20 @@ async function pushLayer(client: RegistryClient, layer: Layer, format: Format, p
   const blob = await layer.blob();
   const compression = layerCompression(blob.mediaType);
   if (compression === 'none') {
+    const mediaType = format === 'oci' ? MediaType.OciLayerGzip : MediaType.DockerLayerGzip;
+    const remembered = await rememberedGzip(layer.diffId);
+    if (remembered && (await hasBlob(client, remembered.digest))) {
+      progress?.({ bytes: blob.size });
+      return { mediaType, ...remembered, status: 'exists' };
+    }
     // The compressed digest is known only after compressing: stream it, then name it.
-    const { digest, size } = await uploadStream(
+    const uploaded = await uploadStream(
       client,
-      async () => chain(counting(await layer.openTar(), progress), [new ParallelGzip()], describeFailure(`layer ${layer.diffId}`)),
+      async () => chain(counting(await layer.openTar(), progress), [new ParallelGzip(PUSH_GZIP)], describeFailure(`layer ${layer.diffId}`)),
       `layer ${layer.diffId}`,
     );
-    return { mediaType: format === 'oci' ? MediaType.OciLayerGzip : MediaType.DockerLayerGzip, digest, size, status: 'uploaded' };
+    await rememberGzip(layer.diffId, uploaded);
+    return { mediaType, ...uploaded, status: 'uploaded' };
   }
   const mountFrom = layer instanceof RegistryLayer && layer.origin.registry === client.registry && layer.origin.repository !== client.repository ? layer.origin.repository : undefined;
   const status = await ensureBlob(client, blob, async () => counting(await layer.openBlob(), progress), mountFrom !== undefined ? { mountFrom } : {});

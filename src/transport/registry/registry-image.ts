@@ -31,6 +31,8 @@ export interface OpenRegistryImageOptions extends RegistryOptions {
   platform?: Partial<Platform>;
   /** decompress gzip layers while they download so their tars can be read in place (default true) */
   spoolTars?: boolean;
+  /** keep the compressed blobs too (default true); else openBlob downloads a blob again when asked */
+  keepBlobs?: boolean;
 }
 
 export interface FetchOptions {
@@ -75,7 +77,7 @@ export async function openRegistryImage(reference: string | ImageReference, opti
       source: what,
     });
   }
-  const spool = new Spool(client, options.spoolTars !== false);
+  const spool = new Spool(client, options.spoolTars !== false, options.keepBlobs !== false);
   const layers = resolved.layers.map((descriptor, i) => new RegistryLayer(spool, descriptor, config.rootfs.diff_ids[i]!, `${what}: layer ${descriptor.digest}`));
   const tag = ref.tag !== undefined && ref.digest === undefined ? ref.tag : undefined;
   const image: RegistryImage = {
@@ -112,12 +114,17 @@ async function fetchSmallBlob(client: RegistryClient, descriptor: CheckedDescrip
 }
 
 export interface Spooled {
-  blobPath: string;
-  /** the uncompressed tar, when it was spooled too */
+  /** the blob as stored, when it was kept */
+  blobPath?: string;
+  /** the uncompressed tar, when it was spooled */
   tar?: { path: string; size: number };
 }
 
-/** The temp directory downloads go to, made on first use; downloads are shared by digest. */
+/**
+ * The temp directory downloads go to, made on first use; downloads are shared by digest. A gzip layer
+ * is spooled as its tar (when `spoolTars`) and its blob (when `keepBlobs`, or when no tar is spooled);
+ * a blob not kept is downloaded again if openBlob asks for it.
+ */
 export class Spool {
   #dir: Promise<DirectoryResult> | undefined;
   #closed = false;
@@ -126,14 +133,28 @@ export class Spool {
   constructor(
     readonly client: RegistryClient,
     readonly spoolTars: boolean,
+    readonly keepBlobs: boolean,
   ) {}
 
+  /** The layer's spool: downloaded now, unless it was already (or is being). */
   fetch(layer: RegistryLayer, onBytes?: (count: number) => void): Promise<Spooled> {
-    if (this.#closed) return Promise.reject(new DockvmError(`${layer.what}: the image was closed; open it again`));
-    const key = `${layer.descriptor.digest} ${layer.diffId}`;
+    const tar = this.spoolTars && layerCompression(layer.descriptor.mediaType) === 'gzip';
+    return this.#once(`${layer.descriptor.digest} ${layer.diffId}`, () => this.#download(layer, { tar, blob: this.keepBlobs || !tar }, onBytes));
+  }
+
+  /** The path of the layer's blob, downloading it (again) when it was not kept. */
+  async blobPath(layer: RegistryLayer): Promise<string> {
+    const spooled = await this.fetch(layer);
+    if (spooled.blobPath) return spooled.blobPath;
+    const again = await this.#once(layer.descriptor.digest, () => this.#download(layer, { tar: false, blob: true }));
+    return again.blobPath!;
+  }
+
+  #once(key: string, start: () => Promise<Spooled>): Promise<Spooled> {
+    if (this.#closed) return Promise.reject(new DockvmError(`${this.client.name}: the image was closed; open it again`));
     let download = this.#downloads.get(key);
     if (!download) {
-      download = this.#download(layer, onBytes);
+      download = start();
       this.#downloads.set(key, download);
       // A failed download may be tried again by a later open.
       download.catch(() => this.#downloads.delete(key));
@@ -141,14 +162,12 @@ export class Spool {
     return download;
   }
 
-  async #download(layer: RegistryLayer, onBytes?: (count: number) => void): Promise<Spooled> {
+  async #download(layer: RegistryLayer, keep: { tar: boolean; blob: boolean }, onBytes?: (count: number) => void): Promise<Spooled> {
     this.#dir ??= tempDir({ prefix: 'dockvm-pull-', unsafeCleanup: true });
     const dir = (await this.#dir).path;
-    const { digest } = layer.descriptor;
-    const blobPath = join(dir, `${hex(digest)}.blob`);
-    const gzip = layerCompression(layer.descriptor.mediaType) === 'gzip';
-    const tar = this.spoolTars && gzip ? { path: join(dir, `${hex(layer.diffId)}.tar`), diffId: layer.diffId, what: layer.what } : undefined;
-    const sink = await SpoolSink.create(blobPath, tar);
+    const blobPath = keep.blob ? join(dir, `${hex(layer.descriptor.digest)}.blob`) : undefined;
+    const tar = keep.tar ? { path: join(dir, `${hex(layer.diffId)}.tar`), diffId: layer.diffId, what: layer.what } : undefined;
+    const sink = new SpoolSink(blobPath, tar);
     try {
       await downloadBlob(this.client, layer.descriptor, sink, onBytes ? { onBytes } : {});
       await sink.finish();
@@ -156,7 +175,10 @@ export class Spool {
       await sink.abort();
       throw err;
     }
-    return tar ? { blobPath, tar: { path: tar.path, size: (await stat(tar.path)).size } } : { blobPath };
+    return {
+      ...(blobPath !== undefined ? { blobPath } : {}),
+      ...(tar ? { tar: { path: tar.path, size: (await stat(tar.path)).size } } : {}),
+    };
   }
 
   async close(): Promise<void> {
@@ -191,7 +213,7 @@ export class RegistryLayer implements Layer {
   }
 
   async openBlob(): Promise<Readable> {
-    const { blobPath } = await this.fetch();
+    const blobPath = await this.spool.blobPath(this);
     const check = new DigestingStream({ expect: this.descriptor.digest, expectSize: this.descriptor.size, what: this.what });
     return chain(openRange(blobPath, 0, this.descriptor.size), [check], describeFailure(this.what));
   }
@@ -205,9 +227,10 @@ export class RegistryLayer implements Layer {
     }
     const spooled = await this.fetch();
     const checkTar = () => new DigestingStream({ expect: this.diffId, what: `${this.what} (uncompressed)` });
-    if (spooled.tar) return chain(openRange(spooled.tar.path, 0, spooled.tar.size), [checkTar()], describeFailure(this.what));
+    // A spooled tar was checked against the diff_id as it was written, into a private temp directory.
+    if (spooled.tar) return chain(openRange(spooled.tar.path, 0, spooled.tar.size), [], describeFailure(this.what));
     const checkBlob = new DigestingStream({ expect: this.descriptor.digest, expectSize: this.descriptor.size, what: this.what });
-    const source = openRange(spooled.blobPath, 0, this.descriptor.size);
+    const source = openRange(spooled.blobPath ?? (await this.spool.blobPath(this)), 0, this.descriptor.size);
     if (compression === 'none') return chain(source, [checkBlob, checkTar()], describeFailure(this.what));
     return chain(source, [checkBlob, createGunzip(), checkTar()], describeFailure(this.what));
   }
@@ -217,7 +240,7 @@ export class RegistryLayer implements Layer {
     if (compression === 'zstd') return undefined;
     const spooled = await this.fetch();
     if (spooled.tar) return { path: spooled.tar.path, offset: 0, size: spooled.tar.size };
-    return compression === 'none' ? { path: spooled.blobPath, offset: 0, size: this.descriptor.size } : undefined;
+    return compression === 'none' && spooled.blobPath ? { path: spooled.blobPath, offset: 0, size: this.descriptor.size } : undefined;
   }
 }
 

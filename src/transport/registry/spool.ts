@@ -1,9 +1,9 @@
 // Spooling a downloading blob to local files, so that its layer can be opened again and again: the blob
-// as it is, and (for a gzip layer) its uncompressed tar, decompressed and checked against the diff_id
-// while the download runs, so that archive writers can read the tar in place.
-import { createWriteStream } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
-import { PassThrough } from 'node:stream';
+// as it is, and/or (for a gzip layer) its uncompressed tar, decompressed and checked against the diff_id
+// while the download runs, so that archive writers can read the tar in place. Writes overlap the
+// download: the sink only waits when a file or the decompressor falls behind.
+import { createWriteStream, type WriteStream } from 'node:fs';
+import { PassThrough, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import { DigestingStream, type Digest } from '../../image/digest.js';
@@ -17,86 +17,97 @@ export interface TarSpool {
   what: string;
 }
 
-/** Writes the blob to `blobPath` and, with `tar`, its gunzipped bytes to `tar.path` (verified against the diff_id). */
-export class SpoolSink implements BlobSink {
-  #file: FileHandle;
-  #tar: { input: PassThrough; done: Promise<void>; failure?: unknown } | undefined;
+interface Output {
+  input: Writable;
+  done: Promise<void>;
+  failure?: unknown;
+}
 
-  private constructor(
-    file: FileHandle,
-    readonly blobPath: string,
+const BUFFER = 4 * 1024 * 1024;
+
+/** Writes the blob to `blobPath` (when given) and, with `tar`, its gunzipped bytes to `tar.path` (verified against the diff_id). */
+export class SpoolSink implements BlobSink {
+  #blob: Output | undefined;
+  #tar: Output | undefined;
+
+  constructor(
+    readonly blobPath: string | undefined,
     readonly tar: TarSpool | undefined,
   ) {
-    this.#file = file;
-    this.#tar = tar ? startTar(tar) : undefined;
+    this.#start();
   }
 
-  static async create(blobPath: string, tar?: TarSpool): Promise<SpoolSink> {
-    return new SpoolSink(await open(blobPath, 'w'), blobPath, tar);
+  #start(): void {
+    this.#blob = this.blobPath !== undefined ? startFile(this.blobPath) : undefined;
+    this.#tar = this.tar ? startTar(this.tar) : undefined;
   }
 
   async write(chunk: Buffer): Promise<void> {
-    const tar = this.#tar;
-    // Feed the decompressor first (it works on the thread pool) and write the file while it runs.
-    const fed = tar && tar.failure === undefined ? feed(tar, chunk) : undefined;
-    await this.#file.write(chunk);
-    await fed;
+    const waits: Promise<void>[] = [];
+    for (const output of [this.#blob, this.#tar]) {
+      if (output && output.failure === undefined && !output.input.write(chunk)) waits.push(drained(output));
+    }
+    if (waits.length) await Promise.all(waits);
   }
 
   async restart(): Promise<void> {
-    await this.#file.truncate(0);
-    await this.#file.close();
-    this.#file = await open(this.blobPath, 'w');
-    if (this.#tar) {
-      this.#tar.input.destroy();
-      await this.#tar.done.catch(() => undefined);
-      this.#tar = startTar(this.tar!);
-    }
+    await this.abort();
+    this.#start();
   }
 
   /** Close the files; the tar's diff_id is checked here (after the blob's digest was, by the download). */
   async finish(): Promise<void> {
-    await this.#file.close();
-    if (this.#tar) {
-      this.#tar.input.end();
-      await this.#tar.done;
-    }
+    for (const output of [this.#blob, this.#tar]) output?.input.end();
+    for (const output of [this.#blob, this.#tar]) await output?.done;
   }
 
-  /** Close everything after a failure (the caller removes the files). */
+  /** Stop writing after a failure (the caller removes the files). */
   async abort(): Promise<void> {
-    await this.#file.close().catch(() => undefined);
-    if (this.#tar) {
-      this.#tar.input.destroy();
-      await this.#tar.done.catch(() => undefined);
-    }
+    for (const output of [this.#blob, this.#tar]) output?.input.destroy();
+    for (const output of [this.#blob, this.#tar]) await output?.done.catch(() => undefined);
   }
 }
 
-function startTar(spec: TarSpool): { input: PassThrough; done: Promise<void>; failure?: unknown } {
-  const input = new PassThrough({ highWaterMark: 1024 * 1024 });
-  const state: { input: PassThrough; done: Promise<void>; failure?: unknown } = { input, done: Promise.resolve() };
+function startFile(path: string): Output {
+  const input: WriteStream = createWriteStream(path, { highWaterMark: BUFFER });
+  const output: Output = { input, done: Promise.resolve() };
+  output.done = new Promise<void>((resolve, reject) => {
+    input.once('finish', () => input.once('close', resolve));
+    input.once('error', (err) => {
+      output.failure = err;
+      reject(describeFailure(path)(err));
+    });
+    input.once('close', () => {
+      if (!input.writableFinished && output.failure === undefined) reject(new Error(`${path}: closed before the end`));
+    });
+  });
+  output.done.catch(() => undefined);
+  return output;
+}
+
+function startTar(spec: TarSpool): Output {
+  const input = new PassThrough({ highWaterMark: BUFFER });
+  const output: Output = { input, done: Promise.resolve() };
   const check = new DigestingStream({ expect: spec.diffId, what: `${spec.what} (uncompressed)` });
-  state.done = pipeline(input, createGunzip({ chunkSize: 256 * 1024 }), check, createWriteStream(spec.path)).catch((err: unknown) => {
-    state.failure = err;
+  output.done = pipeline(input, createGunzip({ chunkSize: 256 * 1024 }), check, createWriteStream(spec.path, { highWaterMark: BUFFER })).catch((err: unknown) => {
+    output.failure = err;
     throw describeFailure(spec.what)(err);
   });
   // Until finish() awaits it, a failure is only recorded (the blob's digest check speaks first).
-  state.done.catch(() => undefined);
-  return state;
+  output.done.catch(() => undefined);
+  return output;
 }
 
-/** Write with backpressure; a failed pipeline stops taking bytes instead of blocking the download. */
-async function feed(tar: { input: PassThrough; done: Promise<void>; failure?: unknown }, chunk: Buffer): Promise<void> {
-  if (tar.input.write(chunk)) return;
-  await new Promise<void>((resolve) => {
+/** Wait until `output` takes bytes again, or has failed (then it takes no more). */
+function drained(output: Output): Promise<void> {
+  return new Promise<void>((resolve) => {
     const settle = () => {
-      tar.input.off('drain', settle);
-      tar.input.off('close', settle);
+      output.input.off('drain', settle);
+      output.input.off('close', settle);
       resolve();
     };
-    tar.input.on('drain', settle);
-    tar.input.on('close', settle);
-    tar.done.catch(settle);
+    output.input.on('drain', settle);
+    output.input.on('close', settle);
+    output.done.catch(settle);
   });
 }
