@@ -33,6 +33,7 @@ export function formatReport(r: DoctorReport): string {
   if (r.kernel) {
     lines.push(`modules:   ${r.kernel.modules.length ? r.kernel.modules.join(' ') : 'none'} (from ${r.kernel.modulesDir ?? 'nowhere'})`);
     lines.push(`built in:  ${r.kernel.builtin.join(' ') || 'none of the wanted drivers'}`);
+    lines.push(`boots:     ${r.kernel.boot.protocol === 'pvh' ? `${r.kernel.boot.path} (uncompressed, PVH entry)` : `${r.kernel.boot.path} (bzImage)`}`);
   }
   lines.push(`initramfs: ${r.initramfs ? `${r.initramfs.path} (${r.initramfs.state})` : 'not available'}`);
   lines.push(`/dev/kvm:  ${r.kvm.device ? 'present' : 'absent'}; KVM ${r.kvm.usable === null ? 'not probed' : r.kvm.usable ? 'works' : 'does not work here'}`);

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { DockvmError } from '../errors.js';
 import { chooseAccel, kvmDevicePresent } from './accel.js';
 import { ensureAgent } from './agent-binary.js';
+import { type BootImage, bootImage } from './boot-image.js';
 import { ensureInitramfs, findBusybox, planInitramfs } from './initramfs.js';
 import { type GuestKernel, resolveKernel } from './kernel.js';
 import { planModules } from './modules.js';
@@ -25,6 +26,8 @@ export interface DoctorReport {
     modules: string[];
     /** wanted drivers the kernel has built in */
     builtin: string[];
+    /** what QEMU boots: the extracted vmlinux (pvh, faster) or the bzImage */
+    boot: BootImage;
   } | null;
   initramfs: { path: string; state: 'cached' | 'built now' } | null;
   kvm: {
@@ -95,6 +98,7 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
       modulesDir: kernel.modulesDir,
       modules: plan.load.map((m) => m.name),
       builtin: [...plan.builtin],
+      boot: await bootImage(kernel, env),
     };
   } catch (err) {
     kernel = undefined;
@@ -146,7 +150,7 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
         initramfsHash,
         onNotice: options.onNotice,
         boot: (plan) =>
-          bootVm({ ...plan, qemu: qemu!.path, machine, transport, kernel: kernel!.kernel, initrd: initramfs!.path, agentBinary: agent.path }),
+          bootVm({ ...plan, qemu: qemu!.path, machine, transport, kernel: kernelReport!.boot.path, initrd: initramfs!.path, agentBinary: agent.path }),
       });
       accel = choice.accel;
       accelReason = choice.reason;

@@ -6,6 +6,7 @@ export { createScratchDisk, type VmDisk } from './disks.js';
 export { qemuImgCreate, qemuImgInfo, type ImageInfo, type ImageFormat } from './qemu-img.js';
 export { resolveKernel, fetchDebianKernel, type GuestKernel } from './kernel.js';
 export { ensureInitramfs, type Initramfs } from './initramfs.js';
+export { bootImage, type BootImage } from './boot-image.js';
 export { ensureAgent } from './agent-binary.js';
 export { chooseAccel, cachedAccel, kvmDevicePresent, type AccelChoice } from './accel.js';
 export { findQemu, type Accel, type Machine, type QemuBinary } from './qemu.js';

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { Duplex } from 'node:stream';
 import { VmError } from '../errors.js';
 import { chooseAccel } from './accel.js';
+import { bootImage } from './boot-image.js';
 import { ensureAgent } from './agent-binary.js';
 import { AgentClient, type ExecOptions, type ExecResult, type RunningCommand } from './agent-client.js';
 import { track, untrack } from './cleanup.js';
@@ -33,7 +34,7 @@ export interface VmOptions {
   readonly network?: boolean;
   /** boot deadline: the agent must say hello by then (default 10 s under KVM, 30 s under TCG) */
   readonly timeoutMs?: number;
-  /** the guest kernel (default: resolveKernel()) */
+  /** the guest kernel (default: resolveKernel()); booted through PVH when it has the entry point */
   readonly kernel?: GuestKernel;
   /** aborting kills the VM (during boot: startVm rejects) */
   readonly signal?: AbortSignal;
@@ -99,10 +100,10 @@ function chooseMachine(env: NodeJS.ProcessEnv): Machine {
 export async function startVm(options: VmOptions = {}): Promise<Vm> {
   const env = options.env ?? process.env;
   const kernel = options.kernel ?? (await resolveKernel({ env }));
-  const [qemu, initramfs, agent] = await Promise.all([findQemu(env), ensureInitramfs({ kernel, env }), ensureAgent(env)]);
+  const [qemu, initramfs, agent, image] = await Promise.all([findQemu(env), ensureInitramfs({ kernel, env }), ensureAgent(env), bootImage(kernel, env)]);
   const machine = options.machine ?? chooseMachine(env);
   const transport = options.transport ?? chooseTransport(env);
-  const base = { qemu: qemu.path, machine, transport, kernel: kernel.kernel, initrd: initramfs.path, agentBinary: agent.path };
+  const base = { qemu: qemu.path, machine, transport, kernel: image.path, initrd: initramfs.path, agentBinary: agent.path };
   const accel =
     options.accel ??
     (await chooseAccel({ env, qemu, kernel, initramfsHash: initramfs.hash, onNotice: options.onNotice, boot: (plan) => bootVm({ ...base, ...plan }) })).accel;

@@ -10,6 +10,7 @@ import test from 'ava';
 import { VmError } from '../../src/errors.js';
 import { chooseAccel, kvmDevicePresent } from '../../src/vm/accel.js';
 import { ensureAgent } from '../../src/vm/agent-binary.js';
+import { bootImage } from '../../src/vm/boot-image.js';
 import { ensureInitramfs } from '../../src/vm/initramfs.js';
 import { resolveKernel } from '../../src/vm/kernel.js';
 import { findQemu } from '../../src/vm/qemu.js';
@@ -113,7 +114,7 @@ test.serial('a KVM that does not reach the agent in time falls back to TCG with 
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const env: NodeJS.ProcessEnv = { ...process.env, DOCKVM_ACCEL: undefined };
   const kernel = await resolveKernel();
-  const [qemu, initramfs, agent] = await Promise.all([findQemu(), ensureInitramfs({ kernel }), ensureAgent()]);
+  const [qemu, initramfs, agent, image] = await Promise.all([findQemu(), ensureInitramfs({ kernel }), ensureAgent(), bootImage(kernel)]);
   const notices: string[] = [];
   let boots = 0;
   const options = {
@@ -127,7 +128,7 @@ test.serial('a KVM that does not reach the agent in time falls back to TCG with 
     onNotice: (line: string) => notices.push(line),
     boot: (plan: Parameters<Parameters<typeof chooseAccel>[0]['boot']>[0]) => {
       boots++;
-      return bootVm({ ...plan, qemu: qemu.path, machine: 'microvm', transport: chooseTransport(), kernel: kernel.kernel, initrd: initramfs.path, agentBinary: agent.path });
+      return bootVm({ ...plan, qemu: qemu.path, machine: 'microvm', transport: chooseTransport(), kernel: image.path, initrd: initramfs.path, agentBinary: agent.path });
     },
   };
   const choice = await chooseAccel(options);
