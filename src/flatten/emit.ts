@@ -46,12 +46,14 @@ export function* emitEntries(
     if (inode.linked && head === undefined) groupHeads.set(inode, path);
 
     for (const block of encodeHeader(entry)) {
-      if (used + block.length > CHUNK) {
+      if (used > 0 && used + block.length > CHUNK) {
         yield chunk.subarray(0, used);
-        chunk = block.length > CHUNK ? Buffer.allocUnsafe(block.length) : allocate();
+        chunk = allocate();
         used = 0;
       }
-      used += block.copy(chunk, used);
+      // A PAX header larger than a chunk (megabytes of xattrs) goes out as it is.
+      if (block.length > CHUNK) yield block;
+      else used += block.copy(chunk, used);
     }
 
     // Copy the body in pieces that fill the current chunk, then pad it to a whole block.

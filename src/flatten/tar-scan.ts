@@ -102,7 +102,7 @@ export function* scanTar(reader: RangeReader, offset: number, size: number, sour
     longPath = longLink = pax = undefined;
     if (!(bodySize >= 0)) fail('invalid header');
 
-    const path = normalizePath(name, { source });
+    const path = normalize(name, source);
     last = path;
     if (!type) {
       throw new TarFormatError(`${source}: entry ${printable(path)} has unsupported tar type ${JSON.stringify(String.fromCharCode(block[156]!))}`, {
@@ -137,7 +137,7 @@ function toEntry(
     mtime: pax.mtime !== undefined ? Math.floor(Number(pax.mtime)) : decodeNumber(block, 136, 12),
   };
   if (type === 'symlink') entry.linkname = linkname;
-  if (type === 'link') entry.linkname = normalizePath(linkname, { source });
+  if (type === 'link') entry.linkname = normalize(linkname, source);
   if (type === 'block-device' || type === 'character-device') {
     entry.devmajor = decodeNumber(block, 329, 8);
     entry.devminor = decodeNumber(block, 337, 8);
@@ -157,6 +157,32 @@ function toEntry(
   return entry;
 }
 
+/**
+ * tar.ts's normalizePath, without its allocations for the common shapes ("usr/bin/x", "./usr/bin/x",
+ * "usr/bin/"): anything else (absolute, "..", "//", "/./") goes to normalizePath itself.
+ */
+export function normalize(raw: string, source: string): string {
+  let path = raw;
+  while (path.startsWith('./')) path = path.slice(2);
+  if (path.endsWith('/')) path = path.slice(0, -1);
+  if (
+    path === '' ||
+    path === '.' ||
+    path === '..' ||
+    path.startsWith('/') ||
+    path.startsWith('../') ||
+    path.endsWith('/') ||
+    path.endsWith('/.') ||
+    path.endsWith('/..') ||
+    path.includes('//') ||
+    path.includes('/./') ||
+    path.includes('/../')
+  ) {
+    return normalizePath(raw, { source });
+  }
+  return path;
+}
+
 const padded = (size: number) => size + ((BLOCK - (size % BLOCK)) % BLOCK);
 
 function checksum(block: Buffer): number {
@@ -166,9 +192,11 @@ function checksum(block: Buffer): number {
   return sum;
 }
 
-// "ustar\0" + "00" (POSIX) or "ustar " + " \0" (GNU), as tar-stream tells them apart.
-const isUstar = (block: Buffer) => block.toString('latin1', 257, 263) === 'ustar\u0000';
-const isGnu = (block: Buffer) => block.toString('latin1', 257, 265) === 'ustar  \u0000';
+// "ustar\0" (POSIX) or "ustar " + " \0" (GNU), as tar-stream tells them apart.
+const USTAR = Buffer.from('ustar\u0000', 'latin1');
+const GNU = Buffer.from('ustar  \u0000', 'latin1');
+const isUstar = (block: Buffer) => block.compare(USTAR, 0, 6, 257, 263) === 0;
+const isGnu = (block: Buffer) => block.compare(GNU, 0, 8, 257, 265) === 0;
 
 /** A NUL-terminated field as a binary string. */
 function cString(buf: Buffer, offset: number, length: number): string {
@@ -193,5 +221,13 @@ function decodeNumber(buf: Buffer, offset: number, length: number): number {
   while (stop < end && buf[stop] !== 0x20) stop++;
   while (at < stop && buf[at] === 0) at++;
   if (at === stop) return 0;
-  return Number.parseInt(buf.toString('latin1', at, stop), 8);
+  // parseInt(…, 8) without making a string: octal digits up to the first other byte; none is NaN.
+  let value = 0;
+  let digits = 0;
+  for (; at < stop; at++, digits++) {
+    const digit = buf[at]! - 0x30;
+    if (digit < 0 || digit > 7) break;
+    value = value * 8 + digit;
+  }
+  return digits === 0 ? Number.NaN : value;
 }

@@ -330,7 +330,8 @@ function slowSink(failAfter = Number.POSITIVE_INFINITY): Writable & { bytes(): B
 }
 
 test('writeFlattened writes the same bytes as the stream, reusing its buffers only once the output is done with them', async (t) => {
-  const layers = await Promise.all(MIXED.map((entries) => layerTar(entries)));
+  const huge = { 'user.huge': Buffer.alloc(1_500_000, 0x61) }; // a PAX header bigger than an output chunk
+  const layers = await Promise.all([...MIXED, [{ path: 'xattrs', content: 'x', xattrs: huge }]].map((entries) => layerTar(entries)));
   const image = memoryImage(layers, { inPlace: true });
   t.teardown(() => image.dispose());
   const expected = await collect(flattenImage(image));
@@ -338,6 +339,8 @@ test('writeFlattened writes the same bytes as the stream, reusing its buffers on
   t.is(await writeFlattened(image, sink), expected.length);
   t.is(sink.bytes().length, expected.length);
   t.true(sink.bytes().equals(expected));
+  const [xattrs] = (await entriesOf(expected)).filter(([entry]) => entry.path === 'xattrs');
+  t.deepEqual(xattrs, file('xattrs', 'x', { xattrs: huge }));
   const failing = slowSink(2 << 20);
   failing.on('error', () => {});
   await t.throwsAsync(writeFlattened(image, failing), { message: 'disk full' });

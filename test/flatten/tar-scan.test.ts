@@ -8,8 +8,8 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import { RangeReader } from '../../src/flatten/range-reader.js';
-import { scanTar, type ScannedEntry } from '../../src/flatten/tar-scan.js';
-import { readTar, TarWriter, type EntryType, type TarEntry } from '../../src/layer/tar.js';
+import { normalize, scanTar, type ScannedEntry } from '../../src/flatten/tar-scan.js';
+import { normalizePath, readTar, TarWriter, type EntryType, type TarEntry } from '../../src/layer/tar.js';
 import { TarFormatError, UnsafeTarEntryError } from '../../src/errors.js';
 import { collect } from '../helpers/streams.js';
 
@@ -119,4 +119,21 @@ test('truncated, compressed and hostile tars are refused like readTar refuses th
   const evil = await writeAll([[{ path: '../../etc/passwd', type: 'file', mode: 0o644, uid: 0, gid: 0, size: 0, mtime: 0 }]]);
   const unsafe = t.throws(() => viaScan(dir, evil), { instanceOf: UnsafeTarEntryError });
   t.regex(unsafe!.message, /"\.\.\/\.\.\/etc\/passwd" has a "\.\." component/);
+});
+
+test('the scanner\'s path normalisation agrees with normalizePath, refusals included', (t) => {
+  const outcome = (fn: () => string) => {
+    try {
+      return fn();
+    } catch (err) {
+      return `${(err as Error).name}: ${(err as Error).message}`;
+    }
+  };
+  fc.assert(
+    fc.property(fc.stringMatching(/^[a./]{0,12}$/), (raw) => {
+      t.is(outcome(() => normalize(raw, 'x.tar')), outcome(() => normalizePath(raw, { source: 'x.tar' })), JSON.stringify(raw));
+      return true;
+    }),
+    { numRuns: 2000 },
+  );
 });
