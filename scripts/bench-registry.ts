@@ -19,6 +19,8 @@ import { MediaType } from '../src/image/media-types.js';
 import { TarWriter } from '../src/layer/tar.js';
 import { Readable } from 'node:stream';
 import { DigestingStream } from '../src/image/digest.js';
+import { pull } from '../src/cli/pull.js';
+import { push } from '../src/cli/push.js';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url)); // dist/scripts/ → the repository
 const FIXTURES = process.env.DOCKVM_FIXTURES || join(REPO, '.cache', 'fixtures');
@@ -67,6 +69,13 @@ async function startRegistry(): Promise<Registry> {
   }
   await stop();
   throw new Error('docker-registry did not start');
+}
+
+/** Seconds an in-process call takes (no Node start-up or module loading). */
+async function timedCall(call: () => Promise<unknown>): Promise<number> {
+  const start = process.hrtime.bigint();
+  await call();
+  return Number(process.hrtime.bigint() - start) / 1e9;
 }
 
 /** Seconds a command takes; a failure stops the benchmark with its stderr. */
@@ -157,8 +166,18 @@ async function main(): Promise<void> {
         }
       }
     }
+    const pushInProcess: number[] = [];
+    for (let run = 0; run < RUNS; run++) {
+      const registry = await startRegistry();
+      try {
+        pushInProcess.push(await timedCall(() => push(archive, `docker://${registry.host}/bench/image:lib`)));
+      } finally {
+        await registry.stop();
+      }
+    }
     // Pull: an image skopeo pushed, to an uncompressed docker-archive.
     const pullTimes = { dockvm: [] as number[], skopeo: [] as number[] };
+    const pullInProcess: number[] = [];
     const registry = await startRegistry();
     try {
       const source = `docker://${registry.host}/bench/image:1`;
@@ -173,6 +192,9 @@ async function main(): Promise<void> {
               : timed('skopeo', ['copy', '--quiet', '--src-tls-verify=false', source, `docker-archive:${out}:bench/image:1`]),
           );
         }
+        const out = join(work, 'lib.tar');
+        rmSync(out, { force: true });
+        pullInProcess.push(await timedCall(() => pull(source, out)));
       }
     } finally {
       await registry.stop();
@@ -184,6 +206,11 @@ async function main(): Promise<void> {
     };
     line('pull', pullTimes);
     line('push', pushTimes);
+    // The same operations called in-process: what the CLI's Node start-up and module loading cost.
+    const inProcess = (what: string, times: number[], skopeo: number[]) =>
+      console.log(`${what.padEnd(5)} dockvm in-process ${median(times).toFixed(2)} s  ratio ${(median(times) / median(skopeo)).toFixed(2)}   (${times.map((v) => v.toFixed(2)).join(' ')})`);
+    inProcess('pull', pullInProcess, pullTimes.skopeo);
+    inProcess('push', pushInProcess, pushTimes.skopeo);
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
