@@ -33,9 +33,9 @@ export function registerExport(program: Command): void {
   program
     .command('export')
     .description(
-      'Write the merged filesystem of IMAGE as one uncompressed tar (nixpkgs exportImage), with no VM and\n' +
-        'nothing extracted to disk: whiteouts applied, entries sorted by path with parents first, owners\n' +
-        'numeric, hard links kept. The same image gives the same bytes. "-o -" writes the tar to stdout\n' +
+      'Write the merged filesystem of IMAGE as one uncompressed tar (nixpkgs exportImage), with no VM and ' +
+        'nothing extracted to disk: whiteouts applied, entries sorted by path with parents first, owners ' +
+        'numeric, hard links kept. The same image gives the same bytes. "-o -" writes the tar to stdout ' +
         '(not to a terminal); a file is written atomically: on failure none is left.',
     )
     .argument('<image>', 'PATH, docker-archive:PATH[:NAME:TAG], oci:DIR[:REF] or oci-archive:PATH[:REF]')

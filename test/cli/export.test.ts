@@ -152,3 +152,18 @@ test('bad input and bad usage: one-line errors, exit codes, no output file left'
   t.regex(mtime.stderr, /--mtime must be whole seconds since the epoch/);
   t.deepEqual(readdirSync(dir).sort(), ['bad.tar']);
 });
+
+test('an OCI layout with gzip layers (spooled) exports to the same bytes as the plain archive (read in place)', async (t) => {
+  const dir = tempDir(t);
+  const archive = join(dir, 'edges.tar');
+  await writeEdgeArchive(archive, 'localhost/dockvm-test/edges:1');
+  await execa('skopeo', ['copy', '--quiet', `docker-archive:${archive}`, `oci:${join(dir, 'layout')}:edges`, '--dest-compress-format', 'gzip']);
+  const [plain, oci] = await Promise.all([
+    dockvm(['export', archive, '-o', '-']),
+    dockvm(['export', `oci:${join(dir, 'layout')}:edges`, '-o', '-']),
+  ]);
+  t.is(plain.exitCode, 0, plain.stderr);
+  t.is(oci.exitCode, 0, oci.stderr);
+  t.true(oci.stdout.equals(plain.stdout));
+  t.true(plain.stdout.length > 300_000);
+});
