@@ -4,7 +4,10 @@ import { execa } from 'execa';
 import { MissingToolError } from '../errors.js';
 
 export type Accel = 'kvm' | 'tcg';
-/** microvm: no PCI, no firmware tables to walk, virtio-mmio devices: the fastest boot under TCG. */
+/**
+ * microvm: no PCI, no firmware tables to walk, virtio-mmio devices: the fastest boot under TCG (measured
+ * here, agent ready in a median 1594 ms against 1950 ms for pc with qboot). pc is the fallback.
+ */
 export type Machine = 'microvm' | 'pc';
 
 export interface QemuDisk {
@@ -28,6 +31,8 @@ export interface QemuConfig {
   readonly disks: readonly QemuDisk[];
   readonly network: boolean;
   readonly agent: AgentChannel;
+  /** appended to the kernel command line as is */
+  readonly extraCmdline?: string;
   /** the host's TSC rate, when known (hostTscKhz()) */
   readonly hostTscKhz?: number;
 }
@@ -59,6 +64,7 @@ export function kernelCmdline(config: QemuConfig): string {
     'no_timer_check', // skip the IO-APIC timer sanity check that waits for ticks
     '8250.nr_uarts=1', // probe one UART, not four
     'random.trust_cpu=on', // do not wait for entropy: seed from RDRAND (also under TCG's -cpu max)
+    'cryptomgr.notests', // skip the crypto self-tests: 0.4 s of emulated SHA and AES at every boot under TCG
     `dockvm.transport=${config.agent.transport}`, // tells the agent which channel to open
     // the module groups init loads: the machine's virtio bus, the agent channel, the network driver
     `dockvm.load=${[config.machine === 'microvm' ? 'mmio' : 'pci', config.agent.transport, ...(config.network ? ['net'] : [])].join(',')}`,
@@ -68,6 +74,7 @@ export function kernelCmdline(config: QemuConfig): string {
   // the host's, so tell the guest its rate when the host knows it exactly.
   if (config.accel === 'tcg' && config.hostTscKhz !== undefined) flags.push(`tsc_early_khz=${config.hostTscKhz}`);
   if (config.network) flags.push('dockvm.network=user'); // init configures eth0 for QEMU's user-mode net
+  if (config.extraCmdline) flags.push(config.extraCmdline); // DOCKVM_KERNEL_ARGS: for debugging boots
   return flags.join(' ');
 }
 

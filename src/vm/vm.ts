@@ -65,6 +65,8 @@ export interface BootPlan {
   /** the compiled agent: on the host it is also the vsock bridge */
   readonly agentBinary: string;
   readonly signal?: AbortSignal;
+  /** appended to the kernel command line (DOCKVM_KERNEL_ARGS), for debugging boots */
+  readonly extraCmdline?: string;
 }
 
 const CONSOLE_KEEP = 64 * 1024;
@@ -116,6 +118,7 @@ export async function startVm(options: VmOptions = {}): Promise<Vm> {
     network: options.network ?? false,
     timeoutMs: options.timeoutMs ?? (accel === 'kvm' ? 10_000 : 30_000),
     signal: options.signal,
+    extraCmdline: env.DOCKVM_KERNEL_ARGS || undefined,
   });
 }
 
@@ -203,7 +206,7 @@ export class Vm {
     }
 
     const disks = plan.disks.map((disk, i) => ({ path: disk.path, readOnly: disk.readOnly ?? false, serial: (disk.name ?? `disk${i}`).slice(0, 20) }));
-    const args = qemuArgs({ ...plan, disks, agent: channel, hostTscKhz: hostTsc() });
+    const args = qemuArgs({ ...plan, disks, agent: channel, hostTscKhz: hostTsc(), extraCmdline: plan.extraCmdline });
     const started = Date.now();
     // node's spawn rather than execa: a long-lived child whose exit is an event, not an outcome
     const qemu = spawn(plan.qemu, args, { stdio: ['ignore', 'pipe', 'pipe'] });
