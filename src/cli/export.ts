@@ -1,8 +1,9 @@
 // dockvm export IMAGE -o OUT [--mtime EPOCH] [--engine native|vm] [--json]: nixpkgs exportImage: the
 // image's merged filesystem as one uncompressed tar. The native engine computes it from the layer tars
 // (src/flatten); the VM engine (mounting the layers and tarring the merged view) is not built yet.
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, rmSync } from 'node:fs';
 import { Option, type Command } from 'commander';
+import { installSignalHandlers } from '../cleanup.js';
 import { UsageError } from '../errors.js';
 import { writeFlattened, type FlattenStats } from '../flatten/flatten.js';
 import { openImage } from '../transport/index.js';
@@ -49,6 +50,7 @@ export function registerExport(program: Command): void {
       if (options.engine === 'vm') {
         throw new UsageError('--engine vm is not built yet: use --engine native (the default), which gives the same filesystem');
       }
+      installSignalHandlers();
       const result = await exportImage(reference, output, mtime);
       if (options.json) printJson(result);
       else say(`wrote ${output === '-' ? 'stdout' : output}: ${result.entries} entries, ${result.size} bytes, from ${result.layers} layer(s)`);
@@ -72,11 +74,15 @@ export async function exportImage(reference: string, output: string, mtime?: num
       size = await writeFlattened(image, process.stdout, options);
     } else {
       size = await writeAtomically(output, async (temp) => {
+        // writeAtomically removes the temp file on failure; this covers an exit on Ctrl-C too.
+        const removeTemp = () => rmSync(temp, { force: true });
+        process.once('exit', removeTemp);
         const file = createWriteStream(temp, { mode: 0o644 });
         try {
           return await writeFlattened(image, file, options);
         } finally {
           await new Promise<void>((resolve) => file.end(resolve));
+          process.off('exit', removeTemp);
         }
       });
     }

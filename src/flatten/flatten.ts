@@ -10,7 +10,7 @@ import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { dir as tempDir, type DirectoryResult } from 'tmp-promise';
+import { dir as tempDir, setGracefulCleanup, type DirectoryResult } from 'tmp-promise';
 import type { Image } from '../image/image.js';
 import { CHUNK_SIZE, END_OF_ARCHIVE, emitEntries } from './emit.js';
 import { MergeIndex } from './merge.js';
@@ -37,6 +37,9 @@ export interface FlattenStats {
   /** layers read in place (the rest were spooled) */
   inPlace: number;
 }
+
+// Spooled layers also go when the process exits early (the CLI turns Ctrl-C into an orderly exit).
+setGracefulCleanup();
 
 interface LayerTar {
   path: string;
