@@ -67,3 +67,9 @@ export class RegistryError extends DockvmError {}
 
 /** Something the host lacks (qemu, a kernel, mkfs.ext4): the message says what to install. */
 export class MissingToolError extends DockvmError {}
+
+/** The last lines of a command's stderr, to end an error message with. */
+export function stderrTail(stderr: string, lines = 15): string {
+  const kept = stderr.trimEnd().split('\n').slice(-lines).join('\n');
+  return kept ? `; its stderr ends with:\n${kept}` : '';
+}

@@ -1,18 +1,17 @@
 // The new layer made on the host, without a VM: when the spec has no runAsRoot there is nothing that needs
 // root, so copyToRoot (and extraCommands, run unprivileged in the layer's directory as nixpkgs does) is
 // packed here directly.
-import { createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { execa } from 'execa';
-import { ScriptError } from '../errors.js';
+import { ScriptError, stderrTail } from '../errors.js';
 import { walkDirectory } from '../layer/directory.js';
 import { writeLayerFile, type LayerFile } from '../layer/layer-file.js';
 import { TarWriter } from '../layer/tar.js';
 import type { BuildSpec } from '../spec/load.js';
 import { copyToRootTar } from './copy-to-root.js';
-import { createReadStream } from 'node:fs';
 
 export async function buildLayerOnHost(spec: BuildSpec, tmp: string, clampMtime: number): Promise<LayerFile> {
   const copyTar = join(tmp, 'copy-to-root.tar');
@@ -26,7 +25,7 @@ export async function buildLayerOnHost(spec: BuildSpec, tmp: string, clampMtime:
   await execa('tar', ['-C', root, '--no-same-owner', '-xf', copyTar]);
   const result = await execa('sh', ['-e', '-c', spec.extraCommands], { cwd: root, reject: false, stdin: 'ignore', stdout: 'inherit', stderr: ['inherit', 'pipe'] });
   if (result.exitCode !== 0) {
-    throw new ScriptError(`extraCommands failed with exit code ${result.exitCode}${tail(String(result.stderr))}`, { command: 'extraCommands', exitCode: result.exitCode });
+    throw new ScriptError(`extraCommands failed with exit code ${result.exitCode}${stderrTail(String(result.stderr))}`, { command: 'extraCommands', exitCode: result.exitCode });
   }
   const walked = join(tmp, 'walked.tar');
   const writer = new TarWriter();
@@ -39,8 +38,3 @@ export async function buildLayerOnHost(spec: BuildSpec, tmp: string, clampMtime:
   return writeLayerFile(walked, join(tmp, 'layer.tar'), { source: 'extraCommands output', clampMtime });
 }
 
-/** The last lines of a command's stderr, for an error message. */
-export function tail(stderr: string, lines = 15): string {
-  const kept = stderr.trimEnd().split('\n').slice(-lines).join('\n');
-  return kept ? `; its stderr ends with:\n${kept}` : '';
-}

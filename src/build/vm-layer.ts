@@ -1,20 +1,127 @@
-// The new layer made in the build VM (runAsRoot). Filled in once the VM runtime lands.
+// The new layer made in the build VM (runAsRoot): base layers as squashfs lowers, an ext4 scratch disk for
+// the upper, copyToRoot unpacked over the root, the script run as root, extraCommands in the upper, and
+// the upper packed as a tar onto an output disk — which the host then reads as untrusted input.
+import { createWriteStream } from 'node:fs';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { ScriptError, SpecError, VmError, stderrTail } from '../errors.js';
 import type { Image } from '../image/image.js';
-import type { LayerFile } from '../layer/layer-file.js';
+import { writeLayerFile, type LayerFile } from '../layer/layer-file.js';
+import { fromOverlayUpperEntry } from '../layer/overlay.js';
 import type { BuildSpec } from '../spec/load.js';
-import { VmError } from '../errors.js';
+import { createScratchDisk, qemuImgCreate } from '../vm/index.js';
+import { describeExit, lowersFor, withBuildVm, type BuildVm } from './build-vm.js';
+import { scriptEnvironment } from './config.js';
+import { copyToRootTar } from './copy-to-root.js';
 
 export interface VmBuildOptions {
   /** give up after this long (the --timeout flag) */
   timeoutMs?: number;
+  /** where the script's output goes (default: dockvm's stderr; stdout may carry JSON or data) */
+  onScriptOutput?: (chunk: Buffer) => void;
 }
 
-export async function buildLayerInVm(
-  _spec: BuildSpec,
-  _base: Image | undefined,
-  _tmp: string,
-  _clampMtime: number,
-  _options: VmBuildOptions,
-): Promise<LayerFile> {
-  throw new VmError('runAsRoot needs the build VM, which is not wired up yet');
+/**
+ * The scratch disk is sparse and twice diskSize, and the layer is measured after the run: a layer that
+ * outgrew diskSize gets an error saying exactly how big it was, rather than a bare "No space left".
+ */
+const SCRATCH_FACTOR = 2;
+
+export async function buildLayerInVm(spec: BuildSpec, base: Image | undefined, tmp: string, clampMtime: number, options: VmBuildOptions): Promise<LayerFile> {
+  const lowers = await lowersFor(base, spec.fromImage ?? 'scratch');
+  const scratch = join(tmp, 'scratch.ext4');
+  const out = join(tmp, 'upper.tar.disk');
+  await createScratchDisk(scratch, spec.diskSize * SCRATCH_FACTOR);
+  await qemuImgCreate(out, (spec.diskSize * SCRATCH_FACTOR + 64) * 1024 * 1024, 'raw');
+  let copy: string | undefined;
+  if (spec.copyToRoot.length > 0) {
+    copy = join(tmp, 'copy-to-root.tar');
+    await pipeline(copyToRootTar(spec.copyToRoot, spec), createWriteStream(copy));
+  }
+  const signal = options.timeoutMs === undefined ? undefined : timeoutSignal(options.timeoutMs);
+  const output = options.onScriptOutput ?? ((chunk: Buffer) => void process.stderr.write(chunk));
+
+  const { tarBytes, newDirs } = await withBuildVm(
+    { lowers, scratch, ...(copy ? { copy } : {}), out },
+    { memoryMiB: spec.buildVMMemorySize, network: spec.network, ...(signal ? { signal } : {}) },
+    async (vm) => {
+      await vm.mustStep('mount', { env: { DOCKVM_KEEP_DIRLINKS: spec.keepContentsDirlinks ? '1' : '0' } });
+      await runScript(vm, spec, base, output);
+      if (spec.extraCommands.trim() !== '') {
+        const extra = await vm.step('extra', { env: { DOCKVM_EXTRA: spec.extraCommands }, onStdout: output, onStderr: output });
+        if (extra.exitCode !== 0) {
+          throw new ScriptError(`extraCommands failed (${describeExit(extra)})${stderrTail(extra.stderr)}`, { command: 'extraCommands' });
+        }
+      }
+      const newDirs = parseNul((await vm.mustStep('newdirs')).stdout);
+      const packed = await vm.mustStep('pack');
+      const fields = keyValues(packed.stdout.toString());
+      const upperMiB = Math.ceil(Number(fields['dockvm-upper-kib']) / 1024);
+      if (upperMiB > spec.diskSize) throw diskTooSmall(spec.diskSize, `${upperMiB} MiB`, upperMiB);
+      const tarBytes = Number(fields['dockvm-tar-bytes']);
+      if (!Number.isSafeInteger(tarBytes) || tarBytes <= 0) throw new VmError(`the build VM did not report the size of the layer tar${stderrTail(packed.stderr)}`);
+      return { tarBytes, newDirs };
+    },
+  );
+  return writeLayerFile(out, join(tmp, 'layer.tar'), {
+    source: 'the build VM\'s output',
+    size: tarBytes,
+    clampMtime,
+    convert: (entry) => fromOverlayUpperEntry(entry, (dir) => !newDirs.has(dir)),
+  });
+}
+
+async function runScript(vm: BuildVm, spec: BuildSpec, base: Image | undefined, output: (chunk: Buffer) => void): Promise<void> {
+  const env = scriptEnvironment(mergedEnvOf(base, spec), spec.env);
+  const run = await vm.step('run', { args: env, env: { DOCKVM_SCRIPT: spec.runAsRoot ?? '' }, onStdout: output, onStderr: output });
+  if (run.exitCode === 0) return;
+  const log = await vm.kernelLog();
+  if (/Out of memory|oom-kill/i.test(log)) {
+    throw new SpecError(
+      `runAsRoot ran out of memory: buildVMMemorySize ${spec.buildVMMemorySize} MiB was too small; set buildVMMemorySize to at least ${spec.buildVMMemorySize * 2}`,
+      [],
+      { field: 'buildVMMemorySize' },
+    );
+  }
+  if (/No space left on device/.test(run.stderr)) {
+    throw diskTooSmall(spec.diskSize, `more than ${spec.diskSize * SCRATCH_FACTOR} MiB`, spec.diskSize * SCRATCH_FACTOR * 2);
+  }
+  throw new ScriptError(`runAsRoot failed (${describeExit(run)})${stderrTail(run.stderr)}`, {
+    command: 'runAsRoot',
+    ...(run.exitCode !== null ? { exitCode: run.exitCode } : {}),
+  });
+}
+
+/** The Env the script sees: the base's, with the spec's config.Env over it. */
+function mergedEnvOf(base: Image | undefined, spec: BuildSpec): string[] {
+  return [...(base?.config.config?.Env ?? []), ...(spec.config?.Env ?? [])];
+}
+
+function diskTooSmall(diskSize: number, needed: string, atLeastMiB: number): SpecError {
+  const suggestion = Math.ceil((atLeastMiB * 1.25) / 256) * 256;
+  return new SpecError(`diskSize ${diskSize} MiB was too small: the layer needed ${needed}; set diskSize to at least ${suggestion}`, [], { field: 'diskSize' });
+}
+
+function timeoutSignal(ms: number): AbortSignal {
+  const controller = new AbortController();
+  setTimeout(() => controller.abort(new VmError(`the build took longer than --timeout ${ms / 1000} s; the VM was stopped`)), ms).unref();
+  return controller.signal;
+}
+
+function parseNul(data: Buffer): Set<string> {
+  return new Set(
+    data
+      .toString('latin1')
+      .split('\0')
+      .filter((path) => path !== ''),
+  );
+}
+
+function keyValues(text: string): Record<string, string> {
+  const fields: Record<string, string> = {};
+  for (const line of text.split('\n')) {
+    const eq = line.indexOf('=');
+    if (eq > 0) fields[line.slice(0, eq)] = line.slice(eq + 1).trim();
+  }
+  return fields;
 }
