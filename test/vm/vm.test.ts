@@ -148,6 +148,11 @@ test.serial('disks: the scratch disk is ext4 owned by root and writable; the rea
   t.true(info.actualSize < info.virtualSize); // sparse
 });
 
+test.serial('without network asked for, the guest has only loopback', async (t) => {
+  const r = await run({ argv: ['sh', '-c', 'ls /sys/class/net; ip -4 -o addr show dev lo | awk \'{print $4}\''] });
+  t.deepEqual(r, { exitCode: 0, stdout: 'lo\n127.0.0.1/8\n', stderr: '' });
+});
+
 test.serial('consoleTail returns the guest console\'s last lines', async (t) => {
   await run({ argv: ['sh', '-c', 'echo dockvm-console-marker > /dev/console'] });
   await new Promise((r) => setTimeout(r, 200));
