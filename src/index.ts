@@ -23,3 +23,19 @@ export {
 } from './transport/registry/index.js';
 export { pull, type PullOptions, type PullResult } from './cli/pull.js';
 export { push } from './cli/push.js';
+export {
+  startVm,
+  Vm,
+  createScratchDisk,
+  qemuImgCreate,
+  qemuImgInfo,
+  resolveKernel,
+  type VmOptions,
+  type VmDisk,
+  type ExecOptions,
+  type ExecResult,
+  type RunningCommand,
+  type GuestKernel,
+  type ImageInfo,
+} from './vm/index.js';
+export { doctor, type DoctorReport } from './vm/doctor.js';

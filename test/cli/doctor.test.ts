@@ -22,7 +22,7 @@ test.before(() => {
 
 interface Report {
   qemu: { path: string; version: string } | null;
-  kernel: { source: string; release: string; modules: string[]; builtin: string[] } | null;
+  kernel: { source: string; release: string; modules: string[]; builtin: string[]; boot: { path: string; protocol: string } } | null;
   initramfs: { path: string; state: string } | null;
   kvm: { device: boolean; usable: boolean | null };
   accel: string | null;
@@ -44,6 +44,8 @@ test('doctor --json: qemu and its version, kernel and modules, initramfs, accel,
   t.regex(report.kernel!.release, /^6\.\d+\.\d+-\d+-cloud-amd64$/);
   t.true(report.kernel!.modules.includes('virtio_console'));
   t.true(report.kernel!.builtin.includes('ext4'));
+  t.is(report.kernel!.boot.protocol, 'pvh');
+  t.true(existsSync(report.kernel!.boot.path));
   t.true(existsSync(report.initramfs!.path));
   t.deepEqual([report.accel, report.accelReason], ['tcg', 'DOCKVM_ACCEL']);
   t.is(report.kvm.device, existsSync('/dev/kvm'));
