@@ -9,6 +9,7 @@ import { gzipSync } from 'node:zlib';
 import { execa } from 'execa';
 import { MissingToolError } from '../errors.js';
 import { agentSourceHash, ensureAgent } from './agent-binary.js';
+import { guestTools } from './guest-tools.js';
 import { type CpioEntry, writeCpio } from './cpio.js';
 import type { GuestKernel } from './kernel.js';
 import { GUEST_MODULES, type ModuleGroup, planModules } from './modules.js';
@@ -93,15 +94,17 @@ async function gatherInputs(options: InitramfsOptions) {
   part('agent', agentHash);
   part('busybox', busybox.data);
   for (const m of moduleFiles) part(`module:${m.name}:${m.groups.join(',')}`, m.data);
+  const tools = await guestTools(env);
+  for (const tool of tools) part(`tool:${tool.path}`, tool.data);
   const digest = hash.digest('hex');
   const dir = join(cacheDir(env), 'initramfs');
   const path = join(dir, `${digest.slice(0, 32)}.cpio${compression === 'gzip' ? '.gz' : ''}`);
-  return { env, compression, init, busybox, moduleFiles, digest, dir, path };
+  return { env, compression, init, busybox, moduleFiles, tools, digest, dir, path };
 }
 
 /** Find or build the initramfs for `kernel`. */
 export async function ensureInitramfs(options: InitramfsOptions): Promise<Initramfs> {
-  const { env, compression, init, busybox, moduleFiles, digest, dir, path } = await gatherInputs(options);
+  const { env, compression, init, busybox, moduleFiles, tools, digest, dir, path } = await gatherInputs(options);
   const modules = moduleFiles.map((m) => m.name);
   if (existsSync(path)) return { path, hash: digest, modules, built: false };
   const agent = await ensureAgent(env);
@@ -123,6 +126,10 @@ export async function ensureInitramfs(options: InitramfsOptions): Promise<Initra
     const rel = applet.replace(/^\/+/, '');
     addDir(rel.split('/').slice(0, -1).join('/'));
     entries.push({ path: rel, type: 'symlink', target: '/bin/busybox' });
+  }
+  for (const tool of tools) {
+    addDir(tool.path.split('/').slice(0, -1).join('/'));
+    entries.push({ path: tool.path, type: 'file', mode: tool.mode, data: tool.data });
   }
   for (const m of moduleFiles) entries.push({ path: `lib/modules/${m.name}.ko`, type: 'file', mode: 0o644, data: m.data });
   entries.push({ path: 'lib/modules/modules.load', type: 'file', mode: 0o644, data: Buffer.from(moduleFiles.map((m) => `${m.name}.ko ${m.groups.join(',')}\n`).join('')) });

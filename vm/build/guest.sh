@@ -13,7 +13,7 @@ set -eu
 
 B=/build
 R=$B/root
-GNU_TAR=${DOCKVM_GNU_TAR:-/usr/lib/dockvm/tar}
+GNU_TAR=/usr/lib/dockvm/tar  # put there by src/vm/guest-tools.ts
 # The xattrs of a layer include trusted.overlay.* (whiteout bookkeeping the host converts) and
 # security.capability (setcap); GNU tar stores only user.* unless told.
 TAR_XATTRS="--xattrs --xattrs-include=*"
