@@ -265,7 +265,7 @@ export class AgentClient {
   }
 }
 
-/** Exposed for the benchmark and tests that want a raw writable for output. */
+/** An onStdout/onStderr callback that writes into `stream`, slowing the guest down when it is full. */
 export function toWritable(stream: Writable): (chunk: Buffer) => void | Promise<void> {
   return (chunk) => {
     if (!stream.write(chunk)) return new Promise<void>((resolve) => stream.once('drain', resolve));

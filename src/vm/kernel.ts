@@ -1,7 +1,7 @@
 // The guest kernel: DOCKVM_KERNEL (+ DOCKVM_MODULES) when set, else Debian's linux-image-cloud-amd64
 // unpacked into the cache by kernel/fetch (apt-get download + dpkg-deb -x, no root needed).
 import { existsSync } from 'node:fs';
-import { readFile, readdir } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { execa } from 'execa';
 import { MissingToolError, VmError } from '../errors.js';
@@ -79,13 +79,4 @@ export async function fetchDebianKernel(env: NodeJS.ProcessEnv = process.env): P
     const why = (result.stderr || result.stdout || String(result.exitCode)).trim().split('\n').pop();
     throw new MissingToolError(`could not fetch the guest kernel with ${script}: ${why}`, { command: script, exitCode: result.exitCode ?? undefined });
   }
-}
-
-/** The packaged kernel's .config, to tell what is built in (doctor shows it). */
-export async function kernelConfigPath(kernel: GuestKernel): Promise<string | undefined> {
-  if (kernel.source !== 'debian-cloud') return undefined;
-  const boot = join(kernel.kernel, '..');
-  const names = await readdir(boot).catch(() => [] as string[]);
-  const config = names.find((name) => name.startsWith('config-'));
-  return config === undefined ? undefined : join(boot, config);
 }

@@ -2,7 +2,7 @@
 // modules.dep (depmod makes it at install time), so dependencies come from each module's own
 // `.modinfo` "depends=" string; modules built into the kernel (modules.builtin) need no loading.
 import { readFile, readdir } from 'node:fs/promises';
-import { join, relative } from 'node:path';
+import { join } from 'node:path';
 import { VmError } from '../errors.js';
 
 /**
@@ -111,9 +111,4 @@ export async function planModules(
     await visit(normalise(name), undefined);
   }
   return { load, builtin: builtinWanted };
-}
-
-/** Path of a module relative to its modules directory, for messages. */
-export function describeModule(modulesDir: string, path: string): string {
-  return relative(modulesDir, path);
 }
