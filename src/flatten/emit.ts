@@ -5,7 +5,7 @@
 import { TarFormatError } from '../errors.js';
 import { encodeHeader, printable, type TarEntry } from '../layer/tar.js';
 import type { Inode, Winner } from './merge.js';
-import type { RangeReader } from './range-reader.js';
+import type { RangeReader } from '../layer/range-reader.js';
 
 export const CHUNK_SIZE = 1 << 20;
 const CHUNK = CHUNK_SIZE;

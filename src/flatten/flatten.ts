@@ -15,8 +15,8 @@ import type { Image } from '../image/image.js';
 import { CHUNK_SIZE, END_OF_ARCHIVE, emitEntries } from './emit.js';
 import { MergeIndex } from './merge.js';
 import { comparePaths } from './path-order.js';
-import { RangeReader } from './range-reader.js';
-import { scanTar } from './tar-scan.js';
+import { RangeReader } from '../layer/range-reader.js';
+import { scanTar } from '../layer/tar-scan.js';
 import { verifyLocalTars, type LocalTarToCheck, type Verification } from './verify.js';
 
 export interface FlattenOptions {

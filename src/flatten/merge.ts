@@ -24,7 +24,7 @@
 import { TarFormatError, UnsafeTarEntryError } from '../errors.js';
 import { printable, type TarEntry } from '../layer/tar.js';
 import { parseWhiteout } from '../layer/whiteout.js';
-import type { ScannedEntry } from './tar-scan.js';
+import type { ScannedEntry } from '../layer/tar-scan.js';
 
 /** One piece of content in one layer: a tar entry and where its body lies in that layer's tar. */
 export interface Inode {

@@ -1,6 +1,7 @@
-// Positional reads from a local file through a read-ahead window. Layer tars are read twice by the
-// flattener: headers (walking forward), then the bodies of the entries that survive (forward when the
-// layer is sorted as the output is, anywhere otherwise). The window grows while reads continue where
+// Positional reads from a local file through a read-ahead window, for tar-scan.ts's header walks and
+// the reads of bodies they locate. Layer tars are read twice by the flattener: headers (walking
+// forward), then the bodies of the entries that survive (forward when the layer is sorted as the output
+// is, anywhere otherwise). The window grows while reads continue where
 // the last one ended and shrinks back on a jump, so a forward walk costs one read per MiB and a random
 // one does not read a MiB per small file. Reads are synchronous: they hit the page cache, and a
 // syscall costs less than a trip through the thread pool per entry.

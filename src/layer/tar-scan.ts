@@ -1,12 +1,13 @@
-// Read a layer tar's headers without reading its bodies: each entry comes with the file position of its
-// content, so the flattener can index a layer in one pass and fetch only the bodies that survive.
+// Read a tar's headers without reading its bodies: each entry comes with the file position of its
+// content, so a reader can index a tar in one pass and fetch only the bodies it needs. The flattener
+// indexes layer tars with it, the archive store an image archive's outer tar.
 //
-// src/layer/tar.ts reads tars as streams and cannot say where an entry's content lies, nor skip it
+// tar.ts's readTar reads tars as streams and cannot say where an entry's content lies, nor skip it
 // without reading it. This scanner decodes the same header forms the same way (tar-stream's ustar/GNU
-// decoding, tar.ts's binary-string paths, raw-byte PAX values and path checks; test/flatten/tar-scan.test.ts
+// decoding, tar.ts's binary-string paths, raw-byte PAX values and path checks; test/layer/tar-scan.test.ts
 // holds it to readTar's results), and seeks over bodies instead.
 import { TarFormatError } from '../errors.js';
-import { decodePax, normalizePath, printable, type EntryType, type TarEntry } from '../layer/tar.js';
+import { decodePax, normalizePath, printable, type EntryType, type TarEntry } from './tar.js';
 import type { RangeReader } from './range-reader.js';
 
 export interface ScannedEntry {
