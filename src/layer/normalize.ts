@@ -77,17 +77,16 @@ export function normalizeEntries(entries: readonly LayerEntry[], options: Normal
     .sort((x, y) => compareLayerPaths(x.entry.path, y.entry.path));
 }
 
-/** The regular file a hard link shares content with (following links to links). */
+/** The entry a hard link shares its inode with (following links to links): anything but a directory. */
 function linkTarget(entry: TarEntry, byPath: ReadonlyMap<string, LayerEntry>, source: string): string {
   let target = entry.linkname ?? '';
   for (let hops = 0; hops < 64; hops++) {
     const found = byPath.get(target);
-    if (!found) break;
-    if (found.entry.type === 'file') return target;
-    if (found.entry.type !== 'link') break;
+    if (!found || found.entry.type === 'directory') break;
+    if (found.entry.type !== 'link') return target;
     target = found.entry.linkname ?? '';
   }
-  throw new TarFormatError(`${source}: hard link ${printable(entry.path)} points to ${printable(entry.linkname ?? '')}, which is not a regular file in the layer`, {
+  throw new TarFormatError(`${source}: hard link ${printable(entry.path)} points to ${printable(entry.linkname ?? '')}, which the layer does not hold (or is a directory)`, {
     source,
     entry: entry.path,
   });

@@ -81,7 +81,11 @@ step_run() {
     # No usable shell in the image (FROM scratch): a bundled busybox, mounted from outside the layer.
     make_mount_point .dockvm
     mkdir -p /run/dockvm-shell
-    [ -e /run/dockvm-shell/sh ] || { cp /bin/busybox /run/dockvm-shell/busybox; /run/dockvm-shell/busybox --install -s /run/dockvm-shell; }
+    if [ ! -e /run/dockvm-shell/sh ]; then
+      cp /bin/busybox /run/dockvm-shell/busybox
+      # relative links: inside the chroot this directory is /.dockvm
+      for applet in $(/bin/busybox --list); do [ "$applet" = busybox ] || ln -s busybox "/run/dockvm-shell/$applet"; done
+    fi
     shell=/.dockvm/sh
     extra_path=:/.dockvm
   fi
