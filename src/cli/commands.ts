@@ -6,11 +6,12 @@ import { registerInspect } from './inspect.js';
 import { registerMerge } from './merge.js';
 import { registerPull } from './pull.js';
 import { registerPush } from './push.js';
+import { registerRefresh } from './refresh.js';
 import { registerRunAsRoot } from './run-as-root.js';
 
 type Register = (program: Command) => void;
 
-const commands: Register[] = [registerRunAsRoot, registerExport, registerInspect, registerMerge, registerPull, registerPush, registerDoctor];
+const commands: Register[] = [registerRunAsRoot, registerExport, registerInspect, registerMerge, registerPull, registerPush, registerRefresh, registerDoctor];
 
 export function registerCommands(program: Command): void {
   for (const register of commands) register(program);

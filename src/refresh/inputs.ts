@@ -1,0 +1,103 @@
+// The hash of every input of a build except the base image: the spec file's content (canonical JSON, so
+// reformatting it changes nothing), what copyToRoot copies (names, types, modes, owners, link targets,
+// device numbers, mtimes as the layer will clamp them, file bytes), the scripts, the settings the host
+// supplies (architecture default, SOURCE_DATE_EPOCH) and the layer-format version of dockvm.
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { createHash, type Hash } from 'node:crypto';
+import { SpecError } from '../errors.js';
+import type { Digest } from '../image/digest.js';
+import { walkDirectory } from '../layer/directory.js';
+import type { BuildSpec } from '../spec/load.js';
+
+/**
+ * Bumped whenever dockvm would build different layer bytes from the same inputs (a new normalisation
+ * rule, a different tar encoding), so that every lock written before it is stale.
+ */
+export const LAYER_FORMAT_VERSION = 1;
+
+/** sha256 over the spec's inputs. `rawSpec` is the parsed spec file (before defaults). */
+export async function inputsHash(spec: BuildSpec, rawSpec: unknown): Promise<Digest> {
+  const hash = createHash('sha256');
+  record(hash, {
+    layerFormat: LAYER_FORMAT_VERSION,
+    spec: rawSpec,
+    architecture: spec.architecture,
+    sourceDateEpoch: process.env.SOURCE_DATE_EPOCH ?? null,
+    runAsRoot: spec.runAsRoot,
+    extraCommands: spec.extraCommands,
+    copyToRoot: spec.copyToRoot.length,
+  });
+  const clamp = mtimeClamp(spec);
+  for (const source of spec.copyToRoot) await hashSource(hash, source, spec, clamp);
+  return `sha256:${hash.digest('hex')}`;
+}
+
+/** JSON with object keys sorted at every level: the same value always gives the same text. */
+export function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_key, inner: unknown) => {
+    if (inner === null || typeof inner !== 'object' || Array.isArray(inner)) return inner;
+    const sorted: Record<string, unknown> = {};
+    for (const key of Object.keys(inner).sort()) sorted[key] = (inner as Record<string, unknown>)[key];
+    return sorted;
+  });
+}
+
+/** One framed record: its length first, so no two sequences of records hash alike. */
+function record(hash: Hash, value: unknown): void {
+  const text = Buffer.from(canonicalJson(value));
+  hash.update(`${text.length}:`);
+  hash.update(text);
+}
+
+async function hashSource(hash: Hash, source: string, spec: BuildSpec, clamp: number | undefined): Promise<void> {
+  const stats = await stat(source).catch((err: NodeJS.ErrnoException) => {
+    throw new SpecError(`copyToRoot: cannot read ${source}: ${err.code ?? err.message}`, [], { field: 'copyToRoot', source, cause: err });
+  });
+  if (stats.isFile()) {
+    // A tarball: its bytes cover every entry (a re-gzipped but equal tarball rebuilds once, harmlessly).
+    record(hash, { tarball: stats.size });
+    await hashFile(hash, source);
+    return;
+  }
+  if (!stats.isDirectory()) throw new SpecError(`copyToRoot: ${source} is neither a directory nor a tarball`, [], { field: 'copyToRoot', source });
+  record(hash, { directory: true });
+  // The same walk copyToRoot makes, so exactly what reaches the layer is hashed.
+  const walk = walkDirectory(source, { uid: spec.uid, gid: spec.gid, followDirSymlinks: !spec.keepContentsDirlinks });
+  for await (const { entry, file } of walk) {
+    const mtime = clamp !== undefined && entry.mtime > clamp ? clamp : entry.mtime;
+    record(hash, {
+      path: entry.path,
+      type: entry.type,
+      mode: entry.mode,
+      uid: entry.uid,
+      gid: entry.gid,
+      size: entry.size,
+      mtime,
+      linkname: entry.linkname ?? null,
+      devmajor: entry.devmajor ?? null,
+      devminor: entry.devminor ?? null,
+    });
+    if (file && entry.size > 0) await hashFile(hash, file);
+  }
+  record(hash, { end: source });
+}
+
+async function hashFile(hash: Hash, path: string | Buffer): Promise<void> {
+  for await (const chunk of createReadStream(path, { highWaterMark: 1024 * 1024 })) hash.update(chunk as Buffer);
+}
+
+/**
+ * The time the layer clamps mtimes to (SOURCE_DATE_EPOCH, else `created`), as run-as-root computes it:
+ * a checkout's fresh mtimes above it do not change the layer, so they must not force a rebuild.
+ * With created "now" and no SOURCE_DATE_EPOCH nothing is clamped in a useful way: mtimes count as they are.
+ */
+function mtimeClamp(spec: BuildSpec): number | undefined {
+  const epoch = process.env.SOURCE_DATE_EPOCH;
+  if (epoch !== undefined && epoch !== '') {
+    const value = Number(epoch);
+    if (Number.isInteger(value) && value >= 0) return value;
+  }
+  if (spec.created === 'now') return undefined;
+  return Math.floor(Date.parse(spec.created) / 1000);
+}
