@@ -1,5 +1,6 @@
 // dockvm refresh SPEC…: the nightly base-image refresh (src/refresh/). One line per spec on stderr as it
 // finishes; --json prints every result as one array on stdout. Exit 0 when no spec failed, 1 otherwise.
+import { relative } from 'node:path';
 import { Command, Option } from 'commander';
 import { installSignalHandlers } from '../cleanup.js';
 import { DockvmError, UsageError } from '../errors.js';
@@ -53,11 +54,19 @@ export function describe(result: RefreshResult): string {
     case 'rebuilt': {
       const base = result.previousBaseDigest !== null && result.previousBaseDigest !== result.baseDigest ? `${short(result.previousBaseDigest)} → ${short(result.baseDigest)}` : short(result.baseDigest);
       const pushed = result.pushedTo !== null ? `, pushed ${result.pushedTo} (${result.pushedDigest})` : '';
-      return `rebuilt    ${result.spec} (base ${base}; ${result.reason}): wrote ${result.output}${pushed}`;
+      return `rebuilt    ${result.spec} (base ${base}; ${result.reason}): wrote ${shortPath(result.output)}${pushed}`;
     }
     case 'failed':
       return `failed     ${result.spec}: ${result.reason}`;
   }
+}
+
+/** An output as the user would type it from here (oci:DIR keeps its prefix). */
+function shortPath(output: string | null): string {
+  if (output === null) return '';
+  const oci = output.startsWith('oci:');
+  const path = relative(process.cwd(), oci ? output.slice('oci:'.length) : output) || '.';
+  return oci ? `oci:${path}` : path;
 }
 
 function positiveInteger(flag: string): (value: string) => number {
