@@ -102,8 +102,24 @@ async function gatherInputs(options: InitramfsOptions) {
   return { env, compression, init, busybox, moduleFiles, tools, digest, dir, path };
 }
 
+/**
+ * Found initramfs files by their inputs' description, for this process: hashing the inputs reads ~10 MB
+ * and runs helper programs, which every boot would otherwise pay for again.
+ */
+const found = new Map<string, Initramfs>();
+
 /** Find or build the initramfs for `kernel`. */
 export async function ensureInitramfs(options: InitramfsOptions): Promise<Initramfs> {
+  const env = options.env ?? process.env;
+  const key = JSON.stringify([options.kernel, options.compression ?? 'none', options.modules ?? null, cacheDir(env), env.DOCKVM_BUSYBOX ?? '', env.DOCKVM_GNU_TAR ?? '']);
+  const known = found.get(key);
+  if (known && existsSync(known.path)) return { ...known, built: false };
+  const result = await findOrBuild(options);
+  found.set(key, result);
+  return result;
+}
+
+async function findOrBuild(options: InitramfsOptions): Promise<Initramfs> {
   const { env, compression, init, busybox, moduleFiles, tools, digest, dir, path } = await gatherInputs(options);
   const modules = moduleFiles.map((m) => m.name);
   if (existsSync(path)) return { path, hash: digest, modules, built: false };
