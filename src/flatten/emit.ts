@@ -3,6 +3,7 @@
 // copied from the layer tars by position. Output comes in chunks of about 1 MiB, so a consumer's
 // backpressure bounds memory whatever the image's size.
 import { TarFormatError } from '../errors.js';
+import { OVERLAY_XATTR_PREFIX } from '../layer/overlay.js';
 import { encodeHeader, printable, type TarEntry } from '../layer/tar.js';
 import type { Inode, Winner } from './merge.js';
 import type { RangeReader } from '../layer/range-reader.js';
@@ -90,14 +91,28 @@ export function* emitEntries(
   if (used > 0) yield chunk.subarray(0, used);
 }
 
-/** The header to write for `path`: the inode's metadata, or a hard link to the group's first path. */
+/**
+ * The header to write for `path`: the inode's metadata, or a hard link to the group's first path.
+ * What a filesystem cannot hold is shown as a mounted filesystem shows it (and podman exports it): a
+ * symlink's mode is 0777 whatever the layer said, and overlayfs' bookkeeping xattrs (trusted.overlay.*)
+ * are not there.
+ */
 function outputEntry(path: string, source: TarEntry, linkTo: string | undefined, clamp: number | undefined): TarEntry {
   const mtime = clamp === undefined ? source.mtime : Math.min(source.mtime, clamp);
+  const mode = source.type === 'symlink' ? 0o777 : source.mode;
+  const xattrs = source.xattrs && withoutOverlayXattrs(source.xattrs);
   if (linkTo !== undefined) {
-    const link: TarEntry = { path, type: 'link', linkname: linkTo, mode: source.mode, uid: source.uid, gid: source.gid, size: 0, mtime };
-    if (source.xattrs) link.xattrs = source.xattrs;
+    const link: TarEntry = { path, type: 'link', linkname: linkTo, mode, uid: source.uid, gid: source.gid, size: 0, mtime };
+    if (xattrs) link.xattrs = xattrs;
     return link;
   }
-  const { uname: _uname, gname: _gname, ...rest } = source;
-  return { ...rest, path, mtime };
+  const { uname: _uname, gname: _gname, xattrs: _xattrs, ...rest } = source;
+  return xattrs ? { ...rest, path, mode, mtime, xattrs } : { ...rest, path, mode, mtime };
+}
+
+function withoutOverlayXattrs(xattrs: Record<string, Buffer>): Record<string, Buffer> | undefined {
+  const names = Object.keys(xattrs);
+  if (!names.some((name) => name.startsWith(OVERLAY_XATTR_PREFIX))) return xattrs;
+  const kept = names.filter((name) => !name.startsWith(OVERLAY_XATTR_PREFIX));
+  return kept.length > 0 ? Object.fromEntries(kept.map((name) => [name, xattrs[name]!])) : undefined;
 }
