@@ -49,7 +49,13 @@ step_mount() {
   lowerdirs=$(lowerdir_list)
   # overlayfs needs a lower; FROM scratch gets an empty one.
   [ -n "$lowerdirs" ] || { mkdir -p $B/empty; lowerdirs=$B/empty; }
-  [ -n "${DOCKVM_SCRATCH:-}" ] || { mount -t overlay overlay -o "lowerdir=$lowerdirs" $R; return 0; }
+  if [ -z "${DOCKVM_SCRATCH:-}" ]; then
+    # Read-only (export): overlayfs wants at least two lowers without an upper; an empty one at the
+    # bottom changes nothing the merged view shows below its root.
+    mkdir -p $B/empty
+    mount -t overlay overlay -o "ro,lowerdir=$lowerdirs:$B/empty" $R
+    return 0
+  fi
   mount -t ext4 -o noatime "$(disk "$DOCKVM_SCRATCH")" $B/scratch
   mkdir -p $B/scratch/upper $B/scratch/work
   # Off: redirect_dir and metacopy (their xattrs have no OCI form), index and xino (not needed for a
@@ -72,6 +78,25 @@ make_mount_point() {
   fi
 }
 
+# The script runs in a memory cgroup a little smaller than the VM: a script that wants more memory than
+# the VM has is OOM-killed at once, instead of the whole guest thrashing (no swap: it would evict the
+# code pages of every process and crawl under TCG). The kill is reported for the host to explain.
+CG=/sys/fs/cgroup
+limit_memory() {
+  grep -q " $CG cgroup2 " /proc/mounts || mount -t cgroup2 cgroup2 $CG
+  echo +memory > $CG/cgroup.subtree_control
+  mkdir -p $CG/script
+  total_kib=$(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo)
+  # what the agent, busybox and the page cache of the lowers need meanwhile
+  echo $(( (total_kib - 40960) * 1024 )) > $CG/script/memory.max
+  echo $$ > $CG/script/cgroup.procs
+}
+
+report_oom() {
+  kills=$(sed -n 's/^oom_kill \([0-9]*\)/\1/p' $CG/script/memory.events 2>/dev/null || echo 0)
+  [ "${kills:-0}" = 0 ] || echo "dockvm-oom-kills=$kills" >&2
+}
+
 step_run() {
   : > $B/created
   for d in proc sys dev; do make_mount_point $d; done
@@ -89,6 +114,7 @@ step_run() {
     shell=/.dockvm/sh
     extra_path=:/.dockvm
   fi
+  limit_memory
   set +e
   # The script's environment comes as arguments (NAME=VALUE…); PATH gets the bundled shell's applets
   # when the image has no shell of its own.
@@ -121,6 +147,7 @@ step_run() {
     ' dockvm-ns "$R" "$@"
   status=$?
   set -e
+  report_oom
   # The namespace died with the script, and its mounts with it; now remove the mount points.
   sort -r $B/created | while read -r d; do rmdir "$R/$d" 2>/dev/null || true; done
   return $status
