@@ -3,11 +3,12 @@
 // device numbers, mtimes as the layer will clamp them, file bytes), the scripts, the settings the host
 // supplies (architecture default, SOURCE_DATE_EPOCH) and the layer-format version of dockvm.
 import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { createHash, type Hash } from 'node:crypto';
 import { SpecError } from '../errors.js';
 import type { Digest } from '../image/digest.js';
 import { walkDirectory } from '../layer/directory.js';
+import type { TarEntry } from '../layer/tar.js';
 import type { BuildSpec } from '../spec/load.js';
 
 /**
@@ -57,14 +58,17 @@ async function hashSource(hash: Hash, source: string, spec: BuildSpec, clamp: nu
   if (stats.isFile()) {
     // A tarball: its bytes cover every entry (a re-gzipped but equal tarball rebuilds once, harmlessly).
     record(hash, { tarball: stats.size });
-    await hashFile(hash, source);
+    await hashLargeFile(hash, source);
     return;
   }
   if (!stats.isDirectory()) throw new SpecError(`copyToRoot: ${source} is neither a directory nor a tarball`, [], { field: 'copyToRoot', source });
   record(hash, { directory: true });
-  // The same walk copyToRoot makes, so exactly what reaches the layer is hashed.
+  // The same walk copyToRoot makes, so exactly what reaches the layer is hashed. Small files are read a
+  // few ahead of the hash (in parallel: many small files are the common case), hashed in walk order.
   const walk = walkDirectory(source, { uid: spec.uid, gid: spec.gid, followDirSymlinks: !spec.keepContentsDirlinks });
-  for await (const { entry, file } of walk) {
+  const window: { entry: TarEntry; file: Buffer | undefined; data: Promise<Buffer> | null }[] = [];
+  const hashNext = async () => {
+    const { entry, file, data } = window.shift()!;
     const mtime = clamp !== undefined && entry.mtime > clamp ? clamp : entry.mtime;
     record(hash, {
       path: entry.path,
@@ -78,13 +82,26 @@ async function hashSource(hash: Hash, source: string, spec: BuildSpec, clamp: nu
       devmajor: entry.devmajor ?? null,
       devminor: entry.devminor ?? null,
     });
-    if (file && entry.size > 0) await hashFile(hash, file);
+    if (data) hash.update(await data);
+    else if (file && entry.size > 0) await hashLargeFile(hash, file);
+  };
+  for await (const { entry, file } of walk) {
+    const data = file && entry.size > 0 && entry.size < SMALL_FILE ? readFile(file) : null;
+    data?.catch(() => undefined); // awaited in hashNext; this only keeps an early failure from being "unhandled"
+    window.push({ entry, file, data });
+    if (window.length >= READ_AHEAD) await hashNext();
   }
+  while (window.length > 0) await hashNext();
   record(hash, { end: source });
 }
 
-async function hashFile(hash: Hash, path: string | Buffer): Promise<void> {
-  for await (const chunk of createReadStream(path, { highWaterMark: 1024 * 1024 })) hash.update(chunk as Buffer);
+/** Files below this are read whole (a stream's buffer per small file costs more than the file); larger ones are streamed. */
+const SMALL_FILE = 1024 * 1024;
+/** Small files read ahead of the hash. */
+const READ_AHEAD = 16;
+
+async function hashLargeFile(hash: Hash, path: string | Buffer): Promise<void> {
+  for await (const chunk of createReadStream(path, { highWaterMark: SMALL_FILE })) hash.update(chunk as Buffer);
 }
 
 /**
