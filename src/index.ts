@@ -39,3 +39,4 @@ export {
   type ImageInfo,
 } from './vm/index.js';
 export { doctor, type DoctorReport } from './vm/doctor.js';
+export { refresh, readLock, lockPathFor, LockFileError, type RefreshOptions, type RefreshResult, type RefreshStatus, type Lock } from './refresh/index.js';

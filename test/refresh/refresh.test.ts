@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openImage } from '../../src/transport/index.js';
-import { resolveDigest } from '../../src/transport/registry/index.js';
+import { pushImage, resolveDigest } from '../../src/transport/registry/index.js';
 import { refresh, type RefreshResult } from '../../src/refresh/refresh.js';
 import { runDockvm } from '../helpers/peers.js';
 import { freePort, startRegistry } from '../helpers/registry.js';
@@ -165,4 +165,27 @@ test('--shard 2/3 refreshes only its share of the sorted specs; bad flags are us
   const badPush = await runDockvm(['refresh', 'a.json', 'b.json', '--push', '127.0.0.1:5000/app'], { cwd: dir });
   t.is(badPush.exitCode, 2);
   t.regex(badPush.stderr, /would send 2 images to one place/);
+});
+
+test('a base behind basic auth: --creds reach both the tag lookup and the build\'s pull of the pinned base', async (t) => {
+  const user = { username: 'nightly', password: 'pa:ss' };
+  const registry = await startRegistry(t, { htpasswd: user });
+  const dir = await tempDir(t);
+  const base = `docker://${registry.host}/dockvm/base:stable`;
+  const image = await openImage(await baseArchive(dir, 'v1'));
+  t.teardown(() => image.close());
+  const { digest } = await pushImage(image, base, { creds: `${user.username}:${user.password}`, authFiles: noAuthFiles(dir) });
+  await writeSpec(dir, 'app', { fromImage: base, extraCommands: 'echo ok > marker' });
+
+  const anonymous = await runDockvm(['refresh', 'app.json', '--json'], { cwd: dir, env: isolatedEnv(dir) });
+  t.is(anonymous.exitCode, 1);
+  t.regex((JSON.parse(anonymous.stdout) as RefreshResult[])[0]!.reason!, /401|credentials|log in/i);
+
+  const run = await runDockvm(['refresh', 'app.json', '--json', '--creds', `${user.username}:${user.password}`], { cwd: dir, env: isolatedEnv(dir) });
+  t.is(run.exitCode, 0, run.stderr);
+  t.like((JSON.parse(run.stdout) as RefreshResult[])[0], { status: 'rebuilt', baseDigest: digest });
+  t.false(run.stdout.includes(user.password) || run.stderr.includes(user.password), 'the password is never printed');
+  const built = await openImage(join(dir, 'app.tar'));
+  t.teardown(() => built.close());
+  t.deepEqual(built.layers.slice(0, -1).map((layer) => layer.diffId), image.layers.map((layer) => layer.diffId));
 });
