@@ -1,9 +1,13 @@
 // dockvm export IMAGE -o OUT [--mtime EPOCH] [--engine native|vm] [--json]: nixpkgs exportImage: the
 // image's merged filesystem as one uncompressed tar. The native engine computes it from the layer tars
-// (src/flatten); the VM engine (mounting the layers and tarring the merged view) is not built yet.
-import { createWriteStream, rmSync } from 'node:fs';
+// (src/flatten); the VM engine mounts the layers in the build VM and tars the merged view
+// (src/build/export-vm.ts). Both give the same bytes.
+import { createReadStream, createWriteStream, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import { Option, type Command } from 'commander';
-import { installSignalHandlers } from '../cleanup.js';
+import { exportInVm } from '../build/export-vm.js';
+import { installSignalHandlers, withTempDir } from '../cleanup.js';
 import { UsageError } from '../errors.js';
 import { writeFlattened, type FlattenStats } from '../flatten/flatten.js';
 import { openImage } from '../transport/index.js';
@@ -13,7 +17,7 @@ export interface ExportResult {
   reference: string;
   /** the file written, or "-" for stdout */
   output: string;
-  engine: 'native';
+  engine: 'native' | 'vm';
   /** entries in the tar */
   entries: number;
   /** bytes of the tar */
@@ -34,7 +38,7 @@ export function registerExport(program: Command): void {
   program
     .command('export')
     .description(
-      'Write the merged filesystem of IMAGE as one uncompressed tar (nixpkgs exportImage), with no VM and ' +
+      'Write the merged filesystem of IMAGE as one uncompressed tar (nixpkgs exportImage), by default with no VM and ' +
         'nothing extracted to disk: whiteouts applied, entries sorted by path with parents first, owners ' +
         'numeric, hard links kept. The same image gives the same bytes. "-o -" writes the tar to stdout ' +
         '(not to a terminal); a file is written atomically: on failure none is left.',
@@ -47,18 +51,16 @@ export function registerExport(program: Command): void {
     .action(async (reference: string, options: ExportOptions) => {
       const output = checkOutput(options);
       const mtime = parseMtime(options.mtime);
-      if (options.engine === 'vm') {
-        throw new UsageError('--engine vm is not built yet: use --engine native (the default), which gives the same filesystem');
-      }
       installSignalHandlers();
-      const result = await exportImage(reference, output, mtime);
+      const result = await exportImage(reference, output, mtime, options.engine);
       if (options.json) printJson(result);
       else say(`wrote ${output === '-' ? 'stdout' : output}: ${result.entries} entries, ${result.size} bytes, from ${result.layers} layer(s)`);
     });
 }
 
 /** Flatten the image at `reference` into `output` (a path, or "-" for stdout). */
-export async function exportImage(reference: string, output: string, mtime?: number): Promise<ExportResult> {
+export async function exportImage(reference: string, output: string, mtime?: number, engine: 'native' | 'vm' = 'native'): Promise<ExportResult> {
+  if (engine === 'vm') return exportImageInVm(reference, output, mtime);
   const image = await openImage(reference);
   try {
     let stats: FlattenStats | undefined;
@@ -97,6 +99,35 @@ export async function exportImage(reference: string, output: string, mtime?: num
     };
   } finally {
     await image.close();
+  }
+}
+
+/** The VM engine: the tar is made in a temp directory first, then renamed into place or copied to stdout. */
+async function exportImageInVm(reference: string, output: string, mtime: number | undefined): Promise<ExportResult> {
+  const image = await openImage(reference);
+  try {
+    const options = { source: reference, ...(mtime !== undefined ? { mtime } : {}) };
+    const result = await withTempDir('export', async (tmp) => {
+      if (output !== '-') return writeAtomically(output, (temp) => whileRunning(temp, () => exportInVm(image, temp, tmp, options)));
+      const tar = join(tmp, 'export.tar');
+      const exported = await exportInVm(image, tar, tmp, options);
+      await pipeline(createReadStream(tar), process.stdout, { end: false });
+      return exported;
+    });
+    return { reference, output, engine: 'vm', entries: result.entries, size: result.size, layers: result.layers, ...(mtime !== undefined ? { mtime } : {}) };
+  } finally {
+    await image.close();
+  }
+}
+
+/** Run `produce`, removing the file `temp` if the process exits meanwhile (Ctrl-C). */
+async function whileRunning<T>(temp: string, produce: () => Promise<T>): Promise<T> {
+  const removeTemp = () => rmSync(temp, { force: true });
+  process.once('exit', removeTemp);
+  try {
+    return await produce();
+  } finally {
+    process.off('exit', removeTemp);
   }
 }
 
