@@ -5,7 +5,7 @@
 // the last one ended and shrinks back on a jump, so a forward walk costs one read per MiB and a random
 // one does not read a MiB per small file. Reads are synchronous: they hit the page cache, and a
 // syscall costs less than a trip through the thread pool per entry.
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 
 const WINDOW = 1 << 20;
 const MIN_READ_AHEAD = 64 << 10;
@@ -18,8 +18,17 @@ export class RangeReader {
   #length = 0;
   #readAhead = MIN_READ_AHEAD;
 
+  /** the file's size when it was opened */
+  readonly size: number;
+
   constructor(readonly path: string) {
     this.#fd = openSync(path, 'r');
+    try {
+      this.size = fstatSync(this.#fd).size;
+    } catch (err) {
+      closeSync(this.#fd);
+      throw err;
+    }
   }
 
   /**

@@ -6,7 +6,7 @@
 // without reading it. This scanner decodes the same header forms the same way (tar-stream's ustar/GNU
 // decoding, tar.ts's binary-string paths, raw-byte PAX values and path checks; test/layer/tar-scan.test.ts
 // holds it to readTar's results), and seeks over bodies instead.
-import { TarFormatError } from '../errors.js';
+import { DockvmError, TarFormatError } from '../errors.js';
 import { decodePax, normalizePath, printable, type EntryType, type TarEntry } from './tar.js';
 import type { RangeReader } from './range-reader.js';
 
@@ -45,9 +45,12 @@ export function* scanTar(reader: RangeReader, offset: number, size: number, sour
   let longLink: string | undefined;
   let pax: Record<string, string> | undefined;
   let paxGlobal: Record<string, string> | undefined;
-  const fail = (what: string): never => {
+  const corrupt = (what: string) => {
     const where = last ? ` after entry ${printable(last)}` : '';
-    throw new TarFormatError(`${source}: not a valid tar${where}: ${what} (truncated or corrupt?)`, { source });
+    return new TarFormatError(`${source}: not a valid tar${where}: ${what} (truncated or corrupt?)`, { source });
+  };
+  const fail = (what: string): never => {
+    throw corrupt(what);
   };
 
   while (pos < end) {
@@ -104,18 +107,26 @@ export function* scanTar(reader: RangeReader, offset: number, size: number, sour
     if (!(bodySize >= 0)) fail('invalid header');
 
     const path = normalize(name, source);
-    last = path;
     if (!type) {
       throw new TarFormatError(`${source}: entry ${printable(path)} has unsupported tar type ${JSON.stringify(String.fromCharCode(block[156]!))}`, {
         source,
         entry: path,
       });
     }
+    let entry: TarEntry;
+    try {
+      entry = toEntry(block, type, path, linkname, bodySize, entryPax, source);
+    } catch (err) {
+      // As readTar: our own errors pass, anything else (a malformed LIBARCHIVE.xattr name) is a corrupt tar.
+      if (err instanceof DockvmError) throw err;
+      throw corrupt(err instanceof Error ? err.message : String(err));
+    }
+    last = path;
     const bodyOffset = pos;
     // Like tar-stream, a directory's size is never content.
     if (bodySize > 0 && type !== 'directory') pos += padded(bodySize);
     if (pos > end) fail('unexpected end of data');
-    yield { entry: toEntry(block, type, path, linkname, bodySize, entryPax, source), bodyOffset };
+    yield { entry, bodyOffset };
   }
 }
 

@@ -1,11 +1,12 @@
 // An index of a tar file's entries (name → offset and size of the content), so that an image archive is
-// read in place, by ranges, and never extracted. The entries are parsed once by readTar (which checks
-// checksums, PAX records and paths); offsets are then found by walking the header blocks, which readTar
-// does not report.
-import { createReadStream } from 'node:fs';
-import { open } from 'node:fs/promises';
-import { ImageFormatError, TarFormatError } from '../errors.js';
-import { readTar, printable, type EntryType } from '../layer/tar.js';
+// read in place, by ranges, and never extracted. Only headers are read: layer/tar-scan.ts walks them
+// and seeks over the bodies, with the checks readTar makes (checksums, PAX records, strict paths, every
+// body within the file), so indexing a 1 GB archive reads a few blocks per entry, not the gigabyte.
+import { ImageFormatError } from '../errors.js';
+import { RangeReader } from '../layer/range-reader.js';
+import { printable, type EntryType } from '../layer/tar.js';
+import { scanTar } from '../layer/tar-scan.js';
+import { describeFailure } from './streams.js';
 
 export interface IndexedEntry {
   path: string;
@@ -16,71 +17,27 @@ export interface IndexedEntry {
   linkname?: string;
 }
 
-const BLOCK = 512;
-// Header types that describe the next header rather than being entries themselves: PAX (x, g), GNU long names (L, K).
-const META_TYPES = new Set(['x', 'g', 'L', 'K']);
-
 /** Index the tar at `path`; `source` names it in errors. Later entries of the same name win, as in tar. */
 export async function indexTar(path: string, source: string): Promise<Map<string, IndexedEntry>> {
-  const parsed: { path: string; type: EntryType; size: number; linkname?: string }[] = [];
-  for await (const { entry, body } of readTar(createReadStream(path), { source })) {
-    body.resume(); // skip the content at once rather than leave it to tar-stream's own draining
-    parsed.push({ path: entry.path, type: entry.type, size: entry.size, ...(entry.linkname !== undefined ? { linkname: entry.linkname } : {}) });
-  }
-  const handle = await open(path, 'r');
+  let reader: RangeReader;
   try {
-    const fileSize = (await handle.stat()).size;
-    const header = Buffer.alloc(BLOCK);
+    reader = new RangeReader(path);
+  } catch (err) {
+    throw describeFailure(source)(err);
+  }
+  try {
     const index = new Map<string, IndexedEntry>();
-    let position = 0;
-    for (const entry of parsed) {
-      for (;;) {
-        const { bytesRead } = await handle.read(header, 0, BLOCK, position);
-        if (bytesRead < BLOCK) throw walkError(source, entry.path);
-        const typeflag = String.fromCharCode(header[156]!);
-        const size = headerSize(header);
-        if (size === undefined) throw walkError(source, entry.path);
-        if (!META_TYPES.has(typeflag)) {
-          // A PAX size overrides the header's; readTar reports it for regular files.
-          const contentSize = entry.type === 'file' ? entry.size : size;
-          const offset = position + BLOCK;
-          if (offset + contentSize > fileSize) throw walkError(source, entry.path);
-          index.set(entry.path, { ...entry, offset, size: entry.type === 'file' ? contentSize : 0 });
-          position = offset + roundUp(contentSize);
-          break;
-        }
-        position += BLOCK + roundUp(size);
-      }
+    for (const { entry, bodyOffset } of scanTar(reader, 0, reader.size, source)) {
+      const { path: name, type, size, linkname } = entry;
+      index.set(name, { path: name, type, offset: bodyOffset, size, ...(linkname !== undefined ? { linkname } : {}) });
     }
     return index;
+  } catch (err) {
+    // scanTar's own errors name the archive and entry; a failing read (EIO) is described here.
+    throw describeFailure(source)(err);
   } finally {
-    await handle.close();
+    reader.close();
   }
-}
-
-function roundUp(size: number): number {
-  return Math.ceil(size / BLOCK) * BLOCK;
-}
-
-/** The size field: octal, or base-256 when the high bit of its first byte is set (GNU). */
-function headerSize(header: Buffer): number | undefined {
-  const field = header.subarray(124, 136);
-  if (field[0]! & 0x80) {
-    let value = 0;
-    for (let i = 1; i < field.length; i++) value = value * 256 + field[i]!;
-    return Number.isSafeInteger(value) ? value : undefined;
-  }
-  const text = field.toString('latin1').replace(/[\0 ]+$/, '').replace(/^[\0 ]+/, '');
-  if (text === '') return 0;
-  if (!/^[0-7]+$/.test(text)) return undefined;
-  return Number.parseInt(text, 8);
-}
-
-function walkError(source: string, entry: string): TarFormatError {
-  return new TarFormatError(`${source}: cannot locate the content of entry ${printable(entry)} (truncated or corrupt tar?)`, {
-    source,
-    entry,
-  });
 }
 
 /**

@@ -137,3 +137,19 @@ test('the scanner\'s path normalisation agrees with normalizePath, refusals incl
     { numRuns: 2000 },
   );
 });
+
+test('a malformed LIBARCHIVE.xattr name is a corrupt tar for both readers, naming the archive', async (t) => {
+  const dir = tempDir(t);
+  writeFileSync(join(dir, 'f'), 'hi');
+  const archive = join(dir, 'bad-xattr.tar');
+  execFileSync('tar', ['--format=posix', '--pax-option=LIBARCHIVE.xattr.x:=eA==', '-cf', archive, '-C', dir, 'f']);
+  // The name is URI-encoded: make it a bad escape, same length (the PAX record length stays right).
+  const tar = readFileSync(archive);
+  const at = tar.indexOf('LIBARCHIVE.xattr.x=');
+  t.true(at > 0);
+  tar.write('%', at + 'LIBARCHIVE.xattr.'.length, 'latin1');
+  const streamed = await t.throwsAsync(viaReadTar(tar), { instanceOf: TarFormatError });
+  const scanned = t.throws(() => viaScan(dir, tar), { instanceOf: TarFormatError });
+  t.regex(streamed!.message, /^x\.tar: not a valid tar: URI malformed/);
+  t.is(scanned!.message, streamed!.message);
+});
