@@ -7,7 +7,7 @@
 // decoding, tar.ts's binary-string paths, raw-byte PAX values and path checks; test/layer/tar-scan.test.ts
 // holds it to readTar's results), and seeks over bodies instead.
 import { DockvmError, TarFormatError } from '../errors.js';
-import { decodePax, normalizePath, printable, type EntryType, type TarEntry } from './tar.js';
+import { applyPax, decodePax, normalizePath, printable, type EntryType, type TarEntry } from './tar.js';
 import type { RangeReader } from './range-reader.js';
 
 export interface ScannedEntry {
@@ -143,10 +143,10 @@ function toEntry(
     path,
     type,
     mode: decodeNumber(block, 100, 8) & 0o7777,
-    uid: pax.uid !== undefined ? Number(pax.uid) : decodeNumber(block, 108, 8),
-    gid: pax.gid !== undefined ? Number(pax.gid) : decodeNumber(block, 116, 8),
+    uid: decodeNumber(block, 108, 8),
+    gid: decodeNumber(block, 116, 8),
     size: type === 'file' ? size : 0,
-    mtime: pax.mtime !== undefined ? Math.floor(Number(pax.mtime)) : decodeNumber(block, 136, 12),
+    mtime: decodeNumber(block, 136, 12),
   };
   if (type === 'symlink') entry.linkname = linkname;
   if (type === 'link') entry.linkname = normalize(linkname, source);
@@ -154,18 +154,7 @@ function toEntry(
     entry.devmajor = decodeNumber(block, 329, 8);
     entry.devminor = decodeNumber(block, 337, 8);
   }
-  let xattrs: Record<string, Buffer> | undefined;
-  for (const [key, value] of Object.entries(pax)) {
-    if (key.startsWith('SCHILY.xattr.')) {
-      (xattrs ??= {})[key.slice('SCHILY.xattr.'.length)] = Buffer.from(value, 'latin1');
-    } else if (key.startsWith('LIBARCHIVE.xattr.')) {
-      (xattrs ??= {})[decodeURIComponent(key.slice('LIBARCHIVE.xattr.'.length))] = Buffer.from(value, 'base64');
-    }
-  }
-  if (xattrs) entry.xattrs = xattrs;
-  if (!Number.isSafeInteger(entry.uid) || !Number.isSafeInteger(entry.gid) || !Number.isSafeInteger(entry.mtime)) {
-    throw new TarFormatError(`${source}: entry ${printable(path)} has a malformed PAX uid, gid or mtime`, { source, entry: path });
-  }
+  applyPax(entry, pax, source);
   return entry;
 }
 

@@ -149,10 +149,10 @@ function toEntry(header: tarStream.Header, options: ReadTarOptions): TarEntry {
     path,
     type,
     mode: header.mode & 0o7777,
-    uid: pax.uid !== undefined ? Number(pax.uid) : header.uid,
-    gid: pax.gid !== undefined ? Number(pax.gid) : header.gid,
+    uid: header.uid,
+    gid: header.gid,
     size: type === 'file' ? header.size : 0,
-    mtime: pax.mtime !== undefined ? Math.floor(Number(pax.mtime)) : Math.floor(header.mtime.getTime() / 1000),
+    mtime: Math.floor(header.mtime.getTime() / 1000),
   };
   if (type === 'symlink') entry.linkname = header.linkname ?? '';
   if (type === 'link') entry.linkname = normalizePath(header.linkname ?? '', options);
@@ -162,28 +162,33 @@ function toEntry(header: tarStream.Header, options: ReadTarOptions): TarEntry {
   }
   if (header.uname) entry.uname = header.uname;
   if (header.gname) entry.gname = header.gname;
-  const xattrs = xattrsFromPax(pax);
-  if (xattrs) entry.xattrs = xattrs;
-  if (!Number.isSafeInteger(entry.uid) || !Number.isSafeInteger(entry.gid) || !Number.isSafeInteger(entry.mtime)) {
-    throw new TarFormatError(`${options.source}: entry ${printable(path)} has a malformed PAX uid, gid or mtime`, {
-      source: options.source,
-      entry: path,
-    });
-  }
+  applyPax(entry, pax, options.source);
   return entry;
 }
 
-function xattrsFromPax(pax: Record<string, string>): Record<string, Buffer> | undefined {
+/**
+ * What an entry's PAX records add to its ustar header: uid, gid and mtime overrides, and xattrs
+ * (SCHILY.xattr.* as raw bytes, LIBARCHIVE.xattr.* base64). Shared with tar-scan.ts, so both readers
+ * read PAX alike. A malformed uid, gid or mtime is a TarFormatError; a malformed LIBARCHIVE name throws
+ * a URIError, which the readers report as a corrupt tar.
+ */
+export function applyPax(entry: TarEntry, pax: Record<string, string>, source: string): void {
   let xattrs: Record<string, Buffer> | undefined;
   for (const [key, value] of Object.entries(pax)) {
-    if (key.startsWith('SCHILY.xattr.')) {
+    if (key === 'uid') entry.uid = Number(value);
+    else if (key === 'gid') entry.gid = Number(value);
+    else if (key === 'mtime') entry.mtime = Math.floor(Number(value));
+    else if (key.startsWith('SCHILY.xattr.')) {
       (xattrs ??= {})[key.slice('SCHILY.xattr.'.length)] = Buffer.from(value, 'latin1');
     } else if (key.startsWith('LIBARCHIVE.xattr.')) {
       const name = decodeURIComponent(key.slice('LIBARCHIVE.xattr.'.length));
       (xattrs ??= {})[name] = Buffer.from(value, 'base64');
     }
   }
-  return xattrs;
+  if (xattrs) entry.xattrs = xattrs;
+  if (!Number.isSafeInteger(entry.uid) || !Number.isSafeInteger(entry.gid) || !Number.isSafeInteger(entry.mtime)) {
+    throw new TarFormatError(`${source}: entry ${printable(entry.path)} has a malformed PAX uid, gid or mtime`, { source, entry: entry.path });
+  }
 }
 
 /**
