@@ -9,9 +9,10 @@ import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import { RangeReader } from '../../src/layer/range-reader.js';
 import { normalize, scanTar, type ScannedEntry } from '../../src/layer/tar-scan.js';
-import { normalizePath, readTar, TarWriter, type EntryType, type TarEntry } from '../../src/layer/tar.js';
+import { normalizePath, readTar, type EntryType, type TarEntry } from '../../src/layer/tar.js';
 import { TarFormatError, UnsafeTarEntryError } from '../../src/errors.js';
 import { collect } from '../helpers/streams.js';
+import { writeTar } from '../helpers/tar.js';
 
 function tempDir(t: { teardown(fn: () => void): void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'dockvm-scan-'));
@@ -40,14 +41,6 @@ function viaScan(dir: string, tar: Buffer, lead = 1536): ScannedEntry[] {
   } finally {
     reader.close();
   }
-}
-
-async function writeAll(list: [TarEntry, Buffer?][]): Promise<Buffer> {
-  const writer = new TarWriter();
-  const out = collect(writer.stream);
-  for (const [entry, body] of list) await writer.add(entry, body);
-  writer.finish();
-  return out;
 }
 
 test('GNU tar archives (gnu and posix formats) scan as readTar reads them, bodies located', async (t) => {
@@ -99,7 +92,7 @@ test('any tar our writer produces scans exactly as readTar reads it', async (t) 
   const dir = tempDir(t);
   await fc.assert(
     fc.asyncProperty(fc.array(entryArb, { maxLength: 12 }), async (list) => {
-      const tar = await writeAll(list);
+      const tar = await writeTar(list);
       const expected = await viaReadTar(tar);
       t.deepEqual(viaScan(dir, tar), expected);
       return true;
@@ -110,13 +103,13 @@ test('any tar our writer produces scans exactly as readTar reads it', async (t) 
 
 test('truncated, compressed and hostile tars are refused like readTar refuses them', async (t) => {
   const dir = tempDir(t);
-  const tar = await writeAll([[{ path: 'a', type: 'file', mode: 0o644, uid: 0, gid: 0, size: 2000, mtime: 0 }, Buffer.alloc(2000, 1)]]);
+  const tar = await writeTar([[{ path: 'a', type: 'file', mode: 0o644, uid: 0, gid: 0, size: 2000, mtime: 0 }, Buffer.alloc(2000, 1)]]);
   const cut = t.throws(() => viaScan(dir, tar.subarray(0, 1536)), { instanceOf: TarFormatError });
   t.regex(cut!.message, /x\.tar: not a valid tar after entry "a": unexpected end of data/);
-  const noisy = await writeAll([[{ path: 'r', type: 'file', mode: 0o644, uid: 0, gid: 0, size: 4096, mtime: 0 }, randomBytes(4096)]]);
+  const noisy = await writeTar([[{ path: 'r', type: 'file', mode: 0o644, uid: 0, gid: 0, size: 4096, mtime: 0 }, randomBytes(4096)]]);
   const gz = t.throws(() => viaScan(dir, gzipSync(noisy)), { instanceOf: TarFormatError });
   t.regex(gz!.message, /invalid tar header \(is it compressed\?\)/);
-  const evil = await writeAll([[{ path: '../../etc/passwd', type: 'file', mode: 0o644, uid: 0, gid: 0, size: 0, mtime: 0 }]]);
+  const evil = await writeTar([[{ path: '../../etc/passwd', type: 'file', mode: 0o644, uid: 0, gid: 0, size: 0, mtime: 0 }]]);
   const unsafe = t.throws(() => viaScan(dir, evil), { instanceOf: UnsafeTarEntryError });
   t.regex(unsafe!.message, /"\.\.\/\.\.\/etc\/passwd" has a "\.\." component/);
 });

@@ -7,6 +7,7 @@ import { Readable } from 'node:stream';
 import { TarWriter, readTar, type TarEntry } from '../../src/layer/tar.js';
 import { TarFormatError, UnsafeTarEntryError } from '../../src/errors.js';
 import { collect, oddChunks } from '../helpers/streams.js';
+import { writeTar } from '../helpers/tar.js';
 
 // A capability blob as setcap writes it: binary, with bytes >= 0x80 and NULs.
 const CAP = Buffer.from('0100000200200000000000000000000000000000', 'hex');
@@ -24,16 +25,8 @@ const entries: [TarEntry, Buffer?][] = [
   [{ path: 'big-uid', type: 'fifo', mode: 0o644, uid: 3_000_000, gid: 3_000_001, size: 0, mtime: 6 }],
 ];
 
-async function writeAll(list: [TarEntry, Buffer?][]): Promise<Buffer> {
-  const writer = new TarWriter();
-  const out = collect(writer.stream);
-  for (const [entry, body] of list) await writer.add(entry, body);
-  writer.finish();
-  return out;
-}
-
 test('entries round-trip byte for byte, read in odd-sized chunks', async (t) => {
-  const tar = await writeAll(entries);
+  const tar = await writeTar(entries);
   const seen: [TarEntry, Buffer][] = [];
   for await (const { entry, body } of readTar(oddChunks(tar), { source: 'test.tar' })) seen.push([entry, await collect(body)]);
   t.is(seen.length, entries.length);
@@ -45,7 +38,7 @@ test('entries round-trip byte for byte, read in odd-sized chunks', async (t) => 
 });
 
 test('dataOffset points at each entry\'s content in the tar', async (t) => {
-  const tar = await writeAll(entries);
+  const tar = await writeTar(entries);
   for await (const { entry, dataOffset, body } of readTar(oddChunks(tar), { source: 'test.tar' })) {
     t.deepEqual(tar.subarray(dataOffset, dataOffset + entry.size), await collect(body), entry.path);
   }
@@ -53,7 +46,7 @@ test('dataOffset points at each entry\'s content in the tar', async (t) => {
 
 test('bodies left unread are drained, however large', async (t) => {
   const big = Buffer.alloc(5 << 20, 7);
-  const tar = await writeAll([
+  const tar = await writeTar([
     [{ path: 'big', type: 'file', mode: 0o644, uid: 0, gid: 0, size: big.length, mtime: 0 }, big],
     [{ path: 'after', type: 'file', mode: 0o644, uid: 0, gid: 0, size: 1, mtime: 0 }, Buffer.from('a')],
   ]);
@@ -63,13 +56,13 @@ test('bodies left unread are drained, however large', async (t) => {
 });
 
 test('the same entries give the same bytes', async (t) => {
-  t.deepEqual(await writeAll(entries), await writeAll(entries));
+  t.deepEqual(await writeTar(entries), await writeTar(entries));
 });
 
 test('GNU tar reads what we write: names, modes, owners, xattrs', (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'dockvm-tar-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return writeAll(entries).then((tar) => {
+  return writeTar(entries).then((tar) => {
     writeFileSync(join(dir, 'a.tar'), tar);
     const listing = execFileSync('tar', ['--numeric-owner', '--quoting-style=literal', '-tvf', join(dir, 'a.tar')], { encoding: 'latin1' });
     t.regex(listing, /-rwsr-xr-x 0\/0 +4 .* bin\/ping/);
@@ -84,7 +77,7 @@ test('GNU tar reads what we write: names, modes, owners, xattrs', (t) => {
 
 test('absolute paths and ".." are refused, naming the entry', async (t) => {
   for (const path of ['/etc/passwd', 'a/../../etc/passwd']) {
-    const tar = await writeAll([[{ path, type: 'file', mode: 0o644, uid: 0, gid: 0, size: 0, mtime: 0 }]]);
+    const tar = await writeTar([[{ path, type: 'file', mode: 0o644, uid: 0, gid: 0, size: 0, mtime: 0 }]]);
     const err = await t.throwsAsync(async () => {
       for await (const _ of readTar(Readable.from([tar]), { source: 'evil.tar' })) void _;
     });
@@ -94,7 +87,7 @@ test('absolute paths and ".." are refused, naming the entry', async (t) => {
 });
 
 test('a truncated tar is a TarFormatError naming the archive', async (t) => {
-  const tar = await writeAll(entries);
+  const tar = await writeTar(entries);
   const err = await t.throwsAsync(async () => {
     for await (const { body } of readTar(Readable.from([tar.subarray(0, 1100)]), { source: 'cut.tar' })) await collect(body);
   });

@@ -5,9 +5,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import type { ExecutionContext } from 'ava';
-import { TarWriter, type TarEntry } from '../../src/layer/tar.js';
+import type { TarEntry } from '../../src/layer/tar.js';
 import { layerTar } from '../fixtures/assemble.js';
-import { collect } from '../helpers/streams.js';
+import { writeTar } from '../helpers/tar.js';
 
 export const sha = (data: Buffer | string) => createHash('sha256').update(data).digest('hex');
 export const gzip = (data: Buffer) => gzipSync(data);
@@ -20,19 +20,12 @@ export interface TarFile {
 
 /** A tar of regular files (mode 0644) and symlinks, in the order given. */
 export async function tarOf(files: TarFile[]): Promise<Buffer> {
-  const writer = new TarWriter();
-  const out = collect(writer.stream);
-  for (const file of files) {
+  return writeTar(files.map((file): [TarEntry, Buffer?] => {
     const base: Omit<TarEntry, 'type' | 'size'> = { path: file.path, mode: 0o644, uid: 0, gid: 0, mtime: 0 };
-    if (file.symlink !== undefined) {
-      await writer.add({ ...base, type: 'symlink', size: 0, mode: 0o777, linkname: file.symlink });
-    } else {
-      const data = Buffer.from(file.data ?? '');
-      await writer.add({ ...base, type: 'file', size: data.length }, data);
-    }
-  }
-  writer.finish();
-  return out;
+    if (file.symlink !== undefined) return [{ ...base, type: 'symlink', size: 0, mode: 0o777, linkname: file.symlink }];
+    const data = Buffer.from(file.data ?? '');
+    return [{ ...base, type: 'file', size: data.length }, data];
+  }));
 }
 
 /** Two small layers: a base with /etc/hello, an app layer with /app/run. */
