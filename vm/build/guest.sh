@@ -9,6 +9,7 @@
 #   pack    the upper directory as a tar written straight onto the output disk; prints its size
 #   newdirs the upper's directories the lowers lack (NUL-separated)
 #   merged  (export) the merged view of the lowers as a tar onto the output disk
+#   unpack-reference  (benchmark only) the nixpkgs way instead of mount: layer tars unpacked in the guest
 set -eu
 
 B=/build
@@ -87,8 +88,11 @@ limit_memory() {
   echo +memory > $CG/cgroup.subtree_control
   mkdir -p $CG/script
   total_kib=$(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo)
-  # what the agent, busybox and the page cache of the lowers need meanwhile
-  echo $(( (total_kib - 40960) * 1024 )) > $CG/script/memory.max
+  # Headroom for the agent, the kernel and the page cache of the lowers: a quarter of the VM, at least
+  # 48 MiB (with less, squashfs reads under pressure crawl before the cgroup ever OOMs).
+  headroom=$((total_kib / 4))
+  [ $headroom -ge 49152 ] || headroom=49152
+  echo $(( (total_kib - headroom) * 1024 )) > $CG/script/memory.max
   echo $$ > $CG/script/cgroup.procs
 }
 
@@ -194,6 +198,36 @@ step_newdirs() {
   umount $B/lowers
 }
 
+# For scripts/bench-run-as-root.ts only, the reference dockvm is measured against: what nixpkgs'
+# runWithOverlay does instead of step_mount. Each base layer tar (read from a raw disk: DOCKVM_REF_LAYERS
+# lists SERIAL:OFFSET:SIZE, bottom first) is unpacked into its own directory on the scratch disk, its
+# whiteouts turned into 0/0 devices (opaque markers are left as nixpkgs leaves them: the benchmark's
+# bases have none), and those directories become the lowers of the same overlay step_mount makes.
+step_unpack_reference() {
+  mkdir -p $R $B/scratch
+  mount -t ext4 -o noatime "$(disk "$DOCKVM_SCRATCH")" $B/scratch
+  mkdir -p $B/scratch/upper $B/scratch/work
+  lowerdirs=""
+  i=0
+  for layer in ${DOCKVM_REF_LAYERS:-}; do
+    serial=${layer%%:*}
+    offset=${layer#*:}
+    size=${offset#*:}
+    offset=${offset%%:*}
+    dir=$B/scratch/layers/$i
+    mkdir -p $dir
+    dd if="$(disk "$serial")" bs=1M iflag=skip_bytes,count_bytes skip="$offset" count="$size" 2>/dev/null |
+      "$GNU_TAR" -C $dir $TAR_XATTRS --same-owner --numeric-owner --same-permissions -xf -
+    find $dir -name '.wh.*' ! -name '.wh..wh..opq' -exec sh -c 'for w; do
+      rm "$w"; mknod "${w%/*}/${w##*/.wh.}" c 0 0; done' dockvm-whiteouts {} +
+    lowerdirs="$dir${lowerdirs:+:$lowerdirs}"
+    i=$((i + 1))
+  done
+  [ -n "$lowerdirs" ] || die "unpack-reference: no layers in DOCKVM_REF_LAYERS"
+  mount -t overlay overlay \
+    -o "lowerdir=$lowerdirs,upperdir=$B/scratch/upper,workdir=$B/scratch/work,redirect_dir=off,index=off,metacopy=off,xino=off" $R
+}
+
 step=$1
 shift
 case "$step" in
@@ -202,6 +236,7 @@ case "$step" in
   extra) step_extra ;;
   pack) step_pack ;;
   merged) step_merged ;;
+  unpack-reference) step_unpack_reference ;;
   newdirs) step_newdirs ;;
   *) die "unknown step $step" ;;
 esac
