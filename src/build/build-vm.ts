@@ -121,13 +121,6 @@ export class BuildVm {
     return result;
   }
 
-  /** The guest kernel's recent log (OOM kills, I/O errors), for diagnosing a failed step. */
-  async kernelLog(): Promise<string> {
-    let log = '';
-    await this.vm.exec({ argv: ['/bin/busybox', 'dmesg'], env: [GUEST_PATH], onStdout: (chunk) => void (log += chunk.toString()) }).catch(() => undefined);
-    return log;
-  }
-
   async shutdown(): Promise<void> {
     await this.vm.shutdown();
   }

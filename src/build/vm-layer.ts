@@ -75,8 +75,8 @@ async function runScript(vm: BuildVm, spec: BuildSpec, base: Image | undefined, 
   const env = scriptEnvironment(mergedEnvOf(base, spec), spec.env);
   const run = await vm.step('run', { args: env, env: { DOCKVM_SCRIPT: spec.runAsRoot ?? '' }, onStdout: output, onStderr: output });
   if (run.exitCode === 0) return;
-  const log = await vm.kernelLog();
-  if (/Out of memory|oom-kill/i.test(log)) {
+  // guest.sh reports OOM kills in the script's memory cgroup
+  if (/^dockvm-oom-kills=\d+$/m.test(run.stderr)) {
     throw new SpecError(
       `runAsRoot ran out of memory: buildVMMemorySize ${spec.buildVMMemorySize} MiB was too small; set buildVMMemorySize to at least ${spec.buildVMMemorySize * 2}`,
       [],
