@@ -1,6 +1,7 @@
-// dockvm's version, as package.json says.
+// dockvm's version, as its package.json says (found upwards from this module, so it works from src/
+// under tsx and from dist/src/ alike).
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { packageRoot } from './vm/paths.js';
 
-const packageJson = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
-
-export const VERSION: string = packageJson.version;
+export const VERSION: string = (JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version;

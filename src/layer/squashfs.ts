@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
 import { execa } from 'execa';
-import { cacheDir } from '../cache.js';
+import { cacheDir } from '../vm/paths.js';
 import { DockvmError, MissingToolError } from '../errors.js';
 import { hex } from '../image/digest.js';
 import type { Layer } from '../image/image.js';

@@ -10,7 +10,7 @@ import { checkSpec, type BuildSpec } from '../spec/load.js';
 import { isLoopback, type Credentials, type RegistryOptions } from '../transport/registry/index.js';
 import { parseDestination } from '../transport/write.js';
 import type { VmBuildOptions } from '../build/vm-layer.js';
-import { dockvmVersion } from './dockvm-version.js';
+import { VERSION } from '../version.js';
 import { BaseResolver, type ResolvedBase } from './base.js';
 import { inputsHash } from './inputs.js';
 import { LOCK_VERSION, lockPathFor, readLock, writeLock, type Lock } from './lock.js';
@@ -156,7 +156,7 @@ class RefreshContext {
       configDigest: rebuilt.build.configDigest,
       pushedTo: rebuilt.pushed?.reference ?? null,
       pushedDigest: rebuilt.pushed?.digest ?? null,
-      dockvmVersion: dockvmVersion(),
+      dockvmVersion: VERSION,
     };
     await writeLock(lockPath, newLock);
     result.status = 'rebuilt';

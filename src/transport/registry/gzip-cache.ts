@@ -6,7 +6,7 @@
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { cacheDir } from '../../cache.js';
+import { cacheDir } from '../../vm/paths.js';
 import { hex, isDigest, type Digest } from '../../image/digest.js';
 
 /** How pushed layers are compressed: zlib level 3 costs a third less CPU than 6 for a few % more bytes. */
