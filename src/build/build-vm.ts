@@ -6,7 +6,8 @@ import { DockvmError, VmError, stderrTail } from '../errors.js';
 import type { Image } from '../image/image.js';
 import { squashfsForLayer } from '../layer/squashfs.js';
 import { assetPath } from '../vm/paths.js';
-import { startVm, type Vm, type VmDisk } from '../vm/index.js';
+import type { Readable } from 'node:stream';
+import { startVm, type RunningCommand, type Vm, type VmDisk } from '../vm/index.js';
 
 export interface BuildVmDisks {
   /** squashfs images of the lowers, bottom layer first */
@@ -33,6 +34,8 @@ export interface StepOptions {
   env?: Readonly<Record<string, string>>;
   onStdout?: (chunk: Buffer) => void;
   onStderr?: (chunk: Buffer) => void;
+  /** the step's stdin (default: empty) */
+  stdin?: Readable;
 }
 
 export interface StepResult {
@@ -93,10 +96,9 @@ export class BuildVm {
     const stdout: Buffer[] = [];
     let stdoutBytes = 0;
     let stderr = '';
-    const env = [GUEST_PATH, ...Object.entries({ ...this.params, ...options.env }).map(([k, v]) => `${k}=${v}`)];
     const result = await this.vm.exec({
-      argv: ['/bin/sh', '-c', this.script, 'dockvm-guest', name, ...(options.args ?? [])],
-      env,
+      ...this.command(name, options),
+      ...(options.stdin ? { stdin: options.stdin } : {}),
       onStdout: (chunk) => {
         if (stdoutBytes < KEEP_STDOUT) {
           stdout.push(chunk);
@@ -110,6 +112,24 @@ export class BuildVm {
       },
     });
     return { exitCode: result.exitCode, ...(result.signal ? { signal: result.signal } : {}), stdout: Buffer.concat(stdout), stderr };
+  }
+
+  /** Start a step on a terminal (dockvm shell): output comes through `onStdout`, the caller owns the pty. */
+  spawnStep(name: string, options: StepOptions & { tty: { rows: number; cols: number } }): RunningCommand {
+    return this.vm.spawn({
+      ...this.command(name, options),
+      tty: options.tty,
+      ...(options.stdin ? { stdin: options.stdin } : {}),
+      ...(options.onStdout ? { onStdout: options.onStdout } : {}),
+    });
+  }
+
+  /** The agent command that runs guest.sh's step `name`. */
+  private command(name: string, options: StepOptions): { argv: string[]; env: string[] } {
+    return {
+      argv: ['/bin/sh', '-c', this.script, 'dockvm-guest', name, ...(options.args ?? [])],
+      env: [GUEST_PATH, ...Object.entries({ ...this.params, ...options.env }).map(([k, v]) => `${k}=${v}`)],
+    };
   }
 
   /** Run a step that must succeed: a failure is a VmError naming the step and the end of its stderr. */

@@ -8,10 +8,11 @@ import { registerPull } from './pull.js';
 import { registerPush } from './push.js';
 import { registerRefresh } from './refresh.js';
 import { registerRunAsRoot } from './run-as-root.js';
+import { registerShell } from './shell.js';
 
 type Register = (program: Command) => void;
 
-const commands: Register[] = [registerRunAsRoot, registerExport, registerInspect, registerMerge, registerPull, registerPush, registerRefresh, registerDoctor];
+const commands: Register[] = [registerRunAsRoot, registerExport, registerInspect, registerMerge, registerPull, registerPush, registerRefresh, registerShell, registerDoctor];
 
 export function registerCommands(program: Command): void {
   for (const register of commands) register(program);

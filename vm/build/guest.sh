@@ -3,8 +3,9 @@
 # Disks are found by the serial the host gave them, never by /dev/vdX order (microvm's virtio-mmio
 # probes devices in reverse).
 #
-#   mount   lowers (squashfs, top first) + ext4 scratch → overlay at /build/root; unpack copyToRoot
-#   run     the runAsRoot script, chrooted in fresh mount/pid/uts/ipc namespaces, /proc /dev /sys mounted
+#   mount   lowers (squashfs, top first) + ext4 scratch (or a tmpfs) → overlay at /build/root; unpack copyToRoot
+#   run     the runAsRoot script (or, after "--", a command; with neither, a shell), chrooted in fresh
+#           mount/pid/uts/ipc namespaces, /proc /dev /sys mounted
 #   extra   unmount the overlay; extraCommands in the upper directory (the new layer's root)
 #   pack    the upper directory as a tar written straight onto the output disk; prints its size
 #   newdirs the upper's directories the lowers lack (NUL-separated)
@@ -50,14 +51,18 @@ step_mount() {
   lowerdirs=$(lowerdir_list)
   # overlayfs needs a lower; FROM scratch gets an empty one.
   [ -n "$lowerdirs" ] || { mkdir -p $B/empty; lowerdirs=$B/empty; }
-  if [ -z "${DOCKVM_SCRATCH:-}" ]; then
+  if [ -n "${DOCKVM_SCRATCH:-}" ]; then
+    mount -t ext4 -o noatime "$(disk "$DOCKVM_SCRATCH")" $B/scratch
+  elif [ "${DOCKVM_TMPFS_UPPER:-0}" = 1 ]; then
+    # a throwaway upper (dockvm shell): changes live in guest memory and die with the VM
+    mount -t tmpfs -o mode=755 upper $B/scratch
+  else
     # Read-only (export): overlayfs wants at least two lowers without an upper; an empty one at the
     # bottom changes nothing the merged view shows below its root.
     mkdir -p $B/empty
     mount -t overlay overlay -o "ro,lowerdir=$lowerdirs:$B/empty" $R
     return 0
   fi
-  mount -t ext4 -o noatime "$(disk "$DOCKVM_SCRATCH")" $B/scratch
   mkdir -p $B/scratch/upper $B/scratch/work
   # Off: redirect_dir and metacopy (their xattrs have no OCI form), index and xino (not needed for a
   # throwaway mount). A renamed lower directory is then copied up whole, which OCI can express.
@@ -140,14 +145,35 @@ step_run() {
       mount -t tmpfs -o mode=1777,nosuid,nodev shm "$R/dev/shm"
       [ "$DOCKVM_SHELL" = /bin/sh ] || mount --bind /run/dockvm-shell "$R/.dockvm"
       hostname dockvm
+      # Arguments: NAME=VALUE… [-- COMMAND…]. Rebuilt as: NAME=VALUE… busybox chroot ROOT COMMAND…,
+      # PATH extended by the bundled applets when the image has no shell of its own.
       n=$#
+      after=0
+      commands=0
       while [ "$n" -gt 0 ]; do
         a=$1; shift; n=$((n - 1))
-        case "$a" in PATH=*) a="$a$DOCKVM_EXTRA_PATH" ;; esac
+        if [ $after = 0 ] && [ "$a" = -- ]; then
+          after=1
+          set -- "$@" /bin/busybox chroot "$R"
+          continue
+        fi
+        if [ $after = 0 ]; then
+          case "$a" in PATH=*) a="$a$DOCKVM_EXTRA_PATH" ;; esac
+        else
+          commands=$((commands + 1))
+        fi
         set -- "$@" "$a"
       done
+      [ $after = 1 ] || set -- "$@" /bin/busybox chroot "$R"
+      # No command: the runAsRoot script (sh -e -c, like a Dockerfile RUN), or an interactive shell.
+      if [ $commands = 0 ]; then
+        if [ -n "${DOCKVM_SCRIPT:-}" ]; then set -- "$@" "$DOCKVM_SHELL" -e -c "$DOCKVM_SCRIPT"; else set -- "$@" "$DOCKVM_SHELL"; fi
+      fi
       # env -i first (the image may have no env of its own); busybox chroot also changes to "/".
-      exec env -i "$@" /bin/busybox chroot "$R" "$DOCKVM_SHELL" -e -c "$DOCKVM_SCRIPT"
+      # On a terminal (dockvm shell), a session of its own in this pid namespace whose controlling
+      # terminal is the pty: job control works, and the shell can hand the terminal back when it exits.
+      [ -t 0 ] && exec /bin/busybox setsid -c env -i "$@"
+      exec env -i "$@"
     ' dockvm-ns "$R" "$@"
   status=$?
   set -e

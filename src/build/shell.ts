@@ -1,0 +1,50 @@
+// dockvm shell: a root shell (or one command) in the build VM over an image's layers, mounted read-only
+// as overlay lowers with a throwaway upper in guest memory — for debugging a runAsRoot script. The
+// command runs exactly as a runAsRoot script would (chroot, namespaces, the image's Env); nothing it
+// changes survives.
+import type { Readable, Writable } from 'node:stream';
+import { openImage } from '../transport/index.js';
+import { lowersFor, withBuildVm } from './build-vm.js';
+import { scriptEnvironment } from './config.js';
+
+export interface ShellOptions {
+  /** the command to run; empty: an interactive shell (the image's /bin/sh, or the bundled one) */
+  command: readonly string[];
+  memoryMiB?: number;
+  network?: boolean;
+  env?: Readonly<Record<string, string>>;
+  stdin: Readable;
+  stdout: Writable;
+  stderr: Writable;
+  /** run on a terminal of this size (raw stdin; window size changes passed on through `onResize`) */
+  tty?: { rows: number; cols: number; onResize(resize: (rows: number, cols: number) => void): void };
+}
+
+/** Returns the command's exit status (128 + the signal number when a signal ended it). */
+export async function shell(reference: string, options: ShellOptions): Promise<number> {
+  const image = await openImage(reference);
+  try {
+    const lowers = await lowersFor(image, reference);
+    return await withBuildVm({ lowers }, { ...(options.memoryMiB ? { memoryMiB: options.memoryMiB } : {}), network: options.network ?? false }, async (vm) => {
+      await vm.mustStep('mount', { env: { DOCKVM_TMPFS_UPPER: '1' } });
+      const args = [...scriptEnvironment(image.config.config?.Env, options.env ?? {}), '--', ...options.command];
+      const write = (stream: Writable) => (chunk: Buffer) => void stream.write(chunk);
+      if (options.tty) {
+        const running = vm.spawnStep('run', { args, tty: options.tty, stdin: options.stdin, onStdout: write(options.stdout) });
+        options.tty.onResize((rows, cols) => running.resize(rows, cols));
+        return exitStatus(await running.result);
+      }
+      const result = await vm.step('run', { args, stdin: options.stdin, onStdout: write(options.stdout), onStderr: write(options.stderr) });
+      return exitStatus(result);
+    });
+  } finally {
+    await image.close();
+  }
+}
+
+const SIGNALS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGSEGV: 11, SIGPIPE: 13, SIGTERM: 15 };
+
+function exitStatus(result: { exitCode: number | null; signal?: string }): number {
+  if (result.exitCode !== null) return result.exitCode;
+  return 128 + (SIGNALS[result.signal ?? ''] ?? 1);
+}

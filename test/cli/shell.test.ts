@@ -1,0 +1,24 @@
+// dockvm shell with real VM boots: a command over the Debian fixture runs as root in the image, its
+// output streams through and its exit code is dockvm's; a shell reads a script from a piped stdin.
+import test from 'ava';
+import { execa } from 'execa';
+import { debianFixture } from '../fixtures/debian.js';
+import { runDockvm } from '../helpers/peers.js';
+
+const BIN = new URL('../../bin/dockvm.js', import.meta.url).pathname;
+
+test('shell -- CMD: root in the Debian image, stdout and stderr apart, its exit code', async (t) => {
+  const run = await runDockvm(['shell', debianFixture(), '--', 'sh', '-c', 'id -u; cat /etc/debian_version; pwd; echo "HOME=$HOME"; echo oops >&2; exit 7']);
+  t.is(run.exitCode, 7);
+  t.regex(run.stdout, /^0\n12\.\d+\n\/\nHOME=\/root\n$/);
+  t.true(run.stderr.includes('oops\n'), run.stderr);
+});
+
+test('shell without a command reads a script from a piped stdin; changes do not touch the image', async (t) => {
+  const script = 'touch /etc/changed && echo "piped $(id -un)"\nexit 4\n';
+  const run = await execa(process.execPath, [BIN, 'shell', debianFixture()], { input: script, reject: false });
+  t.is(run.exitCode, 4, run.stderr);
+  t.is(run.stdout, 'piped root');
+  const again = await runDockvm(['shell', debianFixture(), '--', 'test', '-e', '/etc/changed']);
+  t.is(again.exitCode, 1, 'the next shell starts from the image again');
+});
