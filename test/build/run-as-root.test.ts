@@ -196,3 +196,37 @@ test('without runAsRoot no VM boots; created "now" is not reproducible, the defa
   t.like(layer.get('tmp'), { type: 'directory', mode: 0o1777 });
   t.like(layer.get('hello'), { type: 'file', mode: 0o644 });
 });
+
+test('network: true reaches an HTTP server on the host\'s loopback; the resolver is QEMU\'s, and leaves no trace', async (t) => {
+  const { createServer } = await import('node:http');
+  const server = createServer((_req, res) => res.end('served by the host\n'));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => server.close());
+  const port = (server.address() as { port: number }).port;
+  const dir = tempDir(t);
+  const spec = join(dir, 'spec.json');
+  // QEMU's user-mode network shows the host's loopback as 10.0.2.2; bash's /dev/tcp needs no curl
+  const script = `bash -c 'exec 3<>/dev/tcp/10.0.2.2/${port}; printf "GET / HTTP/1.0\\r\\n\\r\\n" >&3; cat <&3' | tail -n 1 > /srv/fetched\ncp /etc/resolv.conf /srv/resolv`;
+  writeFileSync(spec, JSON.stringify({ name: 'network-test', fromImage: debianFixture(), network: true, runAsRoot: script, output: 'out.tar' }));
+  await build(t, spec);
+  const exported = join(dir, 'export.tar');
+  t.is((await runDockvm(['export', join(dir, 'out.tar'), '-o', exported])).exitCode, 0);
+  const files = await contents(exported, ['srv/fetched', 'srv/resolv']);
+  t.is(files.get('srv/fetched'), 'served by the host\n');
+  t.is(files.get('srv/resolv'), 'nameserver 10.0.2.3\n');
+  const layer = await newLayer(dir, join(dir, 'out.tar'));
+  t.false(layer.has('etc/resolv.conf'), 'the resolv.conf mount point is gone');
+});
+
+async function contents(tar: string, paths: string[]): Promise<Map<string, string>> {
+  const { readTar } = await import('../../src/layer/tar.js');
+  const { createReadStream } = await import('node:fs');
+  const found = new Map<string, string>();
+  for await (const { entry, body } of readTar(createReadStream(tar), { source: tar })) {
+    if (!paths.includes(entry.path)) continue;
+    let text = '';
+    for await (const chunk of body) text += String(chunk);
+    found.set(entry.path, text);
+  }
+  return found;
+}

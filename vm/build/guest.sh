@@ -109,6 +109,11 @@ report_oom() {
 step_run() {
   : > $B/created
   for d in proc sys dev; do make_mount_point $d; done
+  # With network (init wrote the guest's resolv.conf), a mount point for it unless the image has one.
+  if [ -f /etc/resolv.conf ] && [ -d "$R/etc" ] && [ ! -e "$R/etc/resolv.conf" ] && [ ! -L "$R/etc/resolv.conf" ]; then
+    : > "$R/etc/resolv.conf"
+    echo etc/resolv.conf >> $B/created
+  fi
   shell=/bin/sh
   extra_path=""
   if ! chroot $R /bin/sh -c true 2>/dev/null; then
@@ -129,6 +134,7 @@ step_run() {
   # when the image has no shell of its own.
   DOCKVM_EXTRA_PATH=$extra_path DOCKVM_SHELL=$shell unshare --mount --uts --ipc --pid --fork --propagation private \
     /bin/sh -c '
+      # (This script is single-quoted: no apostrophes in it, comments included.)
       set -e
       R=$1; shift
       mount -t proc proc "$R/proc"
@@ -144,6 +150,11 @@ step_run() {
       ln -s /proc/self/fd/0 "$R/dev/stdin"; ln -s /proc/self/fd/1 "$R/dev/stdout"; ln -s /proc/self/fd/2 "$R/dev/stderr"
       mount -t tmpfs -o mode=1777,nosuid,nodev shm "$R/dev/shm"
       [ "$DOCKVM_SHELL" = /bin/sh ] || mount --bind /run/dockvm-shell "$R/.dockvm"
+      # With network, the image resolves names through the DNS forwarder of QEMU, as Docker bind-mounts its
+      # resolv.conf (over the one of the image, or over the mount point step_run made and removes).
+      if [ -f /etc/resolv.conf ] && [ -f "$R/etc/resolv.conf" ] && [ ! -L "$R/etc/resolv.conf" ]; then
+        mount --bind /etc/resolv.conf "$R/etc/resolv.conf"
+      fi
       hostname dockvm
       # Arguments: NAME=VALUE… [-- COMMAND…]. Rebuilt as: NAME=VALUE… busybox chroot ROOT COMMAND…,
       # PATH extended by the bundled applets when the image has no shell of its own.
@@ -179,7 +190,9 @@ step_run() {
   set -e
   report_oom
   # The namespace died with the script, and its mounts with it; now remove the mount points.
-  sort -r $B/created | while read -r d; do rmdir "$R/$d" 2>/dev/null || true; done
+  sort -r $B/created | while read -r d; do
+    if [ -d "$R/$d" ]; then rmdir "$R/$d" 2>/dev/null || true; else rm -f "$R/$d"; fi
+  done
   return $status
 }
 
