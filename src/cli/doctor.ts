@@ -1,19 +1,20 @@
 // dockvm doctor [--json]: what the host has for build VMs, and what to install when something is missing.
 import type { Command } from 'commander';
 import { DockvmError } from '../errors.js';
-import { type DoctorReport, doctor } from '../vm/doctor.js';
+import type { DoctorReport } from '../vm/doctor.js';
 import { printJson } from './io.js';
 
 export function registerDoctor(program: Command): void {
   program
     .command('doctor')
     .description(
-      'Check the host for build VMs: QEMU and its version, the guest kernel and its modules, the initramfs\n' +
-        '(built into the cache if missing), whether KVM works (a real short boot, cached per host) or TCG is\n' +
+      'Check the host for build VMs: QEMU and its version, the guest kernel and its modules, the initramfs ' +
+        '(built into the cache if missing), whether KVM works (a real short boot, cached per host) or TCG is ' +
         'used, the agent transport (vsock or virtio-serial), and the cache. Exits 1 when a VM cannot boot.',
     )
     .option('--json', 'print one JSON document describing the result')
     .action(async (options: { json?: boolean }) => {
+      const { doctor } = await import('../vm/doctor.js'); // loaded on use: faster start-up
       const report = await doctor();
       if (options.json) printJson(report);
       else process.stdout.write(formatReport(report));

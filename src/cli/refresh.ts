@@ -4,7 +4,7 @@ import { relative } from 'node:path';
 import { Command, Option } from 'commander';
 import { installSignalHandlers } from '../cleanup.js';
 import { DockvmError, UsageError } from '../errors.js';
-import { refresh, type RefreshOptions, type RefreshResult } from '../refresh/refresh.js';
+import type { RefreshOptions, RefreshResult } from '../refresh/refresh.js';
 import { parseShard } from '../refresh/shard.js';
 import { printJson, say } from './io.js';
 import { parseBool } from './pull.js';
@@ -29,6 +29,7 @@ export function registerRefresh(program: Command): void {
     .option('--json', 'print one JSON array: per spec its status, base digests, output and reason')
     .action(async (specs: string[], flags: { jobs: number; push?: string; shard?: RefreshOptions['shard']; tlsVerify: boolean; creds?: string; timeout?: number; json?: boolean }) => {
       installSignalHandlers();
+      const { refresh } = await import('../refresh/refresh.js'); // loaded on use: faster start-up
       const results = await refresh(specs, {
         jobs: flags.jobs,
         tlsVerify: flags.tlsVerify,

@@ -1,9 +1,7 @@
 // dockvm run-as-root SPEC.json [-o OUT]: nixpkgs buildImage with runAsRoot.
 import { Command, Option } from 'commander';
-import { runAsRoot } from '../build/run-as-root.js';
 import { installSignalHandlers } from '../cleanup.js';
 import { UsageError } from '../errors.js';
-import { loadSpec } from '../spec/load.js';
 import { printJson, say } from './io.js';
 
 export function registerRunAsRoot(program: Command): void {
@@ -21,6 +19,9 @@ export function registerRunAsRoot(program: Command): void {
     .option('--json', 'print imageName, imageTag, output, config digest and layers as one JSON document')
     .action(async (specPath: string, options: { output?: string; timeout?: number; json?: boolean }) => {
       installSignalHandlers();
+      // loaded on use: --help and other commands start faster
+      const { loadSpec } = await import('../spec/load.js');
+      const { runAsRoot } = await import('../build/run-as-root.js');
       const spec = await loadSpec(specPath);
       for (const warning of spec.warnings) say(`dockvm: warning: ${warning}`);
       const result = await runAsRoot(spec, {

@@ -1,6 +1,5 @@
 // dockvm shell IMAGE [-- CMD…]: a root shell in the build VM over an image, to debug a runAsRoot script.
 import type { Command } from 'commander';
-import { shell } from '../build/shell.js';
 import { installSignalHandlers } from '../cleanup.js';
 
 export function registerShell(program: Command): void {
@@ -17,6 +16,7 @@ export function registerShell(program: Command): void {
     .option('--memory <mib>', 'VM memory in MiB', (value) => Number(value), 512)
     .action(async (reference: string, command: string[], options: { network?: boolean; memory: number }) => {
       installSignalHandlers();
+      const { shell } = await import('../build/shell.js'); // loaded on use: faster start-up
       const terminal = process.stdin.isTTY && process.stdout.isTTY;
       if (terminal) process.stdin.setRawMode(true);
       try {
