@@ -8,6 +8,7 @@ export type * from './image/image.js';
 export * from './layer/tar.js';
 export * from './transport/index.js';
 export { flattenImage, type FlattenOptions, type FlattenStats } from './flatten/flatten.js';
+export { exportInVm, type VmExportOptions, type VmExportResult } from './build/export-vm.js';
 export { parseWhiteout, type Whiteout } from './layer/whiteout.js';
 export {
   openRegistryImage,

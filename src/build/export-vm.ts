@@ -10,6 +10,7 @@
 // bad input the native engine refuses, before any VM boots), and for those directories only, the
 // layers' own answer replaces the invented one.
 import { join } from 'node:path';
+import { withTempDir } from '../cleanup.js';
 import { TarFormatError, UsageError, VmError, stderrTail } from '../errors.js';
 import { MergeIndex } from '../flatten/merge.js';
 import type { Image, Layer } from '../image/image.js';
@@ -42,14 +43,18 @@ export interface VmExportResult {
 
 /**
  * Write the merged filesystem of `image` as a tar to the file `output` (the caller makes that atomic),
- * booting the build VM over its layers; `tmp` is a private directory for the VM's output disk.
+ * booting the build VM over its layers. The same bytes as the native engine's writeFlattened.
  */
-export async function exportInVm(image: Image, output: string, tmp: string, options: VmExportOptions = {}): Promise<VmExportResult> {
+export async function exportInVm(image: Image, output: string, options: VmExportOptions = {}): Promise<VmExportResult> {
   const source = options.source ?? image.repoTags[0] ?? image.configDigest;
   const layers = await LayerFacts.of(image, source);
   layers.checkMtimes(options.mtime);
   // overlayfs ignores an opaque marker on a lower's root: the layers it hides are simply not mounted.
   const lowers = await lowersFor({ ...image, layers: image.layers.slice(layers.lowestVisible) }, source);
+  return withTempDir('export-vm', (tmp) => tarMergedView(image, lowers, layers, output, tmp, source, options));
+}
+
+async function tarMergedView(image: Image, lowers: string[], layers: LayerFacts, output: string, tmp: string, source: string, options: VmExportOptions): Promise<VmExportResult> {
   const disk = join(tmp, 'merged.tar.disk');
   await qemuImgCreate(disk, await outputDiskBytes(image), 'raw');
   const tarBytes = await withBuildVm(

@@ -107,13 +107,15 @@ async function exportImageInVm(reference: string, output: string, mtime: number 
   const image = await openImage(reference);
   try {
     const options = { source: reference, ...(mtime !== undefined ? { mtime } : {}) };
-    const result = await withTempDir('export', async (tmp) => {
-      if (output !== '-') return writeAtomically(output, (temp) => whileRunning(temp, () => exportInVm(image, temp, tmp, options)));
-      const tar = join(tmp, 'export.tar');
-      const exported = await exportInVm(image, tar, tmp, options);
-      await pipeline(createReadStream(tar), process.stdout, { end: false });
-      return exported;
-    });
+    const result =
+      output !== '-'
+        ? await writeAtomically(output, (temp) => whileRunning(temp, () => exportInVm(image, temp, options)))
+        : await withTempDir('export', async (tmp) => {
+            const tar = join(tmp, 'export.tar');
+            const exported = await exportInVm(image, tar, options);
+            await pipeline(createReadStream(tar), process.stdout, { end: false });
+            return exported;
+          });
     return { reference, output, engine: 'vm', entries: result.entries, size: result.size, layers: result.layers, ...(mtime !== undefined ? { mtime } : {}) };
   } finally {
     await image.close();

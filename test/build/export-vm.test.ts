@@ -42,8 +42,7 @@ async function bothEngines(dir: string, archive: string, mtime?: number): Promis
   const image = await openImage(archive);
   try {
     const vm = join(dir, 'vm.tar');
-    const vmTmp = mkdtempSync(join(dir, 'vm-'));
-    const result = await exportInVm(image, vm, vmTmp, mtime === undefined ? {} : { mtime });
+    const result = await exportInVm(image, vm, mtime === undefined ? {} : { mtime });
     const native = join(dir, 'native.tar');
     const file = createWriteStream(native);
     await writeFlattened(image, file, mtime === undefined ? {} : { mtime });
