@@ -46,7 +46,7 @@ export function registerExport(program: Command): void {
     .argument('<image>', 'PATH, docker-archive:PATH[:NAME:TAG], oci:DIR[:REF] or oci-archive:PATH[:REF]')
     .option('-o, --output <out>', 'the tar to write, or - for stdout')
     .option('--mtime <epoch>', 'clamp every mtime to at most this many seconds since the epoch (default: $SOURCE_DATE_EPOCH if set, else keep them)')
-    .addOption(new Option('--engine <engine>', 'native: from the layer tars; vm: mount the layers in the build VM').choices(['native', 'vm']).default('native'))
+    .addOption(new Option('--engine <engine>', 'native: from the layer tars; vm: mount the layers in the build VM and tar the merged view (the same bytes, slower)').choices(['native', 'vm']).default('native'))
     .option('--json', 'print one JSON document describing the result')
     .action(async (reference: string, options: ExportOptions) => {
       const output = checkOutput(options);
