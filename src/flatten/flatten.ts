@@ -14,7 +14,7 @@ import { dir as tempDir, setGracefulCleanup, type DirectoryResult } from 'tmp-pr
 import type { Image } from '../image/image.js';
 import { CHUNK_SIZE, END_OF_ARCHIVE, emitEntries } from './emit.js';
 import { MergeIndex } from './merge.js';
-import { comparePaths } from './path-order.js';
+import { comparePaths } from '../layer/path-order.js';
 import { RangeReader } from '../layer/range-reader.js';
 import { scanTar } from '../layer/tar-scan.js';
 import { verifyLocalTars, type LocalTarToCheck, type Verification } from './verify.js';

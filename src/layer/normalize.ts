@@ -4,7 +4,7 @@
 // pointing at an earlier entry. Bodies are copied by offset from local files, so only metadata is in memory.
 import { open, type FileHandle } from 'node:fs/promises';
 import { TarFormatError } from '../errors.js';
-import { OPAQUE_MARKER } from './overlay.js';
+import { comparePaths } from './path-order.js';
 import { printable, type TarEntry, type TarWriter } from './tar.js';
 
 export interface BodyLocation {
@@ -26,22 +26,6 @@ export interface NormalizeOptions {
   source: string;
 }
 
-/** Order of paths in a layer: component-wise byte order; an opaque marker first among its siblings. */
-export function compareLayerPaths(a: string, b: string): number {
-  const as = a.split('/');
-  const bs = b.split('/');
-  const n = Math.min(as.length, bs.length);
-  for (let i = 0; i < n; i++) {
-    const x = as[i]!;
-    const y = bs[i]!;
-    if (x === y) continue;
-    if (x === OPAQUE_MARKER && i === as.length - 1) return -1;
-    if (y === OPAQUE_MARKER && i === bs.length - 1) return 1;
-    return x < y ? -1 : 1; // latin1 strings compare by code unit: byte order
-  }
-  return as.length - bs.length;
-}
-
 /**
  * Sort `entries` and make every hard link point at an earlier entry: within a group of paths sharing
  * content, the first in order carries it and the others link to it.
@@ -59,7 +43,7 @@ export function normalizeEntries(entries: readonly LayerEntry[], options: Normal
   const result = new Map(byPath);
   for (const [holder, links] of groups) {
     const content = byPath.get(holder)!;
-    const members = [holder, ...links].sort(compareLayerPaths);
+    const members = [holder, ...links].sort(comparePaths);
     const first = members[0]!;
     for (const path of members) {
       const entry: TarEntry =
@@ -74,7 +58,7 @@ export function normalizeEntries(entries: readonly LayerEntry[], options: Normal
       if (clamp !== undefined && entry.mtime > clamp) entry.mtime = clamp;
       return item.body ? { entry, body: item.body } : { entry };
     })
-    .sort((x, y) => compareLayerPaths(x.entry.path, y.entry.path));
+    .sort((x, y) => comparePaths(x.entry.path, y.entry.path));
 }
 
 /** The entry a hard link shares its inode with (following links to links): anything but a directory. */

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { writeLayerFile } from '../../src/layer/layer-file.js';
-import { compareLayerPaths } from '../../src/layer/normalize.js';
+import { comparePaths } from '../../src/layer/path-order.js';
 import { fromOverlayUpperEntry } from '../../src/layer/overlay.js';
 import { readTar, type TarEntry } from '../../src/layer/tar.js';
 import { sha256 } from '../../src/image/digest.js';
@@ -26,7 +26,7 @@ async function read(path: string): Promise<[TarEntry, string][]> {
 
 test('paths sort component by component, an opaque marker first among its siblings', (t) => {
   const paths = ['d-x', 'd/a', 'd', 'd/.wh..wh..opq', 'd/-', 'c/z', 'd/.a'];
-  t.deepEqual(paths.sort(compareLayerPaths), ['c/z', 'd', 'd/.wh..wh..opq', 'd/-', 'd/.a', 'd/a', 'd-x']);
+  t.deepEqual(paths.sort(comparePaths), ['c/z', 'd', 'd/.wh..wh..opq', 'd/-', 'd/.a', 'd/a', 'd-x']);
 });
 
 test('an upper tar becomes a sorted, clamped layer; hard links point backwards; whiteouts in OCI form', async (t) => {
