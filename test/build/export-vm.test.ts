@@ -164,6 +164,16 @@ test('a root opaque marker hides every layer below it (only the layers above are
   t.deepEqual([...(await listing(vm)).keys()], ['etc', 'etc/new']);
 });
 
+test('an image with no layers exports to an empty tar (the VM mounts nothing but empty lowers)', async (t) => {
+  const dir = tempDir(t);
+  const archive = join(dir, 'empty.tar');
+  await writeDockerArchive(archive, [{ repoTag: 'localhost/dockvm-test/export-vm-empty:1', layers: [] }]);
+  const { vm, native, entries } = await bothEngines(dir, archive);
+  t.is(entries, 0);
+  t.deepEqual(readFileSync(vm), readFileSync(native));
+  t.deepEqual(readFileSync(vm), Buffer.alloc(1024));
+});
+
 test('bad input is refused as the native engine refuses it, and mtimes squashfs cannot hold unless clamped; no output file is left', async (t) => {
   assertBuilt();
   const dir = tempDir(t);

@@ -59,8 +59,8 @@ step_mount() {
   else
     # Read-only (export): overlayfs wants at least two lowers without an upper; an empty one at the
     # bottom changes nothing the merged view shows below its root.
-    mkdir -p $B/empty
-    mount -t overlay overlay -o "ro,lowerdir=$lowerdirs:$B/empty" $R
+    mkdir -p $B/bottom
+    mount -t overlay overlay -o "ro,lowerdir=$lowerdirs:$B/bottom" $R
     return 0
   fi
   mkdir -p $B/scratch/upper $B/scratch/work
