@@ -2,6 +2,7 @@
 // before children (component by component, so a directory's children follow it directly) and a
 // directory's opaque marker before its siblings; mtimes clamped; numeric owners; hard links kept, always
 // pointing at an earlier entry. Bodies are copied by offset from local files, so only metadata is in memory.
+import { createReadStream } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { TarFormatError } from '../errors.js';
 import { comparePaths } from './path-order.js';
@@ -99,7 +100,8 @@ export async function writeEntries(entries: readonly LayerEntry[], writer: TarWr
         if (bytesRead !== entry.size) throw new TarFormatError(`${printable(entry.path)}: content cut short in ${body.file}`, { entry: entry.path });
         await writer.add(entry, buffer);
       } else {
-        await writer.add(entry, handle.createReadStream({ start: body.offset, end: body.offset + entry.size - 1, autoClose: false }));
+        // a stream of its own per large body (streams on one shared FileHandle pile up listeners on it)
+        await writer.add(entry, createReadStream(body.file, { start: body.offset, end: body.offset + entry.size - 1 }));
       }
     }
   } finally {

@@ -40,11 +40,17 @@ export function whiteoutTarget(path: string): string | undefined {
   return join(parentOf(path), name.slice(WHITEOUT_PREFIX.length));
 }
 
-function withoutOverlayXattrs(xattrs: Record<string, Buffer> | undefined): Record<string, Buffer> | undefined {
+function withoutOverlayXattrs(xattrs: Record<string, Buffer> | undefined, keep: (name: string) => boolean = () => true): Record<string, Buffer> | undefined {
   if (!xattrs) return undefined;
-  const kept = Object.entries(xattrs).filter(([name]) => !name.startsWith(OVERLAY_XATTR_PREFIX));
+  const kept = Object.entries(xattrs).filter(([name]) => !name.startsWith(OVERLAY_XATTR_PREFIX) && keep(name));
   return kept.length > 0 ? Object.fromEntries(kept) : undefined;
 }
+
+/**
+ * squashfs stores only the user., trusted. and security. namespaces (tar2sqfs refuses others, such as
+ * system.posix_acl_access): a lower layer's POSIX ACLs are not visible to the script.
+ */
+const SQUASHFS_XATTR = /^(user|trusted|security)\./;
 
 function setXattrs(entry: TarEntry, xattrs: Record<string, Buffer> | undefined): TarEntry {
   const { xattrs: _dropped, ...rest } = entry;
@@ -63,7 +69,7 @@ export function toOverlayEntry(entry: TarEntry, opaqueDirs: ReadonlySet<string>)
   if (target !== undefined) {
     return [{ path: target, type: 'character-device', mode: 0, uid: entry.uid, gid: entry.gid, size: 0, mtime: entry.mtime, devmajor: 0, devminor: 0 }];
   }
-  const xattrs = withoutOverlayXattrs(entry.xattrs);
+  const xattrs = withoutOverlayXattrs(entry.xattrs, (name) => SQUASHFS_XATTR.test(name));
   if (entry.type === 'directory' && opaqueDirs.has(entry.path)) {
     return [setXattrs(entry, { ...xattrs, [OPAQUE_XATTR]: Buffer.from('y') })];
   }
