@@ -30,7 +30,10 @@ export function removeTempDirsNow(): void {
 
 let installed = false;
 
-/** On SIGINT/SIGTERM/SIGHUP: remove temp dirs, say so, exit as the signal would (128 + its number). */
+/**
+ * On SIGINT/SIGTERM/SIGHUP: remove temp dirs, say so, exit as the signal would (128 + its number). The
+ * exit also runs the 'exit' hooks of QEMU's guard (src/vm/cleanup.ts) and of tmp-promise's spools.
+ */
 export function installSignalHandlers(): void {
   if (installed) return;
   installed = true;

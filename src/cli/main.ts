@@ -1,6 +1,7 @@
 // The CLI entry. Parsing, exit codes and process.exit live only here and in src/cli/.
 // Exit codes: 0 ok, 1 failure, 2 usage error. Errors print one line (no stack unless DEBUG is set).
 import { Command, CommanderError } from 'commander';
+import { installSignalHandlers } from '../cleanup.js';
 import { DockvmError } from '../errors.js';
 import { registerCommands } from './commands.js';
 import { VERSION } from '../version.js';
@@ -20,6 +21,7 @@ export function createProgram(): Command {
 }
 
 export async function main(argv: string[]): Promise<void> {
+  installSignalHandlers();
   const program = createProgram();
   try {
     await program.parseAsync(argv);
