@@ -5,9 +5,8 @@
 // Setup, not timed: a loopback docker-registry, a small base pushed under :stable, one spec with a
 // runAsRoot script (one VM boot to build it) and 20 specs with a copyToRoot directory each (built on the
 // host: the no-op path never looks further than the lock, the base digest and the inputs hash).
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,47 +14,12 @@ import { runAsRoot } from '../src/build/run-as-root.js';
 import { push } from '../src/cli/push.js';
 import { refresh, type RefreshOptions } from '../src/refresh/refresh.js';
 import { checkSpec } from '../src/spec/load.js';
+import { startRegistry, timedCall } from './lib/bench.js';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url)); // dist/scripts/ → the repository
 const CLI = join(REPO, 'bin', 'dockvm.js');
 const RUNS = Number(process.env.BENCH_RUNS ?? 5);
 const MANY = 20;
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
-
-async function startRegistry(dir: string): Promise<{ host: string; stop(): Promise<void> }> {
-  const port = await freePort();
-  const config = join(dir, 'registry.yml');
-  writeFileSync(
-    config,
-    `version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: ${join(dir, 'storage')}\n` +
-      `http:\n  addr: 127.0.0.1:${port}\n  secret: bench\n`,
-  );
-  const child: ChildProcess = spawn('docker-registry', ['serve', config], { stdio: 'ignore' });
-  const stop = async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    const exited = new Promise((resolve) => child.once('exit', resolve));
-    child.kill('SIGTERM');
-    await exited;
-  };
-  for (let i = 0; i < 300; i++) {
-    try {
-      const response = await fetch(`http://127.0.0.1:${port}/v2/`);
-      await response.body?.cancel();
-      return { host: `127.0.0.1:${port}`, stop };
-    } catch {
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-  }
-  await stop();
-  throw new Error('docker-registry did not start');
-}
 
 function writeJson(path: string, value: unknown): string {
   writeFileSync(path, `${JSON.stringify(value, null, 2)}\n`);
@@ -70,12 +34,6 @@ function timedCli(args: string[], cwd: string, env: NodeJS.ProcessEnv, expectNoO
   if (result.status !== 0) throw new Error(`dockvm ${args.join(' ')} exited ${result.status}: ${result.stderr}`);
   if (expectNoOp && /rebuilt|failed/.test(result.stderr)) throw new Error(`expected a no-op, got: ${result.stderr}`);
   return seconds;
-}
-
-async function timedCall(call: () => Promise<unknown>): Promise<number> {
-  const start = process.hrtime.bigint();
-  await call();
-  return Number(process.hrtime.bigint() - start) / 1e9;
 }
 
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[values.length >> 1]!;

@@ -6,9 +6,8 @@
 // synthetic image of about 200 MB is generated once into .cache/fixtures (and the output says so).
 // Pushes go to a fresh registry each run (nothing to skip or mount, for either tool); pulls read an
 // image skopeo pushed, and write an uncompressed docker-archive, as `skopeo copy … docker-archive:` does.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -21,61 +20,24 @@ import { Readable } from 'node:stream';
 import { DigestingStream } from '../src/image/digest.js';
 import { pull } from '../src/cli/pull.js';
 import { push } from '../src/cli/push.js';
+import { startRegistry, timedCall, type BenchRegistry } from './lib/bench.js';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url)); // dist/scripts/ → the repository
 const FIXTURES = process.env.DOCKVM_FIXTURES || join(REPO, '.cache', 'fixtures');
 const CLI = join(REPO, 'bin', 'dockvm.js');
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
-
-interface Registry {
-  host: string;
-  stop(): Promise<void>;
-}
-
-async function startRegistry(): Promise<Registry> {
+/** A registry in a temp dir of its own, removed when it stops. */
+async function startTempRegistry(): Promise<BenchRegistry> {
   const dir = mkdtempSync(join(tmpdir(), 'dockvm-bench-registry-'));
-  const port = await freePort();
-  const config = join(dir, 'config.yml');
-  writeFileSync(
-    config,
-    `version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: ${join(dir, 'storage')}\n` +
-      `http:\n  addr: 127.0.0.1:${port}\n  secret: bench\n`,
-  );
-  const child: ChildProcess = spawn('docker-registry', ['serve', config], { stdio: 'ignore' });
-  const stop = async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((resolve) => child.once('exit', resolve));
-      child.kill('SIGTERM');
-      await exited;
-    }
-    rmSync(dir, { recursive: true, force: true });
+  const registry = await startRegistry(dir);
+  return {
+    host: registry.host,
+    stop: async () => {
+      await registry.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
   };
-  for (let i = 0; i < 300; i++) {
-    try {
-      const response = await fetch(`http://127.0.0.1:${port}/v2/`);
-      await response.body?.cancel();
-      return { host: `127.0.0.1:${port}`, stop };
-    } catch {
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-  }
-  await stop();
-  throw new Error('docker-registry did not start');
-}
-
-/** Seconds an in-process call takes (no Node start-up or module loading). */
-async function timedCall(call: () => Promise<unknown>): Promise<number> {
-  const start = process.hrtime.bigint();
-  await call();
-  return Number(process.hrtime.bigint() - start) / 1e9;
 }
 
 /** Seconds a command takes; a failure stops the benchmark with its stderr. */
@@ -153,7 +115,7 @@ async function main(): Promise<void> {
     const pushTimes = { dockvm: [] as number[], skopeo: [] as number[] };
     for (let run = 0; run < RUNS; run++) {
       for (const tool of run % 2 === 0 ? (['dockvm', 'skopeo'] as const) : (['skopeo', 'dockvm'] as const)) {
-        const registry = await startRegistry();
+        const registry = await startTempRegistry();
         try {
           const target = `docker://${registry.host}/bench/image:${tool}`;
           pushTimes[tool].push(
@@ -168,7 +130,7 @@ async function main(): Promise<void> {
     }
     const pushInProcess: number[] = [];
     for (let run = 0; run < RUNS; run++) {
-      const registry = await startRegistry();
+      const registry = await startTempRegistry();
       try {
         pushInProcess.push(await timedCall(() => push(archive, `docker://${registry.host}/bench/image:lib`)));
       } finally {
@@ -178,7 +140,7 @@ async function main(): Promise<void> {
     // Pull: an image skopeo pushed, to an uncompressed docker-archive.
     const pullTimes = { dockvm: [] as number[], skopeo: [] as number[] };
     const pullInProcess: number[] = [];
-    const registry = await startRegistry();
+    const registry = await startTempRegistry();
     try {
       const source = `docker://${registry.host}/bench/image:1`;
       timed('skopeo', ['copy', '--quiet', '--dest-tls-verify=false', `docker-archive:${archive}`, source]);
