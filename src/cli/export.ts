@@ -11,7 +11,8 @@ import { installSignalHandlers, withTempDir } from '../cleanup.js';
 import { UsageError } from '../errors.js';
 import { writeFlattened, type FlattenStats } from '../flatten/flatten.js';
 import { openImage } from '../transport/index.js';
-import { printJson, say, writeAtomically } from './io.js';
+import { writeAtomically } from '../output.js';
+import { printJson, say } from './io.js';
 
 export interface ExportResult {
   reference: string;

@@ -1,46 +1,12 @@
-// Output conventions shared by every command: results as one JSON document on stdout with --json,
-// data on stdout only with `-o -`, and files written atomically (temp file beside it, renamed at the end;
-// on failure nothing is left).
-import { createWriteStream } from 'node:fs';
-import { rename, rm } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
-import { randomBytes } from 'node:crypto';
-import { pipeline } from 'node:stream/promises';
-import type { Readable, Writable } from 'node:stream';
+// Output conventions shared by every command: results as one JSON document on stdout with --json, data
+// on stdout only with `-o -` (files are written atomically by src/output.ts), messages on stderr.
 
 /** Print the --json result: one document, keys in the order the command built them. */
 export function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 }
 
-/** Human output goes to stderr when stdout carries data or JSON, else to stdout. */
+/** Messages go to stderr: stdout may carry data or JSON. */
 export function say(line: string): void {
   process.stderr.write(`${line}\n`);
-}
-
-/**
- * Write a file atomically: `produce` gets a temp path in the same directory; it is renamed to `path`
- * only when `produce` resolves, and removed otherwise.
- */
-export async function writeAtomically<T>(path: string, produce: (tempPath: string) => Promise<T>): Promise<T> {
-  const temp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
-  try {
-    const result = await produce(temp);
-    await rename(temp, path);
-    return result;
-  } catch (err) {
-    await rm(temp, { recursive: true, force: true });
-    throw err;
-  }
-}
-
-/** Stream `data` to `path` atomically, or to stdout when path is "-". */
-export async function writeOutput(path: string, data: () => Promise<Readable> | Readable): Promise<void> {
-  if (path === '-') {
-    await pipeline(await data(), process.stdout as Writable, { end: false });
-    return;
-  }
-  await writeAtomically(path, async (temp) => {
-    await pipeline(await data(), createWriteStream(temp, { mode: 0o644 }));
-  });
 }

@@ -5,7 +5,7 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { z } from 'zod';
-import { writeAtomically } from '../cli/io.js';
+import { writeAtomically } from '../output.js';
 import { DockvmError } from '../errors.js';
 
 /** A lock file that cannot be read as one: the refresh of that spec fails and the file is left alone. */

@@ -8,7 +8,7 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import { dir as tempDir, type DirectoryResult } from 'tmp-promise';
-import { writeOutput } from '../cli/io.js';
+import { writeOutput } from '../output.js';
 import { DockvmError, ImageReferenceError } from '../errors.js';
 import { hex, type Digest } from '../image/digest.js';
 import type { Image, Layer } from '../image/image.js';

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
-import { writeAtomically } from '../cli/io.js';
+import { writeAtomically } from '../output.js';
 import { DockvmError, ImageReferenceError } from '../errors.js';
 import { DigestingStream, sha256, type Digest } from '../image/digest.js';
 import type { Descriptor, Index, Manifest } from '../image/descriptor.js';
