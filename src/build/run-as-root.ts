@@ -4,7 +4,7 @@
 import { hex, sha256 } from '../image/digest.js';
 import { FileLayer } from '../image/file-layer.js';
 import type { Image } from '../image/image.js';
-import { openImage, writeImage, type OpenedImage } from '../transport/index.js';
+import { openImage, parseDestination, writeImage, type OpenedImage } from '../transport/index.js';
 import { withTempDir } from '../cleanup.js';
 import type { BuildSpec } from '../spec/load.js';
 import { newImageConfig, resolveCreated } from './config.js';
@@ -56,12 +56,7 @@ export async function runAsRoot(spec: BuildSpec, options: RunAsRootOptions = {})
       };
       const output = options.output ?? spec.output;
       await writeImage(image, output, { tags: image.repoTags });
-      const layers = await Promise.all(
-        image.layers.map(async (layer) => {
-          const blob = await layer.blob();
-          return { digest: blob.digest, diffId: layer.diffId, size: blob.size };
-        }),
-      );
+      const layers = await writtenLayers(output, image);
       return { imageName: spec.name, imageTag, output, configDigest, layers, bootedVm: spec.runAsRoot !== null };
     });
   } finally {
@@ -80,4 +75,30 @@ function sourceDateEpoch(): number | undefined {
   if (value === undefined || value === '') return undefined;
   const epoch = Number(value);
   return Number.isInteger(epoch) && epoch >= 0 ? epoch : undefined;
+}
+
+/**
+ * The layers as the output holds them. Read back from what was written rather than from the inputs:
+ * an OCI layout stores gzip blobs (other digests than the source's), and a docker-archive stores plain
+ * tars, whose digest is their diff_id (checked while they were copied) — so no layer is hashed again.
+ */
+async function writtenLayers(output: string, image: Image): Promise<RunAsRootResult['layers']> {
+  const destination = parseDestination(output);
+  if (destination.kind === 'docker-archive' && destination.path === '-') {
+    return Promise.all(image.layers.map(async (layer) => ({ digest: (await layer.blob()).digest, diffId: layer.diffId, size: (await layer.blob()).size })));
+  }
+  const reference = destination.kind === 'oci' ? output : `docker-archive:${destination.path}`;
+  const written = await openImage(reference, destination.kind === 'oci' ? {} : { name: image.repoTags[0]!.replace(/:[^:/]*$/, ''), tag: image.repoTags[0]!.replace(/^.*:/, '') });
+  try {
+    return await Promise.all(
+      written.layers.map(async (layer) => {
+        const local = destination.kind === 'docker-archive' ? await layer.localTar?.() : undefined;
+        if (local) return { digest: layer.diffId, diffId: layer.diffId, size: local.size };
+        const blob = await layer.blob();
+        return { digest: blob.digest, diffId: layer.diffId, size: blob.size };
+      }),
+    );
+  } finally {
+    await written.close();
+  }
 }
