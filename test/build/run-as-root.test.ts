@@ -5,6 +5,7 @@ import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { execa } from 'execa';
 import { openImage } from '../../src/transport/index.js';
 import { debianFixture } from '../fixtures/debian.js';
 import { listing, podmanExport, type Seen } from '../helpers/filesystem.js';
@@ -192,6 +193,10 @@ test('without runAsRoot no VM boots; created "now" is not reproducible, the defa
   await new Promise((resolve) => setTimeout(resolve, 1100));
   const b = await build(t, now);
   t.not(a.configDigest, b.configDigest);
+  // an OCI layout output: --json names the blobs as written (gzip), as skopeo sees them
+  const oci = await build(t, fixed, ['-o', `oci:${join(dir, 'layout')}`]);
+  const seen = JSON.parse((await execa('skopeo', ['inspect', `oci:${join(dir, 'layout')}`])).stdout) as { Layers: string[] };
+  t.deepEqual((oci.layers as { digest: string }[]).map((l) => l.digest), seen.Layers);
   const layer = await newLayer(dir, first.output as string);
   t.like(layer.get('tmp'), { type: 'directory', mode: 0o1777 });
   t.like(layer.get('hello'), { type: 'file', mode: 0o644 });
