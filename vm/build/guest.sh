@@ -24,7 +24,10 @@ die() { echo "dockvm-guest: $*" >&2; exit 70; }
 
 disk() {
   for d in /sys/block/vd*; do
-    if [ "$(cat "$d/serial" 2>/dev/null)" = "$1" ]; then echo "/dev/${d##*/}"; return 0; fi
+    # read, not cat: a fork costs ~10 ms under TCG
+    serial=""
+    read -r serial < "$d/serial" 2>/dev/null || true
+    if [ "$serial" = "$1" ]; then echo "/dev/${d##*/}"; return 0; fi
   done
   die "no disk with serial $1"
 }
@@ -92,7 +95,7 @@ limit_memory() {
   grep -q " $CG cgroup2 " /proc/mounts || mount -t cgroup2 cgroup2 $CG
   echo +memory > $CG/cgroup.subtree_control
   mkdir -p $CG/script
-  total_kib=$(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo)
+  read -r _ total_kib _ < /proc/meminfo # first line: MemTotal: N kB
   # Headroom for the agent, the kernel and the page cache of the lowers: a quarter of the VM, at least
   # 48 MiB (with less, squashfs reads under pressure crawl before the cgroup ever OOMs).
   headroom=$((total_kib / 4))
@@ -140,9 +143,12 @@ step_run() {
       mount -t proc proc "$R/proc"
       mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys"
       mount -t tmpfs -o mode=755,nosuid,size=65536k dev "$R/dev"
-      for n in null:1:3 zero:1:5 full:1:7 random:1:8 urandom:1:9 tty:5:0; do
-        mknod -m 666 "$R/dev/${n%%:*}" c "$(echo "$n" | cut -d: -f2)" "${n##*:}"
-      done
+      mknod -m 666 "$R/dev/null" c 1 3
+      mknod -m 666 "$R/dev/zero" c 1 5
+      mknod -m 666 "$R/dev/full" c 1 7
+      mknod -m 666 "$R/dev/random" c 1 8
+      mknod -m 666 "$R/dev/urandom" c 1 9
+      mknod -m 666 "$R/dev/tty" c 5 0
       mkdir "$R/dev/pts" "$R/dev/shm"
       mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts "$R/dev/pts"
       ln -s pts/ptmx "$R/dev/ptmx"
