@@ -6,11 +6,9 @@ import { createReadStream, createWriteStream, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Option, type Command } from 'commander';
-import { exportInVm } from '../build/export-vm.js';
 import { installSignalHandlers, withTempDir } from '../cleanup.js';
 import { UsageError } from '../errors.js';
-import { writeFlattened, type FlattenStats } from '../flatten/flatten.js';
-import { openImage } from '../transport/index.js';
+import type { FlattenStats } from '../flatten/flatten.js';
 import { writeAtomically } from '../output.js';
 import { printJson, say } from './io.js';
 
@@ -62,6 +60,9 @@ export function registerExport(program: Command): void {
 /** Flatten the image at `reference` into `output` (a path, or "-" for stdout). */
 export async function exportImage(reference: string, output: string, mtime?: number, engine: 'native' | 'vm' = 'native'): Promise<ExportResult> {
   if (engine === 'vm') return exportImageInVm(reference, output, mtime);
+  // loaded on use, so that every other command starts faster
+  const { openImage } = await import('../transport/index.js');
+  const { writeFlattened } = await import('../flatten/flatten.js');
   const image = await openImage(reference);
   try {
     let stats: FlattenStats | undefined;
@@ -105,6 +106,8 @@ export async function exportImage(reference: string, output: string, mtime?: num
 
 /** The VM engine: the tar is made in a temp directory first, then renamed into place or copied to stdout. */
 async function exportImageInVm(reference: string, output: string, mtime: number | undefined): Promise<ExportResult> {
+  const { openImage } = await import('../transport/index.js');
+  const { exportInVm } = await import('../build/export-vm.js');
   const image = await openImage(reference);
   try {
     const options = { source: reference, ...(mtime !== undefined ? { mtime } : {}) };

@@ -1,7 +1,7 @@
 // dockvm inspect IMAGE [--json]: what an image is made of: names, platform, config digest, layers.
 import type { Command } from 'commander';
 import type { ContainerConfig } from '../image/config.js';
-import { openImage, type OpenedImage } from '../transport/index.js';
+import type { OpenedImage } from '../transport/index.js';
 import { printJson } from './io.js';
 
 export interface InspectResult {
@@ -25,6 +25,7 @@ export function registerInspect(program: Command): void {
     .argument('<image>', 'PATH, docker-archive:PATH[:NAME:TAG], oci:DIR[:REF] or oci-archive:PATH[:REF]')
     .option('--json', 'print one JSON document instead of text')
     .action(async (reference: string, options: { json?: boolean }) => {
+      const { openImage } = await import('../transport/index.js'); // loaded on use: faster start-up
       const image = await openImage(reference);
       try {
         const result = await describe(image);

@@ -2,7 +2,7 @@
 // of every input, layers shared between images stored once.
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
-import { openImage, openImages, parseImageReference, writeDockerArchive, type OpenedImage } from '../transport/index.js';
+import type { OpenedImage } from '../transport/index.js';
 import { printJson, say } from './io.js';
 
 export interface MergeResult {
@@ -29,6 +29,8 @@ export function registerMerge(program: Command): void {
 }
 
 export async function merge(references: readonly string[], output: string): Promise<MergeResult> {
+  // loaded on use, so that every other command starts faster
+  const { openImage, openImages, parseImageReference, writeDockerArchive } = await import('../transport/index.js');
   const groups: { close(): Promise<void> }[] = [];
   try {
     const inputs: OpenedImage[] = [];

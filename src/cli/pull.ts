@@ -11,8 +11,7 @@ import type { Command } from 'commander';
 import { DigestMismatchError, UsageError } from '../errors.js';
 import type { Platform } from '../image/config.js';
 import { isRepoTag, parseImageReference, type ImageReference } from '../image/reference.js';
-import { parseDestination, writeDockerArchive, writeImage } from '../transport/index.js';
-import { openRegistryImage, type RegistryImage, type RegistryOptions } from '../transport/registry/index.js';
+import type { RegistryImage, RegistryOptions } from '../transport/registry/index.js';
 import { printJson, say } from './io.js';
 
 export interface PullOptions extends RegistryOptions {
@@ -98,6 +97,9 @@ function writtenName(ref: ImageReference): string {
 }
 
 export async function pull(text: string, output: string, options: PullOptions = {}): Promise<PullResult> {
+  // loaded on use, so that every other command starts faster
+  const { parseDestination, writeImage } = await import('../transport/index.js');
+  const { openRegistryImage } = await import('../transport/registry/index.js');
   const ref = registryReference(text);
   const destination = parseDestination(output);
   const expected = options.sha256 === undefined ? undefined : parseSha256(options.sha256);
@@ -135,6 +137,7 @@ export async function pull(text: string, output: string, options: PullOptions = 
 /** Write the archive beside its place, hash it, and move it there only when the hash is the one expected. */
 async function writeArchiveChecked(image: RegistryImage, path: string, gzip: boolean, tags: string[], expected: string | undefined): Promise<string> {
   const temp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.pull`);
+  const { writeDockerArchive } = await import('../transport/index.js');
   try {
     await writeDockerArchive([{ image, tags }], temp, { gzip });
     const hash = createHash('sha256');

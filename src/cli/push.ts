@@ -2,8 +2,7 @@
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
 import { parseImageReference } from '../image/reference.js';
-import { openImage } from '../transport/index.js';
-import { openRegistryImage, pushImage, type PushResult, type RegistryOptions } from '../transport/registry/index.js';
+import type { PushResult, RegistryOptions } from '../transport/registry/index.js';
 import { printJson, say } from './io.js';
 import { parseBool, registryOptions, registryReference, transferBar } from './pull.js';
 
@@ -33,6 +32,9 @@ export function registerPush(program: Command): void {
 }
 
 export async function push(source: string, target: string, options: RegistryOptions & { progress?: boolean } = {}): Promise<PushResult> {
+  // loaded on use, so that every other command starts faster
+  const { openImage } = await import('../transport/index.js');
+  const { openRegistryImage, pushImage } = await import('../transport/registry/index.js');
   const destination = registryReference(target);
   if (destination.digest !== undefined && destination.tag !== undefined) {
     throw new UsageError(`${target}: push to a tag or to a digest, not both`);
