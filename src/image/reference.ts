@@ -7,6 +7,7 @@
 // Parsing is pure: it touches no file and no network.
 import { ImageReferenceError } from '../errors.js';
 import { isDigest } from './digest.js';
+import { PATH_COMPONENT, REGISTRY_HOST, isValidTag, looksLikeHost } from './names.js';
 
 export type Transport = 'docker-archive' | 'oci' | 'oci-archive' | 'docker';
 
@@ -36,10 +37,6 @@ export interface ImageReference {
 
 const DOCKER_HUB = 'docker.io';
 const DOCKER_HUB_REGISTRY = 'registry-1.docker.io';
-// distribution/reference grammar: path components, tags, hosts.
-const COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;
-const TAG = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
-const HOST = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?$/;
 
 export function parseImageReference(text: string): ImageReference {
   if (text === '') throw new ImageReferenceError('empty image reference: give a path, docker-archive:PATH, oci:DIR or docker://REF');
@@ -129,7 +126,7 @@ export function splitNameTag(text: string, value: string): { name: string; tag?:
   const name = colon < 0 ? value : value.slice(0, colon);
   const tag = colon < 0 ? undefined : value.slice(colon + 1);
   validateName(text, name);
-  if (tag !== undefined && !TAG.test(tag)) throw bad(text, `"${tag}" is not a valid tag`);
+  if (tag !== undefined && !isValidTag(tag)) throw bad(text, `"${tag}" is not a valid tag`);
   return tag === undefined ? { name } : { name, tag };
 }
 
@@ -137,10 +134,10 @@ function validateName(text: string, name: string): void {
   if (name === '') throw bad(text, 'the image name is empty');
   const parts = name.split('/');
   const first = parts[0]!;
-  const hasHost = parts.length > 1 && (first.includes('.') || first.includes(':') || first === 'localhost');
-  if (hasHost && !HOST.test(first)) throw bad(text, `"${first}" is not a valid registry host`);
+  const hasHost = parts.length > 1 && looksLikeHost(first);
+  if (hasHost && !REGISTRY_HOST.test(first)) throw bad(text, `"${first}" is not a valid registry host`);
   for (const part of hasHost ? parts.slice(1) : parts) {
-    if (!COMPONENT.test(part)) {
+    if (!PATH_COMPONENT.test(part)) {
       throw bad(text, `"${name}" is not a valid image name (lowercase letters, digits, and . _ - between them)`);
     }
   }

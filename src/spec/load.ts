@@ -5,6 +5,7 @@ import { basename, dirname, resolve } from 'node:path';
 import type { z } from 'zod';
 import { SpecError } from '../errors.js';
 import { invalidRepositoryName, isValidTag } from '../image/names.js';
+import { hostArchitecture } from '../image/platform.js';
 import type { ContainerConfig } from '../image/config.js';
 import { specSchema, type ParsedSpec } from './schema.js';
 
@@ -40,11 +41,6 @@ export interface BuildSpec {
   readonly warnings: readonly string[];
 }
 
-/** Go's GOARCH for this host, the default `architecture`. */
-export function hostArchitecture(): string {
-  const map: Record<string, string> = { x64: 'amd64', arm64: 'arm64', ia32: '386', arm: 'arm', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' };
-  return map[process.arch] ?? process.arch;
-}
 
 const ARCHITECTURES = new Set(['386', 'amd64', 'arm', 'arm64', 'loong64', 'mips', 'mipsle', 'mips64', 'mips64le', 'ppc64', 'ppc64le', 'riscv64', 's390x']);
 

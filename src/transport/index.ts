@@ -4,4 +4,4 @@ export { openImage, openImages, type OpenedImage, type OpenImageOptions } from '
 export { writeDockerArchive, GZIP_LEVEL, type ArchiveImage, type WriteDockerArchiveOptions } from './docker-archive-writer.js';
 export { writeOciLayout, type WriteOciLayoutOptions } from './oci-layout-writer.js';
 export { writeImage, parseDestination, type Destination } from './write.js';
-export { hostArchitecture } from './oci-layout-reader.js';
+export { hostArchitecture } from '../image/platform.js';

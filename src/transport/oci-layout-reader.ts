@@ -9,6 +9,7 @@ import { checkLayerCount, loadConfig, loadedImage, type LoadedImage } from './lo
 import { check, indexSchema, manifestSchema, type CheckedDescriptor } from './schemas.js';
 import { parseJson, readFile, readJsonFile, type FileStore } from './store.js';
 import { StoredLayer } from './stored-layer.js';
+import { hostArchitecture } from '../image/platform.js';
 
 /** containerd's (and newer docker save's) annotation with the full image name. */
 const CONTAINERD_NAME_ANNOTATION = 'io.containerd.image.name';
@@ -31,11 +32,6 @@ export function blobName(digest: Digest): string {
   return `blobs/sha256/${hex(digest)}`;
 }
 
-/** The GOARCH of this host, which images name their architecture by. */
-export function hostArchitecture(): string {
-  const map: Record<string, string> = { x64: 'amd64', ia32: '386', arm64: 'arm64', arm: 'arm', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' };
-  return map[process.arch] ?? process.arch;
-}
 
 /** A top-level entry of index.json, with what its annotations say. */
 interface Candidate {

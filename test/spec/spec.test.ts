@@ -2,7 +2,8 @@ import test from 'ava';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { checkSpec, hostArchitecture, loadSpec, resolveImagePath } from '../../src/spec/load.js';
+import { checkSpec, loadSpec, resolveImagePath } from '../../src/spec/load.js';
+import { hostArchitecture } from '../../src/image/platform.js';
 import { SpecError } from '../../src/errors.js';
 
 function problemsOf(input: unknown): string[] {

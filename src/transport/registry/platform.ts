@@ -2,7 +2,7 @@
 // architecture names normalised (x86_64 → amd64, aarch64 → arm64), arm64's variant "v8" is its default,
 // and entries that are not images (attestations, platform unknown/unknown) are never chosen.
 import type { Platform } from '../../image/config.js';
-import { hostArchitecture } from '../oci-layout-reader.js';
+import { hostArchitecture } from '../../image/platform.js';
 
 export interface PlatformChoice {
   os: string;
