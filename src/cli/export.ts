@@ -82,8 +82,16 @@ export async function exportImage(reference: string, output: string, mtime?: num
         const removeTemp = () => rmSync(temp, { force: true });
         process.once('exit', removeTemp);
         const file = createWriteStream(temp, { mode: 0o644 });
+        // A write error (a full disk) reaches writeFlattened through its write callbacks, which reject;
+        // the stream's own 'error' event needs a listener too, or it kills the process.
+        let writeError: Error | undefined;
+        file.on('error', (err) => (writeError ??= Object.assign(err, { path: output })));
         try {
-          return await writeFlattened(image, file, options);
+          const written = await writeFlattened(image, file, options);
+          if (writeError) throw writeError;
+          return written;
+        } catch (err) {
+          throw writeError ?? err;
         } finally {
           await new Promise<void>((resolve) => file.end(resolve));
           process.off('exit', removeTemp);

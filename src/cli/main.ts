@@ -45,6 +45,11 @@ function reportError(err: unknown): void {
     console.error(err);
     return;
   }
+  const system = describeSystemError(err);
+  if (system) {
+    process.stderr.write(`dockvm: ${system}\n`);
+    return;
+  }
   const message = err instanceof Error ? err.message : String(err);
   process.stderr.write(`dockvm: ${message}\n`);
   if (err instanceof DockvmError && 'problems' in err && Array.isArray(err.problems)) {
@@ -52,5 +57,24 @@ function reportError(err: unknown): void {
   }
   if (!(err instanceof DockvmError)) {
     process.stderr.write('(an unexpected error: run with DEBUG=1 for the stack trace)\n');
+  }
+}
+
+/** The host errors a user can act on (a full disk, a permission), said plainly with what to do. */
+function describeSystemError(err: unknown): string | undefined {
+  const { code, path } = (err ?? {}) as { code?: string; path?: string };
+  const where = path ? ` (${path})` : '';
+  switch (code) {
+    case 'ENOSPC':
+      return `no space left on device${where}: free some space, or point -o (or TMPDIR for temp files) elsewhere; nothing was written`;
+    case 'EDQUOT':
+      return `disk quota exceeded${where}: free some space or write elsewhere; nothing was written`;
+    case 'EACCES':
+    case 'EPERM':
+      return `permission denied${where}: check who owns it, or write elsewhere`;
+    case 'EROFS':
+      return `read-only file system${where}: write elsewhere`;
+    default:
+      return undefined;
   }
 }

@@ -138,3 +138,22 @@ test('an OCI layout with gzip layers (spooled) exports to the same bytes as the 
   t.true(oci.stdout.equals(plain.stdout));
   t.true(plain.stdout.length > 300_000);
 });
+
+test('a full disk: a clear error naming the output, exit 1, nothing left', async (t) => {
+  // a 128 KiB tmpfs, smaller than the export (we run as root, as CI does); skipped where mounting is not allowed
+  const dir = tempDir(t);
+  const mount = await execa('mount', ['-t', 'tmpfs', '-o', 'size=128k', 'tmpfs', dir], { reject: false });
+  if (mount.exitCode !== 0) {
+    t.pass('cannot mount a small tmpfs here');
+    return;
+  }
+  t.teardown(() => execa('umount', [dir], { reject: false }).then(() => undefined));
+  const archive = join(tmpdir(), `dockvm-full-${randomBytes(4).toString('hex')}.tar`);
+  t.teardown(() => rmSync(archive, { force: true }));
+  await writeEdgeArchive(archive, 'localhost/dockvm-test/full:1');
+  const out = join(dir, 'out.tar');
+  const run = await dockvm(['export', archive, '-o', out]);
+  t.is(run.exitCode, 1);
+  t.is(run.stderr.trimEnd(), `dockvm: no space left on device (${out}): free some space, or point -o (or TMPDIR for temp files) elsewhere; nothing was written`);
+  t.deepEqual(readdirSync(dir), []);
+});
