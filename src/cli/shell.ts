@@ -1,6 +1,9 @@
 // dockvm shell IMAGE [-- CMD…]: a root shell in the build VM over an image, to debug a runAsRoot script.
 import type { Command } from 'commander';
+import { Readable, Writable } from 'node:stream';
 import { installSignalHandlers } from '../cleanup.js';
+import { UsageError } from '../errors.js';
+import { printJson } from './io.js';
 
 export function registerShell(program: Command): void {
   program
@@ -14,9 +17,20 @@ export function registerShell(program: Command): void {
     .argument('[command...]', 'a command to run instead of a shell (put it after --)')
     .option('--network', 'give the VM outbound network (QEMU user-mode networking)')
     .option('--memory <mib>', 'VM memory in MiB', (value) => Number(value), 512)
-    .action(async (reference: string, command: string[], options: { network?: boolean; memory: number }) => {
+    .option('--json', 'with -- CMD: print {command, exitCode, stdout, stderr} as one JSON document instead of streaming')
+    .action(async (reference: string, command: string[], options: { network?: boolean; memory: number; json?: boolean }) => {
       installSignalHandlers();
       const { shell } = await import('../build/shell.js'); // loaded on use: faster start-up
+      if (options.json) {
+        if (command.length === 0) throw new UsageError('--json needs a command to run: dockvm shell IMAGE --json -- CMD…');
+        const out = new Collector();
+        const err = new Collector();
+        // no stdin: --json runs a command to completion, it does not talk to it
+        const exitCode = await shell(reference, { command, memoryMiB: options.memory, network: options.network ?? false, stdin: Readable.from([]), stdout: out, stderr: err });
+        printJson({ command, exitCode, stdout: out.text(), stderr: err.text() });
+        process.exitCode = exitCode;
+        return;
+      }
       const terminal = process.stdin.isTTY && process.stdout.isTTY;
       if (terminal) process.stdin.setRawMode(true);
       try {
@@ -43,4 +57,18 @@ export function registerShell(program: Command): void {
         process.stdin.destroy();
       }
     });
+}
+
+/** Keeps what a command wrote, for --json. */
+class Collector extends Writable {
+  readonly #chunks: Buffer[] = [];
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: () => void): void {
+    this.#chunks.push(chunk);
+    callback();
+  }
+
+  text(): string {
+    return Buffer.concat(this.#chunks).toString('utf8');
+  }
 }

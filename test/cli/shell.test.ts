@@ -12,6 +12,9 @@ test('shell -- CMD: root in the Debian image, stdout and stderr apart, its exit 
   t.is(run.exitCode, 7);
   t.regex(run.stdout, /^0\n12\.\d+\n\/\nHOME=\/root\n$/);
   t.true(run.stderr.includes('oops\n'), run.stderr);
+  const json = await runDockvm(['shell', debianFixture(), '--json', '--', 'sh', '-c', 'echo out; echo err >&2; exit 5']);
+  t.is(json.exitCode, 5);
+  t.deepEqual(JSON.parse(json.stdout), { command: ['sh', '-c', 'echo out; echo err >&2; exit 5'], exitCode: 5, stdout: 'out\n', stderr: 'err\n' });
 });
 
 test('shell without a command reads a script from a piped stdin; changes do not touch the image', async (t) => {
