@@ -85,7 +85,12 @@ function sourceDateEpoch(): number | undefined {
 async function writtenLayers(output: string, image: Image): Promise<RunAsRootResult['layers']> {
   const destination = parseDestination(output);
   if (destination.kind === 'docker-archive' && destination.path === '-') {
-    return Promise.all(image.layers.map(async (layer) => ({ digest: (await layer.blob()).digest, diffId: layer.diffId, size: (await layer.blob()).size })));
+    return Promise.all(
+      image.layers.map(async (layer) => {
+        const blob = await layer.blob();
+        return { digest: blob.digest, diffId: layer.diffId, size: blob.size };
+      }),
+    );
   }
   const reference = destination.kind === 'oci' ? output : `docker-archive:${destination.path}`;
   const written = await openImage(reference, destination.kind === 'oci' ? {} : { name: image.repoTags[0]!.replace(/:[^:/]*$/, ''), tag: image.repoTags[0]!.replace(/^.*:/, '') });
