@@ -13,12 +13,11 @@ import { join } from 'node:path';
 import { withTempDir } from '../cleanup.js';
 import { TarFormatError, UsageError, VmError, stderrTail } from '../errors.js';
 import { MergeIndex } from '../flatten/merge.js';
-import type { Image, Layer } from '../image/image.js';
+import type { Image } from '../image/image.js';
 import { writeLayerFile } from '../layer/layer-file.js';
 import { OVERLAY_XATTR_PREFIX, isOverlayWhiteout, opaqueDirOf, whiteoutTarget } from '../layer/overlay.js';
-import { RangeReader } from '../layer/range-reader.js';
-import { scanTar, type ScannedEntry } from '../layer/tar-scan.js';
-import { printable, readTar, type TarEntry } from '../layer/tar.js';
+import { layerHeaders } from '../layer/tar-scan.js';
+import { printable, type TarEntry } from '../layer/tar.js';
 import { qemuImgCreate } from '../vm/index.js';
 import { lowersFor, withBuildVm } from './build-vm.js';
 
@@ -173,22 +172,6 @@ class LayerFacts {
 }
 
 const MAX_SQUASHFS_TIME = 0xffffffff;
-
-/** A layer's headers in order, read in place when the layer is a local tar, else streamed. */
-async function layerHeaders(layer: Layer, what: string): Promise<ScannedEntry[]> {
-  const local = await layer.localTar?.();
-  if (local) {
-    const reader = new RangeReader(local.path);
-    try {
-      return [...scanTar(reader, local.offset, local.size, what)];
-    } finally {
-      reader.close();
-    }
-  }
-  const entries: ScannedEntry[] = [];
-  for await (const { entry } of readTar(await layer.openTar(), { source: what })) entries.push({ entry, bodyOffset: 0 });
-  return entries;
-}
 
 /**
  * Size of the sparse output disk: the merged tar holds at most every layer's entries, each with at most

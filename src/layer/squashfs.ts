@@ -1,9 +1,8 @@
 // Base layers become squashfs images the guest mounts as overlay lowers, so it unpacks nothing.
 // Whiteouts are turned into overlay form on the way (src/layer/overlay.ts) and tar2sqfs packs the result.
 // Images are cached by diff_id and written atomically, so builds sharing the cache never see half a file.
-import { access, mkdir, rename, rm } from 'node:fs/promises';
+import { access, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
 import { execa } from 'execa';
 import { cacheDir } from '../vm/paths.js';
@@ -12,6 +11,8 @@ import { hex } from '../image/digest.js';
 import type { Layer } from '../image/image.js';
 import { opaqueDirOf, opaqueDirectoryEntry, toOverlayEntry } from './overlay.js';
 import { readTar, TarWriter } from './tar.js';
+import { layerHeaders } from './tar-scan.js';
+import { writeAtomically } from '../output.js';
 
 /**
  * Squashfs block compressor. lz4 decompresses fastest, which is what counts when the guest runs under
@@ -31,14 +32,7 @@ export async function squashfsForLayer(layer: Layer, options: SquashfsOptions): 
   const path = join(dir, `${hex(layer.diffId)}.sqfs`);
   if (await exists(path)) return path;
   await mkdir(dir, { recursive: true });
-  const temp = join(dir, `.${hex(layer.diffId)}.${randomBytes(6).toString('hex')}.tmp`);
-  try {
-    await writeSquashfs(layer, temp, options.source);
-    await rename(temp, path);
-  } catch (err) {
-    await rm(temp, { force: true });
-    throw err;
-  }
+  await writeAtomically(path, (temp) => writeSquashfs(layer, temp, options.source));
   return path;
 }
 
@@ -84,11 +78,11 @@ async function writeSquashfs(layer: Layer, output: string, source: string): Prom
   }
 }
 
-/** First pass over a layer: the directories it marks opaque, and the directories it has entries for. */
+/** First pass over a layer (headers only): the directories it marks opaque, and those it has entries for. */
 async function scanOpaqueDirs(layer: Layer, what: string): Promise<{ opaqueDirs: Set<string>; dirsWithEntry: Set<string> }> {
   const opaqueDirs = new Set<string>();
   const dirsWithEntry = new Set<string>();
-  for await (const { entry } of readTar(await layer.openTar(), { source: what })) {
+  for (const { entry } of await layerHeaders(layer, what)) {
     const dir = opaqueDirOf(entry.path);
     if (dir !== undefined) opaqueDirs.add(dir);
     if (entry.type === 'directory') dirsWithEntry.add(entry.path);

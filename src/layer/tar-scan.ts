@@ -7,8 +7,9 @@
 // decoding, tar.ts's binary-string paths, raw-byte PAX values and path checks; test/layer/tar-scan.test.ts
 // holds it to readTar's results), and seeks over bodies instead.
 import { DockvmError, TarFormatError } from '../errors.js';
-import { applyPax, decodePax, normalizePath, printable, type EntryType, type TarEntry } from './tar.js';
-import type { RangeReader } from './range-reader.js';
+import { applyPax, decodePax, normalizePath, printable, readTar, type EntryType, type TarEntry } from './tar.js';
+import type { Layer } from '../image/image.js';
+import { RangeReader } from './range-reader.js';
 
 export interface ScannedEntry {
   /** as readTar would give it, without uname/gname (dockvm writes numeric owners only) */
@@ -231,4 +232,24 @@ function decodeNumber(buf: Buffer, offset: number, length: number): number {
     value = value * 8 + digit;
   }
   return digits === 0 ? Number.NaN : value;
+}
+
+/**
+ * A layer's entries without their bodies: scanned in place when the layer is an uncompressed tar in a
+ * local file (bodies are skipped, not read), else read through its (verified) tar stream. bodyOffset is
+ * meaningful only in the first case.
+ */
+export async function layerHeaders(layer: Layer, what: string): Promise<ScannedEntry[]> {
+  const local = await layer.localTar?.();
+  if (local) {
+    const reader = new RangeReader(local.path);
+    try {
+      return [...scanTar(reader, local.offset, local.size, what)];
+    } finally {
+      reader.close();
+    }
+  }
+  const entries: ScannedEntry[] = [];
+  for await (const { entry } of readTar(await layer.openTar(), { source: what })) entries.push({ entry, bodyOffset: 0 });
+  return entries;
 }

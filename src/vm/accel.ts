@@ -2,7 +2,7 @@
 // standard kernel hangs silently. So KVM counts as usable only after a real short boot reached the
 // agent; the verdict is cached per host, kernel and QEMU version. DOCKVM_ACCEL=kvm|tcg overrides.
 import { accessSync, constants as fsConstants } from 'node:fs';
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { hostname, release } from 'node:os';
 import { dirname, join } from 'node:path';
 import { VmError } from '../errors.js';
@@ -10,6 +10,7 @@ import type { GuestKernel } from './kernel.js';
 import { cacheDir } from './paths.js';
 import type { Accel, QemuBinary } from './qemu.js';
 import type { Vm } from './vm.js';
+import { writeAtomically } from '../output.js';
 
 /** How long a KVM boot may take to reach the agent; a working KVM needs well under a second. */
 export const KVM_PROBE_TIMEOUT_MS = 4000;
@@ -102,8 +103,6 @@ export async function chooseAccel(options: ChooseAccelOptions): Promise<AccelCho
   const verdicts = await readVerdicts(file);
   verdicts[key] = { accel, probedAt: new Date().toISOString(), ...(detail ? { detail } : {}) };
   await mkdir(dirname(file), { recursive: true });
-  const temp = `${file}.${process.pid}.tmp`;
-  await writeFile(temp, `${JSON.stringify(verdicts, null, 2)}\n`);
-  await rename(temp, file);
+  await writeAtomically(file, (temp) => writeFile(temp, `${JSON.stringify(verdicts, null, 2)}\n`));
   return { accel, reason: 'probe' };
 }

@@ -1,12 +1,13 @@
 // The guest agent (vm/agent.c) compiled on demand into the cache, keyed by a hash of its source and the
 // compiler flags: `cc -static -Os` once per source change; vm/build-initramfs does it at setup time.
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, readFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { MissingToolError } from '../errors.js';
 import { assetPath, cacheDir } from './paths.js';
+import { writeAtomically } from '../output.js';
 
 /** -static: the initramfs has no libc; -Os: it is copied into every boot; -s: symbols are dead weight. */
 const CFLAGS = ['-static', '-Os', '-s', '-Wall'];
@@ -41,14 +42,11 @@ export async function ensureAgent(env: NodeJS.ProcessEnv = process.env): Promise
 
 async function compileAgent(dir: string, path: string, sourceHash: string, env: NodeJS.ProcessEnv): Promise<AgentBinary> {
   await mkdir(dir, { recursive: true });
-  // unique per process and call: two dockvm processes may compile at once; rename makes one win
-  const temp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
   const cc = env.CC || 'cc';
   try {
-    await execa(cc, [...CFLAGS, '-o', temp, assetPath('vm', 'agent.c')], { env, stdin: 'ignore' });
-    await rename(temp, path);
+    // two dockvm processes may compile at once: each into a temp file of its own, the rename makes one win
+    await writeAtomically(path, (temp) => execa(cc, [...CFLAGS, '-o', temp, assetPath('vm', 'agent.c')], { env, stdin: 'ignore' }));
   } catch (err) {
-    await rm(temp, { force: true });
     const detail = (err as { stderr?: string }).stderr?.trim().split('\n')[0] ?? String(err);
     throw new MissingToolError(
       `could not compile the guest agent ${assetPath('vm', 'agent.c')} with ${cc}: ${detail}; install gcc and libc6-dev`,

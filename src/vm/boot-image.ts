@@ -4,12 +4,13 @@
 // emulated CPU. The ELF is extracted once on the host into the cache.
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { VmError } from '../errors.js';
 import type { GuestKernel } from './kernel.js';
 import { cacheDir } from './paths.js';
+import { writeAtomically } from '../output.js';
 
 export interface BootImage {
   readonly path: string;
@@ -110,13 +111,6 @@ export async function bootImage(kernel: GuestKernel, env: NodeJS.ProcessEnv = pr
     await writeFile(notPvh, ''); // remember, so the next boot does not decompress again
     return { path: kernel.kernel, protocol: 'bzImage' };
   }
-  const temp = `${elfPath}.${process.pid}.tmp`;
-  try {
-    await writeFile(temp, elf);
-    await rename(temp, elfPath);
-  } catch (err) {
-    await rm(temp, { force: true });
-    throw err;
-  }
+  await writeAtomically(elfPath, (temp) => writeFile(temp, elf));
   return { path: elfPath, protocol: 'pvh' };
 }

@@ -3,8 +3,8 @@
 // changes; the same inputs give the same bytes.
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { execa } from 'execa';
 import { MissingToolError } from '../errors.js';
@@ -14,6 +14,7 @@ import { type CpioEntry, writeCpio } from './cpio.js';
 import type { GuestKernel } from './kernel.js';
 import { GUEST_MODULES, type ModuleGroup, planModules } from './modules.js';
 import { assetPath, cacheDir } from './paths.js';
+import { writeAtomically } from '../output.js';
 
 /** Bump when the layout below changes in a way the other inputs do not show. */
 export const INITRAMFS_RECIPE_VERSION = 2;
@@ -154,13 +155,6 @@ async function findOrBuild(options: InitramfsOptions): Promise<Initramfs> {
   const cpio = writeCpio(entries);
   const bytes = compression === 'gzip' ? gzipSync(cpio, { level: 9 }) : cpio;
   await mkdir(dir, { recursive: true });
-  const temp = join(dir, `.${basename(path)}.${process.pid}.tmp`);
-  try {
-    await writeFile(temp, bytes);
-    await rename(temp, path);
-  } catch (err) {
-    await rm(temp, { force: true });
-    throw err;
-  }
+  await writeAtomically(path, (temp) => writeFile(temp, bytes));
   return { path, hash: digest, modules, built: true };
 }
