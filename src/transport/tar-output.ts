@@ -1,7 +1,5 @@
 // A TarWriter for archives built from streams that may fail mid-way (a layer whose digest turns out
-// wrong). The failure surfaces, once, on `stream`; the writer itself is only ever destroyed without an
-// error, because tar-stream re-emits an entry's error on its internal entry stream, where nothing
-// listens, and that is an uncaught exception (seen with tar-stream 3.2.2 + streamx).
+// wrong). The first failure surfaces, once, on `stream`, and stops the writer.
 import { PassThrough, type Readable } from 'node:stream';
 import { DockvmError } from '../errors.js';
 import { TarWriter, type TarEntry } from '../layer/tar.js';
@@ -21,7 +19,7 @@ export class TarOutput {
     if (this.#failed) return;
     this.#failed = true;
     this.stream.destroy(err instanceof Error ? err : new DockvmError(String(err)));
-    this.#writer.destroy(undefined as unknown as Error); // see the module comment
+    this.#writer.destroy(err instanceof Error ? err : new DockvmError(String(err)));
   }
 
   async add(entry: TarEntry, data: Buffer): Promise<void> {
