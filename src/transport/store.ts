@@ -118,7 +118,9 @@ export class TarStore implements FileStore {
     }
     const temp = await tempFile({ prefix: 'dockvm-archive-', postfix: '.tar' });
     try {
-      await pipeline(createReadStream(path), createGunzip(), createWriteStream(temp.path));
+      // r+: the temp file exists; without O_CREAT a write stream that opens only after a failure has
+      // already removed it cannot bring it back as an empty leftover
+      await pipeline(createReadStream(path), createGunzip(), createWriteStream(temp.path, { flags: 'r+' }));
     } catch (err) {
       await temp.cleanup();
       throw describeFailure(source)(err);
