@@ -50,10 +50,10 @@ export function registerPull(program: Command): void {
   program
     .command('pull')
     .description(
-      'Pull an image from a registry (nixpkgs pullImage): REF is [docker://]HOST/REPO:TAG or …@sha256:DIGEST\n' +
-        '(docker.io names as Docker reads them). From a multi-platform index the --os/--arch/--variant image\n' +
-        'is taken (default linux and this host\'s architecture). OUT: *.tar (docker-archive), *.tar.gz, oci:DIR[:REF],\n' +
-        'or - for stdout. Archives are written reproducibly, so --sha256 pins them; a pull by tag prints the\n' +
+      'Pull an image from a registry (nixpkgs pullImage): REF is [docker://]HOST/REPO:TAG or …@sha256:DIGEST ' +
+        '(docker.io names as Docker reads them). From a multi-platform index the --os/--arch/--variant image ' +
+        'is taken (default linux and this host\'s architecture). OUT: *.tar (docker-archive), *.tar.gz, oci:DIR[:REF], ' +
+        'or - for stdout. Archives are written reproducibly, so --sha256 pins them; a pull by tag prints the ' +
         'digest and sha256 to pin. Credentials: --creds, $REGISTRY_AUTH_FILE or ~/.docker/config.json.',
     )
     .argument('<ref>', 'the image: [docker://]HOST/REPO:TAG or [docker://]HOST/REPO@sha256:…')

@@ -10,9 +10,10 @@ export function registerPush(program: Command): void {
   program
     .command('push')
     .description(
-      'Push an image to a registry and print its manifest digest on stdout. Blobs the repository has are\n' +
-        'skipped, blobs of another repository of the same registry are mounted; uncompressed layers are\n' +
-        'gzipped (deterministically). Credentials: --creds, $REGISTRY_AUTH_FILE or ~/.docker/config.json.',
+      'Push an image to a registry and print its manifest digest on stdout. Blobs the repository has are ' +
+        'skipped, blobs of another repository of the same registry are mounted; uncompressed layers are ' +
+        'gzipped (deterministically; with igzip when isal is installed, else zlib). Credentials: --creds, ' +
+        '$REGISTRY_AUTH_FILE or ~/.docker/config.json.',
     )
     .argument('<image>', 'PATH, docker-archive:PATH[:NAME:TAG], oci:DIR[:REF], oci-archive:PATH[:REF] or docker://REF')
     .argument('<ref>', 'where to: [docker://]HOST/REPO[:TAG]')

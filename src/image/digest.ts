@@ -35,7 +35,7 @@ export class DigestingStream extends Transform {
   #digest: Digest | undefined;
 
   constructor(readonly options: { expect?: Digest | undefined; expectSize?: number | undefined; what?: string } = {}) {
-    super();
+    super({ highWaterMark: 1024 * 1024 });
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {

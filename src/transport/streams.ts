@@ -2,14 +2,14 @@
 // and chains of streams whose failures all surface, as DockvmErrors, on the last stream.
 import { createReadStream } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { PassThrough, Readable, Writable, type Transform } from 'node:stream';
+import { PassThrough, Readable, Writable, type Duplex } from 'node:stream';
 import { DockvmError, ImageFormatError } from '../errors.js';
 import type { Compression } from '../image/media-types.js';
 
 /** `size` bytes of `path` from `offset`, streamed. A file shorter than that just ends early (the digest check catches it). */
 export function openRange(path: string, offset: number, size: number): Readable {
   if (size === 0) return Readable.from([]);
-  return createReadStream(path, { start: offset, end: offset + size - 1, highWaterMark: 256 * 1024 });
+  return createReadStream(path, { start: offset, end: offset + size - 1, highWaterMark: 1024 * 1024 });
 }
 
 /** Up to `length` bytes of `path` from `offset`. */
@@ -40,10 +40,10 @@ export function sniffCompression(head: Buffer): Sniffed {
  * every stream and surfaces on the returned one, as a DockvmError (`describe` turns other errors into
  * one); destroying the returned stream early destroys the rest.
  */
-export function chain(source: Readable, transforms: Transform[], describe: (err: unknown) => DockvmError): Readable {
+export function chain(source: Readable, transforms: Duplex[], describe: (err: unknown) => DockvmError): Readable {
   // The returned PassThrough is ours alone, so every error it carries went through `fail`.
-  const out = new PassThrough({ highWaterMark: 256 * 1024 });
-  const inner: (Readable | Transform)[] = [source, ...transforms];
+  const out = new PassThrough({ highWaterMark: 1024 * 1024 });
+  const inner: (Readable | Duplex)[] = [source, ...transforms];
   let failed = false;
   const fail = (err: unknown) => {
     if (failed) return;

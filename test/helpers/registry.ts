@@ -195,6 +195,11 @@ export interface Faults {
   dropTimes?: number;
   /** answer 503 to this many blob GETs */
   unavailableTimes?: number;
+  /** answer 503 to this many blob uploads (PATCH or PUT), at once, without reading their body */
+  uploadUnavailableTimes?: number;
+  /** cut the connection after this many bytes of an upload's body, `dropUploadTimes` times */
+  dropUploadAfter?: number;
+  dropUploadTimes?: number;
 }
 
 export interface FaultProxy {
@@ -219,6 +224,15 @@ export async function startFaultProxy(t: ExecutionContext, upstream: string, fau
       res.writeHead(503, { 'content-type': 'application/json' }).end('{"errors":[{"code":"UNAVAILABLE","message":"test proxy says 503"}]}');
       return;
     }
+    const isUpload = (req.method === 'PATCH' || req.method === 'PUT') && /\/blobs\/uploads\//.test(req.url ?? '');
+    if (isUpload && (proxy.faults.uploadUnavailableTimes ?? 0) > 0) {
+      proxy.faults.uploadUnavailableTimes!--;
+      record.status = 503;
+      res.writeHead(503, { 'content-type': 'application/json' }).end('{"errors":[{"code":"UNAVAILABLE","message":"test proxy says 503"}]}');
+      req.resume();
+      return;
+    }
+    const dropUpload = isUpload && proxy.faults.dropUploadAfter !== undefined && (proxy.faults.dropUploadTimes ?? 0) > 0;
     const upstreamRequest = httpRequest(
       { host: upstreamHost, port: upstreamPort, method: req.method, path: req.url, headers: req.headers },
       (upstreamResponse) => {
@@ -251,6 +265,18 @@ export async function startFaultProxy(t: ExecutionContext, upstream: string, fau
       },
     );
     upstreamRequest.on('error', () => res.destroy());
+    if (dropUpload) {
+      let received = 0;
+      req.on('data', (chunk: Buffer) => {
+        received += chunk.length;
+        if (received > proxy.faults.dropUploadAfter! && !req.destroyed) {
+          proxy.faults.dropUploadTimes!--;
+          record.status = 0;
+          upstreamRequest.destroy();
+          req.socket.destroy();
+        }
+      });
+    }
     req.pipe(upstreamRequest);
   });
   proxy.host = `127.0.0.1:${port}`;

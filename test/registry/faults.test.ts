@@ -1,12 +1,19 @@
 // A registry behind a proxy that misbehaves: a flipped byte in a blob is caught by its digest, a
-// connection dropped mid-blob is resumed with a Range request, 503s are retried.
+// connection dropped mid-blob is resumed with a Range request, 503s are retried; uploads that are refused
+// or cut start over; a source layer that fails its diff_id stops the push before any manifest.
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execa } from 'execa';
 import { DigestMismatchError } from '../../src/errors.js';
 import { openRegistryImage, pushImage } from '../../src/transport/registry/index.js';
 import { startFaultProxy, startRegistry } from '../helpers/registry.js';
 import { collect } from '../helpers/streams.js';
 import { fileLayer, testImage } from './images.js';
+import { writeDockerArchive } from '../fixtures/assemble.js';
+import { runDockvm } from '../helpers/peers.js';
+import { tempDir } from '../transport/archives.js';
 
 const fast = { authFiles: [] as string[], retry: { attempts: 4, backoffMs: 10 } };
 
@@ -61,4 +68,48 @@ test('503s are retried with backoff; a registry that keeps failing is an error a
   proxy.faults.unavailableTimes = 100;
   const error = await t.throwsAsync(again.fetchLayers());
   t.regex(error.message, /dockvm\/busy: blob sha256:[0-9a-f]{64}: 503 Service Unavailable \(UNAVAILABLE: test proxy says 503\)$/);
+});
+
+/** The pids of this process's igzip children still running (a gzip left behind by a failed upload). */
+async function igzipChildren(): Promise<string[]> {
+  const { stdout } = await execa('pgrep', ['-P', String(process.pid), '-x', 'igzip'], { reject: false });
+  return stdout.split('\n').filter(Boolean);
+}
+
+test('uploads: a 503 and a connection dropped mid-upload start over from a new session; the pushed image is whole', async (t) => {
+  const registry = await startRegistry(t);
+  const proxy = await startFaultProxy(t, registry.host, { uploadUnavailableTimes: 1, dropUploadAfter: 200_000, dropUploadTimes: 1 });
+  const layer = await bigLayer();
+  const pushed = await pushImage(testImage([layer]), `docker://${proxy.host}/dockvm/upload:1`, fast);
+  t.is(pushed.layers[0]!.status, 'uploaded');
+  const uploads = proxy.requests.filter((request) => /^(PATCH|PUT) \S*\/blobs\/uploads\//.test(request.line));
+  t.true(uploads.some((request) => request.status === 503), JSON.stringify(uploads));
+  t.true(uploads.some((request) => request.status === 0), JSON.stringify(uploads));
+  // Read back from the registry itself: what it stored is the layer, under the digest the push reported.
+  const image = await openRegistryImage(`docker://${registry.host}/dockvm/upload:1`, fast);
+  t.teardown(() => image.close());
+  t.is(image.manifest.digest, pushed.digest);
+  t.deepEqual(await collect(await image.layers[0]!.openTar()), layer);
+  t.deepEqual(await igzipChildren(), []);
+});
+
+test('a layer whose bytes do not match its diff_id: the push fails naming it, and the registry gets no manifest', async (t) => {
+  const registry = await startRegistry(t);
+  const dir = await tempDir(t);
+  const layer = await bigLayer();
+  const archive = join(dir, 'bad.tar');
+  await writeDockerArchive(archive, [{ repoTag: 'bad:1', layers: [layer] }]);
+  // Flip one byte inside the layer's file data, past its tar header.
+  const bytes = await readFile(archive);
+  const at = bytes.indexOf(layer.subarray(2048, 2048 + 64));
+  t.true(at > 0);
+  bytes[at + 10]! ^= 0xff;
+  await writeFile(archive, bytes);
+  const run = await runDockvm(['push', 'bad.tar', `${registry.host}/dockvm/bad:1`], { cwd: dir, env: { REGISTRY_AUTH_FILE: join(dir, 'none.json') } });
+  t.is(run.exitCode, 1);
+  t.regex(run.stderr, /^dockvm: [^\n]*bad\.tar: layer [^\n]*: content does not match its digest: expected sha256:[0-9a-f]{64}, got sha256:[0-9a-f]{64}\n$/);
+  const manifest = await fetch(`http://${registry.host}/v2/dockvm/bad/manifests/1`);
+  t.is(manifest.status, 404);
+  const tags = await fetch(`http://${registry.host}/v2/dockvm/bad/tags/list`);
+  t.is(tags.status, 404);
 });

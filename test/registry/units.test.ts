@@ -11,6 +11,7 @@ import { parseChallenges } from '../../src/transport/registry/challenge.js';
 import { authFiles, findCredentials, parseCreds } from '../../src/transport/registry/credentials.js';
 import { isLoopback, schemesFor } from '../../src/transport/registry/endpoint.js';
 import { ParallelGzip } from '../../src/transport/registry/parallel-gzip.js';
+import { layerGzip } from '../../src/transport/registry/layer-gzip.js';
 import { choosePlatform, wantedPlatform } from '../../src/transport/registry/platform.js';
 import { UsageError } from '../../src/errors.js';
 import { collect, oddChunks } from '../helpers/streams.js';
@@ -136,4 +137,18 @@ test('parallel gzip: a failing input fails the output', async (t) => {
   const gzip = new ParallelGzip();
   failing.on('error', (err) => gzip.destroy(err));
   await t.throwsAsync(collect(failing.pipe(gzip)), { message: 'source broke' });
+});
+
+test('layer gzip for pushes: igzip (isal, which setup installs) when present; gzip with no name or mtime, the same bytes however the input is chunked', async (t) => {
+  const gzip = await layerGzip();
+  t.regex(gzip.id, /^igzip\d+\.\d+\.\d+-l3$/, 'scripts/setup installs isal, so pushes use igzip');
+  const text = Buffer.from(Array.from({ length: 20_000 }, (_, i) => `line ${i} ${'abc'.repeat(i % 17)}\n`).join(''));
+  for (const data of [Buffer.alloc(0), text]) {
+    const whole = await collect(Readable.from([data]).pipe(gzip.create()));
+    t.deepEqual(gunzipSync(whole), data, `${data.length} bytes`);
+    t.deepEqual(whole.subarray(0, 4), Buffer.from([0x1f, 0x8b, 8, 0]), 'no FNAME, FEXTRA or FCOMMENT');
+    t.deepEqual(whole.subarray(4, 8), Buffer.alloc(4), 'mtime 0');
+    t.deepEqual(await collect(oddChunks(data).pipe(gzip.create())), whole, `${data.length} bytes in odd chunks`);
+  }
+  t.true((await collect(Readable.from([text]).pipe(gzip.create()))).length < text.length / 4);
 });

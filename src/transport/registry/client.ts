@@ -1,4 +1,5 @@
-// A client of one repository on one registry (Docker Registry HTTP API v2) over Node's own fetch.
+// A client of one repository on one registry (Docker Registry HTTP API v2) over Node's own fetch
+// (and node:http for streamed uploads: stream-request.ts).
 // It learns how the registry authenticates from GET /v2/ (none, Basic, or a Bearer token service),
 // then sends every request already authorized: Basic credentials, or a token for the request's scopes,
 // fetched once and reused until it expires. Requests that fail with a 5xx or a dropped connection are
@@ -7,6 +8,7 @@ import { DockvmError, RegistryError, type ErrorContext } from '../../errors.js';
 import { parseChallenges, type Challenge } from './challenge.js';
 import { Credentials, findCredentials, parseCreds } from './credentials.js';
 import { schemesFor } from './endpoint.js';
+import { streamRequest } from './stream-request.js';
 import { DEFAULT_RETRY, backoff, isTransientNetworkError, isTransientStatus, networkCode, type RetryPolicy } from './retry.js';
 
 export interface RegistryOptions {
@@ -125,13 +127,11 @@ export class RegistryClient {
 
   /** One exchange, with the one re-send a 401 carrying a new challenge (or a stale token) deserves. */
   async #send(method: string, url: URL, scopes: readonly string[], options: RequestOptions): Promise<Response> {
-    const send = async () =>
-      fetch(url, {
-        method,
-        headers: { ...options.headers, ...(await this.#authorization(scopes)) },
-        ...(options.stream ? { body: options.stream, duplex: 'half' } : options.body !== undefined ? { body: options.body } : {}),
-        redirect: 'follow',
-      } as RequestInit);
+    const send = async () => {
+      const headers = { ...options.headers, ...(await this.#authorization(scopes)) };
+      if (options.stream) return streamRequest(url, method, headers, options.stream);
+      return fetch(url, { method, headers, ...(options.body !== undefined ? { body: options.body } : {}), redirect: 'follow' });
+    };
     const response = await send();
     if (response.status !== 401 || options.stream !== undefined || options.expect.includes(401)) return response;
     const challenge = pickChallenge(parseChallenges(response.headers.get('www-authenticate')));

@@ -1,7 +1,8 @@
 // Pushing an image to a registry: every layer and the config (blobs the repository has are skipped,
 // blobs of another repository of the same registry are mounted), a bounded number at a time, then the
 // manifest. Compressed layers go as they are (their digests kept); uncompressed ones are gzipped on the
-// way, deterministically, on every core (what they gzip to is remembered, to skip them next time). An
+// way, deterministically (layer-gzip.ts: igzip, else zlib on every core; what they gzip to is remembered,
+// to skip them next time). An
 // image read from a registry keeps its manifest bytes, so the pushed manifest has the digest it had there.
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { DigestMismatchError, ImageReferenceError, RegistryError } from '../../errors.js';
@@ -10,10 +11,11 @@ import type { Image, Layer } from '../../image/image.js';
 import { MediaType, layerCompression } from '../../image/media-types.js';
 import { parseImageReference, type ImageReference } from '../../image/reference.js';
 import { chain, describeFailure } from '../streams.js';
+import { StoredLayer } from '../stored-layer.js';
 import { RegistryClient, discard, type RegistryOptions } from './client.js';
-import { ParallelGzip } from './parallel-gzip.js';
 import { isRegistryImage, RegistryLayer } from './registry-image.js';
-import { PUSH_GZIP, rememberGzip, rememberedGzip } from './gzip-cache.js';
+import { rememberGzip, rememberedGzip } from './gzip-cache.js';
+import { layerGzip } from './layer-gzip.js';
 import { ensureBlob, hasBlob, uploadStream, type BlobStatus } from './upload.js';
 
 export interface PushOptions extends RegistryOptions {
@@ -54,7 +56,7 @@ export async function pushImage(image: Image, destination: string | ImageReferen
   const client = new RegistryClient(ref.registry, ref.repository, options);
   const format = manifestFormat(image);
   const progress = options.onProgress;
-  const sizes = await Promise.all(image.layers.map(async (layer) => (await layer.blob()).size));
+  const sizes = await Promise.all(image.layers.map(async (layer) => (await describeBlob(layer)).size));
   progress?.({ total: sizes.reduce((a, b) => a + b, 0) + image.rawConfig.length });
 
   // Each distinct layer once; the same layer twice in an image is one blob.
@@ -106,12 +108,25 @@ export async function pushImage(image: Image, destination: string | ImageReferen
   return result;
 }
 
+/**
+ * The layer's blob without reading it where that can be: an uncompressed layer of a local archive is its
+ * tar, whose digest is the diff_id (checked as it is read for the upload). Else blob(), which may hash it
+ * first (and checks it: what inspect relies on).
+ */
+async function describeBlob(layer: Layer): Promise<{ mediaType: string; digest: Digest; size: number }> {
+  if (layer instanceof StoredLayer && (await layer.compression()) === 'none') {
+    return { mediaType: MediaType.DockerLayer, digest: layer.diffId, size: (await layer.range()).size };
+  }
+  return layer.blob();
+}
+
 async function pushLayer(client: RegistryClient, layer: Layer, format: Format, progress: PushOptions['onProgress']): Promise<PushedBlob> {
-  const blob = await layer.blob();
+  const blob = await describeBlob(layer);
   const compression = layerCompression(blob.mediaType);
   if (compression === 'none') {
     const mediaType = format === 'oci' ? MediaType.OciLayerGzip : MediaType.DockerLayerGzip;
-    const remembered = await rememberedGzip(layer.diffId);
+    const gzip = await layerGzip();
+    const remembered = await rememberedGzip(gzip.id, layer.diffId);
     if (remembered && (await hasBlob(client, remembered.digest))) {
       progress?.({ bytes: blob.size });
       return { mediaType, ...remembered, status: 'exists' };
@@ -119,10 +134,10 @@ async function pushLayer(client: RegistryClient, layer: Layer, format: Format, p
     // The compressed digest is known only after compressing: stream it, then name it.
     const uploaded = await uploadStream(
       client,
-      async () => chain(counting(await layer.openTar(), progress), [new ParallelGzip(PUSH_GZIP)], describeFailure(`layer ${layer.diffId}`)),
+      async () => chain(counting(await layer.openTar(), progress), [gzip.create()], describeFailure(`layer ${layer.diffId}`)),
       `layer ${layer.diffId}`,
     );
-    await rememberGzip(layer.diffId, uploaded);
+    await rememberGzip(gzip.id, layer.diffId, uploaded);
     return { mediaType, ...uploaded, status: 'uploaded' };
   }
   const mountFrom = layer instanceof RegistryLayer && layer.origin.registry === client.registry && layer.origin.repository !== client.repository ? layer.origin.repository : undefined;

@@ -5,6 +5,7 @@
 import type { Readable } from 'node:stream';
 import { DigestMismatchError, RegistryError } from '../../errors.js';
 import { DigestingStream, type Digest } from '../../image/digest.js';
+import { chain, describeFailure } from '../streams.js';
 import { RegistryHttpError, discard, type RegistryClient } from './client.js';
 import { DEFAULT_RETRY, backoff, isTransientNetworkError, isTransientStatus, type RetryPolicy } from './retry.js';
 
@@ -40,7 +41,7 @@ export async function ensureBlob(
     if (session.mounted) return 'mounted';
     const source = await open();
     const check = new DigestingStream({ expect: blob.digest, expectSize: blob.size, what: `${client.name}: blob ${blob.digest}` });
-    const body = joined(source, check);
+    const body = joined(source, check, `blob ${blob.digest}`);
     const url = await client.url(session.location);
     url.searchParams.set('digest', blob.digest);
     const response = await client.request('PUT', url.href, {
@@ -70,7 +71,7 @@ export async function uploadStream(
     const session = await startUpload(client, undefined);
     const digester = new DigestingStream({ what: `${client.name}: ${what}` });
     const source = await open();
-    const body = joined(source, digester);
+    const body = joined(source, digester, what);
     const patched = await client.request('PATCH', (await client.url(session.location)).href, {
       scopes: [client.pushScope()],
       headers: { 'content-type': 'application/octet-stream' },
@@ -135,8 +136,10 @@ async function retrying<T>(options: UploadOptions, attempt: () => Promise<T>): P
   }
 }
 
-/** `source` piped into `check`, as a request body; a failure of either ends the body with that error. */
-function joined(source: Readable, check: DigestingStream): AsyncIterable<Uint8Array> {
-  source.on('error', (err) => check.destroy(err));
-  return source.pipe(check);
+/**
+ * `source` piped into `check`, as a request body; a failure of either ends the body with that error, and
+ * a body dropped early (a failed request) destroys the source, so that nothing reads or compresses on.
+ */
+function joined(source: Readable, check: DigestingStream, what: string): Readable {
+  return chain(source, [check], describeFailure(what));
 }
