@@ -23,13 +23,20 @@ export async function writeAtomically<T>(path: string, produce: (tempPath: strin
   }
 }
 
+export interface WriteOutputOptions {
+  /** runs once every byte is in the temp file, before it takes its place: throwing leaves nothing written */
+  beforeCommit?: () => void | Promise<void>;
+}
+
 /** Stream `data` to `path` atomically, or to stdout when path is "-". */
-export async function writeOutput(path: string, data: () => Promise<Readable> | Readable): Promise<void> {
+export async function writeOutput(path: string, data: () => Promise<Readable> | Readable, options: WriteOutputOptions = {}): Promise<void> {
   if (path === '-') {
     await pipeline(await data(), process.stdout as Writable, { end: false });
+    await options.beforeCommit?.();
     return;
   }
   await writeAtomically(path, async (temp) => {
     await pipeline(await data(), createWriteStream(temp, { mode: 0o644 }));
+    await options.beforeCommit?.();
   });
 }

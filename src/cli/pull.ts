@@ -1,12 +1,7 @@
 // dockvm pull REF -o OUT: nixpkgs pullImage. An image from a registry, by tag or by digest, its
 // platform chosen from an index, written as a docker-archive (reproducibly, so that --sha256 can pin the
 // archive) or an OCI layout, and tagged finalName:finalTag. A pull by tag says what to pin.
-import { createReadStream } from 'node:fs';
-import { rename, rm } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
-import { randomBytes, createHash } from 'node:crypto';
-import { pipeline } from 'node:stream/promises';
-import cliProgress from 'cli-progress';
+import type cliProgress from 'cli-progress';
 import type { Command } from 'commander';
 import { DigestMismatchError, UsageError } from '../errors.js';
 import type { Platform } from '../image/config.js';
@@ -115,7 +110,7 @@ export async function pull(text: string, output: string, options: PullOptions = 
   if (options.variant !== undefined) platform.variant = options.variant;
   const image = await openRegistryImage(ref, { ...registryOptions(options), platform, spoolTars: destination.kind === 'docker-archive', keepBlobs: destination.kind !== 'docker-archive' });
   try {
-    const bar = options.progress ? transferBar('pulling', image.downloadSize) : undefined;
+    const bar = options.progress ? (await transferBars())('pulling', image.downloadSize) : undefined;
     try {
       await image.fetchLayers(bar ? { onBytes: (count) => bar.increment(count) } : {});
     } finally {
@@ -134,26 +129,23 @@ export async function pull(text: string, output: string, options: PullOptions = 
   }
 }
 
-/** Write the archive beside its place, hash it, and move it there only when the hash is the one expected. */
+/** Write the archive, hashed as it is written; it takes its place only when the hash is the one expected. */
 async function writeArchiveChecked(image: RegistryImage, path: string, gzip: boolean, tags: string[], expected: string | undefined): Promise<string> {
-  const temp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.pull`);
   const { writeDockerArchive } = await import('../transport/index.js');
-  try {
-    await writeDockerArchive([{ image, tags }], temp, { gzip });
-    const hash = createHash('sha256');
-    await pipeline(createReadStream(temp, { highWaterMark: 1024 * 1024 }), hash);
-    const actual = hash.digest('hex');
-    if (expected !== undefined && actual !== expected) {
-      throw new DigestMismatchError(`${path}: the archive's sha256 is ${actual}, not the ${expected} that --sha256 expects (nothing was written)`, {
-        source: path,
-        digest: `sha256:${expected}`,
-      });
-    }
-    await rename(temp, path);
-    return actual;
-  } finally {
-    await rm(temp, { force: true });
-  }
+  let written = '';
+  await writeDockerArchive([{ image, tags }], path, {
+    gzip,
+    beforeCommit: (actual) => {
+      written = actual;
+      if (expected !== undefined && actual !== expected) {
+        throw new DigestMismatchError(`${path}: the archive's sha256 is ${actual}, not the ${expected} that --sha256 expects (nothing was written)`, {
+          source: path,
+          digest: `sha256:${expected}`,
+        });
+      }
+    },
+  });
+  return written;
 }
 
 async function describe(image: RegistryImage, output: string, finalName: string, finalTag: string, sha256: string | undefined): Promise<PullResult> {
@@ -212,8 +204,15 @@ export function registryOptions(options: RegistryOptions): RegistryOptions {
   return { ...(tlsVerify !== undefined ? { tlsVerify } : {}), ...(creds !== undefined ? { creds } : {}), ...(authFiles ? { authFiles } : {}), ...(retry ? { retry } : {}) };
 }
 
-/** A byte-count progress bar on stderr (only used when stderr is a terminal). */
-export function transferBar(label: string, total: number): cliProgress.SingleBar {
+export type TransferBar = (label: string, total: number) => cliProgress.SingleBar;
+
+/** A maker of byte-count progress bars on stderr (only used when stderr is a terminal: loaded then). */
+export async function transferBars(): Promise<TransferBar> {
+  const { default: cliProgress } = await import('cli-progress');
+  return (label, total) => transferBar(cliProgress, label, total);
+}
+
+function transferBar(cliProgress: typeof import('cli-progress'), label: string, total: number): cliProgress.SingleBar {
   const bar = new cliProgress.SingleBar(
     {
       stream: process.stderr,

@@ -4,7 +4,7 @@ import { UsageError } from '../errors.js';
 import { parseImageReference } from '../image/reference.js';
 import type { PushResult, RegistryOptions } from '../transport/registry/index.js';
 import { printJson, say } from './io.js';
-import { parseBool, registryOptions, registryReference, transferBar } from './pull.js';
+import { parseBool, registryOptions, registryReference, transferBars } from './pull.js';
 
 export function registerPush(program: Command): void {
   program
@@ -47,14 +47,15 @@ export async function push(source: string, target: string, options: RegistryOpti
     ? await openRegistryImage(sourceRef, { ...shared, ...(creds !== undefined && sourceRef.registry === destination.registry ? { creds } : {}), spoolTars: false })
     : await openImage(source);
   try {
-    let bar: ReturnType<typeof transferBar> | undefined;
+    const newBar = options.progress ? await transferBars() : undefined;
+    let bar: ReturnType<NonNullable<typeof newBar>> | undefined;
     try {
       return await pushImage(image, destination, {
         ...options,
-        ...(options.progress
+        ...(newBar
           ? {
               onProgress: (event) => {
-                if ('total' in event) bar = transferBar('pushing', event.total);
+                if ('total' in event) bar = newBar('pushing', event.total);
                 else bar?.increment(event.bytes);
               },
             }

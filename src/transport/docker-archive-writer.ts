@@ -4,13 +4,13 @@
 import { createReadStream, createWriteStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
+import type { Duplex, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import { dir as tempDir, type DirectoryResult } from 'tmp-promise';
 import { writeOutput } from '../output.js';
 import { DockvmError, ImageReferenceError } from '../errors.js';
-import { hex, type Digest } from '../image/digest.js';
+import { DigestingStream, hex, type Digest } from '../image/digest.js';
 import type { Image, Layer } from '../image/image.js';
 import { layerCompression } from '../image/media-types.js';
 import { isRepoTag, splitNameTag } from '../image/reference.js';
@@ -31,6 +31,11 @@ export interface WriteDockerArchiveOptions {
   gzip?: boolean;
   /** parse every layer as untrusted input while copying it (no "..", no absolute paths) */
   checkEntries?: boolean;
+  /**
+   * Hash the archive as it is written and call this with its sha256 (hex) before it takes its place;
+   * throwing leaves nothing written (pull --sha256). Saves reading the archive back to hash it.
+   */
+  beforeCommit?: (sha256: string) => void | Promise<void>;
 }
 
 /** zlib's default level, fixed here so that output does not change with Node's defaults. */
@@ -58,6 +63,8 @@ export async function writeDockerArchive(images: readonly ArchiveImage[], path: 
     ['repositories', Buffer.from(JSON.stringify(repositories(planned)))],
     ...planned.map(({ image }): [string, Buffer] => [`${hex(image.configDigest)}.json`, image.rawConfig]),
   ];
+  const { beforeCommit } = options;
+  const hash = beforeCommit ? new DigestingStream() : undefined;
   let spool: DirectoryResult | undefined;
   const spoolDir = async () => (spool ??= await tempDir({ prefix: 'dockvm-spool-', unsafeCleanup: true })).path;
   try {
@@ -77,9 +84,11 @@ export async function writeDockerArchive(images: readonly ArchiveImage[], path: 
         () => output.finish(),
         (err: unknown) => output.fail(err),
       );
-      if (!options.gzip) return output.stream;
-      return chain(output.stream, [createGzip({ level: GZIP_LEVEL })], describeFailure(path));
-    });
+      const transforms: Duplex[] = [];
+      if (options.gzip) transforms.push(createGzip({ level: GZIP_LEVEL }));
+      if (hash) transforms.push(hash);
+      return transforms.length === 0 ? output.stream : chain(output.stream, transforms, describeFailure(path));
+    }, beforeCommit ? { beforeCommit: () => beforeCommit(hex(hash!.digest)) } : {});
   } catch (err) {
     if (err instanceof DockvmError) throw err;
     throw new DockvmError(`${path}: cannot write the archive: ${(err as Error).message}`, { source: path, cause: err });

@@ -2,7 +2,7 @@
 // and chains of streams whose failures all surface, as DockvmErrors, on the last stream.
 import { createReadStream } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { PassThrough, Readable, Writable, type Duplex } from 'node:stream';
+import { PassThrough, Readable, Transform, Writable, type Duplex, type TransformCallback } from 'node:stream';
 import { DockvmError, ImageFormatError } from '../errors.js';
 import type { Compression } from '../image/media-types.js';
 
@@ -91,4 +91,35 @@ export async function readAll(stream: Readable, limit: number, what: string): Pr
     chunks.push(chunk);
   }
   return Buffer.concat(chunks);
+}
+
+/**
+ * Joins small chunks into ones of at least `size` bytes. zlib does a round trip to its thread per input
+ * chunk: gunzipping a 95 MB layer that arrived in 64 KiB network chunks took 0.87 s, in 1 MiB ones 0.66 s.
+ */
+export class Coalesce extends Transform {
+  #pending: Buffer[] = [];
+  #pendingSize = 0;
+
+  constructor(readonly size = 1024 * 1024) {
+    super({ highWaterMark: size });
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    this.#pending.push(chunk);
+    this.#pendingSize += chunk.length;
+    if (this.#pendingSize >= this.size) this.#emit();
+    callback();
+  }
+
+  override _flush(callback: TransformCallback): void {
+    if (this.#pendingSize > 0) this.#emit();
+    callback();
+  }
+
+  #emit(): void {
+    this.push(this.#pending.length === 1 ? this.#pending[0] : Buffer.concat(this.#pending, this.#pendingSize));
+    this.#pending = [];
+    this.#pendingSize = 0;
+  }
 }

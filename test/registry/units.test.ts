@@ -141,7 +141,7 @@ test('parallel gzip: a failing input fails the output', async (t) => {
 
 test('layer gzip for pushes: igzip (isal, which setup installs) when present; gzip with no name or mtime, the same bytes however the input is chunked', async (t) => {
   const gzip = await layerGzip();
-  t.regex(gzip.id, /^igzip\d+\.\d+\.\d+-l3$/, 'scripts/setup installs isal, so pushes use igzip');
+  t.regex(gzip.id, /^igzip\d+\.\d+\.\d+-l1$/, 'scripts/setup installs isal, so pushes use igzip');
   const text = Buffer.from(Array.from({ length: 20_000 }, (_, i) => `line ${i} ${'abc'.repeat(i % 17)}\n`).join(''));
   for (const data of [Buffer.alloc(0), text]) {
     const whole = await collect(Readable.from([data]).pipe(gzip.create()));

@@ -7,7 +7,7 @@ import { PassThrough, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import { DigestingStream, type Digest } from '../../image/digest.js';
-import { describeFailure } from '../streams.js';
+import { Coalesce, describeFailure } from '../streams.js';
 import type { BlobSink } from './download.js';
 
 export interface TarSpool {
@@ -89,7 +89,8 @@ function startTar(spec: TarSpool): Output {
   const input = new PassThrough({ highWaterMark: BUFFER });
   const output: Output = { input, done: Promise.resolve() };
   const check = new DigestingStream({ expect: spec.diffId, what: `${spec.what} (uncompressed)` });
-  output.done = pipeline(input, createGunzip({ chunkSize: 256 * 1024 }), check, createWriteStream(spec.path, { highWaterMark: BUFFER })).catch((err: unknown) => {
+  const gunzip = createGunzip({ chunkSize: 1024 * 1024 });
+  output.done = pipeline(input, new Coalesce(), gunzip, check, createWriteStream(spec.path, { highWaterMark: BUFFER })).catch((err: unknown) => {
     output.failure = err;
     throw describeFailure(spec.what)(err);
   });
