@@ -94,7 +94,7 @@ function writtenName(ref: ImageReference): string {
 export async function pull(text: string, output: string, options: PullOptions = {}): Promise<PullResult> {
   // loaded on use, so that every other command starts faster
   const { parseDestination, writeImage } = await import('../transport/index.js');
-  const { openRegistryImage } = await import('../transport/registry/index.js');
+  const { openRegistryImage, StreamingAbandoned } = await import('../transport/registry/index.js');
   const ref = registryReference(text);
   const destination = parseDestination(output);
   const expected = options.sha256 === undefined ? undefined : parseSha256(options.sha256);
@@ -108,24 +108,53 @@ export async function pull(text: string, output: string, options: PullOptions = 
   if (options.os !== undefined) platform.os = options.os;
   if (options.arch !== undefined) platform.architecture = options.arch;
   if (options.variant !== undefined) platform.variant = options.variant;
-  const image = await openRegistryImage(ref, { ...registryOptions(options), platform, spoolTars: destination.kind === 'docker-archive', keepBlobs: destination.kind !== 'docker-archive' });
-  try {
-    const bar = options.progress ? (await transferBars())('pulling', image.downloadSize) : undefined;
+  const tags = [`${finalName}:${finalTag}`];
+  const open = (streamFirstTar: boolean) =>
+    openRegistryImage(ref, { ...registryOptions(options), platform, spoolTars: destination.kind === 'docker-archive', keepBlobs: destination.kind !== 'docker-archive', streamFirstTar });
+  if (destination.kind !== 'docker-archive' || destination.path === '-') {
+    const image = await open(false);
     try {
-      await image.fetchLayers(bar ? { onBytes: (count) => bar.increment(count) } : {});
-    } finally {
-      bar?.stop();
-    }
-    const tags = [`${finalName}:${finalTag}`];
-    let sha256: string | undefined;
-    if (destination.kind === 'docker-archive' && destination.path !== '-') {
-      sha256 = await writeArchiveChecked(image, destination.path, destination.gzip, tags, expected);
-    } else {
+      await withProgress(image, options, (progress) => image.fetchLayers(progress));
       await writeImage(image, output, { tags });
+      return await describe(image, output, finalName, finalTag, undefined);
+    } finally {
+      await image.close();
     }
-    return await describe(image, output, finalName, finalTag, sha256);
+  }
+  // An archive file: the first layer is written into it as it downloads (registry/live-tar.ts), the others
+  // download meanwhile; when that cannot go on (its gzip trailer did not state its size), all over again spooled.
+  const archive = async (stream: boolean): Promise<PullResult> => {
+    const image = await open(stream);
+    try {
+      const sha256 = await withProgress(image, options, async (progress) => {
+        // A download that fails fails the writer too, when it reaches that layer.
+        const fetching = image.fetchLayers(progress).catch(() => undefined);
+        try {
+          return await writeArchiveChecked(image, destination.path, destination.gzip, tags, expected);
+        } finally {
+          await fetching;
+        }
+      });
+      return await describe(image, output, finalName, finalTag, sha256);
+    } finally {
+      await image.close();
+    }
+  };
+  try {
+    return await archive(true);
+  } catch (err) {
+    if (!(err instanceof StreamingAbandoned)) throw err;
+    return await archive(false);
+  }
+}
+
+/** Run `work` with a download progress bar on stderr when asked for one. */
+async function withProgress<T>(image: RegistryImage, options: PullOptions, work: (progress: { onBytes?: (count: number) => void }) => Promise<T>): Promise<T> {
+  const bar = options.progress ? (await transferBars())('pulling', image.downloadSize) : undefined;
+  try {
+    return await work(bar ? { onBytes: (count) => bar.increment(count) } : {});
   } finally {
-    await image.close();
+    bar?.stop();
   }
 }
 

@@ -19,6 +19,12 @@ export interface Layer {
    * archive or layout), so that readers can seek to entries; undefined otherwise.
    */
   localTar?(): Promise<{ path: string; offset: number; size: number } | undefined>;
+  /**
+   * The uncompressed tar's size and a stream of it, when both can be had before the tar is stored
+   * anywhere (a layer downloading: registry/live-tar.ts), so that an archive writer streams it in
+   * instead of spooling it first; undefined otherwise. The stream checks the size it was given.
+   */
+  streamedTar?(): Promise<{ size: number; open: () => Promise<Readable> } | undefined>;
 }
 
 export interface Image {

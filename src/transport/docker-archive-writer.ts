@@ -144,10 +144,13 @@ function fileEntry(path: string, size: number) {
 }
 
 /**
- * The uncompressed tar's size (a tar header needs it before the content) and a way to stream it. A
- * compressed layer is decompressed once into the spool directory; an uncompressed one is read in place.
+ * The uncompressed tar's size (a tar header needs it before the content) and a way to stream it. A layer
+ * that can stream its tar with the size known up front (one downloading) does; else a compressed layer
+ * is decompressed once into the spool directory; an uncompressed one is read in place.
  */
 async function sizedTar(layer: Layer, spoolDir: () => Promise<string>): Promise<{ size: number; open: () => Promise<Readable> }> {
+  const streamed = await layer.streamedTar?.();
+  if (streamed) return streamed;
   const local = await layer.localTar?.();
   if (local) return { size: local.size, open: () => layer.openTar() };
   const blob = await layer.blob();

@@ -195,6 +195,8 @@ export interface Faults {
   dropTimes?: number;
   /** answer 503 to this many blob GETs */
   unavailableTimes?: number;
+  /** drop every Range header: the registry answers whole blobs, as one that does not do ranges */
+  noRange?: boolean;
   /** answer 503 to this many blob uploads (PATCH or PUT), at once, without reading their body */
   uploadUnavailableTimes?: number;
   /** cut the connection after this many bytes of an upload's body, `dropUploadTimes` times */
@@ -233,8 +235,10 @@ export async function startFaultProxy(t: ExecutionContext, upstream: string, fau
       return;
     }
     const dropUpload = isUpload && proxy.faults.dropUploadAfter !== undefined && (proxy.faults.dropUploadTimes ?? 0) > 0;
+    const headers = { ...req.headers };
+    if (proxy.faults.noRange) delete headers.range;
     const upstreamRequest = httpRequest(
-      { host: upstreamHost, port: upstreamPort, method: req.method, path: req.url, headers: req.headers },
+      { host: upstreamHost, port: upstreamPort, method: req.method, path: req.url, headers },
       (upstreamResponse) => {
         record.status = upstreamResponse.statusCode;
         res.writeHead(upstreamResponse.statusCode ?? 502, upstreamResponse.headers);

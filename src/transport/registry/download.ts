@@ -2,7 +2,7 @@
 // the registry answers 5xx or the connection drops, and resumed with a Range request from the last byte
 // received when the registry honours it (206); when it does not (200), the download starts over.
 import { createHash } from 'node:crypto';
-import { DigestMismatchError, RegistryError } from '../../errors.js';
+import { DigestMismatchError, DockvmError, RegistryError } from '../../errors.js';
 import type { Digest } from '../../image/digest.js';
 import { discard, type RegistryClient } from './client.js';
 import { DEFAULT_RETRY, backoff, isTransientNetworkError, type RetryPolicy } from './retry.js';
@@ -79,7 +79,8 @@ export async function downloadBlob(client: RegistryClient, descriptor: { digest:
     } catch (err) {
       // A 5xx was already retried by the client; here, dropped connections and short bodies are.
       if (!isTransientNetworkError(err) || ++failures >= policy.attempts) {
-        if (err instanceof RegistryError || err instanceof DigestMismatchError) throw err;
+        // Ours (a digest, a full disk, a stream that cannot start over) is reported as it is.
+        if (err instanceof DockvmError) throw err;
         if (isTransientNetworkError(err)) {
           throw new RegistryError(`${what}: the download failed ${failures} times, last after ${received} of ${descriptor.size} bytes (${(err as Error).message}); try again`, {
             source: what,

@@ -8,3 +8,4 @@ export { openRegistryImage, isRegistryImage, RegistryLayer, type RegistryImage, 
 export { pushImage, type PushOptions, type PushResult, type PushedBlob } from './push.js';
 export { resolveDigest } from './resolve.js';
 export { ParallelGzip, type ParallelGzipOptions } from './parallel-gzip.js';
+export { StreamingAbandoned } from './live-tar.js';

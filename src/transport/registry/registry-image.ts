@@ -22,6 +22,7 @@ import { downloadBlob } from './download.js';
 import { describeReference, resolveManifest, type FetchedManifest } from './manifest.js';
 import { formatPlatform, platformMatches, wantedPlatform } from './platform.js';
 import { SpoolSink } from './spool.js';
+import { openLiveTar, predictTarSize } from './live-tar.js';
 
 export interface OpenRegistryImageOptions extends RegistryOptions {
   /**
@@ -33,6 +34,11 @@ export interface OpenRegistryImageOptions extends RegistryOptions {
   spoolTars?: boolean;
   /** keep the compressed blobs too (default true); else openBlob downloads a blob again when asked */
   keepBlobs?: boolean;
+  /**
+   * Keep the first layer (a gzip one) out of fetchLayers, for a docker-archive writer to stream it in
+   * as it downloads (streamedTar, live-tar.ts). For pull, which writes archives.
+   */
+  streamFirstTar?: boolean;
 }
 
 export interface FetchOptions {
@@ -79,6 +85,8 @@ export async function openRegistryImage(reference: string | ImageReference, opti
   }
   const spool = new Spool(client, options.spoolTars !== false, options.keepBlobs !== false);
   const layers = resolved.layers.map((descriptor, i) => new RegistryLayer(spool, descriptor, config.rootfs.diff_ids[i]!, `${what}: layer ${descriptor.digest}`));
+  const first = layers[0];
+  if (options.streamFirstTar && first && layerCompression(first.descriptor.mediaType) === 'gzip') spool.reserveForStreaming(first);
   const tag = ref.tag !== undefined && ref.digest === undefined ? ref.tag : undefined;
   const image: RegistryImage = {
     rawConfig,
@@ -92,7 +100,10 @@ export async function openRegistryImage(reference: string | ImageReference, opti
     manifest: resolved.manifest,
     referenceDigest: resolved.referenceDigest,
     downloadSize: uniqueBy(layers, (layer) => layer.descriptor.digest).reduce((sum, layer) => sum + layer.descriptor.size, 0),
-    fetchLayers: (fetchOptions = {}) => fetchAll(uniqueBy(layers, (layer) => layer.descriptor.digest), fetchOptions),
+    fetchLayers: (fetchOptions = {}) => {
+      spool.onBytes = fetchOptions.onBytes;
+      return fetchAll(uniqueBy(layers, (layer) => layer.descriptor.digest).filter((layer) => !spool.isReserved(layer)), fetchOptions);
+    },
     close: () => spool.close(),
   };
   return Object.freeze(image);
@@ -129,6 +140,10 @@ export class Spool {
   #dir: Promise<DirectoryResult> | undefined;
   #closed = false;
   readonly #downloads = new Map<string, Promise<Spooled>>();
+  /** the layer kept out of fetchLayers to be streamed, until it is (or is fetched after all) */
+  #reserved: RegistryLayer | undefined;
+  /** progress of the downloads fetchLayers started, and of a streamed layer */
+  onBytes: ((count: number) => void) | undefined;
 
   constructor(
     readonly client: RegistryClient,
@@ -136,8 +151,25 @@ export class Spool {
     readonly keepBlobs: boolean,
   ) {}
 
+  reserveForStreaming(layer: RegistryLayer): void {
+    this.#reserved = layer;
+  }
+
+  isReserved(layer: RegistryLayer): boolean {
+    return this.#reserved !== undefined && this.#reserved.descriptor.digest === layer.descriptor.digest;
+  }
+
+  /** Take the reservation: true once, for the reserved layer, when nothing has downloaded it yet. */
+  takeReservation(layer: RegistryLayer): boolean {
+    if (!this.isReserved(layer)) return false;
+    this.#reserved = undefined;
+    return !this.#closed;
+  }
+
   /** The layer's spool: downloaded now, unless it was already (or is being). */
   fetch(layer: RegistryLayer, onBytes?: (count: number) => void): Promise<Spooled> {
+    // Fetched some other way first: it is no longer the streamed one.
+    if (this.isReserved(layer)) this.#reserved = undefined;
     const tar = this.spoolTars && layerCompression(layer.descriptor.mediaType) === 'gzip';
     return this.#once(`${layer.descriptor.digest} ${layer.diffId}`, () => this.#download(layer, { tar, blob: this.keepBlobs || !tar }, onBytes));
   }
@@ -233,6 +265,19 @@ export class RegistryLayer implements Layer {
     const source = openRange(spooled.blobPath ?? (await this.spool.blobPath(this)), 0, this.descriptor.size);
     if (compression === 'none') return chain(source, [checkBlob, checkTar()], describeFailure(this.what));
     return chain(source, [checkBlob, createGunzip(), checkTar()], describeFailure(this.what));
+  }
+
+  /**
+   * For an archive writer: the tar's size (as the blob's gzip trailer states it) and a stream of it as it
+   * downloads, when this is the layer reserved for that and the registry answers a Range request; once.
+   */
+  async streamedTar(): Promise<{ size: number; open: () => Promise<Readable> } | undefined> {
+    if (!this.spool.takeReservation(this)) return undefined;
+    const client = this.spool.client;
+    const size = await predictTarSize(client, this.descriptor);
+    if (size === undefined) return undefined;
+    const onBytes = this.spool.onBytes;
+    return { size, open: async () => openLiveTar(client, this.descriptor, this.diffId, size, this.what, onBytes) };
   }
 
   async localTar(): Promise<{ path: string; offset: number; size: number } | undefined> {
