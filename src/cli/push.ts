@@ -1,7 +1,5 @@
 // dockvm push IMAGE REF: upload an image (any IMAGE form) to a registry and print the manifest digest.
 import type { Command } from 'commander';
-import { UsageError } from '../errors.js';
-import { parseImageReference } from '../image/reference.js';
 import type { PushResult, RegistryOptions } from '../transport/registry/index.js';
 import { printJson, say } from './io.js';
 import { parseBool, registryOptions, registryReference, transferBars } from './pull.js';
@@ -34,38 +32,25 @@ export function registerPush(program: Command): void {
 
 export async function push(source: string, target: string, options: RegistryOptions & { progress?: boolean } = {}): Promise<PushResult> {
   // loaded on use, so that every other command starts faster
-  const { openImage } = await import('../transport/index.js');
-  const { openRegistryImage, pushImage } = await import('../transport/registry/index.js');
+  const { pushSource } = await import('../transport/push-source.js');
   const destination = registryReference(target);
-  if (destination.digest !== undefined && destination.tag !== undefined) {
-    throw new UsageError(`${target}: push to a tag or to a digest, not both`);
-  }
-  // A registry source gets the same TLS setting; --creds only when it is the same registry (else its auth file entry).
-  const sourceRef = source.startsWith('docker://') ? parseImageReference(source) : undefined;
-  const { creds, ...shared } = registryOptions(options);
-  const image = sourceRef
-    ? await openRegistryImage(sourceRef, { ...shared, ...(creds !== undefined && sourceRef.registry === destination.registry ? { creds } : {}), spoolTars: false })
-    : await openImage(source);
+  const { progress, ...registry } = options;
+  const newBar = progress ? await transferBars() : undefined;
+  let bar: ReturnType<NonNullable<typeof newBar>> | undefined;
   try {
-    const newBar = options.progress ? await transferBars() : undefined;
-    let bar: ReturnType<NonNullable<typeof newBar>> | undefined;
-    try {
-      return await pushImage(image, destination, {
-        ...options,
-        ...(newBar
-          ? {
-              onProgress: (event) => {
-                if ('total' in event) bar = newBar('pushing', event.total);
-                else bar?.increment(event.bytes);
-              },
-            }
-          : {}),
-      });
-    } finally {
-      bar?.stop();
-    }
+    return await pushSource(source, destination, {
+      ...registryOptions(registry),
+      ...(newBar
+        ? {
+            onProgress: (event) => {
+              if ('total' in event) bar = newBar('pushing', event.total);
+              else bar?.increment(event.bytes);
+            },
+          }
+        : {}),
+    });
   } finally {
-    await image.close();
+    bar?.stop();
   }
 }
 

@@ -7,7 +7,7 @@ import { basename, dirname, join } from 'node:path';
 import { runAsRoot, type RunAsRootResult } from '../build/run-as-root.js';
 import type { VmBuildOptions } from '../build/vm-layer.js';
 import { withTempDir } from '../cleanup.js';
-import { push } from '../cli/push.js';
+import { pushSource } from '../transport/push-source.js';
 import type { BuildSpec } from '../spec/load.js';
 import { openImage, parseDestination, writeImage } from '../transport/index.js';
 import { openRegistryImage, type PushResult, type RegistryOptions } from '../transport/registry/index.js';
@@ -91,7 +91,7 @@ async function buildAndPublish(spec: BuildSpec, options: RebuildOptions): Promis
 async function pushIfAsked(source: string, build: RunAsRootResult, options: RebuildOptions): Promise<PushResult | null> {
   const target = options.pushTo?.(build.imageName, build.imageTag);
   if (!target) return null;
-  return push(source, target.reference, target.options);
+  return pushSource(source, target.reference, target.options);
 }
 
 async function sha256File(path: string): Promise<string> {

@@ -1,0 +1,24 @@
+// Pushing an image named the way every IMAGE argument is (a path, docker-archive:, oci:, oci-archive:,
+// docker://…) to a registry: what `dockvm push` and `refresh --push` do. A registry source gets the same
+// TLS setting, and the credentials only when it is the same registry (else its own auth file entry).
+import { UsageError } from '../errors.js';
+import { parseImageReference, type ImageReference } from '../image/reference.js';
+import { openImage } from './open.js';
+import { openRegistryImage } from './registry/registry-image.js';
+import { pushImage, type PushOptions, type PushResult } from './registry/push.js';
+
+export async function pushSource(source: string, destination: string | ImageReference, options: PushOptions = {}): Promise<PushResult> {
+  const target = typeof destination === 'string' ? parseImageReference(destination) : destination;
+  if (target.digest !== undefined && target.tag !== undefined) throw new UsageError(`${target.text}: push to a tag or to a digest, not both`);
+  const sourceRef = source.startsWith('docker://') ? parseImageReference(source) : undefined;
+  const { tlsVerify, authFiles, retry, creds } = options;
+  const shared = { ...(tlsVerify !== undefined ? { tlsVerify } : {}), ...(authFiles ? { authFiles } : {}), ...(retry ? { retry } : {}) };
+  const image = sourceRef
+    ? await openRegistryImage(sourceRef, { ...shared, ...(creds !== undefined && sourceRef.registry === target.registry ? { creds } : {}), spoolTars: false })
+    : await openImage(source);
+  try {
+    return await pushImage(image, target, options);
+  } finally {
+    await image.close();
+  }
+}
