@@ -152,3 +152,29 @@ test('a registry behind basic auth: without credentials the error says how to lo
   t.is(pulled.exitCode, 0, pulled.stderr);
   t.false(pulled.stdout.includes(password) || pulled.stderr.includes(password));
 });
+
+test('DOCKVM_PUSH_GZIP=zlib: the same image, its layers gzipped by zlib instead of igzip; both gunzip to the layers', async (t) => {
+  const registry = await startRegistry(t);
+  const dir = await tempDir(t);
+  const env = isolatedEnv(dir);
+  await sampleArchive(dir);
+  const manifestOf = async (repository: string) => {
+    const response = await fetch(`http://${registry.host}/v2/${repository}/manifests/1`, { headers: { accept: 'application/vnd.docker.distribution.manifest.v2+json' } });
+    return (await response.json()) as { config: { digest: string }; layers: { digest: string }[] };
+  };
+  const layerTars = async (repository: string, manifest: { layers: { digest: string }[] }) =>
+    Promise.all(manifest.layers.map(async ({ digest }) => sha(gunzipSync(Buffer.from(await (await fetch(`http://${registry.host}/v2/${repository}/blobs/${digest}`)).arrayBuffer())))));
+
+  const byIgzip = await runDockvm(['push', 'app.tar', `${registry.host}/dockvm/igzip:1`], { cwd: dir, env });
+  t.is(byIgzip.exitCode, 0, byIgzip.stderr);
+  const byZlib = await runDockvm(['push', 'app.tar', `${registry.host}/dockvm/zlib:1`], { cwd: dir, env: { ...env, DOCKVM_PUSH_GZIP: 'zlib' } });
+  t.is(byZlib.exitCode, 0, byZlib.stderr);
+  const [igzip, zlib] = [await manifestOf('dockvm/igzip'), await manifestOf('dockvm/zlib')];
+  t.is(igzip.config.digest, zlib.config.digest);
+  t.notDeepEqual(igzip.layers.map((layer) => layer.digest), zlib.layers.map((layer) => layer.digest));
+  const image = await openImage(join(dir, 'app.tar'));
+  t.teardown(() => image.close());
+  const diffIds = image.layers.map((layer) => layer.diffId.slice('sha256:'.length));
+  t.deepEqual(await layerTars('dockvm/igzip', igzip), diffIds);
+  t.deepEqual(await layerTars('dockvm/zlib', zlib), diffIds);
+});
