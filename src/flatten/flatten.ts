@@ -17,7 +17,7 @@ import { MergeIndex } from './merge.js';
 import { comparePaths } from '../layer/path-order.js';
 import { RangeReader } from '../layer/range-reader.js';
 import { scanTar } from '../layer/tar-scan.js';
-import { verifyLocalTars, type LocalTarToCheck, type Verification } from './verify.js';
+import { verifyLocalTars, type LocalTarToCheck, type Verification } from '../layer/verify-in-place.js';
 
 export interface FlattenOptions {
   /** names the image in errors (default: its first repo tag, else its config digest) */

@@ -16,7 +16,8 @@ import { layerCompression } from '../image/media-types.js';
 import { isRepoTag, splitNameTag } from '../image/reference.js';
 import { checkTarEntries } from './entry-check.js';
 import { TarOutput } from './tar-output.js';
-import { chain, describeFailure } from './streams.js';
+import { chain, describeFailure, openRange } from './streams.js';
+import { verifyLocalTars, type LocalTarToCheck, type Verification } from '../layer/verify-in-place.js';
 
 export interface ArchiveImage {
   image: Image;
@@ -37,6 +38,9 @@ export interface WriteDockerArchiveOptions {
    */
   beforeCommit?: (sha256: string) => void | Promise<void>;
 }
+
+/** Layers read in place from this size on are hashed on a worker thread (smaller ones: not worth a thread). */
+const VERIFY_ON_WORKER = 16 * 1024 * 1024;
 
 /** zlib's default level, fixed here so that output does not change with Node's defaults. */
 export const GZIP_LEVEL = 6;
@@ -71,13 +75,20 @@ export async function writeDockerArchive(images: readonly ArchiveImage[], path: 
     await writeOutput(path, () => {
       const output = new TarOutput();
       const produce = async () => {
-        for (const [name, data] of files) await output.add(fileEntry(name, data.length), data);
-        for (const layer of layers) {
-          const { size, open } = await sizedTar(layer, spoolDir);
-          const name = `${hex(layer.diffId)}.tar`;
-          const source = layerSource.get(layer.diffId) ?? 'image';
-          const body = options.checkEntries ? checkTarEntries(await open(), `${source}: layer ${layer.diffId}`) : await open();
-          await output.addStream(fileEntry(name, size), body);
+        const verifications: Verification[] = [];
+        try {
+          for (const [name, data] of files) await output.add(fileEntry(name, data.length), data);
+          for (const layer of layers) {
+            const what = `${layerSource.get(layer.diffId) ?? 'image'}: layer ${layer.diffId}`;
+            const { size, open, verify } = await sizedTar(layer, what, spoolDir);
+            if (verify) verifications.push(verifyLocalTars([verify]));
+            const body = options.checkEntries ? checkTarEntries(await open(), what) : await open();
+            await output.addStream(fileEntry(`${hex(layer.diffId)}.tar`, size), body);
+          }
+          // The archive gets its end only once every layer copied as it lay matched its diff_id.
+          for (const verification of verifications) await verification.done;
+        } finally {
+          await Promise.all(verifications.map((verification) => verification.cancel()));
         }
       };
       produce().then(
@@ -148,10 +159,14 @@ function fileEntry(path: string, size: number) {
  * that can stream its tar with the size known up front (one downloading) does; else a compressed layer
  * is decompressed once into the spool directory; an uncompressed one is read in place.
  */
-async function sizedTar(layer: Layer, spoolDir: () => Promise<string>): Promise<{ size: number; open: () => Promise<Readable> }> {
+async function sizedTar(layer: Layer, what: string, spoolDir: () => Promise<string>): Promise<{ size: number; open: () => Promise<Readable>; verify?: LocalTarToCheck }> {
   const streamed = await layer.streamedTar?.();
   if (streamed) return streamed;
   const local = await layer.localTar?.();
+  if (local && local.size >= VERIFY_ON_WORKER) {
+    // Copied as it lies, hashed on a worker thread meanwhile: the copying thread does not hash.
+    return { size: local.size, open: async () => openRange(local.path, local.offset, local.size), verify: { ...local, diffId: layer.diffId, what } };
+  }
   if (local) return { size: local.size, open: () => layer.openTar() };
   const blob = await layer.blob();
   if (layerCompression(blob.mediaType) === 'none') return { size: blob.size, open: () => layer.openTar() };

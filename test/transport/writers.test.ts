@@ -148,3 +148,33 @@ test('entries larger than the stream buffers are indexed, checked and copied', a
   t.teardown(() => copy.close());
   t.deepEqual(await collect(await copy.layers[0]!.openTar()), layer);
 });
+
+test('a large layer read in place is copied as it lies and verified on a worker: a wrong byte fails the write, which leaves nothing', async (t) => {
+  t.timeout(60_000);
+  const dir = await tempDir(t);
+  // Past VERIFY_ON_WORKER (16 MiB): incompressible, so that a wrong byte is not somewhere in padding.
+  const content = Buffer.alloc(20 * 1024 * 1024);
+  for (let i = 0; i < content.length; i += 4) content.writeUInt32LE((i * 2654435761) >>> 0, i);
+  const layer = await layerTar([{ path: 'big', content }]);
+  const archive = (data: Buffer) =>
+    tarOf([
+      { path: 'c.json', data: configFor([layer]) }, { path: 'l.tar', data },
+      { path: 'manifest.json', data: JSON.stringify([{ Config: 'c.json', RepoTags: ['big:1'], Layers: ['l.tar'] }]) },
+    ]);
+  await writeFile(join(dir, 'good.tar'), await archive(layer));
+  const good = await openImage(join(dir, 'good.tar'));
+  t.teardown(() => good.close());
+  await writeDockerArchive([{ image: good, tags: ['big:1'] }], join(dir, 'copy.tar'));
+  const copy = await openImage(join(dir, 'copy.tar'));
+  t.teardown(() => copy.close());
+  t.is(sha(await collect(await copy.layers[0]!.openTar())), sha(layer));
+
+  const flipped = Buffer.from(layer);
+  flipped[10 * 1024 * 1024]! ^= 0x01;
+  await writeFile(join(dir, 'flipped.tar'), await archive(flipped));
+  const bad = await openImage(join(dir, 'flipped.tar'));
+  t.teardown(() => bad.close());
+  const err = await t.throwsAsync(writeDockerArchive([{ image: bad, tags: ['big:1'], source: 'flipped.tar' }], join(dir, 'out.tar')), { instanceOf: DigestMismatchError });
+  t.regex(err!.message, /^flipped\.tar: layer sha256:[0-9a-f]{64}: content does not match its diff_id: expected sha256:[0-9a-f]{64}, got sha256:[0-9a-f]{64}$/);
+  t.deepEqual((await readdir(dir)).sort(), ['copy.tar', 'flipped.tar', 'good.tar']);
+});

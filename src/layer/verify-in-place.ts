@@ -1,7 +1,8 @@
 // Verify layer tars read in place (Layer.localTar) against their diff_ids. Reading by position skips
 // the verification a layer's openTar() stream does, so the bytes are hashed here, on a worker thread
-// while the export runs: hashing costs no wall time on a machine with a second core. The export awaits
-// the verdict before writing the end of the archive, so a mismatch never produces a complete tar.
+// while the reader runs (native export, the docker-archive writer): hashing costs no wall time on a
+// machine with a second core. Readers await the verdict before writing the end of what they write, so a
+// mismatch never produces a complete tar.
 import { Worker } from 'node:worker_threads';
 import { DigestMismatchError } from '../errors.js';
 import type { Digest } from '../image/digest.js';
