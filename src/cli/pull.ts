@@ -49,7 +49,7 @@ export function registerPull(program: Command): void {
         '(docker.io names as Docker reads them). From a multi-platform index the --os/--arch/--variant image ' +
         'is taken (default linux and this host\'s architecture). OUT: *.tar (docker-archive), *.tar.gz, oci:DIR[:REF], ' +
         'or - for stdout. Archives are written reproducibly, so --sha256 pins them; a pull by tag prints the ' +
-        'digest and sha256 to pin. Credentials: --creds, $REGISTRY_AUTH_FILE or ~/.docker/config.json.',
+        'digest and sha256 to pin. Credentials: --creds, $REGISTRY_AUTH_FILE or ~/.docker/config.json (and the credential helpers it names).',
     )
     .argument('<ref>', 'the image: [docker://]HOST/REPO:TAG or [docker://]HOST/REPO@sha256:…')
     .requiredOption('-o, --output <out>', 'where to write it: *.tar, *.tar.gz, oci:DIR[:REF] or -')

@@ -11,7 +11,7 @@ export function registerPush(program: Command): void {
       'Push an image to a registry and print its manifest digest on stdout. Blobs the repository has are ' +
         'skipped, blobs of another repository of the same registry are mounted; uncompressed layers are ' +
         'gzipped (deterministically; with igzip when isal is installed, else zlib). Credentials: --creds, ' +
-        '$REGISTRY_AUTH_FILE or ~/.docker/config.json.',
+        '$REGISTRY_AUTH_FILE or ~/.docker/config.json (and the credential helpers it names).',
     )
     .argument('<image>', 'PATH, docker-archive:PATH[:NAME:TAG], oci:DIR[:REF], oci-archive:PATH[:REF] or docker://REF')
     .argument('<ref>', 'where to: [docker://]HOST/REPO[:TAG]')

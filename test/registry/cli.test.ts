@@ -151,6 +151,20 @@ test('a registry behind basic auth: without credentials the error says how to lo
   const pulled = await runDockvm(['pull', ref, '-o', 'out.tar', '--json'], { cwd: dir, env: { ...env, REGISTRY_AUTH_FILE: authFile } });
   t.is(pulled.exitCode, 0, pulled.stderr);
   t.false(pulled.stdout.includes(password) || pulled.stderr.includes(password));
+
+  // docker login with a credential store: config.json names the helper and holds no password.
+  const { mkdir, writeFile } = await import('node:fs/promises');
+  await mkdir(join(dir, 'bin'));
+  await writeFile(join(dir, 'bin', 'docker-credential-dockvmtest'), `#!/bin/sh\nread server\n[ "$server" = "${registry.host}" ] || { echo "credentials not found in native keychain"; exit 1; }\necho '{"Username":"carol","Secret":"${password}"}'\n`, { mode: 0o755 });
+  await mkdir(join(dir, 'docker'));
+  await writeFile(join(dir, 'docker', 'config.json'), JSON.stringify({ auths: { [registry.host]: {} }, credsStore: 'dockvmtest' }));
+  const helped = await runDockvm(['pull', ref, '-o', 'helped.tar', '--json'], {
+    cwd: dir,
+    env: { ...env, DOCKER_CONFIG: join(dir, 'docker'), PATH: `${join(dir, 'bin')}:${process.env.PATH}` },
+  });
+  t.is(helped.exitCode, 0, helped.stderr);
+  t.false(helped.stdout.includes(password) || helped.stderr.includes(password));
+  t.deepEqual(await readFile(join(dir, 'helped.tar')), await readFile(join(dir, 'out.tar')));
 });
 
 test('DOCKVM_PUSH_GZIP=zlib: the same image, its layers gzipped by zlib instead of igzip; both gunzip to the layers', async (t) => {

@@ -13,7 +13,7 @@ import { isLoopback, schemesFor } from '../../src/transport/registry/endpoint.js
 import { ParallelGzip } from '../../src/transport/registry/parallel-gzip.js';
 import { layerGzip } from '../../src/transport/registry/layer-gzip.js';
 import { choosePlatform, wantedPlatform } from '../../src/transport/registry/platform.js';
-import { UsageError } from '../../src/errors.js';
+import { RegistryError, UsageError } from '../../src/errors.js';
 import { collect, oddChunks } from '../helpers/streams.js';
 
 test('--creds USER:PASS: the password may hold ":", and never shows in JSON, inspect or String()', (t) => {
@@ -151,4 +151,63 @@ test('layer gzip for pushes: igzip (isal, which setup installs) when present; gz
     t.deepEqual(await collect(oddChunks(data).pipe(gzip.create())), whole, `${data.length} bytes in odd chunks`);
   }
   t.true((await collect(Readable.from([text]).pipe(gzip.create()))).length < text.length / 4);
+});
+
+test('credential helpers: credHelpers for a registry, else credsStore, else auths; missing, failing and token-only helpers are errors naming them', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'dockvm-helper-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  // A helper speaking Docker's protocol: the server on stdin, JSON on stdout; "not found" with exit 1.
+  const helper = join(dir, 'docker-credential-fake');
+  await writeFile(
+    helper,
+    [
+      '#!/bin/sh',
+      'read server',
+      'case "$server" in',
+      `  reg.example:5000) echo '{"ServerURL":"reg.example:5000","Username":"helperuser","Secret":"helper-secret-1"}' ;;`,
+      `  https://index.docker.io/v1/) echo '{"Username":"hubhelper","Secret":"hub-secret-2"}' ;;`,
+      `  token.example) echo '{"Username":"<token>","Secret":"identity-token-3"}' ;;`,
+      '  broken.example) echo "cannot reach the keyring" >&2; exit 3 ;;',
+      '  *) echo "credentials not found in native keychain"; exit 1 ;;',
+      'esac',
+      '',
+    ].join('\n'),
+    { mode: 0o755 },
+  );
+  const path = process.env.PATH;
+  process.env.PATH = `${dir}:${path}`;
+  t.teardown(() => {
+    process.env.PATH = path;
+  });
+  const b64 = (text: string) => Buffer.from(text).toString('base64');
+  const config = join(dir, 'config.json');
+  await writeFile(
+    config,
+    JSON.stringify({
+      auths: { 'reg.example:5000': {}, 'fallback.example': { auth: b64('fileuser:file-secret') }, 'own.example': { auth: b64('stale:stale') } },
+      credsStore: 'fake',
+      credHelpers: { 'own.example': 'fake' },
+    }),
+  );
+  const files = [config];
+  const fromStore = await findCredentials('reg.example:5000', 'team/app', { files });
+  t.is(fromStore?.username, 'helperuser');
+  t.is(fromStore?.source, `docker-credential-fake (${config})`);
+  t.is(fromStore?.basicAuthorization(), `Basic ${b64('helperuser:helper-secret-1')}`);
+  t.false(JSON.stringify(fromStore).includes('helper-secret-1'));
+  t.is((await findCredentials('registry-1.docker.io', 'library/alpine', { files }))?.username, 'hubhelper');
+  // The store has nothing for it: the auths entry serves.
+  t.is((await findCredentials('fallback.example', 'x', { files }))?.username, 'fileuser');
+  // credHelpers names the helper for this registry; it has nothing, and the stale auths entry is not used.
+  t.is(await findCredentials('own.example', 'x', { files }), undefined);
+
+  const token = await t.throwsAsync(findCredentials('token.example', 'x', { files }), { instanceOf: RegistryError });
+  t.regex(token.message, /docker-credential-fake holds an identity token for token\.example/);
+  t.false(token.message.includes('identity-token-3'));
+  const broken = await t.throwsAsync(findCredentials('broken.example', 'x', { files }), { instanceOf: RegistryError });
+  t.regex(broken.message, /^docker-credential-fake failed \(exit 3\) when asked for broken\.example's credentials; its stderr ends with:\ncannot reach the keyring$/);
+
+  await writeFile(config, JSON.stringify({ auths: {}, credsStore: 'nonexistent' }));
+  const missing = await t.throwsAsync(findCredentials('reg.example:5000', 'x', { files }), { instanceOf: RegistryError });
+  t.is(missing.message, `${config} names the credential helper "nonexistent" (credsStore), but docker-credential-nonexistent is not on PATH: install it, or give --creds USER:PASS`);
 });

@@ -1,11 +1,13 @@
 // Registry credentials: from --creds USER:PASS, $REGISTRY_AUTH_FILE (podman/skopeo auth.json), the
-// containers auth files, or ~/.docker/config.json ("auths", base64 "auth"). A password never reaches a
+// containers auth files, or ~/.docker/config.json ("auths", base64 "auth"; or a credential helper:
+// credential-helper.ts). A password never reaches a
 // message, a log line or --json: Credentials hides it from JSON.stringify, util.inspect and String().
 import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
 import { UsageError } from '../../errors.js';
+import { askHelper } from './credential-helper.js';
 
 export class Credentials {
   readonly #password: string;
@@ -78,7 +80,10 @@ function normalizeKey(key: string): string {
   return key.replace(/^[a-z]+:\/\//, '').replace(/\/v[12]\/?$/, '').replace(/\/$/, '');
 }
 
-/** Credentials for `host` from the first auth file that has an entry for it, or undefined. */
+/**
+ * Credentials for `host` from the first auth file that has them, or undefined. In each file, as Docker
+ * reads it: the registry's "credHelpers" helper, else the "credsStore" helper, else the "auths" entry.
+ */
 export async function findCredentials(
   host: string,
   repository: string,
@@ -86,12 +91,20 @@ export async function findCredentials(
 ): Promise<Credentials | undefined> {
   const wanted = candidateKeys(host, repository);
   for (const file of options.files ?? authFiles(options.env)) {
-    const auths = await readAuths(file);
-    if (!auths) continue;
-    const byKey = new Map<string, AuthEntry>();
-    for (const [key, entry] of Object.entries(auths)) if (!byKey.has(normalizeKey(key))) byKey.set(normalizeKey(key), entry);
+    const config = await readAuthFile(file);
+    if (!config) continue;
+    const helper = wanted.map((key) => config.credHelpers.get(key)).find((name) => name !== undefined);
+    if (helper !== undefined) {
+      const answer = await askHelper(helper, host, file, 'credHelpers');
+      if (answer) return new Credentials(answer.username, answer.secret, answer.source);
+      continue;
+    }
+    if (config.credsStore !== undefined) {
+      const answer = await askHelper(config.credsStore, host, file, 'credsStore');
+      if (answer) return new Credentials(answer.username, answer.secret, answer.source);
+    }
     for (const key of wanted) {
-      const entry = byKey.get(key);
+      const entry = config.auths.get(key);
       const creds = entry && entryCredentials(entry, file);
       if (creds) return creds;
     }
@@ -105,21 +118,42 @@ interface AuthEntry {
   password?: unknown;
 }
 
-/** The "auths" object of an auth file; a missing or unreadable file counts as none. */
-async function readAuths(file: string): Promise<Record<string, AuthEntry> | undefined> {
+interface AuthFile {
+  /** by normalized key ("host", "host/namespace") */
+  auths: Map<string, AuthEntry>;
+  credHelpers: Map<string, string>;
+  credsStore?: string;
+}
+
+/** An auth file's "auths", "credHelpers" and "credsStore"; a missing or unreadable file counts as none. */
+async function readAuthFile(file: string): Promise<AuthFile | undefined> {
   let text: string;
   try {
     text = await readFile(file, 'utf8');
   } catch {
     return undefined;
   }
+  let parsed: { auths?: unknown; credHelpers?: unknown; credsStore?: unknown };
   try {
-    const parsed = JSON.parse(text) as { auths?: unknown };
-    return parsed && typeof parsed.auths === 'object' && parsed.auths !== null ? (parsed.auths as Record<string, AuthEntry>) : undefined;
+    parsed = JSON.parse(text) as typeof parsed;
   } catch {
     // An auth file that is not JSON is ignored, as podman does; its content is not echoed.
     return undefined;
   }
+  if (!parsed || typeof parsed !== 'object') return undefined;
+  const byKey = <T>(object: unknown, keep: (value: unknown) => value is T): Map<string, T> => {
+    const map = new Map<string, T>();
+    if (object && typeof object === 'object') {
+      for (const [key, value] of Object.entries(object)) if (keep(value) && !map.has(normalizeKey(key))) map.set(normalizeKey(key), value);
+    }
+    return map;
+  };
+  const config: AuthFile = {
+    auths: byKey(parsed.auths, (value): value is AuthEntry => typeof value === 'object' && value !== null),
+    credHelpers: byKey(parsed.credHelpers, (value): value is string => typeof value === 'string' && value !== ''),
+  };
+  if (typeof parsed.credsStore === 'string' && parsed.credsStore !== '') config.credsStore = parsed.credsStore;
+  return config;
 }
 
 function entryCredentials(entry: AuthEntry, file: string): Credentials | undefined {
