@@ -1,5 +1,5 @@
-// Temp directories dockvm must remove before it exits are registered here, so that an error, Ctrl-C or
-// SIGTERM removes them too. (QEMU processes and their temp dirs have the same guard in src/vm/cleanup.ts.)
+// Temp directories (and outputs being written, not yet in place) dockvm must remove before it exits are
+// registered here, so that an error, Ctrl-C or SIGTERM removes them too. (QEMU processes and their temp dirs have the same guard in src/vm/cleanup.ts.)
 // Signal-time cleanups are synchronous: the process is about to end and no promise would be awaited.
 // Only the CLI entry installs the signal handlers; a library caller that wants them calls
 // installSignalHandlers() itself.
@@ -8,24 +8,33 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-const tempDirs = new Set<string>();
+/** Temp directories and files (an output not yet renamed into place) to remove if a signal ends the process. */
+const pending = new Set<string>();
+
+/** Have `path` removed if a signal ends the process before the returned release is called. */
+export function removeOnSignal(path: string): () => void {
+  pending.add(path);
+  return () => {
+    pending.delete(path);
+  };
+}
 
 /** A private temp directory for `fn`, removed afterwards — also when fn fails or a signal arrives. */
 export async function withTempDir<T>(prefix: string, fn: (dir: string) => Promise<T>): Promise<T> {
   const dir = await mkdtemp(join(process.env.DOCKVM_TMPDIR ?? tmpdir(), `dockvm-${prefix}-`));
-  tempDirs.add(dir);
+  const release = removeOnSignal(dir);
   try {
     return await fn(dir);
   } finally {
-    tempDirs.delete(dir);
+    release();
     await rm(dir, { recursive: true, force: true });
   }
 }
 
-/** Remove every temp directory still registered (on a signal). */
-export function removeTempDirsNow(): void {
-  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
-  tempDirs.clear();
+/** Remove every temp directory and file still registered (on a signal). */
+export function removePendingNow(): void {
+  for (const path of pending) rmSync(path, { recursive: true, force: true });
+  pending.clear();
 }
 
 let installed = false;
@@ -40,7 +49,7 @@ export function installSignalHandlers(): void {
   const numbers: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 };
   for (const signal of Object.keys(numbers) as NodeJS.Signals[]) {
     process.once(signal, () => {
-      removeTempDirsNow();
+      removePendingNow();
       process.stderr.write(`\ndockvm: ${signal === 'SIGINT' ? 'interrupted' : `stopped by ${signal}`}; cleaned up\n`);
       process.exit(128 + numbers[signal]!);
     });

@@ -10,6 +10,8 @@ import { execa, execaSync } from 'execa';
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const CLI = join(ROOT, 'bin', 'dockvm.js');
 const BUILT_MAIN = join(ROOT, 'dist', 'src', 'cli', 'main.js');
+/** What bin/dockvm.js runs: the CLI bundled from dist/src (scripts/bundle.ts). */
+const BUNDLE = join(ROOT, 'dist', 'cli', 'main.mjs');
 
 export interface Run {
   exitCode: number;
@@ -29,7 +31,8 @@ export async function runDockvm(args: readonly string[], options: { cwd?: string
  * exercise (each source against its own compiled file: others' work in progress elsewhere does not count).
  */
 function assertBuilt(): void {
-  if (!existsSync(BUILT_MAIN)) throw new Error('dist/ is missing: run `npm run build` before the CLI tests');
+  if (!existsSync(BUILT_MAIN) || !existsSync(BUNDLE)) throw new Error('dist/ is missing: run `npm run build` before the CLI tests');
+  const bundled = statSync(BUNDLE).mtimeMs;
   const sources = [
     'src/errors.ts', 'src/cli/main.ts', 'src/cli/io.ts', 'src/cli/inspect.ts', 'src/cli/merge.ts', 'src/layer/tar.ts',
     ...['src/transport', 'src/image'].flatMap((dir) => readdirSync(join(ROOT, dir)).filter((name) => name.endsWith('.ts')).map((name) => `${dir}/${name}`)),
@@ -39,6 +42,7 @@ function assertBuilt(): void {
     if (!existsSync(built) || statSync(built).mtimeMs < statSync(join(ROOT, source)).mtimeMs) {
       throw new Error(`dist/ is older than ${source}: run \`npm run build\` before the CLI tests`);
     }
+    if (bundled < statSync(built).mtimeMs) throw new Error(`dist/cli/ is older than ${built}: run \`npm run build\` (it bundles) before the CLI tests`);
   }
 }
 

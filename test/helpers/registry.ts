@@ -197,6 +197,8 @@ export interface Faults {
   unavailableTimes?: number;
   /** drop every Range header: the registry answers whole blobs, as one that does not do ranges */
   noRange?: boolean;
+  /** wait this many milliseconds before passing on each chunk of a blob body (a slow link) */
+  throttleBlobMs?: number;
   /** answer 503 to this many blob uploads (PATCH or PUT), at once, without reading their body */
   uploadUnavailableTimes?: number;
   /** cut the connection after this many bytes of an upload's body, `dropUploadTimes` times */
@@ -247,6 +249,8 @@ export async function startFaultProxy(t: ExecutionContext, upstream: string, fau
         const drop = isBlobGet && proxy.faults.dropBlobAfter !== undefined && (proxy.faults.dropTimes ?? 0) > 0 && length > proxy.faults.dropBlobAfter;
         if (drop) proxy.faults.dropTimes!--;
         let sent = 0;
+        // throttled chunks go out in order, and the end after them
+        let delayed = Promise.resolve();
         upstreamResponse.on('data', (chunk: Buffer) => {
           let data = chunk;
           if (flip && sent <= length >> 1 && length >> 1 < sent + chunk.length) {
@@ -260,12 +264,27 @@ export async function startFaultProxy(t: ExecutionContext, upstream: string, fau
             return;
           }
           sent += data.length;
+          const throttle = isBlobGet ? (proxy.faults.throttleBlobMs ?? 0) : 0;
+          if (throttle > 0) {
+            upstreamResponse.pause();
+            delayed = delayed.then(
+              () =>
+                new Promise<void>((resolve) =>
+                  setTimeout(() => {
+                    if (res.write(data)) resolve();
+                    else res.once('drain', () => resolve());
+                  }, throttle),
+                ),
+            );
+            void delayed.then(() => upstreamResponse.resume());
+            return;
+          }
           if (!res.write(data)) {
             upstreamResponse.pause();
             res.once('drain', () => upstreamResponse.resume());
           }
         });
-        upstreamResponse.on('end', () => res.end());
+        upstreamResponse.on('end', () => void delayed.then(() => res.end()));
       },
     );
     upstreamRequest.on('error', () => res.destroy());

@@ -1,16 +1,19 @@
 // `dockvm push` and `dockvm pull` as a user runs them, against docker-registry on loopback.
 import test from 'ava';
 import { createHash } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { writeDockerArchive } from '../fixtures/assemble.js';
 import { runDockvm } from '../helpers/peers.js';
-import { freePort, startRegistry } from '../helpers/registry.js';
+import { freePort, startFaultProxy, startRegistry } from '../helpers/registry.js';
 import { fileLayer } from './images.js';
 import { tempDir } from '../transport/archives.js';
 import { openImage } from '../../src/transport/index.js';
 
+const CLI = fileURLToPath(new URL('../../bin/dockvm.js', import.meta.url));
 const sha = (data: Buffer) => createHash('sha256').update(data).digest('hex');
 
 /** No auth file of this machine's user may leak into a test. */
@@ -191,4 +194,29 @@ test('DOCKVM_PUSH_GZIP=zlib: the same image, its layers gzipped by zlib instead 
   const diffIds = image.layers.map((layer) => layer.diffId.slice('sha256:'.length));
   t.deepEqual(await layerTars('dockvm/igzip', igzip), diffIds);
   t.deepEqual(await layerTars('dockvm/zlib', zlib), diffIds);
+});
+
+test('Ctrl-C during a pull: exit 130, and neither the archive being written nor a spool is left', async (t) => {
+  const registry = await startRegistry(t);
+  const dir = await tempDir(t);
+  const env = isolatedEnv(dir);
+  const { randomBytes } = await import('node:crypto');
+  const { mkdir } = await import('node:fs/promises');
+  await writeDockerArchive(join(dir, 'big.tar'), [{ repoTag: 'big:1', layers: [await fileLayer('noise', randomBytes(8 * 1024 * 1024)), await fileLayer('app', 'app\n')] }]);
+  const pushed = await runDockvm(['push', 'big.tar', `${registry.host}/dockvm/big:1`], { cwd: dir, env });
+  t.is(pushed.exitCode, 0, pushed.stderr);
+  // A slow link, so that the pull is still writing when the signal comes.
+  const proxy = await startFaultProxy(t, registry.host, { throttleBlobMs: 5 });
+  await mkdir(join(dir, 'out'));
+  await mkdir(join(dir, 'tmp'));
+  const child = execa('node', [CLI, 'pull', `${proxy.host}/dockvm/big:1`, '-o', join(dir, 'out', 'big.tar')], { env: { ...env, TMPDIR: join(dir, 'tmp') }, reject: false });
+  // Wait until the archive is being written beside its place, then interrupt.
+  for (let i = 0; i < 400 && (await readdir(join(dir, 'out'))).length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 25));
+  t.regex((await readdir(join(dir, 'out'))).join(' '), /^\.big\.tar\.[0-9a-f]+\.tmp$/);
+  child.kill('SIGINT');
+  const result = await child;
+  t.is(result.exitCode, 130, String(result.stderr));
+  t.regex(String(result.stderr), /dockvm: interrupted; cleaned up/);
+  t.deepEqual(await readdir(join(dir, 'out')), []);
+  t.deepEqual(await readdir(join(dir, 'tmp')), []);
 });
