@@ -1,12 +1,13 @@
 // Registries for tests, all on 127.0.0.1 and all stopped when the test ends: Debian's docker-registry
 // (the distribution registry) on a free port with its storage in a temp dir, open, behind htpasswd basic
-// auth, or behind a token service; that token service (JWTs signed with a throwaway key and certificate);
+// auth, or behind a token service, over HTTP or HTTPS (a certificate from a CA the test makes); that token service (JWTs signed with a throwaway key and certificate);
 // and a proxy in front of a registry that flips a byte of a blob, drops a connection mid-blob, or
 // answers 503, to test how clients cope.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createSign, randomBytes, X509Certificate } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { get as httpsGet } from 'node:https';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,6 +27,8 @@ export interface RegistryAuth {
   htpasswd?: { username: string; password: string };
   /** token auth through this token service */
   token?: TokenServer;
+  /** serve HTTPS with this certificate and key (PEM files) */
+  tls?: { certificate: string; key: string };
 }
 
 const READY_TIMEOUT_MS = 15_000;
@@ -65,32 +68,53 @@ export async function startRegistry(t: ExecutionContext, auth: RegistryAuth = {}
       'version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n' +
         `storage:\n  filesystem:\n    rootdirectory: ${join(dir, 'storage')}\n  delete:\n    enabled: true\n` +
         `http:\n  addr: 127.0.0.1:${port}\n  secret: dockvm-test-${randomBytes(8).toString('hex')}\n` +
+        (auth.tls ? `  tls:\n    certificate: ${auth.tls.certificate}\n    key: ${auth.tls.key}\n` : '') +
         authYaml,
     );
     const child = spawn('docker-registry', ['serve', config], { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr!.on('data', (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-4000)));
     t.teardown(() => stopProcess(child));
-    if (await waitReady(`http://127.0.0.1:${port}/v2/`, child)) return { host: `127.0.0.1:${port}`, port, dir };
+    if (await waitReady(port, auth.tls !== undefined, child)) return { host: `127.0.0.1:${port}`, port, dir };
     lastError = stderr;
     await stopProcess(child);
   }
   throw new Error(`docker-registry did not start: ${lastError.trim() || 'no output'}`);
 }
 
-async function waitReady(url: string, child: ChildProcess): Promise<boolean> {
+/** Until the registry answers on `port` (over TLS, whatever its certificate, when `tls`). */
+async function waitReady(port: number, tls: boolean, child: ChildProcess): Promise<boolean> {
   const deadline = Date.now() + READY_TIMEOUT_MS;
   while (Date.now() < deadline) {
     if (child.exitCode !== null || child.signalCode !== null) return false;
     try {
-      const response = await fetch(url);
-      await response.body?.cancel();
+      if (tls) {
+        await new Promise<void>((resolve, reject) =>
+          httpsGet({ host: '127.0.0.1', port, path: '/v2/', rejectUnauthorized: false }, (res) => {
+            res.resume();
+            resolve();
+          }).once('error', reject),
+        );
+      } else {
+        const response = await fetch(`http://127.0.0.1:${port}/v2/`);
+        await response.body?.cancel();
+      }
       return true;
     } catch {
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
   }
   return false;
+}
+
+/** A CA and a certificate it signed for 127.0.0.1 and localhost (PEM files in `dir`), made with openssl. */
+export async function makeCertificates(dir: string): Promise<{ ca: string; certificate: string; key: string }> {
+  const file = (name: string) => join(dir, name);
+  await execa('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=dockvm test CA', '-keyout', file('ca.key'), '-out', file('ca.pem')]);
+  await execa('openssl', ['req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=127.0.0.1', '-keyout', file('registry.key'), '-out', file('registry.csr')]);
+  await writeFile(file('san.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+  await execa('openssl', ['x509', '-req', '-in', file('registry.csr'), '-CA', file('ca.pem'), '-CAkey', file('ca.key'), '-CAcreateserial', '-days', '2', '-extfile', file('san.ext'), '-out', file('registry.pem')]);
+  return { ca: file('ca.pem'), certificate: file('registry.pem'), key: file('registry.key') };
 }
 
 async function stopProcess(child: ChildProcess): Promise<void> {

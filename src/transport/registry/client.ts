@@ -179,6 +179,10 @@ export class RegistryClient {
           throw this.networkError(firstError ?? err, 'GET /v2/');
         }
         await discard(response);
+        // HTTPS failed on its certificate and plain HTTP is not a registry (it is the same TLS port): say why HTTPS failed.
+        if (firstError !== undefined && response.status !== 200 && response.status !== 401 && isCertificateError(networkCode(firstError))) {
+          throw this.networkError(firstError, 'GET /v2/');
+        }
         if (response.status === 200) return base;
         if (response.status === 401) {
           const challenge = pickChallenge(parseChallenges(response.headers.get('www-authenticate')));
@@ -285,9 +289,11 @@ export class RegistryClient {
         ? 'connection refused: is the registry running, and is the host:port right?'
         : code === 'ENOTFOUND' || code === 'EAI_AGAIN'
           ? 'unknown host (DNS lookup failed): check the registry name and the network'
-          : code?.startsWith('ERR_SSL') || code?.startsWith('ERR_TLS') || code?.includes('CERT')
-            ? `TLS failed (${code}): for a registry that speaks plain HTTP use --tls-verify=false`
-            : (code ?? innermostMessage(err));
+          : isCertificateError(code)
+            ? `its TLS certificate is not trusted (${code}): if a private CA signed it, name the CA in NODE_EXTRA_CA_CERTS=/path/ca.pem`
+            : code?.startsWith('ERR_SSL') || code?.startsWith('ERR_TLS')
+              ? `TLS failed (${code}): for a registry that speaks plain HTTP use --tls-verify=false`
+              : (code ?? innermostMessage(err));
     return new RegistryError(`cannot reach registry ${this.registry} (${what}): ${reason}`, { source: this.registry, cause: err });
   }
 
@@ -310,6 +316,11 @@ export class RegistryClient {
       source: this.name,
     });
   }
+}
+
+/** OpenSSL's verdicts on a certificate it could not trust (self-signed, unknown CA, wrong name, expired). */
+function isCertificateError(code: string | undefined): boolean {
+  return code !== undefined && (code.includes('CERT') || code === 'ERR_TLS_CERT_ALTNAME_INVALID' || /SELF_SIGNED|UNABLE_TO_(GET|VERIFY)|ISSUER/.test(code));
 }
 
 /** "fetch failed" says nothing: the message of the deepest cause does ("bad port", "unknown scheme"). */
