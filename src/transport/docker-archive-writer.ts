@@ -8,7 +8,7 @@ import type { Duplex, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import { dir as tempDir, type DirectoryResult } from 'tmp-promise';
-import { writeOutput } from '../output.js';
+import { writeAtomically, writeOutput } from '../output.js';
 import { DockvmError, ImageReferenceError } from '../errors.js';
 import { DigestingStream, hex, type Digest } from '../image/digest.js';
 import type { Image, Layer } from '../image/image.js';
@@ -16,6 +16,9 @@ import { layerCompression } from '../image/media-types.js';
 import { isRepoTag, splitNameTag } from '../image/reference.js';
 import { checkTarEntries } from './entry-check.js';
 import { TarOutput } from './tar-output.js';
+import { writePieces, type Piece } from './positional-archive.js';
+import type { LocalRange } from './store.js';
+import { encodeHeader } from '../layer/tar.js';
 import { chain, describeFailure, openRange } from './streams.js';
 import { verifyLocalTars, type LocalTarToCheck, type Verification } from '../layer/verify-in-place.js';
 
@@ -41,6 +44,8 @@ export interface WriteDockerArchiveOptions {
 
 /** Layers read in place from this size on are hashed on a worker thread (smaller ones: not worth a thread). */
 const VERIFY_ON_WORKER = 16 * 1024 * 1024;
+/** Archives whose layers all lie in local files, from this size on, are written by position. */
+const POSITIONAL_MIN = 16 * 1024 * 1024;
 
 /** zlib's default level, fixed here so that output does not change with Node's defaults. */
 export const GZIP_LEVEL = 6;
@@ -68,6 +73,14 @@ export async function writeDockerArchive(images: readonly ArchiveImage[], path: 
     ...planned.map(({ image }): [string, Buffer] => [`${hex(image.configDigest)}.json`, image.rawConfig]),
   ];
   const { beforeCommit } = options;
+  if (path !== '-' && !options.gzip && !beforeCommit && !options.checkEntries) {
+    const locals = await localTars(layers);
+    if (locals) {
+      const what = (layer: Layer) => `${layerSource.get(layer.diffId) ?? 'image'}: layer ${layer.diffId}`;
+      await writeAtomically(path, (temp) => writePieces(temp, archivePieces(files, layers.map((layer, i) => ({ layer, local: locals[i]!, what: what(layer) })))));
+      return;
+    }
+  }
   const hash = beforeCommit ? new DigestingStream() : undefined;
   let spool: DirectoryResult | undefined;
   const spoolDir = async () => (spool ??= await tempDir({ prefix: 'dockvm-spool-', unsafeCleanup: true })).path;
@@ -148,6 +161,40 @@ function repositories(images: PlannedImage[]): Record<string, Record<string, str
     }
   }
   return result;
+}
+
+/**
+ * Where every layer's tar lies, when all lie in local files and are together worth a worker thread
+ * (POSITIONAL_MIN): the archive is then written by position (positional-archive.ts). Else undefined.
+ */
+async function localTars(layers: readonly Layer[]): Promise<LocalRange[] | undefined> {
+  if (layers.some((layer) => layer.localTar === undefined)) return undefined;
+  const locals: LocalRange[] = [];
+  for (const layer of layers) {
+    const local = await layer.localTar!();
+    if (!local) return undefined;
+    locals.push(local);
+  }
+  return locals.reduce((sum, local) => sum + local.size, 0) >= POSITIONAL_MIN ? locals : undefined;
+}
+
+/** The archive as pieces: what the streaming way writes, byte for byte (tar-stream's padding and end). */
+function archivePieces(files: [string, Buffer][], layers: { layer: Layer; local: LocalRange; what: string }[]): Piece[] {
+  const pieces: Piece[] = [];
+  const bytes = (data: Buffer) => {
+    const last = pieces[pieces.length - 1];
+    if (last?.kind === 'bytes') last.data = Buffer.concat([last.data, data]);
+    else pieces.push({ kind: 'bytes', data });
+  };
+  const padding = (size: number) => Buffer.alloc(size % 512 === 0 ? 0 : 512 - (size % 512));
+  for (const [name, data] of files) bytes(Buffer.concat([...encodeHeader(fileEntry(name, data.length)), data, padding(data.length)]));
+  for (const { layer, local, what } of layers) {
+    bytes(Buffer.concat(encodeHeader(fileEntry(`${hex(layer.diffId)}.tar`, local.size))));
+    pieces.push({ kind: 'copy', ...local, diffId: layer.diffId, what });
+    bytes(padding(local.size));
+  }
+  bytes(Buffer.alloc(1024));
+  return pieces;
 }
 
 function fileEntry(path: string, size: number) {

@@ -178,3 +178,24 @@ test('a large layer read in place is copied as it lies and verified on a worker:
   t.regex(err!.message, /^flipped\.tar: layer sha256:[0-9a-f]{64}: content does not match its diff_id: expected sha256:[0-9a-f]{64}, got sha256:[0-9a-f]{64}$/);
   t.deepEqual((await readdir(dir)).sort(), ['copy.tar', 'flipped.tar', 'good.tar']);
 });
+
+test('an archive of local layers is written by position: the bytes the streaming way writes, for several images, tags and layer sizes', async (t) => {
+  t.timeout(60_000);
+  const dir = await tempDir(t);
+  const big = Buffer.alloc(17 * 1024 * 1024 + 332);
+  for (let i = 0; i < big.length; i += 4) big.writeUInt32LE((i * 2246822519) >>> 0, i);
+  const { base, app } = await sampleLayers();
+  const large = await layerTar([{ path: 'data/big', content: big }, { path: 'data/odd', content: 'x'.repeat(1001) }]);
+  await writeFile(join(dir, 'in.tar'), await dockerArchive([{ repoTag: 'app:1', layers: [base, large, app] }, { repoTag: 'base:1', layers: [base] }]));
+  const { images, close } = await openImages(join(dir, 'in.tar'));
+  t.teardown(close);
+  const archive = images.map((image) => ({ image, tags: [...image.repoTags] }));
+  await writeDockerArchive(archive, join(dir, 'by-position.tar'));
+  // beforeCommit makes the writer hash as it streams: the other way.
+  let streamedSha = '';
+  await writeDockerArchive(archive, join(dir, 'streamed.tar'), { beforeCommit: (sha256) => void (streamedSha = sha256) });
+  const [byPosition, streamed] = [await readFile(join(dir, 'by-position.tar')), await readFile(join(dir, 'streamed.tar'))];
+  t.is(byPosition.length, streamed.length);
+  t.true(byPosition.equals(streamed));
+  t.is(sha(byPosition), streamedSha);
+});

@@ -1,0 +1,123 @@
+// A tar written by position, for an archive whose big entries all lie in local files (run-as-root's base
+// layers and new layer; merge of local archives): its whole layout is known before a byte is written, so
+// the headers and small entries are written in place, and a worker thread copies each layer's bytes to
+// its offset with one reused buffer, while a second one hashes them against the diff_id: no stream, and
+// nothing for the garbage collector, which took a third of the streaming way's time. A 799 MiB base
+// went into an archive in 0.75–0.9 s streamed, by position in 0.55–0.7 s. The docker-archive writer
+// chooses this way and lays the pieces out; the bytes are those its streaming way writes (tested).
+import { open } from 'node:fs/promises';
+import { Worker } from 'node:worker_threads';
+import { DockvmError } from '../errors.js';
+import { verifyLocalTars } from '../layer/verify-in-place.js';
+import type { Digest } from '../image/digest.js';
+
+export type Piece =
+  | { kind: 'bytes'; data: Buffer }
+  | {
+      kind: 'copy';
+      path: string;
+      offset: number;
+      size: number;
+      /** what the copied bytes must hash to */
+      diffId: Digest;
+      /** names the layer in the error */
+      what: string;
+    };
+
+interface CopyJob {
+  path: string;
+  offset: number;
+  size: number;
+  /** where in the output */
+  at: number;
+}
+
+// Plain CommonJS, run with `eval` and no execArgv (as layer/verify-in-place.ts): the same under tsx,
+// from dist/ and from the bundle. One 4 MiB buffer for every read and write.
+const WORKER = `
+const { parentPort, workerData } = require('node:worker_threads');
+const { openSync, readSync, writeSync, closeSync } = require('node:fs');
+const buffer = Buffer.allocUnsafe(4 << 20);
+let out;
+try {
+  out = openSync(workerData.output, 'r+');
+  for (const job of workerData.jobs) {
+    const fd = openSync(job.path, 'r');
+    let done = 0;
+    try {
+      while (done < job.size) {
+        const n = readSync(fd, buffer, 0, Math.min(buffer.length, job.size - done), job.offset + done);
+        if (n === 0) break;
+        for (let written = 0; written < n; ) written += writeSync(out, buffer, written, n - written, job.at + done + written);
+        done += n;
+      }
+    } finally {
+      closeSync(fd);
+    }
+    parentPort.postMessage({ size: done });
+  }
+} catch (err) {
+  parentPort.postMessage({ error: { message: err.message, code: err.code, path: err.path } });
+} finally {
+  if (out !== undefined) closeSync(out);
+}
+`;
+
+/** Write `pieces`, one after another, into the new file `path` (mode 0644). */
+export async function writePieces(path: string, pieces: readonly Piece[]): Promise<void> {
+  const jobs: (CopyJob & Piece & { kind: 'copy' })[] = [];
+  let size = 0;
+  const handle = await open(path, 'w', 0o644);
+  try {
+    for (const piece of pieces) {
+      if (piece.kind === 'bytes') {
+        for (let written = 0; written < piece.data.length; ) written += (await handle.write(piece.data, written, piece.data.length - written, size + written)).bytesWritten;
+        size += piece.data.length;
+      } else {
+        jobs.push({ ...piece, at: size });
+        size += piece.size;
+      }
+    }
+    await handle.truncate(size);
+  } finally {
+    await handle.close();
+  }
+  if (jobs.length > 0) await copyOnWorker(path, jobs);
+}
+
+async function copyOnWorker(output: string, jobs: (CopyJob & Piece & { kind: 'copy' })[]): Promise<void> {
+  // The bytes are hashed by a second worker, reading the same (cached) ranges, while this one copies.
+  const verification = verifyLocalTars(jobs.map(({ path, offset, size, diffId, what }) => ({ path, offset, size, diffId, what })));
+  try {
+    await Promise.all([copy(output, jobs), verification.done]);
+  } finally {
+    await verification.cancel();
+  }
+}
+
+function copy(output: string, jobs: (CopyJob & Piece & { kind: 'copy' })[]): Promise<void> {
+  const worker = new Worker(WORKER, {
+    eval: true,
+    execArgv: [],
+    workerData: { output, jobs: jobs.map(({ path, offset, size, at }) => ({ path, offset, size, at })) },
+  });
+  let next = 0;
+  return new Promise<void>((resolve, reject) => {
+    const fail = (err: Error) => {
+      reject(err);
+      void worker.terminate();
+    };
+    worker.on('message', (message: { size: number } | { error: { message: string; code?: string; path?: string } }) => {
+      if ('error' in message) {
+        // A full disk or a permission keeps its code, so that the CLI says it plainly.
+        fail(Object.assign(new Error(message.error.message), { code: message.error.code, path: message.error.path }));
+        return;
+      }
+      const job = jobs[next++]!;
+      if (message.size !== job.size) fail(new DockvmError(`${job.what}: ${job.path} ended after ${message.size} of ${job.size} bytes`, { source: job.path }));
+      else if (next === jobs.length) resolve();
+    });
+    worker.on('error', (err) => fail(err instanceof Error ? err : new DockvmError(String(err))));
+    worker.on('exit', () => reject(new DockvmError(`${output}: the copy stopped before it finished`)));
+  });
+}
