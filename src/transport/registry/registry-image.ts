@@ -1,7 +1,7 @@
 // An image in a registry, opened as an Image: the manifest and config are fetched (and verified) up
 // front; each layer is downloaded the first time it is opened (or all at once, in parallel, with
-// fetchLayers), spooled to a temp directory so it can be opened again, and verified on every open.
-// close() removes the spool.
+// fetchLayers), its tar kept in dockvm's cache by diff_id (tar-cache.ts: a tar there is not downloaded
+// again) and its blob, when kept, in a temp directory, so it can be opened again; close() removes that.
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -22,6 +22,8 @@ import { downloadBlob } from './download.js';
 import { describeReference, resolveManifest, type FetchedManifest } from './manifest.js';
 import { formatPlatform, platformMatches, wantedPlatform } from './platform.js';
 import { SpoolSink } from './spool.js';
+import { cachedTar, cacheSlot } from './tar-cache.js';
+import { removeOnSignal } from '../../cleanup.js';
 import { openLiveTar, predictTarSize } from './live-tar.js';
 
 export interface OpenRegistryImageOptions extends RegistryOptions {
@@ -195,22 +197,30 @@ export class Spool {
   }
 
   async #download(layer: RegistryLayer, keep: { tar: boolean; blob: boolean }, onBytes?: (count: number) => void): Promise<Spooled> {
+    // A tar in dockvm's cache is not downloaded again; only the blob is, when it is to be kept too.
+    const cached = keep.tar ? await cachedTar(layer.diffId) : undefined;
+    if (cached && !keep.blob) return { tar: cached };
     this.#dir ??= tempDir({ prefix: 'dockvm-pull-', unsafeCleanup: true });
     const dir = (await this.#dir).path;
     const blobPath = keep.blob ? join(dir, `${hex(layer.descriptor.digest)}.blob`) : undefined;
-    const tar = keep.tar ? { path: join(dir, `${hex(layer.diffId)}.tar`), diffId: layer.diffId, what: layer.what } : undefined;
+    // A tar is written into the cache under a temp name, and takes its place there once checked.
+    const slot = keep.tar && !cached ? await cacheSlot(layer.diffId) : undefined;
+    const tarPath = slot?.temp ?? join(dir, `${hex(layer.diffId)}.tar`);
+    const tar = keep.tar && !cached ? { path: tarPath, diffId: layer.diffId, what: layer.what } : undefined;
+    const release = slot ? removeOnSignal(slot.temp) : undefined;
     const sink = new SpoolSink(blobPath, tar);
     try {
       await downloadBlob(this.client, layer.descriptor, sink, onBytes ? { onBytes } : {});
       await sink.finish();
+      const spooled = cached ?? (slot ? await slot.keep() : tar ? { path: tar.path, size: (await stat(tar.path)).size } : undefined);
+      return { ...(blobPath !== undefined ? { blobPath } : {}), ...(spooled ? { tar: spooled } : {}) };
     } catch (err) {
       await sink.abort();
+      await slot?.discard();
       throw err;
+    } finally {
+      release?.();
     }
-    return {
-      ...(blobPath !== undefined ? { blobPath } : {}),
-      ...(tar ? { tar: { path: tar.path, size: (await stat(tar.path)).size } } : {}),
-    };
   }
 
   async close(): Promise<void> {
@@ -273,6 +283,8 @@ export class RegistryLayer implements Layer {
    */
   async streamedTar(): Promise<{ size: number; open: () => Promise<Readable> } | undefined> {
     if (!this.spool.takeReservation(this)) return undefined;
+    // In dockvm's cache already: read from there.
+    if (await cachedTar(this.diffId)) return undefined;
     const client = this.spool.client;
     const size = await predictTarSize(client, this.descriptor);
     if (size === undefined) return undefined;
