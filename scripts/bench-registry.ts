@@ -5,7 +5,8 @@
 // The image is the Debian fixture (.cache/fixtures/debian.tar, built by scripts/setup); without it, a
 // synthetic image of about 200 MB is generated once into .cache/fixtures (and the output says so).
 // Pushes go to a fresh registry each run (nothing to skip or mount, for either tool); pulls read an
-// image skopeo pushed, and write an uncompressed docker-archive, as `skopeo copy … docker-archive:` does.
+// image skopeo pushed, and write an uncompressed docker-archive, as `skopeo copy … docker-archive:` does,
+// downloading every layer (DOCKVM_TAR_CACHE=off).
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -96,6 +97,8 @@ async function syntheticImage(path: string): Promise<void> {
 }
 
 async function main(): Promise<void> {
+  // Every pull downloads every layer, as skopeo's does: no tars from dockvm's cache (the children inherit it).
+  process.env.DOCKVM_TAR_CACHE = 'off';
   let archive = join(FIXTURES, 'debian.tar');
   let label = 'the Debian fixture (debian.tar: base + two layers)';
   if (!existsSync(archive)) {

@@ -4,7 +4,8 @@
 // Only the CLI entry installs the signal handlers; a library caller that wants them calls
 // installSignalHandlers() itself.
 import { rmSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { mkdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -19,15 +20,46 @@ export function removeOnSignal(path: string): () => void {
   };
 }
 
+export interface TempDir {
+  path: string;
+  /** remove it (and stop guarding it) */
+  remove(): Promise<void>;
+}
+
+/**
+ * A new private temp directory (DOCKVM_TMPDIR, else the system's), removed if a signal ends the process.
+ * Its name is registered before the directory is made, so there is no moment when it is on disk and
+ * unknown to the signal handler (as there is between mkdtemp's making it and its promise resolving).
+ */
+export async function createTempDir(prefix: string): Promise<TempDir> {
+  const base = process.env.DOCKVM_TMPDIR ?? tmpdir();
+  for (;;) {
+    const path = join(base, `dockvm-${prefix}-${randomBytes(6).toString('hex')}`);
+    const release = removeOnSignal(path);
+    try {
+      await mkdir(path, { mode: 0o700 });
+    } catch (err) {
+      release();
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') continue;
+      throw err;
+    }
+    return {
+      path,
+      remove: async () => {
+        await rm(path, { recursive: true, force: true });
+        release();
+      },
+    };
+  }
+}
+
 /** A private temp directory for `fn`, removed afterwards — also when fn fails or a signal arrives. */
 export async function withTempDir<T>(prefix: string, fn: (dir: string) => Promise<T>): Promise<T> {
-  const dir = await mkdtemp(join(process.env.DOCKVM_TMPDIR ?? tmpdir(), `dockvm-${prefix}-`));
-  const release = removeOnSignal(dir);
+  const dir = await createTempDir(prefix);
   try {
-    return await fn(dir);
+    return await fn(dir.path);
   } finally {
-    release();
-    await rm(dir, { recursive: true, force: true });
+    await dir.remove();
   }
 }
 

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import type { Duplex, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
-import { dir as tempDir, type DirectoryResult } from 'tmp-promise';
+import { createTempDir, type TempDir } from '../cleanup.js';
 import { writeAtomically, writeOutput } from '../output.js';
 import { DockvmError, ImageReferenceError } from '../errors.js';
 import { DigestingStream, hex, type Digest } from '../image/digest.js';
@@ -82,8 +82,8 @@ export async function writeDockerArchive(images: readonly ArchiveImage[], path: 
     }
   }
   const hash = beforeCommit ? new DigestingStream() : undefined;
-  let spool: DirectoryResult | undefined;
-  const spoolDir = async () => (spool ??= await tempDir({ prefix: 'dockvm-spool-', unsafeCleanup: true })).path;
+  let spool: TempDir | undefined;
+  const spoolDir = async () => (spool ??= await createTempDir('spool')).path;
   try {
     await writeOutput(path, () => {
       const output = new TarOutput();
@@ -117,7 +117,7 @@ export async function writeDockerArchive(images: readonly ArchiveImage[], path: 
     if (err instanceof DockvmError) throw err;
     throw new DockvmError(`${path}: cannot write the archive: ${(err as Error).message}`, { source: path, cause: err });
   } finally {
-    await spool?.cleanup();
+    await spool?.remove();
   }
 }
 

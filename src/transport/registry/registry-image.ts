@@ -6,7 +6,6 @@ import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
-import { dir as tempDir, type DirectoryResult } from 'tmp-promise';
 import { DockvmError, ImageFormatError, ImageReferenceError, RegistryError } from '../../errors.js';
 import type { Platform } from '../../image/config.js';
 import { DigestingStream, hex, sha256, type Digest } from '../../image/digest.js';
@@ -23,7 +22,7 @@ import { describeReference, resolveManifest, type FetchedManifest } from './mani
 import { formatPlatform, platformMatches, wantedPlatform } from './platform.js';
 import { SpoolSink } from './spool.js';
 import { cachedTar, cacheSlot } from './tar-cache.js';
-import { removeOnSignal } from '../../cleanup.js';
+import { createTempDir, removeOnSignal, type TempDir } from '../../cleanup.js';
 import { openLiveTar, predictTarSize } from './live-tar.js';
 
 export interface OpenRegistryImageOptions extends RegistryOptions {
@@ -139,7 +138,7 @@ export interface Spooled {
  * a blob not kept is downloaded again if openBlob asks for it.
  */
 export class Spool {
-  #dir: Promise<DirectoryResult> | undefined;
+  #dir: Promise<TempDir> | undefined;
   #closed = false;
   readonly #downloads = new Map<string, Promise<Spooled>>();
   /** the layer kept out of fetchLayers to be streamed, until it is (or is fetched after all) */
@@ -200,7 +199,7 @@ export class Spool {
     // A tar in dockvm's cache is not downloaded again; only the blob is, when it is to be kept too.
     const cached = keep.tar ? await cachedTar(layer.diffId) : undefined;
     if (cached && !keep.blob) return { tar: cached };
-    this.#dir ??= tempDir({ prefix: 'dockvm-pull-', unsafeCleanup: true });
+    this.#dir ??= createTempDir('pull');
     const dir = (await this.#dir).path;
     const blobPath = keep.blob ? join(dir, `${hex(layer.descriptor.digest)}.blob`) : undefined;
     // A tar is written into the cache under a temp name, and takes its place there once checked.
@@ -226,7 +225,7 @@ export class Spool {
   async close(): Promise<void> {
     this.#closed = true;
     await Promise.allSettled(this.#downloads.values());
-    if (this.#dir) await (await this.#dir).cleanup();
+    if (this.#dir) await (await this.#dir).remove();
   }
 }
 
