@@ -8,29 +8,13 @@
 import { open } from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
 import { DockvmError } from '../errors.js';
-import { verifyLocalTars } from '../layer/verify-in-place.js';
-import type { Digest } from '../image/digest.js';
+import { verifyLocalTars, type LocalTarToCheck } from '../layer/verify-in-place.js';
 
-export type Piece =
-  | { kind: 'bytes'; data: Buffer }
-  | {
-      kind: 'copy';
-      path: string;
-      offset: number;
-      size: number;
-      /** what the copied bytes must hash to */
-      diffId: Digest;
-      /** names the layer in the error */
-      what: string;
-    };
+/** Bytes to write as they are, or a layer's tar to copy from where it lies (and check on the way). */
+export type Piece = { kind: 'bytes'; data: Buffer } | ({ kind: 'copy' } & LocalTarToCheck);
 
-interface CopyJob {
-  path: string;
-  offset: number;
-  size: number;
-  /** where in the output */
-  at: number;
-}
+/** A copy, and where in the output it goes. */
+type CopyJob = LocalTarToCheck & { at: number };
 
 // Plain CommonJS, run with `eval` and no execArgv (as layer/verify-in-place.ts): the same under tsx,
 // from dist/ and from the bundle. One 4 MiB buffer for every read and write.
@@ -65,7 +49,7 @@ try {
 
 /** Write `pieces`, one after another, into the new file `path` (mode 0644). */
 export async function writePieces(path: string, pieces: readonly Piece[]): Promise<void> {
-  const jobs: (CopyJob & Piece & { kind: 'copy' })[] = [];
+  const jobs: CopyJob[] = [];
   let size = 0;
   const handle = await open(path, 'w', 0o644);
   try {
@@ -74,7 +58,8 @@ export async function writePieces(path: string, pieces: readonly Piece[]): Promi
         for (let written = 0; written < piece.data.length; ) written += (await handle.write(piece.data, written, piece.data.length - written, size + written)).bytesWritten;
         size += piece.data.length;
       } else {
-        jobs.push({ ...piece, at: size });
+        const { kind: _copy, ...tar } = piece;
+        jobs.push({ ...tar, at: size });
         size += piece.size;
       }
     }
@@ -85,9 +70,9 @@ export async function writePieces(path: string, pieces: readonly Piece[]): Promi
   if (jobs.length > 0) await copyOnWorker(path, jobs);
 }
 
-async function copyOnWorker(output: string, jobs: (CopyJob & Piece & { kind: 'copy' })[]): Promise<void> {
+async function copyOnWorker(output: string, jobs: CopyJob[]): Promise<void> {
   // The bytes are hashed by a second worker, reading the same (cached) ranges, while this one copies.
-  const verification = verifyLocalTars(jobs.map(({ path, offset, size, diffId, what }) => ({ path, offset, size, diffId, what })));
+  const verification = verifyLocalTars(jobs);
   try {
     await Promise.all([copy(output, jobs), verification.done]);
   } finally {
@@ -95,7 +80,7 @@ async function copyOnWorker(output: string, jobs: (CopyJob & Piece & { kind: 'co
   }
 }
 
-function copy(output: string, jobs: (CopyJob & Piece & { kind: 'copy' })[]): Promise<void> {
+function copy(output: string, jobs: CopyJob[]): Promise<void> {
   const worker = new Worker(WORKER, {
     eval: true,
     execArgv: [],
