@@ -3,8 +3,8 @@
 // (DESIGN.md "Data flow of run-as-root".)
 import { hex, sha256 } from '../image/digest.js';
 import { FileLayer } from '../image/file-layer.js';
-import type { Image } from '../image/image.js';
-import { openImage, parseDestination, writeImage, type OpenedImage } from '../transport/index.js';
+import type { Image, Layer } from '../image/image.js';
+import { beginDockerArchive, openImage, parseDestination, writeImage, type OpenedImage } from '../transport/index.js';
 import { withTempDir } from '../cleanup.js';
 import type { BuildSpec } from '../spec/load.js';
 import { newImageConfig, resolveCreated } from './config.js';
@@ -28,6 +28,12 @@ export interface RunAsRootResult {
 
 export async function runAsRoot(spec: BuildSpec, options: RunAsRootOptions = {}): Promise<RunAsRootResult> {
   const base = spec.fromImage ? await openBase(spec) : undefined;
+  const output = options.output ?? spec.output;
+  // An archive file gets the base layers while the VM builds the new one (they come first in it).
+  const destination = parseDestination(output);
+  const archive = base && spec.runAsRoot && destination.kind === 'docker-archive' && destination.path !== '-'
+    ? beginDockerArchive(destination.path, distinct(base.layers), { gzip: destination.gzip })
+    : undefined;
   try {
     return await withTempDir('build', async (tmp) => {
       const created = resolveCreated(spec.created);
@@ -54,14 +60,23 @@ export async function runAsRoot(spec: BuildSpec, options: RunAsRootOptions = {})
         layers: [...(base?.layers ?? []), new FileLayer(layerFile.path, layerFile.diffId, layerFile.size)],
         repoTags: [`${spec.name}:${imageTag}`],
       };
-      const output = options.output ?? spec.output;
-      await writeImage(image, output, { tags: image.repoTags });
+      if (archive) await archive.finish([{ image, tags: image.repoTags }]);
+      else await writeImage(image, output, { tags: image.repoTags });
       const layers = await writtenLayers(output, image);
       return { imageName: spec.name, imageTag, output, configDigest, layers, bootedVm: spec.runAsRoot !== null };
     });
+  } catch (err) {
+    await archive?.abort();
+    throw err;
   } finally {
     await base?.close();
   }
+}
+
+/** Each layer once, in order (an image may list the same layer twice; an archive holds it once). */
+function distinct(layers: readonly Layer[]): Layer[] {
+  const seen = new Set<string>();
+  return layers.filter((layer) => !seen.has(layer.diffId) && (seen.add(layer.diffId), true));
 }
 
 async function openBase(spec: BuildSpec): Promise<OpenedImage> {

@@ -1,6 +1,7 @@
 // Writing docker-archives that `docker load`, `podman load` and skopeo read, byte-identical for the same
-// images: manifest.json, repositories, one `<config-hex>.json` per image and one uncompressed
-// `<diffid-hex>.tar` per distinct layer, in that order; every entry mtime 0, mode 0644, owner 0:0.
+// images: one uncompressed `<diffid-hex>.tar` per distinct layer, one `<config-hex>.json` per image,
+// manifest.json and repositories, in that order (layers first, as docker save writes them, so that an
+// archive can be begun before its last layer exists); every entry mtime 0, mode 0644, owner 0:0.
 import { createReadStream, createWriteStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -16,7 +17,7 @@ import { layerCompression } from '../image/media-types.js';
 import { isRepoTag, splitNameTag } from '../image/reference.js';
 import { checkTarEntries } from './entry-check.js';
 import { TarOutput } from './tar-output.js';
-import { writePieces, type Piece } from './positional-archive.js';
+import { PositionalFile, type Piece } from './positional-archive.js';
 import type { LocalRange } from './store.js';
 import { encodeHeader } from '../layer/tar.js';
 import { chain, describeFailure, openRange } from './streams.js';
@@ -59,28 +60,99 @@ interface PlannedImage {
 /** Write a docker-archive to `path` atomically (nothing is left on failure), or to stdout when path is "-". */
 export async function writeDockerArchive(images: readonly ArchiveImage[], path: string, options: WriteDockerArchiveOptions = {}): Promise<void> {
   const planned = plan(images);
-  const layers = distinctLayers(planned);
   const layerSource = new Map<Digest, string>();
   for (const { image, source } of planned) for (const layer of image.layers) if (source && !layerSource.has(layer.diffId)) layerSource.set(layer.diffId, source);
+  const archive = beginDockerArchive(path, distinctLayers(planned), options, (layer) => `${layerSource.get(layer.diffId) ?? 'image'}: layer ${layer.diffId}`);
+  await archive.finish(images);
+}
+
+/** A docker-archive begun with its first layers, before the images are complete: finish() or abort(). */
+export interface DockerArchiveWriter {
+  /** Write the rest of `images` (their layers start with the ones begun with) and put the archive in place. */
+  finish(images: readonly ArchiveImage[]): Promise<void>;
+  /** Stop, leaving nothing written. */
+  abort(): Promise<void>;
+}
+
+/** What finish() adds: the layers after the first ones, then the configs, manifest.json and repositories. */
+interface Rest {
+  layers: Layer[];
+  files: [string, Buffer][];
+}
+
+class Aborted extends DockvmError {}
+
+/**
+ * Begin a docker-archive with `first` layers, written at once: run-as-root copies its base layers in
+ * while its VM builds the new one. Layers come first in the archive for this (as in docker save's), then
+ * the configs, manifest.json and repositories, which name the layers.
+ */
+export function beginDockerArchive(
+  path: string,
+  first: readonly Layer[],
+  options: WriteDockerArchiveOptions = {},
+  what: (layer: Layer) => string = (layer) => `layer ${layer.diffId}`,
+): DockerArchiveWriter {
+  let provide!: (rest: Rest) => void;
+  let refuse!: (err: unknown) => void;
+  const rest = new Promise<Rest>((resolve, reject) => {
+    provide = resolve;
+    refuse = reject;
+  });
+  rest.catch(() => undefined);
+  // Everything, even finding where the layers lie (a registry layer downloads for that), happens in
+  // the background: begin returns at once.
+  const writing = (async () => {
+    const positional = path !== '-' && !options.gzip && !options.beforeCommit && !options.checkEntries ? await localTars(first) : undefined;
+    if (positional) await writeByPosition(path, first, positional, rest, what);
+    else await writeStreamed(path, first, rest, options, what);
+  })().catch((err: unknown) => {
+    if (err instanceof DockvmError) throw err;
+    throw new DockvmError(`${path}: cannot write the archive: ${(err as Error).message}`, { source: path, cause: err });
+  });
+  writing.catch(() => undefined); // awaited by finish() or abort()
+  return {
+    finish: async (images) => {
+      try {
+        provide(planRest(images, first));
+      } catch (err) {
+        refuse(err);
+        await writing.catch(() => undefined);
+        throw err;
+      }
+      await writing;
+    },
+    abort: async () => {
+      refuse(new Aborted(`${path}: abandoned`));
+      await writing.catch(() => undefined);
+    },
+  };
+}
+
+function planRest(images: readonly ArchiveImage[], first: readonly Layer[]): Rest {
+  const planned = plan(images);
+  const layers = distinctLayers(planned);
+  if (first.some((layer, i) => layers[i]?.diffId !== layer.diffId)) {
+    throw new DockvmError('docker-archive: the images do not start with the layers the archive was begun with');
+  }
   const manifest = planned.map(({ image, tags }) => ({
     Config: `${hex(image.configDigest)}.json`,
     RepoTags: tags,
     Layers: image.layers.map((layer) => `${hex(layer.diffId)}.tar`),
   }));
-  const files: [string, Buffer][] = [
-    ['manifest.json', Buffer.from(JSON.stringify(manifest))],
-    ['repositories', Buffer.from(JSON.stringify(repositories(planned)))],
-    ...planned.map(({ image }): [string, Buffer] => [`${hex(image.configDigest)}.json`, image.rawConfig]),
-  ];
+  return {
+    layers: layers.slice(first.length),
+    files: [
+      ...planned.map(({ image }): [string, Buffer] => [`${hex(image.configDigest)}.json`, image.rawConfig]),
+      ['manifest.json', Buffer.from(JSON.stringify(manifest))],
+      ['repositories', Buffer.from(JSON.stringify(repositories(planned)))],
+    ],
+  };
+}
+
+/** Through a tar stream: any layer, gzip, hashing, entry checks, stdout. */
+async function writeStreamed(path: string, first: readonly Layer[], rest: Promise<Rest>, options: WriteDockerArchiveOptions, what: (layer: Layer) => string): Promise<void> {
   const { beforeCommit } = options;
-  if (path !== '-' && !options.gzip && !beforeCommit && !options.checkEntries) {
-    const locals = await localTars(layers);
-    if (locals) {
-      const what = (layer: Layer) => `${layerSource.get(layer.diffId) ?? 'image'}: layer ${layer.diffId}`;
-      await writeAtomically(path, (temp) => writePieces(temp, archivePieces(files, layers.map((layer, i) => ({ layer, local: locals[i]!, what: what(layer) })))));
-      return;
-    }
-  }
   const hash = beforeCommit ? new DigestingStream() : undefined;
   let spool: TempDir | undefined;
   const spoolDir = async () => (spool ??= await createTempDir('spool')).path;
@@ -89,15 +161,17 @@ export async function writeDockerArchive(images: readonly ArchiveImage[], path: 
       const output = new TarOutput();
       const produce = async () => {
         const verifications: Verification[] = [];
+        const add = async (layer: Layer) => {
+          const { size, open, verify } = await sizedTar(layer, what(layer), spoolDir);
+          if (verify) verifications.push(verifyLocalTars([verify]));
+          const body = options.checkEntries ? checkTarEntries(await open(), what(layer)) : await open();
+          await output.addStream(fileEntry(`${hex(layer.diffId)}.tar`, size), body);
+        };
         try {
+          for (const layer of first) await add(layer);
+          const { layers, files } = await rest;
+          for (const layer of layers) await add(layer);
           for (const [name, data] of files) await output.add(fileEntry(name, data.length), data);
-          for (const layer of layers) {
-            const what = `${layerSource.get(layer.diffId) ?? 'image'}: layer ${layer.diffId}`;
-            const { size, open, verify } = await sizedTar(layer, what, spoolDir);
-            if (verify) verifications.push(verifyLocalTars([verify]));
-            const body = options.checkEntries ? checkTarEntries(await open(), what) : await open();
-            await output.addStream(fileEntry(`${hex(layer.diffId)}.tar`, size), body);
-          }
           // The archive gets its end only once every layer copied as it lay matched its diff_id.
           for (const verification of verifications) await verification.done;
         } finally {
@@ -113,12 +187,55 @@ export async function writeDockerArchive(images: readonly ArchiveImage[], path: 
       if (hash) transforms.push(hash);
       return transforms.length === 0 ? output.stream : chain(output.stream, transforms, describeFailure(path));
     }, beforeCommit ? { beforeCommit: () => beforeCommit(hex(hash!.digest)) } : {});
-  } catch (err) {
-    if (err instanceof DockvmError) throw err;
-    throw new DockvmError(`${path}: cannot write the archive: ${(err as Error).message}`, { source: path, cause: err });
   } finally {
     await spool?.remove();
   }
+}
+
+/** By position (positional-archive.ts): the first layers lie in local files; a later one that does not is spooled. */
+async function writeByPosition(path: string, first: readonly Layer[], locals: LocalRange[], rest: Promise<Rest>, what: (layer: Layer) => string): Promise<void> {
+  let spool: TempDir | undefined;
+  try {
+    await writeAtomically(path, async (temp) => {
+      const file = await PositionalFile.create(temp);
+      try {
+        await file.append(first.flatMap((layer, i) => layerPieces(layer, locals[i]!, what(layer))));
+        const { layers, files } = await rest;
+        const pieces: Piece[] = [];
+        for (const layer of layers) {
+          let local = await layer.localTar?.();
+          if (!local) {
+            const spooled = join((spool ??= await createTempDir('spool')).path, `${hex(layer.diffId)}.tar`);
+            await pipeline(await layer.openTar(), createWriteStream(spooled));
+            local = { path: spooled, offset: 0, size: (await stat(spooled)).size };
+          }
+          pieces.push(...layerPieces(layer, local, what(layer)));
+        }
+        for (const [name, data] of files) pieces.push({ kind: 'bytes', data: Buffer.concat([...encodeHeader(fileEntry(name, data.length)), data, padding(data.length)]) });
+        pieces.push({ kind: 'bytes', data: Buffer.alloc(1024) });
+        await file.append(pieces);
+      } catch (err) {
+        await file.abort();
+        throw err;
+      }
+      await file.close();
+    });
+  } finally {
+    await spool?.remove();
+  }
+}
+
+/** A layer entry as pieces: its header, its bytes copied from where they lie, tar-stream's padding. */
+function layerPieces(layer: Layer, local: LocalRange, what: string): Piece[] {
+  return [
+    { kind: 'bytes', data: Buffer.concat(encodeHeader(fileEntry(`${hex(layer.diffId)}.tar`, local.size))) },
+    { kind: 'copy', ...local, diffId: layer.diffId, what },
+    { kind: 'bytes', data: padding(local.size) },
+  ];
+}
+
+function padding(size: number): Buffer {
+  return Buffer.alloc(size % 512 === 0 ? 0 : 512 - (size % 512));
 }
 
 /** One entry per distinct config (tags of the same image merged); every tag well-formed and naming one image. */
@@ -176,25 +293,6 @@ async function localTars(layers: readonly Layer[]): Promise<LocalRange[] | undef
     locals.push(local);
   }
   return locals.reduce((sum, local) => sum + local.size, 0) >= POSITIONAL_MIN ? locals : undefined;
-}
-
-/** The archive as pieces: what the streaming way writes, byte for byte (tar-stream's padding and end). */
-function archivePieces(files: [string, Buffer][], layers: { layer: Layer; local: LocalRange; what: string }[]): Piece[] {
-  const pieces: Piece[] = [];
-  const bytes = (data: Buffer) => {
-    const last = pieces[pieces.length - 1];
-    if (last?.kind === 'bytes') last.data = Buffer.concat([last.data, data]);
-    else pieces.push({ kind: 'bytes', data });
-  };
-  const padding = (size: number) => Buffer.alloc(size % 512 === 0 ? 0 : 512 - (size % 512));
-  for (const [name, data] of files) bytes(Buffer.concat([...encodeHeader(fileEntry(name, data.length)), data, padding(data.length)]));
-  for (const { layer, local, what } of layers) {
-    bytes(Buffer.concat(encodeHeader(fileEntry(`${hex(layer.diffId)}.tar`, local.size))));
-    pieces.push({ kind: 'copy', ...local, diffId: layer.diffId, what });
-    bytes(padding(local.size));
-  }
-  bytes(Buffer.alloc(1024));
-  return pieces;
 }
 
 function fileEntry(path: string, size: number) {

@@ -5,7 +5,7 @@
 // nothing for the garbage collector, which took a third of the streaming way's time. A 799 MiB base
 // went into an archive in 0.75–0.9 s streamed, by position in 0.55–0.7 s. The docker-archive writer
 // chooses this way and lays the pieces out; the bytes are those its streaming way writes (tested).
-import { open } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
 import { DockvmError } from '../errors.js';
 import { verifyLocalTars, type LocalTarToCheck } from '../layer/verify-in-place.js';
@@ -47,47 +47,83 @@ try {
 }
 `;
 
-/** Write `pieces`, one after another, into the new file `path` (mode 0644). */
-export async function writePieces(path: string, pieces: readonly Piece[]): Promise<void> {
-  const jobs: CopyJob[] = [];
-  let size = 0;
-  const handle = await open(path, 'w', 0o644);
-  try {
+/**
+ * A new file (mode 0644) written piece after piece: bytes at once, copies by workers meanwhile. Pieces
+ * may be appended in several batches (run-as-root appends the base layers before its VM has built the
+ * new one); close() waits for every copy and check.
+ */
+export class PositionalFile {
+  #size = 0;
+  readonly #batches: { done: Promise<void>; cancel(): Promise<void> }[] = [];
+
+  private constructor(
+    readonly path: string,
+    readonly handle: FileHandle,
+  ) {}
+
+  static async create(path: string): Promise<PositionalFile> {
+    return new PositionalFile(path, await open(path, 'w', 0o644));
+  }
+
+  /** Write the bytes pieces now, and start copying the others (a worker per batch). */
+  async append(pieces: readonly Piece[]): Promise<void> {
+    const jobs: CopyJob[] = [];
     for (const piece of pieces) {
       if (piece.kind === 'bytes') {
-        for (let written = 0; written < piece.data.length; ) written += (await handle.write(piece.data, written, piece.data.length - written, size + written)).bytesWritten;
-        size += piece.data.length;
+        for (let written = 0; written < piece.data.length; ) {
+          written += (await this.handle.write(piece.data, written, piece.data.length - written, this.#size + written)).bytesWritten;
+        }
+        this.#size += piece.data.length;
       } else {
         const { kind: _copy, ...tar } = piece;
-        jobs.push({ ...tar, at: size });
-        size += piece.size;
+        jobs.push({ ...tar, at: this.#size });
+        this.#size += piece.size;
       }
     }
-    await handle.truncate(size);
-  } finally {
-    await handle.close();
+    if (jobs.length > 0) this.#batches.push(copyOnWorker(this.path, jobs));
   }
-  if (jobs.length > 0) await copyOnWorker(path, jobs);
+
+  /** Wait for every copy (a failed one or a wrong digest throws), then close. */
+  async close(): Promise<void> {
+    try {
+      for (const batch of this.#batches) await batch.done;
+      await this.handle.truncate(this.#size);
+    } finally {
+      await Promise.all(this.#batches.map((batch) => batch.cancel()));
+      await this.handle.close();
+    }
+  }
+
+  /** Stop the copies and close; the caller removes the file. */
+  async abort(): Promise<void> {
+    await Promise.all(this.#batches.map((batch) => batch.cancel()));
+    await this.handle.close();
+  }
 }
 
-async function copyOnWorker(output: string, jobs: CopyJob[]): Promise<void> {
+/** Copy `jobs` on one worker while another verifies them; cancel() stops both. */
+function copyOnWorker(output: string, jobs: CopyJob[]): { done: Promise<void>; cancel(): Promise<void> } {
   // The bytes are hashed by a second worker, reading the same (cached) ranges, while this one copies.
   const verification = verifyLocalTars(jobs);
-  try {
-    await Promise.all([copy(output, jobs), verification.done]);
-  } finally {
-    await verification.cancel();
-  }
+  const copying = copy(output, jobs);
+  const done = Promise.all([copying.done, verification.done]).then(() => undefined);
+  done.catch(() => undefined); // awaited by close(); not an unhandled rejection meanwhile
+  return {
+    done,
+    cancel: async () => {
+      await Promise.all([copying.cancel(), verification.cancel()]);
+    },
+  };
 }
 
-function copy(output: string, jobs: CopyJob[]): Promise<void> {
+function copy(output: string, jobs: CopyJob[]): { done: Promise<void>; cancel(): Promise<void> } {
   const worker = new Worker(WORKER, {
     eval: true,
     execArgv: [],
     workerData: { output, jobs: jobs.map(({ path, offset, size, at }) => ({ path, offset, size, at })) },
   });
   let next = 0;
-  return new Promise<void>((resolve, reject) => {
+  const done = new Promise<void>((resolve, reject) => {
     const fail = (err: Error) => {
       reject(err);
       void worker.terminate();
@@ -105,4 +141,11 @@ function copy(output: string, jobs: CopyJob[]): Promise<void> {
     worker.on('error', (err) => fail(err instanceof Error ? err : new DockvmError(String(err))));
     worker.on('exit', () => reject(new DockvmError(`${output}: the copy stopped before it finished`)));
   });
+  done.catch(() => undefined);
+  return {
+    done,
+    cancel: async () => {
+      await worker.terminate();
+    },
+  };
 }

@@ -32,20 +32,21 @@ test('docker-archive layout: fixed order, owners, modes and times; shared layers
   await writeDockerArchive(images.map((image) => ({ image, tags: [...image.repoTags, `extra/${image.repoTags[0]}`] })), out);
   const entries = await entriesOf(await readFile(out));
   const [appImage, baseImage] = images;
+  // Layers first (as docker save writes them), then the configs, manifest.json and repositories.
   t.deepEqual(entries.map(([entry]) => entry.path), [
-    'manifest.json', 'repositories',
-    `${sha(appImage!.rawConfig)}.json`, `${sha(baseImage!.rawConfig)}.json`,
     `${sha(base)}.tar`, `${sha(app)}.tar`,
+    `${sha(appImage!.rawConfig)}.json`, `${sha(baseImage!.rawConfig)}.json`,
+    'manifest.json', 'repositories',
   ]);
   for (const [entry] of entries) t.like(entry, { type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 0 });
-  t.deepEqual(JSON.parse(entries[0]![1].toString()), [
+  t.deepEqual(JSON.parse(entries[4]![1].toString()), [
     { Config: `${sha(appImage!.rawConfig)}.json`, RepoTags: ['app:1', 'extra/app:1'], Layers: [`${sha(base)}.tar`, `${sha(app)}.tar`] },
     { Config: `${sha(baseImage!.rawConfig)}.json`, RepoTags: ['base:1', 'extra/base:1'], Layers: [`${sha(base)}.tar`] },
   ]);
-  t.deepEqual(JSON.parse(entries[1]![1].toString()), { app: { '1': sha(app) }, 'extra/app': { '1': sha(app) }, base: { '1': sha(base) }, 'extra/base': { '1': sha(base) } });
+  t.deepEqual(JSON.parse(entries[5]![1].toString()), { app: { '1': sha(app) }, 'extra/app': { '1': sha(app) }, base: { '1': sha(base) }, 'extra/base': { '1': sha(base) } });
   t.deepEqual(entries[2]![1], appImage!.rawConfig);
-  t.deepEqual(entries[4]![1], base);
-  t.deepEqual(entries[5]![1], app);
+  t.deepEqual(entries[0]![1], base);
+  t.deepEqual(entries[1]![1], app);
 });
 
 test('the same images written twice are the same bytes, plain and gzip (no timestamp, no name)', async (t) => {
@@ -76,7 +77,7 @@ test('compressed source layers are stored uncompressed, named by diff_id; the re
   t.teardown(() => image.close());
   await writeImage(image, join(dir, 'out.tar.gz'), { tags: ['gz:2'] });
   const entries = await entriesOf(gunzipSync(await readFile(join(dir, 'out.tar.gz'))));
-  t.deepEqual(entries.slice(3).map(([entry, data]) => [entry.path, data]), [[`${sha(base)}.tar`, base], [`${sha(app)}.tar`, app]]);
+  t.deepEqual(entries.slice(0, 2).map(([entry, data]) => [entry.path, data]), [[`${sha(base)}.tar`, base], [`${sha(app)}.tar`, app]]);
   const back = await openImage(join(dir, 'out.tar.gz'));
   t.teardown(() => back.close());
   t.is(back.configDigest, image.configDigest);
