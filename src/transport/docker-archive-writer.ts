@@ -159,6 +159,8 @@ async function writeStreamed(path: string, first: readonly Layer[], rest: Promis
   try {
     await writeOutput(path, () => {
       const output = new TarOutput();
+      // Abandoned (abort, or finish with images that do not fit): stop now, not after the layer being copied.
+      rest.catch((err: unknown) => output.fail(err));
       const produce = async () => {
         const verifications: Verification[] = [];
         const add = async (layer: Layer) => {
