@@ -14,6 +14,9 @@ import { fileLayer, testImage } from './images.js';
 import { writeDockerArchive } from '../fixtures/assemble.js';
 import { runDockvm } from '../helpers/peers.js';
 import { tempDir } from '../transport/archives.js';
+import { fileURLToPath } from 'node:url';
+
+const CLI = fileURLToPath(new URL('../../bin/dockvm.js', import.meta.url));
 
 const fast = { authFiles: [] as string[], retry: { attempts: 4, backoffMs: 10 } };
 
@@ -112,4 +115,16 @@ test('a layer whose bytes do not match its diff_id: the push fails naming it, an
   t.is(manifest.status, 404);
   const tags = await fetch(`http://${registry.host}/v2/dockvm/bad/tags/list`);
   t.is(tags.status, 404);
+});
+
+test('dockvm push whose upload is cut mid-way: retried, and the process exits (no compressor left waiting)', async (t) => {
+  const registry = await startRegistry(t);
+  const proxy = await startFaultProxy(t, registry.host, { dropUploadAfter: 300_000, dropUploadTimes: 1 });
+  const dir = await tempDir(t);
+  await writeDockerArchive(join(dir, 'noise.tar'), [{ repoTag: 'noise:1', layers: [await fileLayer('noise', randomBytes(24_000_000))] }]);
+  const run = await execa('node', [CLI, 'push', 'noise.tar', `${proxy.host}/dockvm/cut:1`], { cwd: dir, env: { REGISTRY_AUTH_FILE: join(dir, 'none.json') }, reject: false, timeout: 60_000 });
+  t.false(run.timedOut, 'the push exited');
+  t.is(run.exitCode, 0, String(run.stderr));
+  t.true(proxy.requests.some((request) => request.status === 0), 'an upload was cut');
+  t.regex(String(run.stdout), /^sha256:[0-9a-f]{64}\n?$/);
 });

@@ -6,6 +6,8 @@ import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { Readable } from 'node:stream';
 
+const TIMEOUT_MS = 300_000;
+
 /** Statuses whose Response may not carry a body. */
 const NULL_BODY = new Set([101, 103, 204, 205, 304]);
 
@@ -19,15 +21,25 @@ export function streamRequest(url: URL, method: string, headers: Record<string, 
     const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
     const request = send(url, { method, headers }, (incoming) => {
       if ((incoming.statusCode ?? 0) >= 300 && !source.readableEnded) {
-        // Refused before the body was all sent (a 503, a 401): stop reading and compressing it, and end
-        // the request so that the registry's answer can still be read.
+        // Refused before the body was all sent (a 503, a 401): stop reading and compressing it, end the
+        // request so that the registry's answer can still be read, and then drop the connection: what
+        // the registry makes of the cut body must not meet the next request on it.
         source.unpipe(request);
         source.destroy();
         request.end();
+        incoming.once('end', () => request.destroy());
       }
       resolve(toResponse(incoming, method));
     });
-    request.on('error', reject);
+    // A registry that stops reading or answering (fetch's own limit is 300 s too).
+    request.setTimeout(TIMEOUT_MS, () => {
+      request.destroy(Object.assign(new Error(`no answer to the upload for ${TIMEOUT_MS / 1000} s`), { code: 'ETIMEDOUT' }));
+    });
+    request.on('error', (err) => {
+      // A dropped connection: the body (and the compressor behind it) must not wait for it forever.
+      source.destroy();
+      reject(err);
+    });
     source.on('error', (err) => {
       request.destroy(err);
       reject(err);
