@@ -4,13 +4,14 @@
 // an environment variable.)
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pull } from '../../src/cli/pull.js';
 import { hex } from '../../src/image/digest.js';
 import { openRegistryImage, pushImage } from '../../src/transport/registry/index.js';
 import { cacheDir } from '../../src/vm/paths.js';
 import { startFaultProxy, startRegistry } from '../helpers/registry.js';
+import { runDockvm } from '../helpers/peers.js';
 import { collect } from '../helpers/streams.js';
 import { tempDir } from '../transport/archives.js';
 import { fileLayer, testImage } from './images.js';
@@ -51,4 +52,16 @@ test.serial('a tar in the cache is not downloaded again; with DOCKVM_TAR_CACHE=o
   t.is(blobGets(proxy.requests), 9, 'the config, the first layer\'s last bytes (Range), and both layers');
   t.is(downloaded.sha256, cached.sha256);
   t.deepEqual(await readFile(join(dir, 'downloaded.tar')), await readFile(join(dir, 'cached.tar')));
+
+  // A cached tar damaged on disk: another process checks it before use, drops it and downloads again.
+  delete process.env.DOCKVM_TAR_CACHE;
+  const damaged = join(cacheDir(), 'tars', `${hex(image.layers[0]!.diffId)}.tar`);
+  const bytes = await readFile(damaged);
+  bytes[bytes.length >> 1]! ^= 0xff;
+  await writeFile(damaged, bytes);
+  const before = blobGets(proxy.requests);
+  const run = await runDockvm(['pull', `${proxy.host}/dockvm/cached:1`, '-o', join(dir, 'after-damage.tar')], { env: { REGISTRY_AUTH_FILE: join(dir, 'none.json') } });
+  t.is(run.exitCode, 0, run.stderr);
+  t.true(blobGets(proxy.requests) > before + 1, 'the damaged layer was downloaded again');
+  t.deepEqual(await readFile(join(dir, 'after-damage.tar')), await readFile(join(dir, 'cached.tar')));
 });

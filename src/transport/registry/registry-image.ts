@@ -268,7 +268,8 @@ export class RegistryLayer implements Layer {
     }
     const spooled = await this.fetch();
     const checkTar = () => new DigestingStream({ expect: this.diffId, what: `${this.what} (uncompressed)` });
-    // A spooled tar was checked against the diff_id as it was written, into a private temp directory.
+    // A spooled tar was checked against the diff_id as it was written (and a cached one, again, by this
+    // process when it first used it: tar-cache.ts).
     if (spooled.tar) return chain(openRange(spooled.tar.path, 0, spooled.tar.size), [], describeFailure(this.what));
     const checkBlob = new DigestingStream({ expect: this.descriptor.digest, expectSize: this.descriptor.size, what: this.what });
     const source = openRange(spooled.blobPath ?? (await this.spool.blobPath(this)), 0, this.descriptor.size);
