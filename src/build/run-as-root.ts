@@ -27,10 +27,10 @@ export interface RunAsRootResult {
 }
 
 export async function runAsRoot(spec: BuildSpec, options: RunAsRootOptions = {}): Promise<RunAsRootResult> {
-  const base = spec.fromImage ? await openBase(spec) : undefined;
   const output = options.output ?? spec.output;
-  // An archive file gets the base layers while the VM builds the new one (they come first in it).
   const destination = parseDestination(output);
+  const base = spec.fromImage ? await openBase(spec) : undefined;
+  // An archive file gets the base layers while the VM builds the new one (they come first in it).
   const archive = base && spec.runAsRoot && destination.kind === 'docker-archive' && destination.path !== '-'
     ? beginDockerArchive(destination.path, distinct(base.layers), { gzip: destination.gzip })
     : undefined;

@@ -99,11 +99,15 @@ export function beginDockerArchive(
     provide = resolve;
     refuse = reject;
   });
-  rest.catch(() => undefined);
+  let abandoned = false;
+  rest.catch(() => {
+    abandoned = true;
+  });
   // Everything, even finding where the layers lie (a registry layer downloads for that), happens in
   // the background: begin returns at once.
   const writing = (async () => {
-    const positional = path !== '-' && !options.gzip && !options.beforeCommit && !options.checkEntries ? await localTars(first) : undefined;
+    const positional = path !== '-' && !options.gzip && !options.beforeCommit && !options.checkEntries ? await localTars(first, () => abandoned) : undefined;
+    if (abandoned) await rest;
     if (positional) await writeByPosition(path, first, positional, rest, what);
     else await writeStreamed(path, first, rest, options, what);
   })().catch((err: unknown) => {
@@ -156,9 +160,10 @@ async function writeStreamed(path: string, first: readonly Layer[], rest: Promis
   const hash = beforeCommit ? new DigestingStream() : undefined;
   let spool: TempDir | undefined;
   const spoolDir = async () => (spool ??= await createTempDir('spool')).path;
+  const output = new TarOutput();
+  let producing: Promise<void> | undefined;
   try {
     await writeOutput(path, () => {
-      const output = new TarOutput();
       // Abandoned (abort, or finish with images that do not fit): stop now, not after the layer being copied.
       rest.catch((err: unknown) => output.fail(err));
       const produce = async () => {
@@ -180,7 +185,7 @@ async function writeStreamed(path: string, first: readonly Layer[], rest: Promis
           await Promise.all(verifications.map((verification) => verification.cancel()));
         }
       };
-      produce().then(
+      producing = produce().then(
         () => output.finish(),
         (err: unknown) => output.fail(err),
       );
@@ -189,7 +194,13 @@ async function writeStreamed(path: string, first: readonly Layer[], rest: Promis
       if (hash) transforms.push(hash);
       return transforms.length === 0 ? output.stream : chain(output.stream, transforms, describeFailure(path));
     }, beforeCommit ? { beforeCommit: () => beforeCommit(hex(hash!.digest)) } : {});
+  } catch (err) {
+    // The file failed (a full disk, a missing directory): stop reading the layers too.
+    output.fail(err);
+    throw err;
   } finally {
+    // The layers stop reading before the spool they may read from goes.
+    await producing;
     await spool?.remove();
   }
 }
@@ -286,10 +297,11 @@ function repositories(images: PlannedImage[]): Record<string, Record<string, str
  * Where every layer's tar lies, when all lie in local files and are together worth a worker thread
  * (POSITIONAL_MIN): the archive is then written by position (positional-archive.ts). Else undefined.
  */
-async function localTars(layers: readonly Layer[]): Promise<LocalRange[] | undefined> {
+async function localTars(layers: readonly Layer[], abandoned: () => boolean = () => false): Promise<LocalRange[] | undefined> {
   if (layers.some((layer) => layer.localTar === undefined)) return undefined;
   const locals: LocalRange[] = [];
   for (const layer of layers) {
+    if (abandoned()) return undefined;
     const local = await layer.localTar!();
     if (!local) return undefined;
     locals.push(local);

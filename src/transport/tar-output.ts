@@ -8,10 +8,16 @@ export class TarOutput {
   readonly #writer = new TarWriter();
   readonly stream = new PassThrough({ highWaterMark: 256 * 1024 });
   #failed = false;
+  /** entry bodies still being read: when the output goes away, they stop (a download, a decompressor) */
+  readonly #sources = new Set<Readable>();
 
   constructor() {
     this.#writer.stream.on('error', (err) => this.fail(err));
     this.#writer.stream.pipe(this.stream);
+    this.stream.once('close', () => {
+      for (const source of this.#sources) source.destroy();
+      this.#sources.clear();
+    });
   }
 
   /** Fail the output with `err` (the first failure wins). */
@@ -33,6 +39,9 @@ export class TarOutput {
       this.fail(err);
       body.destroy();
     });
+    if (this.stream.destroyed) source.destroy();
+    else this.#sources.add(source);
+    source.once('close', () => this.#sources.delete(source));
     source.pipe(body);
     await this.#writer.add(entry, body);
   }

@@ -29,11 +29,17 @@ const GZIP_MIN = 20;
 export async function predictTarSize(client: RegistryClient, descriptor: CheckedDescriptor): Promise<number | undefined> {
   if (descriptor.size < GZIP_MIN) return undefined;
   const first = descriptor.size - 4;
-  const response = await client.request('GET', `/v2/${client.repository}/blobs/${descriptor.digest}`, {
-    headers: { range: `bytes=${first}-${descriptor.size - 1}` },
-    expect: [200, 206, 416],
-    what: `blob ${descriptor.digest} (its last 4 bytes)`,
-  });
+  let response: Response;
+  try {
+    response = await client.request('GET', `/v2/${client.repository}/blobs/${descriptor.digest}`, {
+      headers: { range: `bytes=${first}-${descriptor.size - 1}` },
+      expect: [200, 206, 416],
+      what: `blob ${descriptor.digest} (its last 4 bytes)`,
+    });
+  } catch {
+    // Refused (a CDN that will not do ranges, a 403) or unreachable: the spooled way says what is wrong, if anything.
+    return undefined;
+  }
   if (response.status !== 206 || !new RegExp(`^bytes ${first}-`).test(response.headers.get('content-range') ?? '')) {
     await discard(response);
     return undefined;
