@@ -1,5 +1,6 @@
 // Temp directories (and outputs being written, not yet in place) dockvm must remove before it exits are
-// registered here, so that an error, Ctrl-C or SIGTERM removes them too. (QEMU processes and their temp dirs have the same guard in src/vm/cleanup.ts.)
+// registered here, so that an error, Ctrl-C or SIGTERM removes them too. (QEMU processes and their temp
+// dirs have the same guard in src/vm/cleanup.ts.)
 // Signal-time cleanups are synchronous: the process is about to end and no promise would be awaited.
 // Only the CLI entry installs the signal handlers; a library caller that wants them calls
 // installSignalHandlers() itself.

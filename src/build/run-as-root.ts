@@ -3,7 +3,7 @@
 // (DESIGN.md "Data flow of run-as-root".)
 import { hex, sha256 } from '../image/digest.js';
 import { FileLayer } from '../image/file-layer.js';
-import type { Image, Layer } from '../image/image.js';
+import type { Image } from '../image/image.js';
 import { beginDockerArchive, openImage, parseDestination, writeImage, type OpenedImage } from '../transport/index.js';
 import { withTempDir } from '../cleanup.js';
 import type { BuildSpec } from '../spec/load.js';
@@ -32,7 +32,7 @@ export async function runAsRoot(spec: BuildSpec, options: RunAsRootOptions = {})
   const base = spec.fromImage ? await openBase(spec) : undefined;
   // An archive file gets the base layers while the VM builds the new one (they come first in it).
   const archive = base && spec.runAsRoot && destination.kind === 'docker-archive' && destination.path !== '-'
-    ? beginDockerArchive(destination.path, distinct(base.layers), { gzip: destination.gzip })
+    ? beginDockerArchive(destination.path, base.layers, { gzip: destination.gzip })
     : undefined;
   try {
     return await withTempDir('build', async (tmp) => {
@@ -71,12 +71,6 @@ export async function runAsRoot(spec: BuildSpec, options: RunAsRootOptions = {})
   } finally {
     await base?.close();
   }
-}
-
-/** Each layer once, in order (an image may list the same layer twice; an archive holds it once). */
-function distinct(layers: readonly Layer[]): Layer[] {
-  const seen = new Set<string>();
-  return layers.filter((layer) => !seen.has(layer.diffId) && (seen.add(layer.diffId), true));
 }
 
 async function openBase(spec: BuildSpec): Promise<OpenedImage> {

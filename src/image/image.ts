@@ -37,3 +37,10 @@ export interface Image {
   /** "name:tag" references this image is known by (docker-archive RepoTags, OCI ref names) */
   readonly repoTags: readonly string[];
 }
+
+/** Each layer once (by diff_id), in the order first seen: an image may list a layer twice; archives and registries hold it once. */
+export function distinctLayers(layers: Iterable<Layer>): Layer[] {
+  const seen = new Map<Digest, Layer>();
+  for (const layer of layers) if (!seen.has(layer.diffId)) seen.set(layer.diffId, layer);
+  return [...seen.values()];
+}

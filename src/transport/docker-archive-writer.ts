@@ -12,7 +12,7 @@ import { createTempDir, type TempDir } from '../cleanup.js';
 import { writeAtomically, writeOutput } from '../output.js';
 import { DockvmError, ImageReferenceError } from '../errors.js';
 import { DigestingStream, hex, type Digest } from '../image/digest.js';
-import type { Image, Layer } from '../image/image.js';
+import { distinctLayers, type Image, type Layer } from '../image/image.js';
 import { layerCompression } from '../image/media-types.js';
 import { isRepoTag, splitNameTag } from '../image/reference.js';
 import { checkTarEntries } from './entry-check.js';
@@ -62,7 +62,7 @@ export async function writeDockerArchive(images: readonly ArchiveImage[], path: 
   const planned = plan(images);
   const layerSource = new Map<Digest, string>();
   for (const { image, source } of planned) for (const layer of image.layers) if (source && !layerSource.has(layer.diffId)) layerSource.set(layer.diffId, source);
-  const archive = beginDockerArchive(path, distinctLayers(planned), options, (layer) => `${layerSource.get(layer.diffId) ?? 'image'}: layer ${layer.diffId}`);
+  const archive = beginDockerArchive(path, planned.flatMap(({ image }) => image.layers), options, (layer) => `${layerSource.get(layer.diffId) ?? 'image'}: layer ${layer.diffId}`);
   await archive.finish(images);
 }
 
@@ -83,16 +83,17 @@ interface Rest {
 class Aborted extends DockvmError {}
 
 /**
- * Begin a docker-archive with `first` layers, written at once: run-as-root copies its base layers in
- * while its VM builds the new one. Layers come first in the archive for this (as in docker save's), then
- * the configs, manifest.json and repositories, which name the layers.
+ * Begin a docker-archive with `firstLayers` (each once), written at once: run-as-root copies its base
+ * layers in while its VM builds the new one. Layers come first in the archive for this (as in docker
+ * save's), then the configs, manifest.json and repositories, which name the layers.
  */
 export function beginDockerArchive(
   path: string,
-  first: readonly Layer[],
+  firstLayers: readonly Layer[],
   options: WriteDockerArchiveOptions = {},
   what: (layer: Layer) => string = (layer) => `layer ${layer.diffId}`,
 ): DockerArchiveWriter {
+  const first = distinctLayers(firstLayers);
   let provide!: (rest: Rest) => void;
   let refuse!: (err: unknown) => void;
   const rest = new Promise<Rest>((resolve, reject) => {
@@ -135,7 +136,7 @@ export function beginDockerArchive(
 
 function planRest(images: readonly ArchiveImage[], first: readonly Layer[]): Rest {
   const planned = plan(images);
-  const layers = distinctLayers(planned);
+  const layers = distinctLayers(planned.flatMap(({ image }) => image.layers));
   if (first.some((layer, i) => layers[i]?.diffId !== layer.diffId)) {
     throw new DockvmError('docker-archive: the images do not start with the layers the archive was begun with');
   }
@@ -271,12 +272,6 @@ function plan(images: readonly ArchiveImage[]): PlannedImage[] {
     }
   }
   return [...byConfig.values()];
-}
-
-function distinctLayers(images: PlannedImage[]): Layer[] {
-  const seen = new Map<Digest, Layer>();
-  for (const { image } of images) for (const layer of image.layers) if (!seen.has(layer.diffId)) seen.set(layer.diffId, layer);
-  return [...seen.values()];
 }
 
 /** The legacy `repositories` file: name → tag → top layer ID (here: the top layer's diff_id hex, its file's name). */

@@ -7,7 +7,7 @@
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { DigestMismatchError, ImageReferenceError, RegistryError } from '../../errors.js';
 import { sha256, type Digest } from '../../image/digest.js';
-import type { Image, Layer } from '../../image/image.js';
+import { distinctLayers, type Image, type Layer } from '../../image/image.js';
 import { MediaType, layerCompression } from '../../image/media-types.js';
 import { parseImageReference, type ImageReference } from '../../image/reference.js';
 import { chain, describeFailure } from '../streams.js';
@@ -60,10 +60,8 @@ export async function pushImage(image: Image, destination: string | ImageReferen
   progress?.({ total: sizes.reduce((a, b) => a + b, 0) + image.rawConfig.length });
 
   // Each distinct layer once; the same layer twice in an image is one blob.
-  const distinct = new Map<Digest, Layer>();
-  for (const layer of image.layers) if (!distinct.has(layer.diffId)) distinct.set(layer.diffId, layer);
   const pushed = new Map<Digest, PushedBlob>();
-  const jobs: (() => Promise<void>)[] = [...distinct.values()].map((layer) => async () => {
+  const jobs: (() => Promise<void>)[] = distinctLayers(image.layers).map((layer) => async () => {
     pushed.set(layer.diffId, await pushLayer(client, layer, format, progress));
   });
   let config: PushedBlob | undefined;
