@@ -7,6 +7,7 @@ import { DigestMismatchError, UsageError } from '../errors.js';
 import type { Platform } from '../image/config.js';
 import { isRepoTag, parseImageReference, type ImageReference } from '../image/reference.js';
 import type { RegistryImage, RegistryOptions } from '../transport/registry/index.js';
+import { registryOptions } from '../transport/registry/registry-options.js';
 import { printJson, say } from './io.js';
 
 export interface PullOptions extends RegistryOptions {
@@ -226,11 +227,6 @@ export function parseBool(value: string | boolean | undefined): boolean {
   if (value === undefined || value === true || value === 'true') return true;
   if (value === false || value === 'false') return false;
   throw new UsageError(`expected true or false, got "${String(value)}"`);
-}
-
-export function registryOptions(options: RegistryOptions): RegistryOptions {
-  const { tlsVerify, creds, authFiles, retry } = options;
-  return { ...(tlsVerify !== undefined ? { tlsVerify } : {}), ...(creds !== undefined ? { creds } : {}), ...(authFiles ? { authFiles } : {}), ...(retry ? { retry } : {}) };
 }
 
 export type TransferBar = (label: string, total: number) => cliProgress.SingleBar;

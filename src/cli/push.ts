@@ -2,7 +2,8 @@
 import type { Command } from 'commander';
 import type { PushResult, RegistryOptions } from '../transport/registry/index.js';
 import { printJson, say } from './io.js';
-import { parseBool, registryOptions, registryReference, transferBars } from './pull.js';
+import { registryOptions } from '../transport/registry/registry-options.js';
+import { parseBool, registryReference, transferBars } from './pull.js';
 
 export function registerPush(program: Command): void {
   program

@@ -6,13 +6,13 @@ import { parseImageReference, type ImageReference } from '../image/reference.js'
 import { openImage } from './open.js';
 import { openRegistryImage } from './registry/registry-image.js';
 import { pushImage, type PushOptions, type PushResult } from './registry/push.js';
+import { registryOptions } from './registry/registry-options.js';
 
 export async function pushSource(source: string, destination: string | ImageReference, options: PushOptions = {}): Promise<PushResult> {
   const target = typeof destination === 'string' ? parseImageReference(destination) : destination;
   if (target.digest !== undefined && target.tag !== undefined) throw new UsageError(`${target.text}: push to a tag or to a digest, not both`);
   const sourceRef = source.startsWith('docker://') ? parseImageReference(source) : undefined;
-  const { tlsVerify, authFiles, retry, creds } = options;
-  const shared = { ...(tlsVerify !== undefined ? { tlsVerify } : {}), ...(authFiles ? { authFiles } : {}), ...(retry ? { retry } : {}) };
+  const { creds, ...shared } = registryOptions(options);
   const image = sourceRef
     ? await openRegistryImage(sourceRef, { ...shared, ...(creds !== undefined && sourceRef.registry === target.registry ? { creds } : {}), spoolTars: false })
     : await openImage(source);
