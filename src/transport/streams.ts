@@ -3,6 +3,7 @@
 import { createReadStream } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { PassThrough, Readable, Transform, Writable, type Duplex, type TransformCallback } from 'node:stream';
+import { createGunzip, type Gunzip } from 'node:zlib';
 import { DockvmError, ImageFormatError } from '../errors.js';
 import type { Compression } from '../image/media-types.js';
 
@@ -91,6 +92,27 @@ export async function readAll(stream: Readable, limit: number, what: string): Pr
     chunks.push(chunk);
   }
   return Buffer.concat(chunks);
+}
+
+/** Until `stream` takes bytes again (after a write returned false), or is gone. */
+export function drained(stream: Writable): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const settle = () => {
+      stream.off('drain', settle);
+      stream.off('close', settle);
+      resolve();
+    };
+    stream.on('drain', settle);
+    stream.on('close', settle);
+  });
+}
+
+/**
+ * Gunzip for a blob arriving in network-sized chunks: joined into 1 MiB ones first (Coalesce), and
+ * inflated into 1 MiB ones.
+ */
+export function chunkedGunzip(): [Coalesce, Gunzip] {
+  return [new Coalesce(), createGunzip({ chunkSize: 1024 * 1024 })];
 }
 
 /**

@@ -8,11 +8,10 @@
 // the spooled way. Every check of the spooled way holds here too, before the stream ends: the blob's
 // digest, the diff_id, and the size.
 import { PassThrough, Transform, type Readable, type TransformCallback } from 'node:stream';
-import { createGunzip } from 'node:zlib';
 import { DockvmError } from '../../errors.js';
 import { DigestingStream, type Digest } from '../../image/digest.js';
 import type { CheckedDescriptor } from '../schemas.js';
-import { chain, Coalesce, describeFailure } from '../streams.js';
+import { chain, chunkedGunzip, describeFailure, drained } from '../streams.js';
 import { discard, type RegistryClient } from './client.js';
 import { downloadBlob, type BlobSink } from './download.js';
 
@@ -64,7 +63,7 @@ export function openLiveTar(
 ): Readable {
   const input = new PassThrough({ highWaterMark: 4 * 1024 * 1024 });
   const checkTar = new DigestingStream({ expect: diffId, what: `${what} (uncompressed)` });
-  const output = chain(input, [new Coalesce(), createGunzip({ chunkSize: 1024 * 1024 }), new ExactSize(size, what), checkTar], describeFailure(what));
+  const output = chain(input, [...chunkedGunzip(), new ExactSize(size, what), checkTar], describeFailure(what));
   const sink: BlobSink = {
     write: (chunk) => {
       if (input.destroyed) return Promise.reject(new StreamingAbandoned(`${what}: the archive stopped reading the layer`));
@@ -105,17 +104,4 @@ class ExactSize extends Transform {
   #mismatch(): StreamingAbandoned {
     return new StreamingAbandoned(`${this.what}: the tar is not the ${this.size} bytes its gzip trailer states`);
   }
-}
-
-/** Until `stream` takes bytes again, or is gone. */
-function drained(stream: PassThrough): Promise<void> {
-  return new Promise<void>((resolve) => {
-    const settle = () => {
-      stream.off('drain', settle);
-      stream.off('close', settle);
-      resolve();
-    };
-    stream.on('drain', settle);
-    stream.on('close', settle);
-  });
 }

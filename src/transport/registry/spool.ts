@@ -5,9 +5,8 @@
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { PassThrough, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { createGunzip } from 'node:zlib';
 import { DigestingStream, type Digest } from '../../image/digest.js';
-import { Coalesce, describeFailure } from '../streams.js';
+import { chunkedGunzip, describeFailure, drained } from '../streams.js';
 import type { BlobSink } from './download.js';
 
 export interface TarSpool {
@@ -45,7 +44,7 @@ export class SpoolSink implements BlobSink {
   async write(chunk: Buffer): Promise<void> {
     const waits: Promise<void>[] = [];
     for (const output of [this.#blob, this.#tar]) {
-      if (output && output.failure === undefined && !output.input.write(chunk)) waits.push(drained(output));
+      if (output && output.failure === undefined && !output.input.write(chunk)) waits.push(untilWritable(output));
     }
     if (waits.length) await Promise.all(waits);
   }
@@ -89,8 +88,7 @@ function startTar(spec: TarSpool): Output {
   const input = new PassThrough({ highWaterMark: BUFFER });
   const output: Output = { input, done: Promise.resolve() };
   const check = new DigestingStream({ expect: spec.diffId, what: `${spec.what} (uncompressed)` });
-  const gunzip = createGunzip({ chunkSize: 1024 * 1024 });
-  output.done = pipeline(input, new Coalesce(), gunzip, check, createWriteStream(spec.path, { highWaterMark: BUFFER })).catch((err: unknown) => {
+  output.done = pipeline(input, ...chunkedGunzip(), check, createWriteStream(spec.path, { highWaterMark: BUFFER })).catch((err: unknown) => {
     output.failure = err;
     throw describeFailure(spec.what)(err);
   });
@@ -100,15 +98,6 @@ function startTar(spec: TarSpool): Output {
 }
 
 /** Wait until `output` takes bytes again, or has failed (then it takes no more). */
-function drained(output: Output): Promise<void> {
-  return new Promise<void>((resolve) => {
-    const settle = () => {
-      output.input.off('drain', settle);
-      output.input.off('close', settle);
-      resolve();
-    };
-    output.input.on('drain', settle);
-    output.input.on('close', settle);
-    output.done.catch(settle);
-  });
+function untilWritable(output: Output): Promise<void> {
+  return Promise.race([drained(output.input), output.done.catch(() => undefined)]);
 }
