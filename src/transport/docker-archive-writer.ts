@@ -109,8 +109,9 @@ export function beginDockerArchive(
   const writing = (async () => {
     const positional = path !== '-' && !options.gzip && !options.beforeCommit && !options.checkEntries ? await localTars(first, () => abandoned) : undefined;
     if (abandoned) await rest;
-    if (positional) await writeByPosition(path, first, positional, rest, what);
-    else await writeStreamed(path, first, rest, options, what);
+    await withSpool((spoolDir) =>
+      positional ? writeByPosition(path, first, positional, rest, what, spoolDir) : writeStreamed(path, first, rest, options, what, spoolDir),
+    );
   })().catch((err: unknown) => {
     if (err instanceof DockvmError) throw err;
     throw new DockvmError(`${path}: cannot write the archive: ${(err as Error).message}`, { source: path, cause: err });
@@ -156,11 +157,16 @@ function planRest(images: readonly ArchiveImage[], first: readonly Layer[]): Res
 }
 
 /** Through a tar stream: any layer, gzip, hashing, entry checks, stdout. */
-async function writeStreamed(path: string, first: readonly Layer[], rest: Promise<Rest>, options: WriteDockerArchiveOptions, what: (layer: Layer) => string): Promise<void> {
+async function writeStreamed(
+  path: string,
+  first: readonly Layer[],
+  rest: Promise<Rest>,
+  options: WriteDockerArchiveOptions,
+  what: (layer: Layer) => string,
+  spoolDir: () => Promise<string>,
+): Promise<void> {
   const { beforeCommit } = options;
   const hash = beforeCommit ? new DigestingStream() : undefined;
-  let spool: TempDir | undefined;
-  const spoolDir = async () => (spool ??= await createTempDir('spool')).path;
   const output = new TarOutput();
   let producing: Promise<void> | undefined;
   try {
@@ -202,41 +208,54 @@ async function writeStreamed(path: string, first: readonly Layer[], rest: Promis
   } finally {
     // The layers stop reading before the spool they may read from goes.
     await producing;
-    await spool?.remove();
   }
 }
 
 /** By position (positional-archive.ts): the first layers lie in local files; a later one that does not is spooled. */
-async function writeByPosition(path: string, first: readonly Layer[], locals: LocalRange[], rest: Promise<Rest>, what: (layer: Layer) => string): Promise<void> {
+function writeByPosition(
+  path: string,
+  first: readonly Layer[],
+  locals: LocalRange[],
+  rest: Promise<Rest>,
+  what: (layer: Layer) => string,
+  spoolDir: () => Promise<string>,
+): Promise<void> {
+  return writeAtomically(path, async (temp) => {
+    const file = await PositionalFile.create(temp);
+    try {
+      await file.append(first.flatMap((layer, i) => layerPieces(layer, locals[i]!, what(layer))));
+      const { layers, files } = await rest;
+      const pieces: Piece[] = [];
+      for (const layer of layers) {
+        const local = (await layer.localTar?.()) ?? (await spoolTar(layer, spoolDir));
+        pieces.push(...layerPieces(layer, local, what(layer)));
+      }
+      for (const [name, data] of files) pieces.push({ kind: 'bytes', data: Buffer.concat([...encodeHeader(fileEntry(name, data.length)), data, padding(data.length)]) });
+      pieces.push({ kind: 'bytes', data: Buffer.alloc(1024) });
+      await file.append(pieces);
+    } catch (err) {
+      await file.abort();
+      throw err;
+    }
+    await file.close();
+  });
+}
+
+/** Run `write` with a spool directory for layers that must be written out first: made on first use, removed after. */
+async function withSpool<T>(write: (spoolDir: () => Promise<string>) => Promise<T>): Promise<T> {
   let spool: TempDir | undefined;
   try {
-    await writeAtomically(path, async (temp) => {
-      const file = await PositionalFile.create(temp);
-      try {
-        await file.append(first.flatMap((layer, i) => layerPieces(layer, locals[i]!, what(layer))));
-        const { layers, files } = await rest;
-        const pieces: Piece[] = [];
-        for (const layer of layers) {
-          let local = await layer.localTar?.();
-          if (!local) {
-            const spooled = join((spool ??= await createTempDir('spool')).path, `${hex(layer.diffId)}.tar`);
-            await pipeline(await layer.openTar(), createWriteStream(spooled));
-            local = { path: spooled, offset: 0, size: (await stat(spooled)).size };
-          }
-          pieces.push(...layerPieces(layer, local, what(layer)));
-        }
-        for (const [name, data] of files) pieces.push({ kind: 'bytes', data: Buffer.concat([...encodeHeader(fileEntry(name, data.length)), data, padding(data.length)]) });
-        pieces.push({ kind: 'bytes', data: Buffer.alloc(1024) });
-        await file.append(pieces);
-      } catch (err) {
-        await file.abort();
-        throw err;
-      }
-      await file.close();
-    });
+    return await write(async () => (spool ??= await createTempDir('spool')).path);
   } finally {
     await spool?.remove();
   }
+}
+
+/** The layer's tar written out into the spool directory (a compressed layer is decompressed once). */
+async function spoolTar(layer: Layer, spoolDir: () => Promise<string>): Promise<LocalRange> {
+  const path = join(await spoolDir(), `${hex(layer.diffId)}.tar`);
+  await pipeline(await layer.openTar(), createWriteStream(path));
+  return { path, offset: 0, size: (await stat(path)).size };
 }
 
 /** A layer entry as pieces: its header, its bytes copied from where they lie, tar-stream's padding. */
@@ -324,8 +343,6 @@ async function sizedTar(layer: Layer, what: string, spoolDir: () => Promise<stri
   if (local) return { size: local.size, open: () => layer.openTar() };
   const blob = await layer.blob();
   if (layerCompression(blob.mediaType) === 'none') return { size: blob.size, open: () => layer.openTar() };
-  const path = join(await spoolDir(), `${hex(layer.diffId)}.tar`);
-  await pipeline(await layer.openTar(), createWriteStream(path));
-  const { size } = await stat(path);
-  return { size, open: async () => createReadStream(path) };
+  const spooled = await spoolTar(layer, spoolDir);
+  return { size: spooled.size, open: async () => createReadStream(spooled.path) };
 }
