@@ -43,8 +43,13 @@ export interface ChooseAccelOptions {
 }
 
 export function kvmDevicePresent(): boolean {
+  return deviceUsable('/dev/kvm');
+}
+
+/** Is the device there and ours to open for reading and writing (/dev/kvm, /dev/vhost-vsock)? */
+export function deviceUsable(path: string): boolean {
   try {
-    accessSync('/dev/kvm', fsConstants.R_OK | fsConstants.W_OK);
+    accessSync(path, fsConstants.R_OK | fsConstants.W_OK);
     return true;
   } catch {
     return false;

@@ -3,14 +3,14 @@
 // temp dir (agent socket) are gone when the VM is shut down, when it fails, and when dockvm exits.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomInt } from 'node:crypto';
-import { accessSync, constants as fsConstants, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { type Server, type Socket, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Duplex } from 'node:stream';
 import { VmError } from '../errors.js';
-import { chooseAccel } from './accel.js';
+import { chooseAccel, deviceUsable } from './accel.js';
 import { bootImage } from './boot-image.js';
 import { ensureAgent } from './agent-binary.js';
 import { AgentClient, type ExecOptions, type ExecResult, type RunningCommand } from './agent-client.js';
@@ -76,12 +76,7 @@ const SHUTDOWN_GRACE_MS = 5000;
 
 /** Is /dev/vhost-vsock there and ours to open? */
 export function vsockUsable(): boolean {
-  try {
-    accessSync('/dev/vhost-vsock', fsConstants.R_OK | fsConstants.W_OK);
-    return true;
-  } catch {
-    return false;
-  }
+  return deviceUsable('/dev/vhost-vsock');
 }
 
 export function chooseTransport(env: NodeJS.ProcessEnv = process.env): Transport {
