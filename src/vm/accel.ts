@@ -7,7 +7,7 @@ import { hostname, release } from 'node:os';
 import { dirname, join } from 'node:path';
 import { VmError } from '../errors.js';
 import type { GuestKernel } from './kernel.js';
-import { cacheDir } from './paths.js';
+import { cacheDir } from '../cache-dir.js';
 import type { Accel, QemuBinary } from './qemu.js';
 import type { Vm } from './vm.js';
 import { writeAtomically } from '../output.js';

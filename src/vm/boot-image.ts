@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { VmError } from '../errors.js';
 import type { GuestKernel } from './kernel.js';
-import { cacheDir } from './paths.js';
+import { cacheDir } from '../cache-dir.js';
 import { writeAtomically } from '../output.js';
 
 export interface BootImage {

@@ -11,7 +11,8 @@ import { type BootImage, bootImage } from './boot-image.js';
 import { ensureInitramfs, findBusybox, planInitramfs } from './initramfs.js';
 import { type GuestKernel, resolveKernel } from './kernel.js';
 import { planModules } from './modules.js';
-import { assetPath, cacheDir } from './paths.js';
+import { cacheDir } from '../cache-dir.js';
+import { assetPath } from './paths.js';
 import { type Accel, type QemuBinary, findQemu } from './qemu.js';
 import { bootVm, chooseTransport, type Transport } from './vm.js';
 
