@@ -9,7 +9,6 @@ import { VmError } from '../errors.js';
 import type { GuestKernel } from './kernel.js';
 import { cacheDir } from '../cache-dir.js';
 import type { Accel, QemuBinary } from './qemu.js';
-import type { Vm } from './vm.js';
 import { writeAtomically } from '../output.js';
 
 /** How long a KVM boot may take to reach the agent; a working KVM needs well under a second. */
@@ -35,7 +34,7 @@ export interface ChooseAccelOptions {
     cpus: number;
     disks: [];
     network: false;
-  }) => Promise<Vm>;
+  }) => Promise<{ shutdown(): Promise<void> }>;
   readonly probeTimeoutMs?: number;
   /** where verdicts are kept (default: accel.json in the cache dir) */
   readonly cacheFile?: string;

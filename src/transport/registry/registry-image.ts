@@ -13,7 +13,7 @@ import type { Layer } from '../../image/image.js';
 import { layerCompression } from '../../image/media-types.js';
 import { parseImageReference, type ImageReference } from '../../image/reference.js';
 import { checkLayerCount, loadConfig } from '../loaded-image.js';
-import type { OpenedImage } from '../open.js';
+import type { OpenedImage } from '../opened-image.js';
 import type { CheckedDescriptor } from '../schemas.js';
 import { chain, describeFailure, openRange } from '../streams.js';
 import { RegistryClient, type RegistryOptions } from './client.js';
