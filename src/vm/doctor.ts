@@ -147,8 +147,10 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
       const choice = await chooseAccel({
         env,
         qemu,
-        kernel,
+        image: kernelReport!.boot,
         initramfsHash,
+        machine,
+        transport,
         onNotice: options.onNotice,
         boot: (plan) =>
           bootVm({ ...plan, qemu: qemu!.path, machine, transport, kernel: kernelReport!.boot.path, initrd: initramfs!.path, agentBinary: agent.path }),

@@ -103,7 +103,7 @@ export async function startVm(options: VmOptions = {}): Promise<Vm> {
   const base = { qemu: qemu.path, machine, transport, kernel: image.path, initrd: initramfs.path, agentBinary: agent.path };
   const accel =
     options.accel ??
-    (await chooseAccel({ env, qemu, kernel, initramfsHash: initramfs.hash, onNotice: options.onNotice, boot: (plan) => bootVm({ ...base, ...plan }) })).accel;
+    (await chooseAccel({ env, qemu, image, initramfsHash: initramfs.hash, machine, transport, onNotice: options.onNotice, boot: (plan) => bootVm({ ...base, ...plan }) })).accel;
   return bootVm({
     ...base,
     accel,
