@@ -1,24 +1,75 @@
-// Temp directories (and outputs being written, not yet in place) dockvm must remove before it exits are
-// registered here, so that an error, Ctrl-C or SIGTERM removes them too. (QEMU processes and their temp
-// dirs have the same guard in src/vm/cleanup.ts.)
-// Signal-time cleanups are synchronous: the process is about to end and no promise would be awaited.
-// Only the CLI entry installs the signal handlers; a library caller that wants them calls
-// installSignalHandlers() itself.
+// Everything dockvm must undo before it exits is registered here, in one registry: QEMU processes, the
+// VMs' temp dirs, temp directories, outputs being written and not yet in place. Whatever ends the
+// process (success, an error, process.exit, SIGINT/SIGTERM/SIGHUP) undoes what is still registered.
+// Undoing is synchronous: the process is about to end and no promise would be awaited.
+// Signals: while anything is registered, a guard handler undoes it all, removes itself and re-raises
+// the signal, so that the default action (or an embedder's own handler) applies; a library caller gets
+// that without asking. The CLI entry installs its own handlers instead (installSignalHandlers()).
 import { rmSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-/** Temp directories and files (an output not yet renamed into place) to remove if a signal ends the process. */
-const pending = new Set<string>();
+/** What to undo if the process ends now, in the order it was registered (QEMU killed before its dir goes). */
+const pending = new Set<{ undo: () => void }>();
+const SIGNALS: readonly NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+let guarded = false;
 
-/** Have `path` removed if a signal ends the process before the returned release is called. */
-export function removeOnSignal(path: string): () => void {
-  pending.add(path);
+/** Have `undo` run if the process ends before the returned release is called. */
+export function onExit(undo: () => void): () => void {
+  const entry = { undo };
+  pending.add(entry);
+  guard();
   return () => {
-    pending.delete(path);
+    pending.delete(entry);
+    if (pending.size === 0) unguard();
   };
+}
+
+/** Have `path` (a temp dir, an output not yet renamed into place) removed if the process ends before release. */
+export function removeOnExit(path: string): () => void {
+  return onExit(() => rmSync(path, { recursive: true, force: true }));
+}
+
+/** Have the process `pid()` names (while it may still run) killed if this one ends before release. */
+export function killOnExit(pid: () => number | undefined): () => void {
+  return onExit(() => {
+    const running = pid();
+    if (running === undefined) return;
+    try {
+      process.kill(running, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  });
+}
+
+/** Undo everything still registered (at exit, on a signal). */
+function undoPendingNow(): void {
+  for (const entry of pending) entry.undo();
+  pending.clear();
+  unguard();
+}
+
+function onGuardedSignal(signal: NodeJS.Signals): void {
+  undoPendingNow();
+  // re-raise: with our handler gone, the default action (or the embedder's own handler) applies
+  process.kill(process.pid, signal);
+}
+
+function guard(): void {
+  if (guarded) return;
+  guarded = true;
+  for (const signal of SIGNALS) process.on(signal, onGuardedSignal);
+  process.on('exit', undoPendingNow);
+}
+
+function unguard(): void {
+  if (!guarded) return;
+  guarded = false;
+  for (const signal of SIGNALS) process.off(signal, onGuardedSignal);
+  process.off('exit', undoPendingNow);
 }
 
 export interface TempDir {
@@ -36,7 +87,7 @@ export async function createTempDir(prefix: string): Promise<TempDir> {
   const base = process.env.DOCKVM_TMPDIR ?? tmpdir();
   for (;;) {
     const path = join(base, `dockvm-${prefix}-${randomBytes(6).toString('hex')}`);
-    const release = removeOnSignal(path);
+    const release = removeOnExit(path);
     try {
       await mkdir(path, { mode: 0o700 });
     } catch (err) {
@@ -64,17 +115,11 @@ export async function withTempDir<T>(prefix: string, fn: (dir: string) => Promis
   }
 }
 
-/** Remove every temp directory and file still registered (on a signal). */
-export function removePendingNow(): void {
-  for (const path of pending) rmSync(path, { recursive: true, force: true });
-  pending.clear();
-}
-
 let installed = false;
 
 /**
- * On SIGINT/SIGTERM/SIGHUP: remove temp dirs, say so, exit as the signal would (128 + its number). The
- * exit also runs the 'exit' hooks of QEMU's guard (src/vm/cleanup.ts) and of tmp-promise's spools.
+ * The CLI's handlers, installed first: on SIGINT/SIGTERM/SIGHUP undo everything registered, say so, exit
+ * as the signal would (128 + its number). The exit also runs the 'exit' hooks of tmp-promise's spools.
  */
 export function installSignalHandlers(): void {
   if (installed) return;
@@ -82,7 +127,7 @@ export function installSignalHandlers(): void {
   const numbers: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 };
   for (const signal of Object.keys(numbers) as NodeJS.Signals[]) {
     process.once(signal, () => {
-      removePendingNow();
+      undoPendingNow();
       process.stderr.write(`\ndockvm: ${signal === 'SIGINT' ? 'interrupted' : `stopped by ${signal}`}; cleaned up\n`);
       process.exit(128 + numbers[signal]!);
     });

@@ -6,7 +6,7 @@ import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
 import type { Readable, Writable } from 'node:stream';
-import { removeOnSignal } from './cleanup.js';
+import { removeOnExit } from './cleanup.js';
 
 /**
  * Write a file atomically: `produce` gets a temp path in the same directory; it is renamed to `path`
@@ -15,7 +15,7 @@ import { removeOnSignal } from './cleanup.js';
 export async function writeAtomically<T>(path: string, produce: (tempPath: string) => Promise<T>): Promise<T> {
   const temp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
   // Ctrl-C while it is being written removes it too.
-  const release = removeOnSignal(temp);
+  const release = removeOnExit(temp);
   try {
     const result = await produce(temp);
     await rename(temp, path);

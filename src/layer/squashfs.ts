@@ -5,7 +5,7 @@ import { access, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { execa } from 'execa';
-import { cacheDir } from '../vm/paths.js';
+import { cacheDir } from '../cache-dir.js';
 import { DockvmError, MissingToolError } from '../errors.js';
 import { hex } from '../image/digest.js';
 import type { Layer } from '../image/image.js';

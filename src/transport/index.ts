@@ -1,6 +1,7 @@
 // Reading and writing images: docker-archives, OCI layouts (directories and tars); registries later.
 export { parseImageReference, isRepoTag, normalizeRepoTag, type ImageReference, type Transport } from '../image/reference.js';
-export { openImage, openImages, type OpenedImage, type OpenImageOptions } from './open.js';
+export { openImage, openImages, type OpenImageOptions } from './open.js';
+export type { OpenedImage } from './opened-image.js';
 export { writeDockerArchive, beginDockerArchive, GZIP_LEVEL, type DockerArchiveWriter, type ArchiveImage, type WriteDockerArchiveOptions } from './docker-archive-writer.js';
 export { writeOciLayout, type WriteOciLayoutOptions } from './oci-layout-writer.js';
 export { writeImage, parseDestination, type Destination } from './write.js';

@@ -2,20 +2,13 @@
 // close() releases what was opened (the temp file of a decompressed archive).
 import { stat } from 'node:fs/promises';
 import { ImageFormatError, ImageReferenceError, RegistryError } from '../errors.js';
-import type { Image } from '../image/image.js';
 import { normalizeRepoTag, parseImageReference, type ImageReference } from '../image/reference.js';
 import { readLegacyImages, readManifestImages } from './docker-archive-reader.js';
 import type { LoadedImage } from './loaded-image.js';
 import { OciLayoutReader } from './oci-layout-reader.js';
+import type { OpenedImage } from './opened-image.js';
 import { openRegistryImage, type OpenRegistryImageOptions } from './registry/registry-image.js';
 import { DirStore, TarStore, type FileStore } from './store.js';
-
-export interface OpenedImage extends Image {
-  /** the reference it was opened by, as written */
-  readonly reference: string;
-  /** release the archive (removes any temp files); safe to call more than once */
-  close(): Promise<void>;
-}
 
 export interface OpenImageOptions {
   /** pick the image with this name (with `tag`): fromImageName */

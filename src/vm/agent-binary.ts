@@ -6,7 +6,8 @@ import { mkdir, readFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { MissingToolError } from '../errors.js';
-import { assetPath, cacheDir } from './paths.js';
+import { cacheDir } from '../cache-dir.js';
+import { assetPath } from './paths.js';
 import { writeAtomically } from '../output.js';
 
 /** -static: the initramfs has no libc; -Os: it is copied into every boot; -s: symbols are dead weight. */

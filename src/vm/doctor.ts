@@ -11,7 +11,8 @@ import { type BootImage, bootImage } from './boot-image.js';
 import { ensureInitramfs, findBusybox, planInitramfs } from './initramfs.js';
 import { type GuestKernel, resolveKernel } from './kernel.js';
 import { planModules } from './modules.js';
-import { assetPath, cacheDir } from './paths.js';
+import { cacheDir } from '../cache-dir.js';
+import { assetPath } from './paths.js';
 import { type Accel, type QemuBinary, findQemu } from './qemu.js';
 import { bootVm, chooseTransport, type Transport } from './vm.js';
 
@@ -146,8 +147,10 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
       const choice = await chooseAccel({
         env,
         qemu,
-        kernel,
+        image: kernelReport!.boot,
         initramfsHash,
+        machine,
+        transport,
         onNotice: options.onNotice,
         boot: (plan) =>
           bootVm({ ...plan, qemu: qemu!.path, machine, transport, kernel: kernelReport!.boot.path, initrd: initramfs!.path, agentBinary: agent.path }),

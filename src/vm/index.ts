@@ -10,4 +10,4 @@ export { bootImage, type BootImage } from './boot-image.js';
 export { ensureAgent } from './agent-binary.js';
 export { chooseAccel, cachedAccel, kvmDevicePresent, type AccelChoice } from './accel.js';
 export { findQemu, type Accel, type Machine, type QemuBinary } from './qemu.js';
-export { cacheDir } from './paths.js';
+export { cacheDir } from '../cache-dir.js';

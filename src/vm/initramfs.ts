@@ -13,7 +13,8 @@ import { guestTools } from './guest-tools.js';
 import { type CpioEntry, writeCpio } from './cpio.js';
 import type { GuestKernel } from './kernel.js';
 import { GUEST_MODULES, type ModuleGroup, planModules } from './modules.js';
-import { assetPath, cacheDir } from './paths.js';
+import { cacheDir } from '../cache-dir.js';
+import { assetPath } from './paths.js';
 import { writeAtomically } from '../output.js';
 
 /** Bump when the layout below changes in a way the other inputs do not show. */

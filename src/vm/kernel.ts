@@ -5,7 +5,8 @@ import { readFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { execa } from 'execa';
 import { MissingToolError, VmError } from '../errors.js';
-import { assetPath, cacheDir } from './paths.js';
+import { cacheDir } from '../cache-dir.js';
+import { assetPath } from './paths.js';
 
 export interface GuestKernel {
   /** the bzImage QEMU boots */

@@ -1,16 +1,8 @@
-// Where dockvm keeps things: the per-user cache, and the guest-side assets (vm/, kernel/) shipped in the
-// package. Both are looked up the same way from src/ (tsx) and from dist/src/ (compiled).
+// Where the guest-side assets (vm/, kernel/) shipped in the package are: looked up the same way from
+// src/ (tsx) and from dist/src/ (compiled). (The per-user cache is src/cache-dir.ts.)
 import { existsSync, readFileSync } from 'node:fs';
-import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-
-/** `$DOCKVM_CACHE`, else `$XDG_CACHE_HOME/dockvm`, else `~/.cache/dockvm`. */
-export function cacheDir(env: NodeJS.ProcessEnv = process.env): string {
-  if (env.DOCKVM_CACHE) return env.DOCKVM_CACHE;
-  if (env.XDG_CACHE_HOME) return join(env.XDG_CACHE_HOME, 'dockvm');
-  return join(homedir(), '.cache', 'dockvm');
-}
 
 let root: string | undefined;
 

@@ -9,12 +9,12 @@ import { type Server, type Socket, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Duplex } from 'node:stream';
+import { killOnExit, removeOnExit } from '../cleanup.js';
 import { VmError } from '../errors.js';
 import { chooseAccel, deviceUsable } from './accel.js';
 import { bootImage } from './boot-image.js';
 import { ensureAgent } from './agent-binary.js';
 import { AgentClient, type ExecOptions, type ExecResult, type RunningCommand } from './agent-client.js';
-import { track, untrack } from './cleanup.js';
 import type { VmDisk } from './disks.js';
 import { ensureInitramfs } from './initramfs.js';
 import { type GuestKernel, resolveKernel } from './kernel.js';
@@ -103,7 +103,7 @@ export async function startVm(options: VmOptions = {}): Promise<Vm> {
   const base = { qemu: qemu.path, machine, transport, kernel: image.path, initrd: initramfs.path, agentBinary: agent.path };
   const accel =
     options.accel ??
-    (await chooseAccel({ env, qemu, kernel, initramfsHash: initramfs.hash, onNotice: options.onNotice, boot: (plan) => bootVm({ ...base, ...plan }) })).accel;
+    (await chooseAccel({ env, qemu, image, initramfsHash: initramfs.hash, machine, transport, onNotice: options.onNotice, boot: (plan) => bootVm({ ...base, ...plan }) })).accel;
   return bootVm({
     ...base,
     accel,
@@ -151,7 +151,7 @@ export class Vm {
   private exitDescription: string | undefined;
   private state: 'booting' | 'running' | 'stopping' | 'stopped' = 'booting';
   private cleaned: Promise<void> | undefined;
-  private readonly resources;
+  private readonly releaseExitGuards: () => void;
 
   /** @internal use startVm() or bootVm() */
   constructor(
@@ -161,8 +161,9 @@ export class Vm {
     this.accel = plan.accel;
     this.transport = plan.transport;
     this.machine = plan.machine;
-    this.resources = { tempDir, pid: () => this.livePid() };
-    track(this.resources);
+    // if dockvm ends before cleanup() ran: QEMU killed, then its temp dir removed
+    const releases = [killOnExit(() => this.livePid()), removeOnExit(tempDir)];
+    this.releaseExitGuards = () => releases.forEach((release) => release());
   }
 
   /** QEMU's process id (for tests and diagnostics); undefined before spawn. */
@@ -379,7 +380,7 @@ export class Vm {
       await Promise.race([this.qemuExited, sleep(2000)]);
       await rm(this.tempDir, { recursive: true, force: true });
       this.state = 'stopped';
-      untrack(this.resources);
+      this.releaseExitGuards();
     })();
     return this.cleaned;
   }

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { pull } from '../../src/cli/pull.js';
 import { hex } from '../../src/image/digest.js';
 import { openRegistryImage, pushImage } from '../../src/transport/registry/index.js';
-import { cacheDir } from '../../src/vm/paths.js';
+import { cacheDir } from '../../src/cache-dir.js';
 import { startFaultProxy, startRegistry } from '../helpers/registry.js';
 import { runDockvm } from '../helpers/peers.js';
 import { collect } from '../helpers/streams.js';

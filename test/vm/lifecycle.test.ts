@@ -120,8 +120,10 @@ test.serial('a KVM that does not reach the agent in time falls back to TCG with 
   const options = {
     env,
     qemu,
-    kernel,
+    image,
     initramfsHash: initramfs.hash,
+    machine: 'microvm' as const,
+    transport: chooseTransport(),
     cacheFile: join(dir, 'accel.json'),
     // 50 ms: no KVM guest reaches its agent that fast, so this stands for a KVM that hangs
     probeTimeoutMs: 50,

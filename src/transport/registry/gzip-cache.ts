@@ -6,7 +6,7 @@
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { cacheDir } from '../../vm/paths.js';
+import { cacheDir } from '../../cache-dir.js';
 import { hex, isDigest, type Digest } from '../../image/digest.js';
 
 function directory(compressor: string): string {

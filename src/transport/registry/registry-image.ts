@@ -13,7 +13,7 @@ import type { Layer } from '../../image/image.js';
 import { layerCompression } from '../../image/media-types.js';
 import { parseImageReference, type ImageReference } from '../../image/reference.js';
 import { checkLayerCount, loadConfig } from '../loaded-image.js';
-import type { OpenedImage } from '../open.js';
+import type { OpenedImage } from '../opened-image.js';
 import type { CheckedDescriptor } from '../schemas.js';
 import { chain, describeFailure, openRange } from '../streams.js';
 import { RegistryClient, type RegistryOptions } from './client.js';
@@ -22,7 +22,7 @@ import { describeReference, resolveManifest, type FetchedManifest } from './mani
 import { formatPlatform, platformMatches, wantedPlatform } from './platform.js';
 import { SpoolSink } from './spool.js';
 import { cachedTar, cacheSlot } from './tar-cache.js';
-import { createTempDir, removeOnSignal, type TempDir } from '../../cleanup.js';
+import { createTempDir, removeOnExit, type TempDir } from '../../cleanup.js';
 import { openLiveTar, predictTarSize } from './live-tar.js';
 
 export interface OpenRegistryImageOptions extends RegistryOptions {
@@ -206,7 +206,7 @@ export class Spool {
     const slot = keep.tar && !cached ? await cacheSlot(layer.diffId) : undefined;
     const tarPath = slot?.temp ?? join(dir, `${hex(layer.diffId)}.tar`);
     const tar = keep.tar && !cached ? { path: tarPath, diffId: layer.diffId, what: layer.what } : undefined;
-    const release = slot ? removeOnSignal(slot.temp) : undefined;
+    const release = slot ? removeOnExit(slot.temp) : undefined;
     const sink = new SpoolSink(blobPath, tar);
     try {
       await downloadBlob(this.client, layer.descriptor, sink, onBytes ? { onBytes } : {});

@@ -8,7 +8,7 @@ import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { hex, type Digest } from '../../image/digest.js';
-import { cacheDir } from '../../vm/paths.js';
+import { cacheDir } from '../../cache-dir.js';
 import { verifyLocalTars } from '../../layer/verify-in-place.js';
 
 export interface CachedTar {
