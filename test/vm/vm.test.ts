@@ -5,6 +5,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
 import test from 'ava';
 import { ScriptError, VmError } from '../../src/errors.js';
 import { createScratchDisk } from '../../src/vm/disks.js';
@@ -113,11 +114,12 @@ test.serial('with a tty the command sees a terminal of the asked size, and can b
   const chunks: Buffer[] = [];
   let waiting!: () => void;
   const isWaiting = new Promise<void>((resolve) => (waiting = resolve));
-  const running = vm.spawn({ argv: ['sh', '-c', 'echo waiting; read line; stty size'], tty: true, stdin: (async function* () {
+  async function* input() {
     await isWaiting;
     running.resize(50, 160);
     yield Buffer.from('go\n');
-  })(), onStdout: (c) => {
+  }
+  const running = vm.spawn({ argv: ['sh', '-c', 'echo waiting; read line; stty size'], tty: true, stdin: Readable.from(input()), onStdout: (c) => {
     chunks.push(c);
     if (Buffer.concat(chunks).includes('waiting')) waiting();
   } });
