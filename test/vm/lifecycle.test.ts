@@ -15,7 +15,7 @@ import { ensureInitramfs } from '../../src/vm/initramfs.js';
 import { resolveKernel } from '../../src/vm/kernel.js';
 import { findQemu } from '../../src/vm/qemu.js';
 import { type Vm, bootVm, chooseTransport, startVm } from '../../src/vm/vm.js';
-import { needs } from '../helpers/prerequisites.js';
+import { onlyWhere } from '../helpers/prerequisites.js';
 import { waitFor } from '../helpers/wait.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -139,8 +139,8 @@ test('DOCKVM_ACCEL=kvm or tcg decides without a probe; another value is an error
   t.false(existsSync(join(dir, 'accel.json')), 'no verdict cached');
 });
 
-// Not a missing prerequisite: a host without /dev/kvm takes this path instead of the probe.
-(kvmDevicePresent() ? test.skip : test)(`without /dev/kvm the choice is TCG at once, with no probe${kvmDevicePresent() ? ' (skipped: this host has /dev/kvm)' : ''}`, async (t) => {
+// Which of the next two runs depends on the host: without /dev/kvm there is no probe to test.
+onlyWhere(!kvmDevicePresent(), 'this host has /dev/kvm')('without /dev/kvm the choice is TCG at once, with no probe', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'dockvm-accel-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const { options, probes } = await accelOptions(dir);
@@ -148,7 +148,7 @@ test('DOCKVM_ACCEL=kvm or tcg decides without a probe; another value is an error
   t.is(probes.count, 0);
 });
 
-needs(kvmDevicePresent(), 'no /dev/kvm here, so no KVM probe to fall back from', test.serial)('a KVM that does not reach the agent in time falls back to TCG with one notice, and the verdict is cached', async (t) => {
+onlyWhere(kvmDevicePresent(), 'no /dev/kvm here, so no KVM probe to fall back from', test.serial)('a KVM that does not reach the agent in time falls back to TCG with one notice, and the verdict is cached', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'dockvm-accel-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const { options, notices, probes } = await accelOptions(dir);
