@@ -1,5 +1,6 @@
-// npm run bench:vm — the build VM's fixed costs: boot to agent ready, exec round trip, and a whole
-// boot + exec + shutdown, as medians over BENCH_RUNS (default 5) boots with the accel dockvm chooses.
+// npm run bench:vm — the build VM's fixed costs: boot to agent ready, exec round trip, shutdown (poweroff
+// until QEMU is gone and its temp dir removed), and a whole boot + exec + shutdown, as medians over
+// BENCH_RUNS (default 5) boots with the accel dockvm chooses.
 // Goals under TCG: boot to agent ready <= 1.5 s, exec round trip <= 20 ms.
 //
 // Also where the boot time goes, from the guest's own clock (/proc/uptime starts when the kernel's
@@ -29,6 +30,7 @@ function logTime(dmesg: string, pattern: RegExp): number | undefined {
 interface Run {
   ready: number;
   exec: number;
+  shutdown: number;
   total: number;
   beforeKernel: number;
   kernelToInit: number;
@@ -73,6 +75,7 @@ async function once(): Promise<{ run: Run; accel: string; machine: string }> {
       run: {
         ready,
         exec: median(times),
+        shutdown,
         total: ready + firstExec + shutdown,
         beforeKernel: vm.bootMs - uptimeAtReady,
         kernelToInit: runInit,
@@ -99,6 +102,7 @@ const m = (key: keyof Run): string => `${Math.round(median(runs.map((r) => r[key
 console.log(`accel: ${accel} (machine ${machine}), ${RUNS} runs, medians; host load average ${loadavg()[0]!.toFixed(1)} on ${cpus().length} CPUs`);
 console.log(`boot to agent ready:           ${m('ready')}   (goal under TCG: <= 1500 ms)`);
 console.log(`exec round trip (${EXECS}x true):   ${m('exec')}   (goal: <= 20 ms)`);
+console.log(`shutdown (poweroff, QEMU gone): ${m('shutdown')}`);
 console.log(`boot + exec + shutdown:        ${m('total')}`);
 console.log('where the boot goes:');
 console.log(`  before the kernel's clock (QEMU start, firmware, loading kernel+initramfs): ${m('beforeKernel')}`);

@@ -16,7 +16,7 @@ export function registerRunAsRoot(program: Command): void {
     .argument('<spec>', 'spec.json (fields as nixpkgs buildImage; paths relative to the spec file)')
     .option('-o, --output <out>', 'where the image goes (overrides the spec\'s output): .tar, .tar.gz or oci:DIR')
     .addOption(new Option('--timeout <seconds>', 'give up when the build VM runs longer than this').argParser(positiveSeconds))
-    .option('--json', 'print imageName, imageTag, output, config digest and layers as one JSON document')
+    .option('--json', 'print imageName, imageTag, output, config digest, layers and bootedVm as one JSON document')
     .action(async (specPath: string, options: { output?: string; timeout?: number; json?: boolean }) => {
       installSignalHandlers();
       // loaded on use: --help and other commands start faster
@@ -29,8 +29,7 @@ export function registerRunAsRoot(program: Command): void {
         ...(options.timeout !== undefined ? { timeoutMs: options.timeout * 1000 } : {}),
       });
       if (options.json) {
-        const { bootedVm: _booted, ...json } = result;
-        printJson(json);
+        printJson(result);
       } else {
         say(`dockvm: wrote ${result.imageName}:${result.imageTag} to ${result.output}`);
       }

@@ -2,6 +2,7 @@
 // images: one uncompressed `<diffid-hex>.tar` per distinct layer, one `<config-hex>.json` per image,
 // manifest.json and repositories, in that order (layers first, as docker save writes them, so that an
 // archive can be begun before its last layer exists); every entry mtime 0, mode 0644, owner 0:0.
+import { channel } from 'node:diagnostics_channel';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -47,6 +48,12 @@ export interface WriteDockerArchiveOptions {
 const VERIFY_ON_WORKER = 16 * 1024 * 1024;
 /** Archives whose layers all lie in local files, from this size on, are written by position. */
 const POSITIONAL_MIN = 16 * 1024 * 1024;
+
+/**
+ * Which way each archive is written, as `{ path, byPosition }` (node:diagnostics_channel: nothing is
+ * published unless someone subscribes). The two ways give the same bytes; this says which one ran.
+ */
+export const archiveWayChannel = channel('dockvm:docker-archive-way');
 
 /** zlib's default level, fixed here so that output does not change with Node's defaults. */
 export const GZIP_LEVEL = 6;
@@ -109,6 +116,7 @@ export function beginDockerArchive(
   const writing = (async () => {
     const positional = path !== '-' && !options.gzip && !options.beforeCommit && !options.checkEntries ? await localTars(first, () => abandoned) : undefined;
     if (abandoned) await rest;
+    if (archiveWayChannel.hasSubscribers) archiveWayChannel.publish({ path, byPosition: positional !== undefined });
     await withSpool((spoolDir) =>
       positional ? writeByPosition(path, first, positional, rest, what, spoolDir) : writeStreamed(path, first, rest, options, what, spoolDir),
     );

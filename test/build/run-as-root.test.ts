@@ -10,6 +10,7 @@ import { openImage } from '../../src/transport/index.js';
 import { debianFixture } from '../fixtures/debian.js';
 import { listing, podmanExport, type Seen } from '../helpers/filesystem.js';
 import { runDockvm, uniqueName } from '../helpers/peers.js';
+import { qemuCounter } from '../helpers/qemu-counter.js';
 
 const LONG = 'n'.repeat(200);
 const SCRIPT = `
@@ -64,8 +65,8 @@ function writeSpec(dir: string, extra: Record<string, unknown> = {}): string {
   return spec;
 }
 
-async function build(t: { is(a: unknown, b: unknown, m?: string): void }, spec: string, args: string[] = []): Promise<Record<string, unknown>> {
-  const run = await runDockvm(['run-as-root', spec, '--json', ...args]);
+async function build(t: { is(a: unknown, b: unknown, m?: string): void }, spec: string, args: string[] = [], env: Record<string, string> = {}): Promise<Record<string, unknown>> {
+  const run = await runDockvm(['run-as-root', spec, '--json', ...args], { env });
   t.is(run.exitCode, 0, run.stderr);
   return JSON.parse(run.stdout) as Record<string, unknown>;
 }
@@ -169,7 +170,10 @@ test('FROM scratch: the bundled shell runs the script and leaves no trace, nor d
   const dir = tempDir(t);
   const spec = join(dir, 'spec.json');
   writeFileSync(spec, JSON.stringify({ name: 'scratch-test', runAsRoot: 'mkdir -p /etc && echo hi > /etc/hello && ls / > /etc/root-listing', output: 'out.tar' }));
-  const result = await build(t, spec);
+  const qemu = await qemuCounter(t);
+  const result = await build(t, spec, [], qemu.env);
+  t.is(qemu.boots(), 1, 'one VM ran the script');
+  t.is(result.bootedVm, true);
   t.is((result.layers as unknown[]).length, 1);
   const layer = await newLayer(dir, join(dir, 'out.tar'));
   t.deepEqual([...layer.keys()], ['etc', 'etc/hello', 'etc/root-listing']);
@@ -184,17 +188,20 @@ test('without runAsRoot no VM boots; created "now" is not reproducible, the defa
     writeFileSync(path, JSON.stringify({ name: 'host-only', copyToRoot: 'files', extraCommands: 'mkdir -p tmp && chmod 1777 tmp', ...(created ? { created } : {}), output: `${uniqueName('o')}.tar` }));
     return path;
   };
+  const qemu = await qemuCounter(t);
   const fixed = spec();
-  const first = await build(t, fixed);
-  const second = await build(t, fixed);
+  const first = await build(t, fixed, [], qemu.env);
+  const second = await build(t, fixed, [], qemu.env);
   t.is(first.configDigest, second.configDigest);
   const now = spec('now');
-  const a = await build(t, now);
+  const a = await build(t, now, [], qemu.env);
   await new Promise((resolve) => setTimeout(resolve, 1100));
-  const b = await build(t, now);
+  const b = await build(t, now, [], qemu.env);
   t.not(a.configDigest, b.configDigest);
   // an OCI layout output: --json names the blobs as written (gzip), as skopeo sees them
-  const oci = await build(t, fixed, ['-o', `oci:${join(dir, 'layout')}`]);
+  const oci = await build(t, fixed, ['-o', `oci:${join(dir, 'layout')}`], qemu.env);
+  t.is(qemu.boots(), 0, 'five builds, no VM');
+  t.deepEqual([first, second, a, b, oci].map((result) => result.bootedVm), [false, false, false, false, false]);
   const seen = JSON.parse((await execa('skopeo', ['inspect', `oci:${join(dir, 'layout')}`])).stdout) as { Layers: string[] };
   t.deepEqual((oci.layers as { digest: string }[]).map((l) => l.digest), seen.Layers);
   const layer = await newLayer(dir, first.output as string);

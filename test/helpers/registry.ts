@@ -221,8 +221,8 @@ export interface Faults {
   unavailableTimes?: number;
   /** drop every Range header: the registry answers whole blobs, as one that does not do ranges */
   noRange?: boolean;
-  /** wait this many milliseconds before passing on each chunk of a blob body (a slow link) */
-  throttleBlobMs?: number;
+  /** send this many bytes of a blob body, then nothing more until the client goes away (a link that stalls) */
+  stallBlobAfter?: number;
   /** answer 503 to this many blob uploads (PATCH or PUT), at once, without reading their body */
   uploadUnavailableTimes?: number;
   /** cut the connection after this many bytes of an upload's body, `dropUploadTimes` times */
@@ -233,8 +233,8 @@ export interface Faults {
 export interface FaultProxy {
   host: string;
   faults: Faults;
-  /** every request: "METHOD path" and its Range header */
-  requests: { line: string; range?: string; status?: number }[];
+  /** every request: "METHOD path", its Range header, when it arrived (performance.now()) and the status sent */
+  requests: { line: string; range?: string; at: number; status?: number }[];
 }
 
 /** An HTTP proxy to `upstream` ("127.0.0.1:PORT") that misbehaves as `faults` says (changeable during the test). */
@@ -242,7 +242,7 @@ export async function startFaultProxy(t: ExecutionContext, upstream: string, fau
   const [upstreamHost, upstreamPort] = [upstream.slice(0, upstream.lastIndexOf(':')), Number(upstream.slice(upstream.lastIndexOf(':') + 1))];
   const proxy: FaultProxy = { host: '', faults, requests: [] };
   const { port } = await listen(t, (req, res) => {
-    const record: FaultProxy['requests'][number] = { line: `${req.method} ${req.url}`, ...(req.headers.range ? { range: req.headers.range } : {}) };
+    const record: FaultProxy['requests'][number] = { line: `${req.method} ${req.url}`, ...(req.headers.range ? { range: req.headers.range } : {}), at: performance.now() };
     proxy.requests.push(record);
     const blob = /\/blobs\/(sha256:[0-9a-f]{64})$/.exec(req.url ?? '')?.[1];
     const isBlobGet = req.method === 'GET' && blob !== undefined;
@@ -272,9 +272,8 @@ export async function startFaultProxy(t: ExecutionContext, upstream: string, fau
         const flip = isBlobGet && blob === proxy.faults.flipBlob && upstreamResponse.statusCode === 200;
         const drop = isBlobGet && proxy.faults.dropBlobAfter !== undefined && (proxy.faults.dropTimes ?? 0) > 0 && length > proxy.faults.dropBlobAfter;
         if (drop) proxy.faults.dropTimes!--;
+        const stall = isBlobGet && proxy.faults.stallBlobAfter !== undefined && length > proxy.faults.stallBlobAfter ? proxy.faults.stallBlobAfter : undefined;
         let sent = 0;
-        // throttled chunks go out in order, and the end after them
-        let delayed = Promise.resolve();
         upstreamResponse.on('data', (chunk: Buffer) => {
           let data = chunk;
           if (flip && sent <= length >> 1 && length >> 1 < sent + chunk.length) {
@@ -287,28 +286,19 @@ export async function startFaultProxy(t: ExecutionContext, upstream: string, fau
             sent += data.length;
             return;
           }
-          sent += data.length;
-          const throttle = isBlobGet ? (proxy.faults.throttleBlobMs ?? 0) : 0;
-          if (throttle > 0) {
-            upstreamResponse.pause();
-            delayed = delayed.then(
-              () =>
-                new Promise<void>((resolve) =>
-                  setTimeout(() => {
-                    if (res.write(data)) resolve();
-                    else res.once('drain', () => resolve());
-                  }, throttle),
-                ),
-            );
-            void delayed.then(() => upstreamResponse.resume());
+          if (stall !== undefined && sent + data.length > stall) {
+            res.write(data.subarray(0, Math.max(0, stall - sent))); // and the rest never comes
+            upstreamResponse.destroy();
+            sent = stall;
             return;
           }
+          sent += data.length;
           if (!res.write(data)) {
             upstreamResponse.pause();
             res.once('drain', () => upstreamResponse.resume());
           }
         });
-        upstreamResponse.on('end', () => void delayed.then(() => res.end()));
+        upstreamResponse.on('end', () => res.end());
       },
     );
     upstreamRequest.on('error', () => res.destroy());

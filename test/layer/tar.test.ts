@@ -7,6 +7,7 @@ import { Readable } from 'node:stream';
 import { TarWriter, readTar, type TarEntry } from '../../src/layer/tar.js';
 import { TarFormatError, UnsafeTarEntryError } from '../../src/errors.js';
 import { collect, oddChunks } from '../helpers/streams.js';
+import { needs } from '../helpers/prerequisites.js';
 import { writeTar } from '../helpers/tar.js';
 
 // A capability blob as setcap writes it: binary, with bytes >= 0x80 and NULs.
@@ -71,8 +72,19 @@ test('GNU tar reads what we write: names, modes, owners, xattrs', (t) => {
     t.true(listing.includes(`${'n'.repeat(200)} -> /${'t'.repeat(150)}`));
     t.true(listing.includes(NON_UTF8));
     const xattrs = execFileSync('tar', ['--xattrs', '--xattrs-include=*', '-tvvf', join(dir, 'a.tar'), 'bin/ping'], { encoding: 'latin1' });
-    t.regex(xattrs, /security\.capability/);
+    t.regex(xattrs, new RegExp(`x: ${CAP.length} security\\.capability`));
   });
+});
+
+// Setting security.capability on extraction takes CAP_SETFCAP: root, as CI runs the suite.
+needs(process.getuid?.() === 0, 'extracting security.capability needs root')('GNU tar extracts the xattr\'s value byte for byte; getcap reads it as setcap wrote it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'dockvm-tar-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'a.tar'), await writeTar(entries));
+  execFileSync('tar', ['--xattrs', '--xattrs-include=*', '-xf', join(dir, 'a.tar'), '-C', dir, 'bin/ping']);
+  const value = execFileSync('getfattr', ['--absolute-names', '--only-values', '-n', 'security.capability', join(dir, 'bin/ping')]);
+  t.deepEqual(value, CAP);
+  t.is(execFileSync('getcap', [join(dir, 'bin/ping')], { encoding: 'utf8' }).trim(), `${join(dir, 'bin/ping')} cap_net_raw=ep`);
 });
 
 test('absolute paths and ".." are refused, naming the entry', async (t) => {

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { writeDockerArchive } from '../fixtures/assemble.js';
 import { runDockvm } from '../helpers/peers.js';
+import { waitFor } from '../helpers/wait.js';
 import { freePort, startFaultProxy, startRegistry } from '../helpers/registry.js';
 import { fileLayer } from './images.js';
 import { tempDir } from '../transport/archives.js';
@@ -205,13 +206,14 @@ test('Ctrl-C during a pull: exit 130, and neither the archive being written nor 
   await writeDockerArchive(join(dir, 'big.tar'), [{ repoTag: 'big:1', layers: [await fileLayer('noise', randomBytes(8 * 1024 * 1024)), await fileLayer('app', 'app\n')] }]);
   const pushed = await runDockvm(['push', 'big.tar', `${registry.host}/dockvm/big:1`], { cwd: dir, env });
   t.is(pushed.exitCode, 0, pushed.stderr);
-  // A slow link, so that the pull is still writing when the signal comes.
-  const proxy = await startFaultProxy(t, registry.host, { throttleBlobMs: 5 });
+  // A link that stalls 1 MiB into the big layer: the pull is still writing when the signal comes, however
+  // long it took to get there.
+  const proxy = await startFaultProxy(t, registry.host, { stallBlobAfter: 1024 * 1024 });
   await mkdir(join(dir, 'out'));
   await mkdir(join(dir, 'tmp'));
   const child = execa('node', [CLI, 'pull', `${proxy.host}/dockvm/big:1`, '-o', join(dir, 'out', 'big.tar')], { env: { ...env, TMPDIR: join(dir, 'tmp') }, reject: false });
   // Wait until the archive is being written beside its place, then interrupt.
-  for (let i = 0; i < 400 && (await readdir(join(dir, 'out'))).length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 25));
+  t.true(await waitFor(async () => (await readdir(join(dir, 'out'))).length > 0), 'the archive was begun');
   t.regex((await readdir(join(dir, 'out'))).join(' '), /^\.big\.tar\.[0-9a-f]+\.tmp$/);
   child.kill('SIGINT');
   const result = await child;

@@ -61,16 +61,33 @@ test('503s are retried with backoff; a registry that keeps failing is an error a
   const registry = await startRegistry(t);
   const layer = await bigLayer();
   await pushImage(testImage([layer]), `docker://${registry.host}/dockvm/busy:1`, fast);
-  const proxy = await startFaultProxy(t, registry.host, { unavailableTimes: 2 });
-  const image = await openRegistryImage(`docker://${proxy.host}/dockvm/busy:1`, fast);
+  const proxy = await startFaultProxy(t, registry.host);
+  // waits of 100, 200, 400 ms: long enough to tell from the time a request takes here
+  const policy = { authFiles: [] as string[], retry: { attempts: 4, backoffMs: 100 } };
+  const blobGets = (from: number) => proxy.requests.slice(from).filter((request) => /^GET \S*\/blobs\/sha256:/.test(request.line));
+  /** The gaps between successive requests: each at least the wait before it (a busy host only adds). */
+  const gaps = (requests: { at: number }[]) => requests.slice(1).map((request, i) => request.at - requests[i]!.at);
+  const image = await openRegistryImage(`docker://${proxy.host}/dockvm/busy:1`, policy);
   t.teardown(() => image.close());
+  // the layer's GETs (the config came with the image)
+  proxy.faults.unavailableTimes = 2;
+  const opened = proxy.requests.length;
   t.deepEqual(await collect(await image.layers[0]!.openTar()), layer);
+  const first = blobGets(opened);
+  t.deepEqual(first.map((request) => request.status), [503, 503, 200]);
+  const [wait1, wait2] = gaps(first);
+  t.true(wait1! >= 100 && wait2! >= 200, `waited ${gaps(first).map((ms) => ms.toFixed(0)).join(', ')} ms`);
 
-  const again = await openRegistryImage(`docker://${proxy.host}/dockvm/busy:1`, fast);
+  const again = await openRegistryImage(`docker://${proxy.host}/dockvm/busy:1`, policy);
   t.teardown(() => again.close());
   proxy.faults.unavailableTimes = 100;
+  const before = proxy.requests.length;
   const error = await t.throwsAsync(again.fetchLayers());
   t.regex(error.message, /dockvm\/busy: blob sha256:[0-9a-f]{64}: 503 Service Unavailable \(UNAVAILABLE: test proxy says 503\)$/);
+  const failed = blobGets(before);
+  t.deepEqual(failed.map((request) => request.status), [503, 503, 503, 503], 'four attempts, then no more');
+  const waits = gaps(failed);
+  t.true(waits[0]! >= 100 && waits[1]! >= 200 && waits[2]! >= 400, `waited ${waits.map((ms) => ms.toFixed(0)).join(', ')} ms`);
 });
 
 /** The pids of this process's igzip children still running (a gzip left behind by a failed upload). */

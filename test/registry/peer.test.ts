@@ -5,6 +5,7 @@ import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { writeDockerArchive } from '../fixtures/assemble.js';
 import { hasTool, peer, runDockvm } from '../helpers/peers.js';
+import { needs } from '../helpers/prerequisites.js';
 import { startRegistry } from '../helpers/registry.js';
 import { tempDir } from '../transport/archives.js';
 import { openImage } from '../../src/transport/index.js';
@@ -13,6 +14,7 @@ import { fileLayer } from './images.js';
 
 const sha = (data: Buffer | string) => `sha256:${createHash('sha256').update(data).digest('hex')}`;
 const isolated = { authFiles: [] as string[] };
+const withSkopeo = needs(hasTool('skopeo'), 'skopeo is not installed (scripts/setup installs it)');
 
 async function archive(dir: string, repoTag: string): Promise<string> {
   const path = join(dir, 'app.tar');
@@ -27,8 +29,7 @@ async function skopeoView(reference: string): Promise<{ digest: string; layers: 
   return { digest: inspected.Digest, layers: inspected.Layers, rawManifest, config };
 }
 
-test('an image skopeo pushed: dockvm reads the same manifest, config and layer digests, and pulls the same image', async (t) => {
-  if (!hasTool('skopeo')) return t.pass('skopeo is not installed');
+withSkopeo('an image skopeo pushed: dockvm reads the same manifest, config and layer digests, and pulls the same image', async (t) => {
   const registry = await startRegistry(t);
   const dir = await tempDir(t);
   const source = await archive(dir, 'peer/app:1');
@@ -53,8 +54,7 @@ test('an image skopeo pushed: dockvm reads the same manifest, config and layer d
   t.is(sha(await peer('skopeo', ['inspect', '--config', '--raw', `docker-archive:${join(dir, 'pulled.tar')}`])), sha(view.config));
 });
 
-test('an image dockvm pushed: skopeo sees the same digests, and copies it with every blob verified', async (t) => {
-  if (!hasTool('skopeo')) return t.pass('skopeo is not installed');
+withSkopeo('an image dockvm pushed: skopeo sees the same digests, and copies it with every blob verified', async (t) => {
   const registry = await startRegistry(t);
   const dir = await tempDir(t);
   const source = await archive(dir, 'peer/app:1');

@@ -68,7 +68,7 @@ test('a spec with every kind of mistake gets all of its errors, each naming its 
   expectFor('nmae', /unknown field/);
   expectFor('contents', /set only copyToRoot/);
   expectFor('fromImageTag', /set both or neither/);
-  expectFor('diskSize', /0/);
+  expectFor('diskSize', /^diskSize: too small: expected number to be >0$/i); // -5
   expectFor('buildVMMemorySize', /number/);
   expectFor('created', /ISO-8601/);
   expectFor('architecture', /amd64/);

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { readdir, writeFile } from 'node:fs/promises';
+import { open, readdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openImage, openImages } from '../../src/transport/index.js';
@@ -56,11 +56,30 @@ test('an uncompressed layer: blob hashed lazily to its diff_id, localTar points 
   const image = await openImage(path);
   t.teardown(() => image.close());
   const layer = image.layers[1]!;
-  t.deepEqual(await layer.blob(), { mediaType: 'application/vnd.docker.image.rootfs.diff.tar', digest: layer.diffId, size: app.length });
   const local = await layer.localTar!();
   t.truthy(local);
   t.is(local!.path, path);
   t.deepEqual(await readRange(local!.path, local!.offset, local!.size), app);
+
+  // Lazily: a byte changed in the archive after it was opened is seen by blob(), so opening hashed nothing.
+  const middle = local!.offset + (local!.size >> 1);
+  const flip = async () => {
+    const file = await open(path, 'r+');
+    const byte = Buffer.alloc(1);
+    await file.read(byte, 0, 1, middle);
+    byte[0]! ^= 0xff;
+    await file.write(byte, 0, 1, middle);
+    await file.close();
+  };
+  const changed = await openImage(path);
+  t.teardown(() => changed.close());
+  await flip();
+  await t.throwsAsync(changed.layers[1]!.blob(), { instanceOf: DigestMismatchError });
+  await flip(); // back as it was
+  // ...and to its diff_id, once: after the first blob(), the result is kept
+  t.deepEqual(await layer.blob(), { mediaType: 'application/vnd.docker.image.rootfs.diff.tar', digest: layer.diffId, size: app.length });
+  await flip();
+  t.deepEqual((await layer.blob()).digest, layer.diffId);
 });
 
 test('a gzip archive is recognised by its bytes, not its name; the temp copy goes away on close', async (t) => {

@@ -8,9 +8,11 @@ import { openImages } from '../../src/transport/index.js';
 import { DockvmError } from '../../src/errors.js';
 import { drain } from '../../src/transport/streams.js';
 import { configFor, gzip, sampleLayers, sha, tarOf, tempDir } from './archives.js';
+import { HANG_DEADLINE_MS } from '../helpers/wait.js';
 
 const RUNS = 1200;
-const CASE_TIMEOUT_MS = 5000;
+// Against hangs only (a case takes milliseconds): generous, so that a busy host does not trip it.
+const CASE_TIMEOUT_MS = HANG_DEADLINE_MS;
 
 async function sources(): Promise<Buffer[]> {
   const { base, app } = await sampleLayers();

@@ -1,9 +1,11 @@
 import test from 'ava';
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { existsSync } from 'node:fs';
 import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { openImage, openImages, writeDockerArchive, writeImage } from '../../src/transport/index.js';
+import { archiveWayChannel } from '../../src/transport/docker-archive-writer.js';
 import { ImageReferenceError, UnsafeTarEntryError, DigestMismatchError } from '../../src/errors.js';
 import { readTar, type TarEntry } from '../../src/layer/tar.js';
 import { dockerArchive, layerTar } from '../fixtures/assemble.js';
@@ -191,10 +193,16 @@ test('an archive of local layers is written by position: the bytes the streaming
   const { images, close } = await openImages(join(dir, 'in.tar'));
   t.teardown(close);
   const archive = images.map((image) => ({ image, tags: [...image.repoTags] }));
+  const ways: unknown[] = [];
+  // other tests in this file write archives meanwhile: ours are in `dir`
+  const onWay = (message: unknown) => void ((message as { path: string }).path.startsWith(dir) && ways.push(message));
+  subscribe(archiveWayChannel.name, onWay);
+  t.teardown(() => void unsubscribe(archiveWayChannel.name, onWay));
   await writeDockerArchive(archive, join(dir, 'by-position.tar'));
   // beforeCommit makes the writer hash as it streams: the other way.
   let streamedSha = '';
   await writeDockerArchive(archive, join(dir, 'streamed.tar'), { beforeCommit: (sha256) => void (streamedSha = sha256) });
+  t.deepEqual(ways, [{ path: join(dir, 'by-position.tar'), byPosition: true }, { path: join(dir, 'streamed.tar'), byPosition: false }]);
   const [byPosition, streamed] = [await readFile(join(dir, 'by-position.tar')), await readFile(join(dir, 'streamed.tar'))];
   t.is(byPosition.length, streamed.length);
   t.true(byPosition.equals(streamed));
