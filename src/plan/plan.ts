@@ -89,6 +89,11 @@ export interface RunStep extends StepCommon {
   argv: string[];
   /** the process environment, NAME=value: the config's Env, then the ARGs in scope (not in the image config) */
   env: string[];
+  /**
+   * HTTP_PROXY and its kin given as build args: added to the process environment but, as in Docker,
+   * left out of the history and of the cache key (a proxy does not change what a step makes)
+   */
+  proxyEnv: string[];
   /** "" = root; otherwise `user[:group]` (names are looked up in the stage's /etc/passwd, /etc/group) */
   user: string;
   /** absolute working directory (created when missing, as Docker does) */
