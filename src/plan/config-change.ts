@@ -37,12 +37,15 @@ export function applyConfigChange(state: ImageState, change: ConfigChange): Imag
     case 'volumes':
       config.Volumes = { ...config.Volumes, ...Object.fromEntries(change.paths.map((p) => [p, {}])) };
       break;
+    // Docker's Entrypoint and Cmd are omitted when empty: ENTRYPOINT [] and CMD [] remove them
     case 'entrypoint':
-      config.Entrypoint = [...change.argv];
-      if (change.resetCmd) config.Cmd = null;
+      if (change.argv.length > 0) config.Entrypoint = [...change.argv];
+      else delete config.Entrypoint;
+      if (change.resetCmd) delete config.Cmd;
       break;
     case 'cmd':
-      config.Cmd = [...change.argv];
+      if (change.argv.length > 0) config.Cmd = [...change.argv];
+      else delete config.Cmd;
       config.ArgsEscaped = true;
       break;
     case 'shell':

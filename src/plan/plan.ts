@@ -24,6 +24,8 @@ export interface Plan {
   stages: Stage[];
   /** position in `stages` of the stage whose image is the result (the last one) */
   target: number;
+  /** things worth telling the user that do not stop the build (a --build-arg no ARG declares) */
+  warnings: string[];
 }
 
 export interface BuildContext {
@@ -43,7 +45,11 @@ export interface Stage {
   base: StageBase;
   /** the platform the stage is built for (its binaries, its VM) */
   platform: Platform;
-  /** the config the stage starts from: the base image's (or base stage's) config, {} for scratch */
+  /**
+   * The config the stage starts from: the base image's (or base stage's) config with, as BuildKit
+   * does at FROM, its OnBuild triggers consumed (they are this stage's first steps) and PATH defaulted
+   * in Env. Applying the steps' changes to it in order gives `config`.
+   */
   baseConfig: ContainerConfig;
   steps: Step[];
   /** the config after every step: what the image's `config` holds (Docker's field names) */
@@ -68,8 +74,8 @@ export interface StepLocation {
 
 interface StepCommon {
   location: StepLocation;
-  /** the image history entry's `created_by`, exactly as BuildKit writes it */
-  createdBy: string;
+  /** the image history entry's `created_by`, exactly as BuildKit writes it; null: no entry (ONBUILD) */
+  createdBy: string | null;
   /** true when the step adds no layer (history `empty_layer`) */
   emptyLayer: boolean;
   /**
@@ -187,7 +193,7 @@ export interface CopyStep extends StepCommon {
   chmod?: number;
   /** --link: accepted; the layer is the same */
   link: boolean;
-  /** ADD: a local tar archive (plain, gzip, bzip2, xz; found by content, not name) is unpacked at dest */
+  /** ADD: a named local tar archive (plain, gzip, bzip2, xz; found by content, not name) is unpacked at dest */
   unpack: boolean;
 }
 
@@ -198,6 +204,11 @@ export interface CopyEntry {
   /** path relative to `dest`: "" for `dest` itself (the source directory's own metadata, or the single file) */
   target: string;
   type: 'file' | 'directory' | 'symlink';
+  /**
+   * true for what a source argument named itself (after following a symlink it names), false for what
+   * lies inside a named directory. ADD unpacks named archives only.
+   */
+  named: boolean;
 }
 
 export interface UrlSource {
@@ -206,6 +217,8 @@ export interface UrlSource {
   checksum?: string;
   /** the file name under a directory destination: the URL path's last component */
   filename: string;
+  /** ADD --unpack=true: unpack the download when it is an archive (off by default for URLs) */
+  unpack: boolean;
 }
 
 /**
@@ -272,4 +285,25 @@ export interface Healthcheck {
   StartPeriod?: number;
   StartInterval?: number;
   Retries?: number;
+}
+
+/**
+ * What a step's cache key hashes besides its parent chain, its input files' hashes, the platform and
+ * the guest's version: the step without where it was written (moving a line does not change a layer)
+ * and without proxy settings (as Docker leaves them out), as canonical JSON.
+ */
+export function stepCacheInput(step: Step): string {
+  const { location: _location, ...rest } = step;
+  const data: Record<string, unknown> = { ...rest };
+  if (step.kind === 'run') delete data.proxyEnv;
+  return canonicalJson(data);
+}
+
+/** JSON with object keys sorted, so equal data gives equal text. */
+export function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) =>
+    v && typeof v === 'object' && !Array.isArray(v)
+      ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      : v,
+  );
 }
