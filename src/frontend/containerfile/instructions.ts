@@ -317,7 +317,7 @@ export function parseInstruction(text: InstructionText, file: string, escape: st
       return { kind: 'ONBUILD', source, expression };
     }
     default:
-      return fail(`unknown instruction: ${split.keyword.text} (one of FROM, RUN, COPY, ADD, ENV, ARG, WORKDIR, USER, LABEL, EXPOSE, VOLUME, ENTRYPOINT, CMD, SHELL, STOPSIGNAL, HEALTHCHECK, ONBUILD, MAINTAINER)`, split.keyword.offset);
+      throw new ContainerfileError(`unknown instruction: ${split.keyword.text} (one of FROM, RUN, COPY, ADD, ENV, ARG, WORKDIR, USER, LABEL, EXPOSE, VOLUME, ENTRYPOINT, CMD, SHELL, STOPSIGNAL, HEALTHCHECK, ONBUILD, MAINTAINER)`, { file, ...text.position(split.keyword.offset) });
   }
 }
 
