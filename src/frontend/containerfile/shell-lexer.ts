@@ -239,6 +239,8 @@ class Scanner {
     const name = this.name();
     const op = this.next();
     switch (op) {
+      case END:
+        this.fail("syntax error: missing '}'", start);
       case '}': {
         const value = this.lookup(name);
         if (value === undefined) {
