@@ -128,7 +128,6 @@ export async function planContainerfile(options: PlanContainerfileOptions): Prom
     const resolveFrom = (name: string, source: Source, flag: string): FileSource => {
       const referenced = stageReference(name, headers, source, flag);
       if (referenced === undefined) return { kind: 'image', ref: imageReference(name, contextDir, source) };
-      if (referenced === index) throw failAt(source, `${flag}=${name} refers to the stage it is in`, flag);
       return { kind: 'stage', stage: position.get(referenced)! };
     };
     const context = (location: Step['location']): DispatchContext => ({ escape, buildArgs, globalArgs, proxyEnv, context: contextReader, resolveFrom, location });
@@ -263,8 +262,8 @@ export function imageReference(name: string, contextDir: string, source: Source)
     const colon = rest.indexOf(':');
     const path = colon < 0 ? rest : rest.slice(0, colon);
     ref = `${transport[1]}:${resolve(contextDir, path)}${colon < 0 ? '' : rest.slice(colon)}`;
-  } else if (/^[a-z-]+:(?!\d)/.test(name) && !name.startsWith('docker://') && !/^[^/]*[.:][^/]*\//.test(name) && !/^[a-z0-9._-]+:[\w][\w.-]*$/.test(name)) {
-    // another transport (containers-storage:, dir:, …): let the reference parser say it is not supported
+  } else if (/^(containers-storage|docker-daemon|dir):/.test(name)) {
+    // a transport dockvm does not read: the reference parser says so
     ref = name;
   } else ref = name.startsWith('docker://') ? name : `docker://${name}`;
   try {
