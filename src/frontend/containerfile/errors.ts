@@ -5,7 +5,7 @@ import { DockvmError, type ErrorContext } from '../../errors.js';
 
 export interface SourcePosition {
   file: string;
-  /** 1-based */
+  /** 1-based; 0 when the error is about the file (or the build's options) as a whole */
   line: number;
   /** 1-based; only for syntax errors, where the place within the line is known */
   column?: number;
@@ -40,7 +40,8 @@ export class ContainerfileError extends DockvmError {
 
 /** "Containerfile:12:5: COPY --chown" */
 function describe(details: ContainerfileErrorDetails): string {
-  const where = `${details.file}:${details.line}${details.column === undefined ? '' : `:${details.column}`}`;
+  const line = details.line > 0 ? `:${details.line}` : '';
+  const where = `${details.file}${line}${line && details.column !== undefined ? `:${details.column}` : ''}`;
   const what = [details.instruction, details.flag].filter(Boolean).join(' ');
   return what ? `${where}: ${what}` : where;
 }
