@@ -123,3 +123,12 @@ test('${VAR:?message} stops the build with the message', async (t) => {
   const err = await planError(t, 'FROM x\nARG TOKEN\nLABEL t="${TOKEN:?set it with --build-arg TOKEN=…}"\n');
   t.regex(err.message, /Containerfile:3:10: LABEL: TOKEN: set it with --build-arg TOKEN=…$/);
 });
+
+test('a bad --platform and a missing Containerfile are errors about the build, without a line', async (t) => {
+  const err = await planError(t, 'FROM x\n', { platform: 'linux//arm64' });
+  t.regex(err.message, /Containerfile: invalid platform "linux\/\/arm64": write it as os\/arch\[\/variant\]/);
+  t.is(err.line, 0);
+  const { planContainerfile } = await import('../../../src/frontend/containerfile/planner.js');
+  const missing = await t.throwsAsync(planContainerfile({ contextDir: '/nonexistent-context', resolveBase: async () => ({ config: {}, platform: { os: 'linux', architecture: 'amd64' } }) }));
+  t.regex(missing!.message, /^\/nonexistent-context: no Containerfile or Dockerfile in \/nonexistent-context; name one with -f FILE$/);
+});
