@@ -125,7 +125,7 @@ class Dispatcher {
   run(run: RunInstruction): Step {
     const workdir = this.state.workdir();
     const mounts: RunMount[] = run.mounts.map((flag) => {
-      const value = this.expandFlagLater(flag);
+      const value = mountValue(flag);
       try {
         return parseMount(value.text, {
           expand: (field) => this.expand({ text: field, offset: value.offset }, '--mount'),
@@ -167,10 +167,6 @@ class Dispatcher {
       ),
     };
     return step;
-  }
-
-  private expandFlagLater(flag: FlagValue): Word {
-    return { text: flag.value, offset: flag.offset + '--mount='.length };
   }
 
   /**
@@ -447,6 +443,11 @@ class Dispatcher {
       `StartPeriod:${goDuration(health.StartPeriod ?? 0)} StartInterval:${goDuration(health.StartInterval ?? 0)} Retries:${health.Retries ?? 0}}`;
     return this.config('HEALTHCHECK', { op: 'healthcheck', healthcheck: health }, createdBy, this.cacheText(JSON.stringify(health)));
   }
+}
+
+/** A --mount flag's value and where it starts (its fields are expanded one by one). */
+function mountValue(flag: FlagValue): Word {
+  return { text: flag.value, offset: flag.offset + '--mount='.length };
 }
 
 /** BuildKit's notion of a git source: git@…, git://…, ssh://…, or an http(s) URL of a .git repository. */

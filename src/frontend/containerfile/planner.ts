@@ -117,11 +117,10 @@ export async function planContainerfile(options: PlanContainerfileOptions): Prom
 
   const proxyEnv = [...buildArgs].filter(([name]) => PROXY_ARGS.has(name)).map(([name, value]) => `${name}=${value}`);
   const stages: Stage[] = [];
-  const built = new Map<number, Stage>();
   for (const index of order) {
     const stage = prepared.get(index)!;
     const { header } = stage;
-    const start = stageStart(stage, built, position, targetPlatform);
+    const start = stageStart(stage, stages, position, targetPlatform);
     const baseConfig = structuredClone(start.config);
     const state = new StageState(start.author === undefined ? { config: start.config } : { config: start.config, author: start.author });
     const steps: Step[] = [];
@@ -151,7 +150,6 @@ export async function planContainerfile(options: PlanContainerfileOptions): Prom
       ...(state.image.author === undefined ? {} : { author: state.image.author }),
     };
     stages.push(planned);
-    built.set(stages.length - 1, planned);
   }
 
   const unused = [...buildArgs.keys()].filter((name) => !declared.has(name) && !PROXY_ARGS.has(name) && !globalArgs.has(name));
@@ -359,7 +357,7 @@ function stageDependencies(stage: PreparedStage, headers: StageHeader[]): number
  * Where a stage starts: its base's config (BuildKit's empty image for scratch: PATH and WorkingDir
  * "/"), without OnBuild (the triggers run now, and a child does not inherit them), PATH defaulted.
  */
-function stageStart(stage: PreparedStage, built: Map<number, Stage>, position: Map<number, number>, targetPlatform: Platform | undefined): ImageStart {
+function stageStart(stage: PreparedStage, built: readonly Stage[], position: Map<number, number>, targetPlatform: Platform | undefined): ImageStart {
   const { header } = stage;
   let config: ContainerConfig;
   let author: string | undefined;
@@ -368,7 +366,7 @@ function stageStart(stage: PreparedStage, built: Map<number, Stage>, position: M
     config = { Env: [`PATH=${DEFAULT_PATH}`], WorkingDir: '/' };
     platform = header.platform ?? targetPlatform ?? hostPlatform();
   } else if (header.base.kind === 'stage') {
-    const base = built.get(position.get(header.base.index)!)!;
+    const base = built[position.get(header.base.index)!]!;
     config = structuredClone(base.config);
     author = base.author;
     platform = header.platform ?? base.platform;
