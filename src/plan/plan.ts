@@ -79,8 +79,9 @@ interface StepCommon {
   /** true when the step adds no layer (history `empty_layer`) */
   emptyLayer: boolean;
   /**
-   * What the cache key hashes for this step besides its parent chain, inputs, platform and guest
-   * version: the instruction as written, after variable expansion (flags included).
+   * The instruction as written, after variable expansion (flags included): readable, for messages and
+   * a cache listing. The cache key should hash `stepCacheInput(step)`, which covers everything the step
+   * does (this text included), besides the parent chain, input hashes, platform and guest version.
    */
   cacheText: string;
 }
@@ -112,7 +113,7 @@ export interface RunStep extends StepCommon {
 
 /** A file made from text in the Containerfile (a heredoc), never part of the build context. */
 export interface InlineFile {
-  /** absolute path where it is placed (RUN: under /dev/pipes/, outside the layer) */
+  /** RUN: the absolute path it is mounted at (under /dev/pipes/, outside the layer); COPY/ADD: its name (the delimiter), as a source named that */
   path: string;
   data: string;
   mode: number;
