@@ -11,11 +11,15 @@ import { entryImage, ENTRY_LABELS } from '../../src/cache/registry-store.js';
 import { hex, sha256 } from '../../src/image/digest.js';
 import { ImageReferenceError } from '../../src/errors.js';
 import { openRegistryImage, pushImage, resolveDigest } from '../../src/transport/registry/index.js';
+import { runDockvm } from '../helpers/peers.js';
 import { freePort, startRegistry } from '../helpers/registry.js';
 import { tempDir } from '../transport/archives.js';
 import { fileLayer } from '../registry/images.js';
 
 const registry = { authFiles: [] as string[] };
+// This file tests the cache: package.json's ava config turns it off for every other test file.
+delete process.env.DOCKVM_BUILD_CACHE;
+
 const record = { createdBy: 'RUN make install', platform: 'linux/amd64', meta: { stage: 'build' } };
 
 async function builtLayer(dir: string, name: string, content: string) {
@@ -115,4 +119,16 @@ test('a missing tag is a quiet miss; an unreachable registry is a warning and a 
   for (const bad of [`docker://${host}/dockvm/cache:latest`, `docker://${host}/dockvm/cache@${sha256('x')}`, `${host}/dockvm/cache`]) {
     t.throws(() => machine(dir, 'm', { cacheFrom: [bad] }), { instanceOf: ImageReferenceError }, bad);
   }
+});
+
+test('run-as-root refuses a tagged --cache-from or --cache-to before anything runs: exit 2, one line', async (t) => {
+  const dir = await tempDir(t);
+  const spec = join(dir, 'spec.json');
+  await writeFile(spec, JSON.stringify({ name: 'localhost/dockvm-test/flags', runAsRoot: 'true', output: 'out.tar' }));
+  for (const flag of ['--cache-from', '--cache-to']) {
+    const run = await runDockvm(['run-as-root', spec, flag, 'docker://127.0.0.1:5000/cache:v1']);
+    t.is(run.exitCode, 2, run.stderr);
+    t.is(run.stderr, 'dockvm: docker://127.0.0.1:5000/cache:v1: name a repository without a tag or digest (docker://HOST/REPO): each cache entry is tagged with its key\n');
+  }
+  await t.throwsAsync(readFile(join(dir, 'out.tar')), { code: 'ENOENT' }, 'nothing written');
 });

@@ -17,6 +17,9 @@ async function builtLayer(dir: string, name: string, content: string) {
   return { tar, layer: { path, diffId: sha256(tar), size: tar.length } };
 }
 
+// This file tests the cache: package.json's ava config turns it off for every other test file.
+delete process.env.DOCKVM_BUILD_CACHE;
+
 const record = { createdBy: 'RUN echo hi > /hi', platform: 'linux/amd64' };
 
 test('a stored layer comes back byte for byte under its key, and only under its key', async (t) => {
