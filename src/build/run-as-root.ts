@@ -28,7 +28,7 @@ export interface RunAsRootResult {
   layers: { digest: string; diffId: string; size: number }[];
   /** whether a VM was booted (only when the spec has runAsRoot, and its layer was not in the build cache) */
   bootedVm: boolean;
-  /** the VM step's cache key and where its layer came from ("local", "docker://REG/REPO", null: built now); null without runAsRoot */
+  /** the VM step's cache key and where its layer came from ("local", "docker://REG/REPO", null: built now); null without runAsRoot, or with created "now" (no two layers alike) */
   cache: { key: string; hit: string | null } | null;
 }
 
@@ -69,7 +69,7 @@ export async function runAsRoot(spec: BuildSpec, options: RunAsRootOptions = {})
       if (archive) await archive.finish([{ image, tags: image.repoTags }]);
       else await writeImage(image, output, { tags: image.repoTags });
       const layers = await writtenLayers(output, image);
-      const bootedVm = layerFile.cache !== null && layerFile.cache.hit === null;
+      const bootedVm = spec.runAsRoot !== null && !layerFile.cache?.hit;
       return { imageName: spec.name, imageTag, output, configDigest, layers, bootedVm, cache: layerFile.cache };
     });
   } catch (err) {

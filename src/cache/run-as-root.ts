@@ -23,8 +23,8 @@ export interface CachedVmLayer {
   path: string;
   diffId: Digest;
   size: number;
-  /** the step's key, and where its layer was found: "local", "docker://REG/REPO", or null when it was built now */
-  cache: { key: Digest; hit: string | null };
+  /** the step's key, and where its layer was found: "local", "docker://REG/REPO", or null when it was built now; null when not cacheable */
+  cache: { key: Digest; hit: string | null } | null;
 }
 
 /** The layer of the spec's VM step: from the cache when it has it, else built (booting the VM) and stored. */
@@ -35,6 +35,10 @@ export async function vmLayerThroughCache(
   clampMtime: number,
   options: VmBuildOptions & { cache?: BuildCacheOptions },
 ): Promise<CachedVmLayer> {
+  // created "now" without SOURCE_DATE_EPOCH: every build's layer differs (its mtimes), on purpose
+  if (spec.created === 'now' && !process.env.SOURCE_DATE_EPOCH) {
+    return { ...(await buildLayerInVm(spec, base, tmp, clampMtime, options)), cache: null };
+  }
   const cache = new BuildCache(options.cache);
   const platform = `${base?.config.os ?? 'linux'}/${spec.architecture}`;
   const key = await runAsRootKey(spec, base, clampMtime, platform);

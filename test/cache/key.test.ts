@@ -1,9 +1,11 @@
 // Build cache keys: each part of a step's material changes its key, and a change reaches the steps after
-// it (through their parent) and none before it; the files a COPY selects hash by what reaches the layer.
+// it (through their parent) and none before it; the files a COPY selects hash by what reaches the layer;
+// the guest's version changes with what the guest is made of.
 import test from 'ava';
-import { chmod, link, mkdir, rm, symlink, utimes, writeFile } from 'node:fs/promises';
+import { chmod, link, mkdir, readFile, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hashDirectory } from '../../src/cache/file-hash.js';
+import { guestVersion } from '../../src/cache/guest-version.js';
 import { stepKey, type StepKeyMaterial } from '../../src/cache/key.js';
 import { sha256 } from '../../src/image/digest.js';
 import { tempDir } from '../transport/archives.js';
@@ -111,4 +113,15 @@ test('files hash by what reaches the layer: mtimes above the clamp do not count,
     await rm(join(root, 'sub', 'hard'));
     await writeFile(join(root, 'sub', 'hard'), 'hellO\n');
   }, 'a hard link replaced by a copy of the same bytes');
+});
+
+test('the guest version follows what the guest is made of (here: the busybox in its initramfs)', async (t) => {
+  const dir = await tempDir(t);
+  const busybox = join(dir, 'busybox');
+  await writeFile(busybox, Buffer.concat([await readFile(process.env.DOCKVM_BUSYBOX || '/bin/busybox'), Buffer.from([0])]));
+  await chmod(busybox, 0o755);
+  const stock = await guestVersion();
+  t.regex(stock, /^sha256:[0-9a-f]{64}$/);
+  t.is(await guestVersion({ ...process.env }), stock, 'the same guest, the same version');
+  t.not(await guestVersion({ ...process.env, DOCKVM_BUSYBOX: busybox }), stock, 'another busybox, another guest');
 });

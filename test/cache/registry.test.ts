@@ -10,9 +10,9 @@ import { BuildCache } from '../../src/cache/build-cache.js';
 import { entryImage, ENTRY_LABELS } from '../../src/cache/registry-store.js';
 import { hex, sha256 } from '../../src/image/digest.js';
 import { ImageReferenceError } from '../../src/errors.js';
-import { openRegistryImage, pushImage, resolveDigest } from '../../src/transport/registry/index.js';
+import { openRegistryImage, pushImage, resolveDigest, type RegistryLayer } from '../../src/transport/registry/index.js';
 import { runDockvm } from '../helpers/peers.js';
-import { freePort, startRegistry } from '../helpers/registry.js';
+import { freePort, startFaultProxy, startRegistry } from '../helpers/registry.js';
 import { tempDir } from '../transport/archives.js';
 import { fileLayer } from '../registry/images.js';
 
@@ -131,4 +131,23 @@ test('run-as-root refuses a tagged --cache-from or --cache-to before anything ru
     t.is(run.stderr, 'dockvm: docker://127.0.0.1:5000/cache:v1: name a repository without a tag or digest (docker://HOST/REPO): each cache entry is tagged with its key\n');
   }
   await t.throwsAsync(readFile(join(dir, 'out.tar')), { code: 'ENOENT' }, 'nothing written');
+});
+
+test('an entry whose blob arrives damaged is a warning and a miss, and nothing of it is kept', async (t) => {
+  const { host } = await startRegistry(t);
+  const dir = await tempDir(t);
+  const { layer } = await builtLayer(dir, 'flip', 'x'.repeat(20_000));
+  const key = sha256('a step whose layer gets damaged on the way');
+  await machine(dir, 'a', { cacheTo: [`docker://${host}/dockvm/flip`] }).store(key, layer, record);
+  const pushed = await openRegistryImage(`docker://${host}/dockvm/flip:${hex(key)}`, registry);
+  const blob = (pushed.layers[0] as RegistryLayer).descriptor.digest;
+  await pushed.close();
+  const proxy = await startFaultProxy(t, host, { flipBlob: blob });
+
+  const warnings: string[] = [];
+  const cache = machine(dir, 'b', { cacheFrom: [`docker://${proxy.host}/dockvm/flip`] }, warnings);
+  t.is(await cache.lookup(key), undefined);
+  t.is(warnings.length, 1);
+  t.regex(warnings[0]!, /^cannot read the build cache entry sha256:[0-9a-f]{64} from docker:\/\/127\.0\.0\.1:\d+\/dockvm\/flip \(.*do not match the digest.*\); going on without it$/);
+  await t.throwsAsync(readdir(join(dir, 'b', 'layers')), { code: 'ENOENT' });
 });
