@@ -2,7 +2,7 @@
 // copyToRoot copies (hashed as the layer would hold it), the script's environment, the network, the mtime
 // clamp, the platform and the guest's version. A hit reuses the stored layer and boots no VM; a miss
 // builds it in the VM and stores it.
-import { link } from 'node:fs/promises';
+import { link, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { scriptEnvironment } from '../build/config.js';
 import { buildLayerInVm, type VmBuildOptions } from '../build/vm-layer.js';
@@ -10,7 +10,6 @@ import { sha256, type Digest } from '../image/digest.js';
 import type { Image } from '../image/image.js';
 import { canonicalJson } from '../refresh/inputs.js';
 import type { BuildSpec } from '../spec/load.js';
-import { stat } from 'node:fs/promises';
 import { BuildCache, type BuildCacheOptions } from './build-cache.js';
 import { hashDirectory, hashFile } from './file-hash.js';
 import { guestVersion } from './guest-version.js';
