@@ -19,7 +19,8 @@ import { OVERLAY_XATTR_PREFIX, isOverlayWhiteout, opaqueDirOf, whiteoutTarget } 
 import { layerHeaders } from '../layer/tar-scan.js';
 import { printable, type TarEntry } from '../layer/tar.js';
 import { qemuImgCreate } from '../vm/index.js';
-import { lowersFor, withBuildVm } from './build-vm.js';
+import { withBuildVm } from './build-vm.js';
+import { lowersFor } from './lowers.js';
 
 export interface VmExportOptions {
   /** names the image in errors (default: its first repo tag, else its config digest) */

@@ -10,7 +10,8 @@ import { writeLayerFile, type LayerFile } from '../layer/layer-file.js';
 import { fromOverlayUpperEntry } from '../layer/overlay.js';
 import type { BuildSpec } from '../spec/load.js';
 import { createScratchDisk, qemuImgCreate } from '../vm/index.js';
-import { describeExit, lowersFor, withBuildVm, type BuildVm } from './build-vm.js';
+import { describeExit, withBuildVm, type BuildVm } from './build-vm.js';
+import { lowersFor } from './lowers.js';
 import { scriptEnvironment } from './config.js';
 import { copyToRootTar } from './copy-to-root.js';
 
