@@ -2,18 +2,25 @@
 // the Debian fixture's ACL layer (layer 4, scripts/fixtures/debian-layers.ts) is mounted from an ext4
 // lower the build VM made and dockvm cached. The script shows them with getfacl, a copied-up file keeps
 // its ACL in the form the lower had, and a new file inherits the directory's default ACL as on any Linux
-// filesystem. (That both export engines keep them: the Debian test in test/build/export-vm.test.ts.)
+// filesystem. Then export: an ACL layer with whiteouts, an opaque directory, implied directories and hard
+// links (what the ext4 lower must hold as the squashfs ones do) gives the same bytes from both engines,
+// and a malformed ACL is refused clearly. (The Debian fixture through both engines: export-vm.test.ts.)
 import anyTest, { type TestFn } from 'ava';
-import { createWriteStream, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { createWriteStream, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
+import { exportInVm } from '../../src/build/export-vm.js';
 import { ext4LowerPath } from '../../src/build/lowers.js';
+import { writeFlattened } from '../../src/flatten/flatten.js';
+import { hex } from '../../src/image/digest.js';
 import type { Layer } from '../../src/image/image.js';
-import { squashfsPath } from '../../src/layer/squashfs.js';
+import { lowerImagesDir, squashfsPath } from '../../src/layer/squashfs.js';
 import { openImage } from '../../src/transport/index.js';
 import { debianFixture } from '../fixtures/debian.js';
-import { describeAcl } from '../fixtures/posix-acl.js';
+import { layerTar, writeDockerArchive } from '../fixtures/assemble.js';
+import { describeAcl, posixAcl } from '../fixtures/posix-acl.js';
 import { listing, type Seen } from '../helpers/filesystem.js';
 import { runDockvm, type Run } from '../helpers/peers.js';
 
@@ -114,4 +121,71 @@ test('only the layer with ACLs has an ext4 lower; the others stay squashfs', (t)
 
 test('a script that leaves / alone gets no warning about it', (t) => {
   t.notRegex(t.context.run.stderr, /warning/);
+});
+
+function tempDir(t: { teardown(fn: () => void): void }): string {
+  const dir = mkdtempSync(join(tmpdir(), 'dockvm-acl-export-test-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+const FILE_ACL = posixAcl('u::rw-,u:7:rw-,g::r--,m::rw-,o::r--'); // mode 0664
+const DIR_ACL = posixAcl('u::rwx,g::r-x,g:7:rwx,m::rwx,o::r-x'); // mode 0775
+
+test('export: an ACL layer with whiteouts, an opaque directory, implied directories and hard links gives the same bytes from both engines', async (t) => {
+  const dir = tempDir(t);
+  const bottom = await layerTar([
+    { path: 'etc', type: 'directory' },
+    { path: 'etc/old', content: 'old' },
+    { path: 'opt', type: 'directory', mode: 0o750, mtime: 77 },
+    { path: 'opt/hidden', content: 'hidden' },
+  ]);
+  const acls = await layerTar([
+    { path: 'etc/.wh.old' },
+    { path: 'opt/.wh..wh..opq' }, // no entry for opt itself: the lower's stays
+    { path: 'opt/new', content: 'new', mode: 0o664, xattrs: { 'system.posix_acl_access': FILE_ACL } },
+    { path: 'deep/implied/file', content: 'deep', mode: 0o664, xattrs: { 'system.posix_acl_access': FILE_ACL } },
+    { path: 'h1', content: 'linked', mode: 0o664, xattrs: { 'system.posix_acl_access': FILE_ACL } },
+    { path: 'h2', type: 'link', linkname: 'h1', mode: 0o664, xattrs: { 'system.posix_acl_access': FILE_ACL } },
+    { path: 'shared', type: 'directory', mode: 0o775, xattrs: { 'system.posix_acl_access': DIR_ACL, 'system.posix_acl_default': DIR_ACL } },
+  ]);
+  const archive = join(dir, 'acl-export.tar');
+  await writeDockerArchive(archive, [{ repoTag: 'localhost/dockvm-test/acl-export:1', layers: [bottom, acls] }]);
+  const image = await openImage(archive);
+  try {
+    // made in this run, not found in the cache: the build VM's fill-lower step is what is tested
+    rmSync(ext4LowerPath(image.layers[1]!), { force: true });
+    const vm = join(dir, 'vm.tar');
+    await exportInVm(image, vm);
+    const native = join(dir, 'native.tar');
+    const file = createWriteStream(native);
+    await writeFlattened(image, file);
+    await new Promise<void>((resolve) => file.end(resolve));
+    t.true(readFileSync(vm).equals(readFileSync(native)), 'the engines disagree: compare the two tars with tar -tvv --xattrs');
+    t.true(existsSync(ext4LowerPath(image.layers[1]!)) && existsSync(squashfsPath(image.layers[0]!)), 'an ext4 lower over a squashfs one');
+    const seen = await listing(vm);
+    t.deepEqual([...seen.keys()], ['deep/implied/file', 'etc', 'h1', 'h2', 'opt', 'opt/new', 'shared']);
+    t.like(seen.get('opt'), { mode: 0o750, mtime: 77 });
+    t.like(seen.get('h2'), { type: 'link', linkname: 'h1' });
+    t.deepEqual(acl(seen.get('opt/new'), ACCESS), describeAcl(FILE_ACL));
+    t.deepEqual(acl(seen.get('shared'), DEFAULT), describeAcl(DIR_ACL));
+  } finally {
+    await image.close();
+  }
+});
+
+test('a malformed ACL: the build VM cannot make the lower, the error names the layer and the kernel\'s refusal, nothing is cached', async (t) => {
+  const dir = tempDir(t);
+  const bad = await layerTar([{ path: 'f', content: 'f', xattrs: { 'system.posix_acl_access': Buffer.from('02000000010006', 'hex') } }]);
+  const archive = join(dir, 'bad-acl.tar');
+  await writeDockerArchive(archive, [{ repoTag: 'localhost/dockvm-test/bad-acl:1', layers: [bad] }]);
+  const run = await runDockvm(['export', archive, '-o', join(dir, 'out.tar'), '--engine', 'vm']);
+  t.is(run.exitCode, 1, run.stderr);
+  t.regex(run.stderr, /layer sha256:[0-9a-f]{64} holds POSIX ACLs, so its lower is an ext4 image, which the build VM could not make/);
+  t.regex(run.stderr, /Cannot set 'system\.posix_acl_access' extended attribute for file 'f': Invalid argument/);
+  t.false(existsSync(join(dir, 'out.tar')));
+  const diffId = hex(`sha256:${createHash('sha256').update(bad).digest('hex')}`);
+  t.deepEqual(readdirSync(lowerImagesDir()).filter((name) => name.includes(diffId)), [], 'no image, no temp file');
+  // the native engine copies the record as it is
+  t.is((await runDockvm(['export', archive, '-o', join(dir, 'native.tar')])).exitCode, 0);
 });
