@@ -4,7 +4,8 @@
 // changes survives.
 import type { Readable, Writable } from 'node:stream';
 import { openImage } from '../transport/index.js';
-import { lowersFor, withBuildVm } from './build-vm.js';
+import { withBuildVm } from './build-vm.js';
+import { lowersFor } from './lowers.js';
 import { scriptEnvironment } from './config.js';
 
 export interface ShellOptions {

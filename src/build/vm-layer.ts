@@ -10,15 +10,19 @@ import { writeLayerFile, type LayerFile } from '../layer/layer-file.js';
 import { fromOverlayUpperEntry } from '../layer/overlay.js';
 import type { BuildSpec } from '../spec/load.js';
 import { createScratchDisk, qemuImgCreate } from '../vm/index.js';
-import { describeExit, lowersFor, withBuildVm, type BuildVm } from './build-vm.js';
+import { describeExit, withBuildVm, type BuildVm } from './build-vm.js';
+import { lowersFor } from './lowers.js';
 import { scriptEnvironment } from './config.js';
 import { copyToRootTar } from './copy-to-root.js';
+import { rootChangeWarning } from './root-change.js';
 
 export interface VmBuildOptions {
   /** give up after this long (the --timeout flag) */
   timeoutMs?: number;
   /** where the script's output goes (default: dockvm's stderr; stdout may carry JSON or data) */
   onScriptOutput?: (chunk: Buffer) => void;
+  /** one-line warnings about the build (default: dockvm's stderr, "dockvm: warning: …") */
+  onWarning?: (message: string) => void;
 }
 
 /**
@@ -63,12 +67,15 @@ export async function buildLayerInVm(spec: BuildSpec, base: Image | undefined, t
       return { tarBytes, newDirs };
     },
   );
-  return writeLayerFile(out, join(tmp, 'layer.tar'), {
+  const layer = await writeLayerFile(out, join(tmp, 'layer.tar'), {
     source: 'the build VM\'s output',
     size: tarBytes,
     clampMtime,
     convert: (entry) => fromOverlayUpperEntry(entry, (dir) => !newDirs.has(dir)),
   });
+  const warning = rootChangeWarning(layer.root);
+  if (warning) (options.onWarning ?? ((message) => void process.stderr.write(`dockvm: warning: ${message}\n`)))(warning);
+  return layer;
 }
 
 async function runScript(vm: BuildVm, spec: BuildSpec, base: Image | undefined, output: (chunk: Buffer) => void): Promise<void> {

@@ -32,6 +32,7 @@ export function registerRunAsRoot(program: Command): void {
       const spec = await loadSpec(specPath);
       for (const warning of spec.warnings) say(`dockvm: warning: ${warning}`);
       const result = await runAsRoot(spec, {
+        onWarning: (warning) => say(`dockvm: warning: ${warning}`),
         ...(options.output !== undefined ? { output: options.output } : {}),
         ...(options.timeout !== undefined ? { timeoutMs: options.timeout * 1000 } : {}),
         cache: { noCache: !options.cache, cacheFrom: options.cacheFrom ?? [], cacheTo: options.cacheTo ?? [] },

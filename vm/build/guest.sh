@@ -3,13 +3,16 @@
 # Disks are found by the serial the host gave them, never by /dev/vdX order (microvm's virtio-mmio
 # probes devices in reverse).
 #
-#   mount   lowers (squashfs, top first) + ext4 scratch (or a tmpfs) → overlay at /build/root; unpack copyToRoot
+#   mount   lowers (squashfs, top first; ext4 for those in DOCKVM_EXT4_LOWERS) + ext4 scratch (or a
+#           tmpfs) → overlay at /build/root; unpack copyToRoot
 #   run     the runAsRoot script (or, after "--", a command; with neither, a shell), chrooted in fresh
 #           mount/pid/uts/ipc namespaces, /proc /dev /sys mounted
 #   extra   unmount the overlay; extraCommands in the upper directory (the new layer's root)
 #   pack    the upper directory as a tar written straight onto the output disk; prints its size
 #   newdirs the upper's directories the lowers lack (NUL-separated)
 #   merged  (export) the merged view of the lowers as a tar onto the output disk
+#   fill-lower  the lower of a layer with POSIX ACLs (which squashfs cannot hold): the layer in overlay
+#           form (the copy disk) unpacked onto an empty ext4 disk (the out disk), which the host caches
 #   unpack-reference  (benchmark only) the nixpkgs way instead of mount: layer tars unpacked in the guest
 set -eu
 
@@ -48,7 +51,9 @@ step_mount() {
   i=0
   for serial in ${DOCKVM_LOWERS:-}; do
     mkdir -p $B/lower/$i
-    mount -t squashfs -o ro "$(disk "$serial")" $B/lower/$i
+    fstype=squashfs
+    case " ${DOCKVM_EXT4_LOWERS:-} " in *" $serial "*) fstype=ext4 ;; esac
+    mount -t $fstype -o ro "$(disk "$serial")" $B/lower/$i
     i=$((i + 1))
   done
   lowerdirs=$(lowerdir_list)
@@ -243,6 +248,19 @@ step_newdirs() {
   umount $B/lowers
 }
 
+step_fill_lower() {
+  mkdir -p $B/fill
+  mount -t ext4 -o noatime "$(disk "$DOCKVM_OUT")" $B/fill
+  rmdir $B/fill/lost+found
+  # GNU tar only warns when the kernel refuses an xattr (a malformed ACL, an ACL on a symlink): the
+  # lower would silently lack it, so any message fails the step.
+  # shellcheck disable=SC2086
+  "$GNU_TAR" -C $B/fill $TAR_XATTRS --same-owner --numeric-owner --same-permissions -xf "$(disk "$DOCKVM_COPY")" 2> $B/fill.err ||
+    { cat $B/fill.err >&2; exit 71; }
+  if [ -s $B/fill.err ]; then cat $B/fill.err >&2; exit 71; fi
+  umount $B/fill
+}
+
 # For scripts/bench-run-as-root.ts only, the reference dockvm is measured against: what nixpkgs'
 # runWithOverlay does instead of step_mount. Each base layer tar (read from a raw disk: DOCKVM_REF_LAYERS
 # lists SERIAL:OFFSET:SIZE, bottom first) is unpacked into its own directory on the scratch disk, its
@@ -283,5 +301,6 @@ case "$step" in
   merged) step_merged ;;
   unpack-reference) step_unpack_reference ;;
   newdirs) step_newdirs ;;
+  fill-lower) step_fill_lower ;;
   *) die "unknown step $step" ;;
 esac
