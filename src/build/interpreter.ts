@@ -124,3 +124,9 @@ export function runStep(environment: readonly string[], launch: Launch): { args:
   return { args: [...environment, '--', ...launchArguments(launch)], env: launchParameters(launch) };
 }
 
+
+/** The image's shell paths a build relies on: /bin/sh, /bin/bash, and a script's shebang interpreter. */
+export function imageShells(script: string | null): string[] {
+  const shebang = script === null ? undefined : parseShebang(script);
+  return [...new Set(['/bin/sh', IMAGE_BASH, ...(shebang ? [shebang.interpreter] : [])])];
+}

@@ -9,9 +9,12 @@ import { FileLayer } from '../image/file-layer.js';
 import type { Image } from '../image/image.js';
 import { beginDockerArchive, openImage, parseDestination, writeImage, type OpenedImage } from '../transport/index.js';
 import { withTempDir } from '../cleanup.js';
+import type { TarEntry } from '../layer/tar.js';
 import type { BuildSpec } from '../spec/load.js';
 import { newImageConfig, resolveCreated } from './config.js';
+import { baseTree, CopyPlacement, hiddenShellError, replacedLinkWarnings } from './copy-over-base.js';
 import { copyToRootTar } from './copy-to-root.js';
+import { imageShells } from './interpreter.js';
 import { buildPlatform, checkRunnable } from './platform.js';
 import { buildLayerOnHost } from './host-layer.js';
 import { buildLayerInVm, type VmBuildOptions } from './vm-layer.js';
@@ -19,6 +22,8 @@ import { buildLayerInVm, type VmBuildOptions } from './vm-layer.js';
 export interface RunAsRootOptions extends VmBuildOptions {
   /** overrides the spec's `output` */
   output?: string;
+  /** something worth saying that is not an error (default: a line on stderr) */
+  onWarning?: (message: string) => void;
 }
 
 export interface RunAsRootResult {
@@ -34,13 +39,14 @@ export interface RunAsRootResult {
 export async function runAsRoot(spec: BuildSpec, options: RunAsRootOptions = {}): Promise<RunAsRootResult> {
   const output = options.output ?? spec.output;
   const destination = parseDestination(output);
+  const warn = options.onWarning ?? ((message: string) => void process.stderr.write(`dockvm: warning: ${message}\n`));
   const base = spec.fromImage ? await openBase(spec) : undefined;
   try {
     // Refused before anything is written or booted: a platform the build VM cannot run the script on.
     const platform = buildPlatform(spec.architecture, base?.config, spec.fromImage);
     if (spec.runAsRoot !== null) checkRunnable(platform, spec.fromImage ? `fromImage ${spec.fromImage}` : `the spec's architecture`);
     return await withTempDir('build', async (tmp) => {
-      const copy = await writeCopyToRoot(spec, tmp);
+      const copy = await writeCopyToRoot(spec, base, tmp, warn);
       // An archive file gets the base layers while the VM builds the new one (they come first in it).
       const archive = base && spec.runAsRoot && destination.kind === 'docker-archive' && destination.path !== '-'
         ? beginDockerArchive(destination.path, base.layers, { gzip: destination.gzip })
@@ -85,11 +91,21 @@ export async function runAsRoot(spec: BuildSpec, options: RunAsRootOptions = {})
   }
 }
 
-/** copyToRoot as one tar (undefined when there is none). */
-async function writeCopyToRoot(spec: BuildSpec, tmp: string): Promise<string | undefined> {
+/**
+ * copyToRoot as one tar (undefined when there is none), each entry at the path it lands on over the
+ * base; a base's link to a directory that a copied directory replaces is a warning, and an error when
+ * that hides the image's shell or the script's interpreter (src/build/copy-over-base.ts).
+ */
+async function writeCopyToRoot(spec: BuildSpec, base: Image | undefined, tmp: string, warn: (message: string) => void): Promise<string | undefined> {
   if (spec.copyToRoot.length === 0) return undefined;
+  const placement = base ? new CopyPlacement(await baseTree(base, spec.fromImage ?? 'the base'), spec.keepContentsDirlinks) : undefined;
   const path = join(tmp, 'copy-to-root.tar');
-  await pipeline(copyToRootTar(spec.copyToRoot, spec), createWriteStream(path));
+  await pipeline(copyToRootTar(spec.copyToRoot, { ...spec, ...(placement ? { place: (entry: TarEntry) => placement.place(entry) } : {}) }), createWriteStream(path));
+  if (placement) {
+    const hidden = hiddenShellError(placement, imageShells(spec.runAsRoot));
+    if (hidden) throw hidden;
+    for (const warning of replacedLinkWarnings(placement)) warn(warning);
+  }
   return path;
 }
 

@@ -25,6 +25,7 @@ export function registerRunAsRoot(program: Command): void {
       const spec = await loadSpec(specPath);
       for (const warning of spec.warnings) say(`dockvm: warning: ${warning}`);
       const result = await runAsRoot(spec, {
+        onWarning: (message) => say(`dockvm: warning: ${message}`),
         ...(options.output !== undefined ? { output: options.output } : {}),
         ...(options.timeout !== undefined ? { timeoutMs: options.timeout * 1000 } : {}),
       });
