@@ -1,8 +1,8 @@
 // copyToRoot over a merged-/usr base (bin -> usr/bin, as every current Debian, Ubuntu and Fedora has):
 // where each copied entry lands for both values of keepContentsDirlinks, the warning when a copied
 // directory replaces a link of the base, the error when that hides the image's shell — first on the
-// model, then through the CLI over the Debian fixture (no VM: these are decided before one boots;
-// the VM case is in test/build/interpreter.test.ts).
+// model, then through the CLI over the Debian fixture (no VM: these are decided before one boots), and
+// once with runAsRoot in a real VM.
 import test from 'ava';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync, chmodSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -154,4 +154,16 @@ test('CLI: keepContentsDirlinks true without runAsRoot: bin/hello lands in usr/b
   t.is(run.exitCode, 0, run.stderr);
   t.notRegex(run.stderr, /warning/);
   t.deepEqual(await topLayerPaths(join(dir, 'image.tar')), ['usr/bin/hello']);
+});
+
+test('VM: keepContentsDirlinks true copies bin/hello into usr/bin with the image intact; a #!/bin/sh script runs under the image\'s sh', async (t) => {
+  const dir = tempDir(t);
+  const script = '#!/bin/sh\necho "sh: $(readlink /proc/$$/exe)"\nhello\necho "bin: $(readlink /bin)"\ntest -x /bin/bash && echo "bash: still there"\n';
+  const run = await runDockvm(['run-as-root', specCopying(dir, 'bin/hello', { keepContentsDirlinks: true, runAsRoot: script })]);
+  t.is(run.exitCode, 0, run.stderr);
+  t.regex(run.stderr, /^sh: \/usr\/bin\/dash\nhello from copyToRoot\nbin: usr\/bin\nbash: still there\n/m);
+  t.notRegex(run.stderr, /warning/);
+  const paths = await topLayerPaths(join(dir, 'image.tar'));
+  t.true(paths.includes('usr/bin/hello'), paths.join(' '));
+  t.false(paths.some((path) => path === 'bin' || path.startsWith('bin/')), paths.join(' '));
 });
