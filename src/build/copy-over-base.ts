@@ -92,12 +92,6 @@ class Tree {
     const resolved = this.resolve(path, { followLast: true });
     return resolved !== undefined && this.get(resolved) !== undefined;
   }
-
-  /** Whether `path` leads to a directory (links followed). */
-  isDirectory(path: string): boolean {
-    const resolved = this.resolve(path, { followLast: true });
-    return resolved !== undefined && this.get(resolved)?.type === 'directory';
-  }
 }
 
 function components(path: string): string[] {
