@@ -7,6 +7,7 @@ import { DockvmError, VmError, stderrTail } from '../errors.js';
 import { assetPath } from '../vm/paths.js';
 import type { Readable } from 'node:stream';
 import { startVm, type RunningCommand, type Vm, type VmDisk } from '../vm/index.js';
+import type { Architecture } from '../vm/architectures.js';
 
 export interface BuildVmDisks {
   /** images of the lowers, bottom layer first (src/build/lowers.ts): squashfs, or ext4 when named *.ext4 */
@@ -20,6 +21,8 @@ export interface BuildVmDisks {
 }
 
 export interface BuildVmOptions {
+  /** the VM's architecture: the image's platform when its programs run (default: the host's) */
+  architecture?: Architecture;
   memoryMiB?: number;
   network?: boolean;
   /** aborting kills the VM */
@@ -80,6 +83,7 @@ export class BuildVm {
     const script = await readFile(assetPath('vm', 'build', 'guest.sh'), 'utf8');
     const vm = await startVm({
       disks: vmDisks,
+      ...(options.architecture !== undefined ? { architecture: options.architecture } : {}),
       ...(options.memoryMiB !== undefined ? { memoryMiB: options.memoryMiB } : {}),
       ...(options.network !== undefined ? { network: options.network } : {}),
       ...(options.signal ? { signal: options.signal } : {}),

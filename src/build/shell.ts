@@ -8,7 +8,8 @@ import { withBuildVm } from './build-vm.js';
 import { lowersFor } from './lowers.js';
 import { scriptEnvironment } from './config.js';
 import { commandLaunch, interactiveShellLaunch, runStep } from './interpreter.js';
-import { checkRunnable, platformOf } from './platform.js';
+import { platformOf, runnableRow } from './platform.js';
+import { requireGuestPieces } from '../vm/guest-platform.js';
 
 export interface ShellOptions {
   /** the command to run, found in the image's PATH; empty: the bash a runAsRoot script gets (the image's /bin/bash, else the bundled one) */
@@ -27,9 +28,11 @@ export interface ShellOptions {
 export async function shell(reference: string, options: ShellOptions): Promise<number> {
   const image = await openImage(reference);
   try {
-    checkRunnable(platformOf(image.config), reference);
+    const row = runnableRow(platformOf(image.config), reference);
+    await requireGuestPieces(row); // what this host lacks for the VM is said before the lowers are made
     const lowers = await lowersFor(image, reference);
-    return await withBuildVm({ lowers }, { ...(options.memoryMiB ? { memoryMiB: options.memoryMiB } : {}), network: options.network ?? false }, async (vm) => {
+    const vmOptions = { architecture: row.architecture, ...(options.memoryMiB ? { memoryMiB: options.memoryMiB } : {}), network: options.network ?? false };
+    return await withBuildVm({ lowers }, vmOptions, async (vm) => {
       await vm.mustStep('mount', { env: { DOCKVM_TMPFS_UPPER: '1' } });
       const launch = options.command.length > 0 ? commandLaunch(options.command) : interactiveShellLaunch();
       const { args } = runStep(scriptEnvironment(image.config.config?.Env, options.env ?? {}), launch);

@@ -1,7 +1,8 @@
 // Counting real QEMU starts. A test that promises "no VM boots" (no runAsRoot, an up-to-date refresh, a
 // cache hit) or "a restore, not a boot" counts what QEMU did instead of trusting what dockvm says about
-// itself: DOCKVM_QEMU names a wrapper script that records each start (its argv) in a directory of its
-// own, then execs the real qemu-system-x86_64 (so QEMU keeps the wrapper's pid, and killing it works).
+// itself: DOCKVM_QEMU (and DOCKVM_QEMU_ARM64…, one per architecture: src/vm/architectures.ts) names a
+// wrapper script that records each start (its argv) in a directory of its own, then execs the real
+// qemu-system-x86_64 (qemu-system-aarch64…), so QEMU keeps the wrapper's pid, and killing it works.
 //
 //   const qemu = await qemuCounter(t);                   // per test: pass qemu.env to dockvm children
 //   await runDockvm([...], { env: { ...other, ...qemu.env } });
@@ -18,6 +19,7 @@ import { delimiter, join } from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { doctor } from '../../src/vm/doctor.js';
 import { findQemu, resolveKernel } from '../../src/vm/index.js';
+import { ARCHITECTURES, archEnv, defaultArchitecture, type ArchitectureRow } from '../../src/vm/architectures.js';
 
 export interface QemuStart {
   /** QEMU's pid (the wrapper became QEMU) */
@@ -27,12 +29,14 @@ export interface QemuStart {
 }
 
 export interface QemuCounter {
-  /** DOCKVM_QEMU (the wrapper) and DOCKVM_ACCEL (this host's verdict), for dockvm child processes */
+  /** DOCKVM_QEMU, DOCKVM_QEMU_ARM64… (the wrappers) and DOCKVM_ACCEL (this host's verdict), for dockvm child processes */
   readonly env: Readonly<Record<string, string>>;
   /** every start so far, in order; `--version` probes included */
   starts(): QemuStart[];
   /** VM boots so far: starts that boot a kernel (-kernel) and restore no snapshot (-incoming) */
   boots(): number;
+  /** the boots of one architecture's QEMU */
+  bootsOf(architecture: string): number;
   /** snapshot restores so far: starts with -incoming */
   restores(): number;
 }
@@ -57,8 +61,9 @@ export function countQemuInProcess(): Promise<QemuCounter> {
     const counter = makeCounter(await hostAccel());
     process.on('exit', counter.remove);
     Object.assign(process.env, counter.env);
-    const found = await findQemu();
-    if (found.path !== counter.env.DOCKVM_QEMU) {
+    const row = defaultArchitecture();
+    const found = await findQemu(row);
+    if (found.path !== counter.env[archEnv(row, 'DOCKVM_QEMU')]) {
       throw new Error(`countQemuInProcess: this process already runs ${found.path}; call it before anything boots a VM`);
     }
     return counter;
@@ -76,7 +81,7 @@ function hostAccel(): Promise<string> {
   accel ??= (async () => {
     if (process.env.DOCKVM_ACCEL) return process.env.DOCKVM_ACCEL;
     const env = { ...process.env };
-    await resolveKernel({ env }); // fetched when missing, as a boot would (doctor only looks)
+    await resolveKernel({ env, architecture: defaultArchitecture() }); // fetched when missing, as a boot would (doctor only looks)
     const report = await doctor({ env, onNotice: () => {} });
     if (report.accel === null) throw new Error(`cannot count VM boots: no VM can boot here (${report.missing.join('; ')})`);
     return report.accel;
@@ -88,37 +93,44 @@ function makeCounter(accelVerdict: string): QemuCounter & { remove: () => void }
   const dir = mkdtempSync(join(tmpdir(), 'dockvm-qemu-counter-'));
   const startsDir = join(dir, 'starts');
   mkdirSync(startsDir);
-  const wrapper = join(dir, 'qemu-system-x86_64');
-  // One file per start, written by one printf before the exec: concurrent starts cannot interleave, and
-  // the name (nanoseconds, then the pid) orders them. A start that cannot be recorded does not run.
-  writeFileSync(
-    wrapper,
-    [
-      '#!/bin/sh',
-      '# dockvm test helper (test/helpers/qemu-counter.ts): record this QEMU start, then become the real QEMU',
-      `record=${quote(startsDir)}/$(date +%s%N).$$ || exit 125`,
-      'printf \'%s\\0\' "$@" > "$record" || exit 125',
-      `exec ${quote(realQemu())} "$@"`,
-      '',
-    ].join('\n'),
-    { mode: 0o755 },
-  );
-  const starts = (): QemuStart[] =>
+  const env: Record<string, string> = { DOCKVM_ACCEL: accelVerdict };
+  for (const row of Object.values(ARCHITECTURES)) {
+    const wrapper = join(dir, row.qemu.binary);
+    // One file per start, written by one printf before the exec: concurrent starts cannot interleave, and
+    // the name (nanoseconds, then the pid, then the architecture) orders them. A start that cannot be
+    // recorded does not run.
+    writeFileSync(
+      wrapper,
+      [
+        '#!/bin/sh',
+        '# dockvm test helper (test/helpers/qemu-counter.ts): record this QEMU start, then become the real QEMU',
+        `record=${quote(startsDir)}/$(date +%s%N).$$.${row.architecture} || exit 125`,
+        'printf \'%s\\0\' "$@" > "$record" || exit 125',
+        `exec ${quote(realQemu(row))} "$@"`,
+        '',
+      ].join('\n'),
+      { mode: 0o755 },
+    );
+    env[archEnv(row, 'DOCKVM_QEMU')] = wrapper;
+  }
+  const starts = (): (QemuStart & { architecture: string })[] =>
     readdirSync(startsDir)
       .sort((a, b) => Number(BigInt(a.split('.')[0]!) - BigInt(b.split('.')[0]!)))
-      .map((name) => ({ pid: Number(name.split('.')[1]), argv: readFileSync(join(startsDir, name), 'utf8').split('\0').slice(0, -1) }));
+      .map((name) => ({ pid: Number(name.split('.')[1]), architecture: name.split('.')[2]!, argv: readFileSync(join(startsDir, name), 'utf8').split('\0').slice(0, -1) }));
+  const isBoot = ({ argv }: QemuStart) => argv.includes('-kernel') && !argv.includes('-incoming');
   return {
-    env: { DOCKVM_QEMU: wrapper, DOCKVM_ACCEL: accelVerdict },
+    env,
     starts,
-    boots: () => starts().filter(({ argv }) => argv.includes('-kernel') && !argv.includes('-incoming')).length,
+    boots: () => starts().filter(isBoot).length,
+    bootsOf: (architecture) => starts().filter((start) => start.architecture === architecture && isBoot(start)).length,
     restores: () => starts().filter(({ argv }) => argv.includes('-incoming')).length,
     remove: () => rmSync(dir, { recursive: true, force: true }),
   };
 }
 
-/** The QEMU dockvm would run without the counter: DOCKVM_QEMU, else qemu-system-x86_64 on PATH. */
-function realQemu(): string {
-  const named = process.env.DOCKVM_QEMU || 'qemu-system-x86_64';
+/** The QEMU dockvm would run without the counter: DOCKVM_QEMU (…_ARM64), else qemu-system-x86_64 (…) on PATH. */
+function realQemu(row: ArchitectureRow): string {
+  const named = process.env[archEnv(row, 'DOCKVM_QEMU')] || row.qemu.binary;
   if (named.includes('/')) return named;
   for (const dir of (process.env.PATH ?? '').split(delimiter)) {
     try {
