@@ -90,7 +90,9 @@ async function reference(baseArchive: string, out: string, parts: { unpack: numb
         const disk = join(tmp, 'upper.tar.disk');
         await createScratchDisk(scratch, spec.diskSize * 2);
         await qemuImgCreate(disk, (spec.diskSize * 2 + 64) * 1024 * 1024, 'raw');
-        const tarBytes = await withBuildVm({ lowers: archives, scratch, out: disk }, { memoryMiB: spec.buildVMMemorySize }, async (vm) => {
+        // the archives are never mounted: unpack-reference reads the layers off them as raw disks
+        const lowers = archives.map((path) => ({ path, fsType: 'tar' }));
+        const tarBytes = await withBuildVm({ lowers, scratch, out: disk }, { memoryMiB: spec.buildVMMemorySize }, async (vm) => {
           const unpackStart = performance.now();
           await vm.mustStep('unpack-reference', { env: { DOCKVM_REF_LAYERS: layers.join(' ') } });
           parts.unpack.push((performance.now() - unpackStart) / 1000);
