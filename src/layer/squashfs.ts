@@ -20,6 +20,16 @@ import { writeAtomically } from '../output.js';
  */
 const COMPRESSOR = 'lz4';
 
+/**
+ * Block size: 128 KiB (tar2sqfs' default) reads large files fastest, but every mount sets up caches
+ * and decompressor buffers of a few blocks each; measured here under TCG, a small layer mounts in about
+ * half the time with 4 KiB blocks (5 ms against 11), which counts in a base of a hundred layers.
+ */
+function blockSize(contentBytes: number): number {
+  return contentBytes <= SMALL_LAYER_BYTES ? 4096 : 131072;
+}
+const SMALL_LAYER_BYTES = 1024 * 1024;
+
 export interface SquashfsOptions {
   /** names the layer in errors (an image reference) */
   source: string;
@@ -38,9 +48,10 @@ export async function squashfsForLayer(layer: Layer, options: SquashfsOptions): 
 
 async function writeSquashfs(layer: Layer, output: string, source: string): Promise<void> {
   const what = `${source} layer ${layer.diffId}`;
-  const { opaqueDirs, dirsWithEntry } = await scanOpaqueDirs(layer, what);
+  const { opaqueDirs, dirsWithEntry, contentBytes } = await scanOpaqueDirs(layer, what);
   const writer = new TarWriter();
-  const packer = execa('tar2sqfs', ['--quiet', '--force', '--no-skip', '-c', COMPRESSOR, '-j', '2', '--defaults', 'mtime=0', output], {
+  const args = ['--quiet', '--force', '--no-skip', '-c', COMPRESSOR, '-b', String(blockSize(contentBytes)), '-j', '2', '--defaults', 'mtime=0', output];
+  const packer = execa('tar2sqfs', args, {
     stdin: 'pipe',
     stdout: 'ignore',
     stderr: 'pipe',
@@ -78,16 +89,21 @@ async function writeSquashfs(layer: Layer, output: string, source: string): Prom
   }
 }
 
-/** First pass over a layer (headers only): the directories it marks opaque, and those it has entries for. */
-async function scanOpaqueDirs(layer: Layer, what: string): Promise<{ opaqueDirs: Set<string>; dirsWithEntry: Set<string> }> {
+/**
+ * First pass over a layer (headers only): the directories it marks opaque, those it has entries for,
+ * and the bytes of its files.
+ */
+async function scanOpaqueDirs(layer: Layer, what: string): Promise<{ opaqueDirs: Set<string>; dirsWithEntry: Set<string>; contentBytes: number }> {
   const opaqueDirs = new Set<string>();
   const dirsWithEntry = new Set<string>();
+  let contentBytes = 0;
   for (const { entry } of await layerHeaders(layer, what)) {
     const dir = opaqueDirOf(entry.path);
     if (dir !== undefined) opaqueDirs.add(dir);
     if (entry.type === 'directory') dirsWithEntry.add(entry.path);
+    contentBytes += entry.size;
   }
-  return { opaqueDirs, dirsWithEntry };
+  return { opaqueDirs, dirsWithEntry, contentBytes };
 }
 
 async function exists(path: string): Promise<boolean> {
