@@ -3,8 +3,8 @@
 # Disks are found by the serial the host gave them, never by /dev/vdX order (microvm's virtio-mmio
 # probes devices in reverse).
 #
-#   mount   lowers (squashfs, top first; ext4 for those in DOCKVM_EXT4_LOWERS) + ext4 scratch (or a
-#           tmpfs) → overlay at /build/root; unpack copyToRoot
+#   mount   lowers (read-only images, bottom first: squashfs, or ext4 for layers with POSIX ACLs) + ext4
+#           scratch (or a tmpfs) → overlay at /build/root; unpack copyToRoot
 #   run     a command the host chose (the runAsRoot script with its interpreter, a shell, a command),
 #           chrooted in fresh mount/pid/uts/ipc namespaces, /proc /dev /sys and the bundled tools mounted
 #   extra   unmount the overlay; extraCommands (bash) in the upper directory (the new layer's root)
@@ -36,12 +36,16 @@ disk() {
   die "no disk with serial $1"
 }
 
+# The lowers' mount points, /l/0 (the bottom layer) upwards: short names, so that the lowerdir option
+# of 128 of them (785 bytes) stays far inside the one page a mount's options may take.
+L=/l
+
 # The mounted lowers, top first, as overlayfs' lowerdir wants them.
 lowerdir_list() {
   list=""
   i=0
   for _ in ${DOCKVM_LOWERS:-}; do
-    list="${list:+$list:}$B/lower/$i"
+    list="$L/$i${list:+:$list}"
     i=$((i + 1))
   done
   echo "$list"
@@ -49,14 +53,10 @@ lowerdir_list() {
 
 step_mount() {
   mkdir -p $R $B/scratch
-  i=0
-  for serial in ${DOCKVM_LOWERS:-}; do
-    mkdir -p $B/lower/$i
-    fstype=squashfs
-    case " ${DOCKVM_EXT4_LOWERS:-} " in *" $serial "*) fstype=ext4 ;; esac
-    mount -t $fstype -o ro "$(disk "$serial")" $B/lower/$i
-    i=$((i + 1))
-  done
+  # DOCKVM_LOWERS: FSTYPE:SERIAL per lower, bottom first, or FSTYPE:SERIAL@OFFSET+SIZE for lowers that
+  # share a disk; one process mounts them all (a mount command each would cost a fork+exec per layer)
+  # shellcheck disable=SC2086
+  [ -z "${DOCKVM_LOWERS:-}" ] || /bin/dockvm-agent mount-lowers $L $DOCKVM_LOWERS
   lowerdirs=$(lowerdir_list)
   # overlayfs needs a lower; FROM scratch gets an empty one.
   [ -n "$lowerdirs" ] || { mkdir -p $B/empty; lowerdirs=$B/empty; }
