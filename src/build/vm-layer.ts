@@ -1,13 +1,16 @@
 // The new layer made in the build VM (runAsRoot): base layers as squashfs lowers, an ext4 scratch disk for
 // the upper, copyToRoot unpacked over the root, the script run as root, extraCommands in the upper, and
-// the upper packed as a tar onto an output disk — which the host then reads as untrusted input.
+// the upper described onto an output disk — its metadata and where each file's bytes lie on the scratch
+// disk, which the host then reads (as untrusted input, the disk image too) to write the layer.
 import { createWriteStream } from 'node:fs';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { ScriptError, SpecError, VmError, stderrTail } from '../errors.js';
 import type { Image } from '../image/image.js';
-import { writeLayerFile, type LayerFile } from '../layer/layer-file.js';
+import { writeLayerFile, writeLayerFromEntries, type LayerFile } from '../layer/layer-file.js';
 import { fromOverlayUpperEntry } from '../layer/overlay.js';
+import { readUpperManifest } from '../layer/upper-manifest.js';
+import type { TarEntry } from '../layer/tar.js';
 import type { BuildSpec } from '../spec/load.js';
 import { createScratchDisk, qemuImgCreate } from '../vm/index.js';
 import { describeExit, lowersFor, withBuildVm, type BuildVm } from './build-vm.js';
@@ -41,7 +44,7 @@ export async function buildLayerInVm(spec: BuildSpec, base: Image | undefined, t
   const signal = options.timeoutMs === undefined ? undefined : timeoutSignal(options.timeoutMs);
   const output = options.onScriptOutput ?? ((chunk: Buffer) => void process.stderr.write(chunk));
 
-  const { tarBytes, newDirs } = await withBuildVm(
+  const { packed, newDirs } = await withBuildVm(
     { lowers, scratch, ...(copy ? { copy } : {}), out },
     { memoryMiB: spec.buildVMMemorySize, network: spec.network, ...(signal ? { signal } : {}) },
     async (vm) => {
@@ -54,21 +57,55 @@ export async function buildLayerInVm(spec: BuildSpec, base: Image | undefined, t
         }
       }
       const newDirs = parseNul((await vm.mustStep('newdirs')).stdout);
-      const packed = await vm.mustStep('pack');
-      const fields = keyValues(packed.stdout.toString());
-      const upperMiB = Math.ceil(Number(fields['dockvm-upper-kib']) / 1024);
+      const packed = await packUpper(vm);
+      const upperMiB = Math.ceil(packed.upperKiB / 1024);
       if (upperMiB > spec.diskSize) throw diskTooSmall(spec.diskSize, `${upperMiB} MiB`, upperMiB);
-      const tarBytes = Number(fields['dockvm-tar-bytes']);
-      if (!Number.isSafeInteger(tarBytes) || tarBytes <= 0) throw new VmError(`the build VM did not report the size of the layer tar${stderrTail(packed.stderr)}`);
-      return { tarBytes, newDirs };
+      return { packed, newDirs };
     },
   );
-  return writeLayerFile(out, join(tmp, 'layer.tar'), {
+  // read once QEMU has exited: every byte the guest wrote is in the disk images
+  return writePackedLayer(packed, { out, scratch }, join(tmp, 'layer.tar'), { clampMtime, newDirs });
+}
+
+/** What the pack step left on the output disk: the upper's manifest (the default), or a GNU tar of it. */
+export interface PackedUpper {
+  format: 'manifest' | 'tar';
+  /** how many bytes of the output disk it takes */
+  bytes: number;
+  /** what the upper takes on the scratch disk, as du -sk counts */
+  upperKiB: number;
+}
+
+/** Run the pack step (the overlay is unmounted first). The tar format is the old way, kept to compare against. */
+export async function packUpper(vm: BuildVm, format: PackedUpper['format'] = 'manifest'): Promise<PackedUpper> {
+  const result = await vm.mustStep('pack', format === 'tar' ? { env: { DOCKVM_PACK: 'tar' } } : {});
+  const fields = keyValues(result.stdout.toString());
+  const bytes = Number(fields[format === 'tar' ? 'dockvm-tar-bytes' : 'dockvm-manifest-bytes']);
+  const upperKiB = Number(fields['dockvm-upper-kib']);
+  if (!Number.isSafeInteger(bytes) || bytes <= 0 || !Number.isSafeInteger(upperKiB) || upperKiB < 0) {
+    throw new VmError(`the build VM did not report the size of the layer's ${format}${stderrTail(result.stderr)}`);
+  }
+  return { format, bytes, upperKiB };
+}
+
+/**
+ * The layer from what packUpper left on `disks.out` (a manifest's file contents are on `disks.scratch`):
+ * whiteouts into OCI form, an opaque xattr dropped on a directory the lowers lack (`newDirs`), normalised.
+ */
+export async function writePackedLayer(
+  packed: PackedUpper,
+  disks: { out: string; scratch: string },
+  output: string,
+  options: { clampMtime: number; newDirs: ReadonlySet<string> },
+): Promise<LayerFile> {
+  const layerOptions = {
     source: 'the build VM\'s output',
-    size: tarBytes,
-    clampMtime,
-    convert: (entry) => fromOverlayUpperEntry(entry, (dir) => !newDirs.has(dir)),
-  });
+    clampMtime: options.clampMtime,
+    convert: (entry: TarEntry) => fromOverlayUpperEntry(entry, (dir) => !options.newDirs.has(dir)),
+  };
+  if (packed.format === 'tar') return writeLayerFile(disks.out, output, { ...layerOptions, size: packed.bytes });
+  const entries = readUpperManifest({ path: disks.out, size: packed.bytes, disk: disks.scratch, source: layerOptions.source });
+  return writeLayerFromEntries(entries, output, layerOptions);
 }
 
 async function runScript(vm: BuildVm, spec: BuildSpec, base: Image | undefined, output: (chunk: Buffer) => void): Promise<void> {

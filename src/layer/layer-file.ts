@@ -27,15 +27,28 @@ export interface LayerFile {
 }
 
 export async function writeLayerFile(input: string, output: string, options: LayerFileOptions): Promise<LayerFile> {
-  const convert = options.convert ?? ((entry: TarEntry) => [entry]);
   const stream = createReadStream(input, options.size === undefined ? {} : { end: options.size - 1 });
+  async function* entries(): AsyncGenerator<LayerEntry> {
+    for await (const { entry, dataOffset, body } of readTar(stream, { source: options.source })) {
+      body.resume();
+      yield entry.type === 'file' && entry.size > 0 ? { entry, body: { file: input, offset: dataOffset } } : { entry };
+    }
+  }
+  return writeLayerFromEntries(entries(), output, options);
+}
+
+/**
+ * The same for entries read some other way (the build VM's upper manifest), each with where its content
+ * is; `options.size` does not apply.
+ */
+export async function writeLayerFromEntries(input: AsyncIterable<LayerEntry> | Iterable<LayerEntry>, output: string, options: LayerFileOptions): Promise<LayerFile> {
+  const convert = options.convert ?? ((entry: TarEntry) => [entry]);
   const collected = new Map<string, LayerEntry>();
-  for await (const { entry, dataOffset, body } of readTar(stream, { source: options.source })) {
-    body.resume();
+  for await (const { entry, body } of input) {
     if (entry.path === '') continue; // the root's own metadata is the base's business
     for (const converted of convert(entry)) {
-      const location = converted.type === 'file' && converted.size > 0 ? { file: input, offset: dataOffset } : undefined;
-      collected.set(converted.path, location ? { entry: converted, body: location } : { entry: converted });
+      const keepBody = body && converted.type === 'file' && converted.size > 0;
+      collected.set(converted.path, keepBody ? { entry: converted, body } : { entry: converted });
     }
   }
   checkNoEntryUnderNonDirectory(collected, options.source);

@@ -7,7 +7,7 @@
 #   run     the runAsRoot script (or, after "--", a command; with neither, a shell), chrooted in fresh
 #           mount/pid/uts/ipc namespaces, /proc /dev /sys mounted
 #   extra   unmount the overlay; extraCommands in the upper directory (the new layer's root)
-#   pack    the upper directory as a tar written straight onto the output disk; prints its size
+#   pack    the upper directory described onto the output disk (a manifest, or a tar); prints its size
 #   newdirs the upper's directories the lowers lack (NUL-separated)
 #   merged  (export) the merged view of the lowers as a tar onto the output disk
 #   unpack-reference  (benchmark only) the nixpkgs way instead of mount: layer tars unpacked in the guest
@@ -217,10 +217,17 @@ pack() {
   echo "dockvm-tar-bytes=$bytes"
 }
 
+# The upper described for the host to write the layer from: a manifest of its metadata and of where each
+# file's bytes lie on the scratch disk (the host reads them from the disk's image, so they do not pass
+# through the emulator again; vm/upper-manifest.c); with DOCKVM_PACK=tar, a GNU tar archive of it.
 step_pack() {
   if grep -q " $R " /proc/mounts; then umount $R; fi
-  echo "dockvm-upper-kib=$(du -sk $B/scratch/upper | cut -f1)"
-  pack $B/scratch/upper
+  if [ "${DOCKVM_PACK:-manifest}" = tar ]; then
+    echo "dockvm-upper-kib=$(du -sk $B/scratch/upper | cut -f1)"
+    pack $B/scratch/upper
+  else
+    /bin/dockvm-agent upper-manifest $B/scratch/upper "$(disk "$DOCKVM_OUT")" "$(disk "$DOCKVM_SCRATCH")"
+  fi
 }
 
 step_merged() {
