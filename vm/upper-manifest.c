@@ -8,7 +8,8 @@
  * device UPPER's filesystem is on: the host reads them straight from that disk's image file. A file
  * whose extents cannot be given so (inline data, encoded or delayed extents, not on DISK, no FIEMAP)
  * has its bytes copied into the manifest instead. Entries and their metadata are what GNU tar --xattrs --xattrs-include='*' would
- * store: every xattr, hard links as links to the first path met, sockets left out.
+ * store: every xattr, a file or symlink with several links as links to the first path met, sockets left
+ * out.
  *
  * One process walks the whole tree (under TCG a fork+exec costs ~50 ms), by chdir so that no path
  * length limit applies. Everything is written big-endian, like the agent's frames:
@@ -236,7 +237,9 @@ static void describe(const char *name, const struct stat *st) {
   else if (S_ISBLK(st->st_mode)) type = 'b';
   else if (S_ISFIFO(st->st_mode)) type = 'p';
   else { fprintf(stderr, "dockvm-agent: upper-manifest: %s: socket ignored\n", path); return; } /* as GNU tar */
-  const char *holder = type != 'd' && st->st_nlink > 1 ? first_link(st) : NULL;
+  /* GNU tar links only files and symlinks: devices and fifos (overlayfs' whiteouts share one inode) are
+   * archived each on their own */
+  const char *holder = (type == 'f' || type == 'l') && st->st_nlink > 1 ? first_link(st) : NULL;
   if (!holder) blocks_512 += (uint64_t)st->st_blocks; /* du counts an inode once */
   entries++;
   emit_u8('E');

@@ -56,7 +56,7 @@ export async function buildLayerInVm(spec: BuildSpec, base: Image | undefined, t
           throw new ScriptError(`extraCommands failed (${describeExit(extra)})${stderrTail(extra.stderr)}`, { command: 'extraCommands' });
         }
       }
-      const newDirs = parseNul((await vm.mustStep('newdirs')).stdout);
+      const newDirs = await newDirectories(vm);
       const packed = await packUpper(vm);
       const upperMiB = Math.ceil(packed.upperKiB / 1024);
       if (upperMiB > spec.diskSize) throw diskTooSmall(spec.diskSize, `${upperMiB} MiB`, upperMiB);
@@ -65,6 +65,11 @@ export async function buildLayerInVm(spec: BuildSpec, base: Image | undefined, t
   );
   // read once QEMU has exited: every byte the guest wrote is in the disk images
   return writePackedLayer(packed, { out, scratch }, join(tmp, 'layer.tar'), { clampMtime, newDirs });
+}
+
+/** The upper's directories the lowers lack: an opaque xattr on one of them means nothing. */
+export async function newDirectories(vm: BuildVm): Promise<Set<string>> {
+  return parseNul((await vm.mustStep('newdirs')).stdout);
 }
 
 /** What the pack step left on the output disk: the upper's manifest (the default), or a GNU tar of it. */
@@ -76,9 +81,17 @@ export interface PackedUpper {
   upperKiB: number;
 }
 
-/** Run the pack step (the overlay is unmounted first). The tar format is the old way, kept to compare against. */
-export async function packUpper(vm: BuildVm, format: PackedUpper['format'] = 'manifest'): Promise<PackedUpper> {
-  const result = await vm.mustStep('pack', format === 'tar' ? { env: { DOCKVM_PACK: 'tar' } } : {});
+/**
+ * How the pack step describes the upper: a manifest with file contents as extents of the scratch disk
+ * (what builds use); the same manifest with the contents copied in (what it does for a file whose
+ * extents it cannot give); a GNU tar archive (the old way). The last two are for tests to compare with.
+ */
+export type PackWay = 'extents' | 'inline' | 'tar';
+
+/** Run the pack step (the overlay is unmounted first). */
+export async function packUpper(vm: BuildVm, way: PackWay = 'extents'): Promise<PackedUpper> {
+  const result = await vm.mustStep('pack', way === 'extents' ? {} : { env: { DOCKVM_PACK: way } });
+  const format = way === 'tar' ? 'tar' : 'manifest';
   const fields = keyValues(result.stdout.toString());
   const bytes = Number(fields[format === 'tar' ? 'dockvm-tar-bytes' : 'dockvm-manifest-bytes']);
   const upperKiB = Number(fields['dockvm-upper-kib']);

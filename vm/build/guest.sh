@@ -219,15 +219,18 @@ pack() {
 
 # The upper described for the host to write the layer from: a manifest of its metadata and of where each
 # file's bytes lie on the scratch disk (the host reads them from the disk's image, so they do not pass
-# through the emulator again; vm/upper-manifest.c); with DOCKVM_PACK=tar, a GNU tar archive of it.
+# through the emulator again; vm/upper-manifest.c). DOCKVM_PACK=tar: a GNU tar archive of it instead (the
+# old way); DOCKVM_PACK=inline: the manifest with every file's bytes in it, as it holds those of a file
+# whose extents cannot be given. Both are there for tests to compare against.
 step_pack() {
   if grep -q " $R " /proc/mounts; then umount $R; fi
-  if [ "${DOCKVM_PACK:-manifest}" = tar ]; then
-    echo "dockvm-upper-kib=$(du -sk $B/scratch/upper | cut -f1)"
-    pack $B/scratch/upper
-  else
-    /bin/dockvm-agent upper-manifest $B/scratch/upper "$(disk "$DOCKVM_OUT")" "$(disk "$DOCKVM_SCRATCH")"
-  fi
+  case "${DOCKVM_PACK:-extents}" in
+    tar)
+      echo "dockvm-upper-kib=$(du -sk $B/scratch/upper | cut -f1)"
+      pack $B/scratch/upper ;;
+    inline) /bin/dockvm-agent upper-manifest $B/scratch/upper "$(disk "$DOCKVM_OUT")" /dev/null ;;
+    *) /bin/dockvm-agent upper-manifest $B/scratch/upper "$(disk "$DOCKVM_OUT")" "$(disk "$DOCKVM_SCRATCH")" ;;
+  esac
 }
 
 step_merged() {
