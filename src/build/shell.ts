@@ -1,11 +1,15 @@
 // dockvm shell: a root shell (or one command) in the build VM over an image's layers, mounted read-only
-// as overlay lowers with a throwaway upper in guest memory — for debugging a runAsRoot script. The
-// command runs exactly as a runAsRoot script would (chroot, namespaces, the image's Env); nothing it
-// changes survives.
+// as overlay lowers with a throwaway upper on a scratch disk as big as a build's — for debugging a
+// runAsRoot script. The command runs exactly as a runAsRoot script would (chroot, namespaces, the image's
+// Env, room to write as much); nothing it changes survives.
+import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
+import { withTempDir } from '../cleanup.js';
+import { DEFAULT_DISK_SIZE } from '../spec/schema.js';
 import { openImage } from '../transport/index.js';
 import { lowersFor, withBuildVm } from './build-vm.js';
 import { scriptEnvironment } from './config.js';
+import { createUpperDisk } from './vm-layer.js';
 
 export interface ShellOptions {
   /** the command to run; empty: an interactive shell (the image's /bin/sh, or the bundled one) */
@@ -25,17 +29,21 @@ export async function shell(reference: string, options: ShellOptions): Promise<n
   const image = await openImage(reference);
   try {
     const lowers = await lowersFor(image, reference);
-    return await withBuildVm({ lowers }, { ...(options.memoryMiB ? { memoryMiB: options.memoryMiB } : {}), network: options.network ?? false }, async (vm) => {
-      await vm.mustStep('mount', { env: { DOCKVM_TMPFS_UPPER: '1' } });
-      const args = [...scriptEnvironment(image.config.config?.Env, options.env ?? {}), '--', ...options.command];
-      const write = (stream: Writable) => (chunk: Buffer) => void stream.write(chunk);
-      if (options.tty) {
-        const running = vm.spawnStep('run', { args, tty: options.tty, stdin: options.stdin, onStdout: write(options.stdout) });
-        options.tty.onResize((rows, cols) => running.resize(rows, cols));
-        return exitStatus(await running.result);
-      }
-      const result = await vm.step('run', { args, stdin: options.stdin, onStdout: write(options.stdout), onStderr: write(options.stderr) });
-      return exitStatus(result);
+    return await withTempDir('shell', async (tmp) => {
+      const scratch = join(tmp, 'scratch.ext4');
+      await createUpperDisk(scratch, DEFAULT_DISK_SIZE);
+      return withBuildVm({ lowers, scratch }, { ...(options.memoryMiB ? { memoryMiB: options.memoryMiB } : {}), network: options.network ?? false }, async (vm) => {
+        await vm.mustStep('mount');
+        const args = [...scriptEnvironment(image.config.config?.Env, options.env ?? {}), '--', ...options.command];
+        const write = (stream: Writable) => (chunk: Buffer) => void stream.write(chunk);
+        if (options.tty) {
+          const running = vm.spawnStep('run', { args, tty: options.tty, stdin: options.stdin, onStdout: write(options.stdout) });
+          options.tty.onResize((rows, cols) => running.resize(rows, cols));
+          return exitStatus(await running.result);
+        }
+        const result = await vm.step('run', { args, stdin: options.stdin, onStdout: write(options.stdout), onStderr: write(options.stderr) });
+        return exitStatus(result);
+      });
     });
   } finally {
     await image.close();

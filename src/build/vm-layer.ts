@@ -30,11 +30,16 @@ export interface VmBuildOptions {
  */
 const SCRATCH_FACTOR = 2;
 
+/** The sparse ext4 scratch disk for an overlay upper that may take `diskSizeMiB` (and is measured after). */
+export async function createUpperDisk(path: string, diskSizeMiB: number): Promise<void> {
+  await createScratchDisk(path, diskSizeMiB * SCRATCH_FACTOR);
+}
+
 export async function buildLayerInVm(spec: BuildSpec, base: Image | undefined, tmp: string, clampMtime: number, options: VmBuildOptions): Promise<LayerFile> {
   const lowers = await lowersFor(base, spec.fromImage ?? 'scratch');
   const scratch = join(tmp, 'scratch.ext4');
   const out = join(tmp, 'upper.tar.disk');
-  await createScratchDisk(scratch, spec.diskSize * SCRATCH_FACTOR);
+  await createUpperDisk(scratch, spec.diskSize);
   await qemuImgCreate(out, (spec.diskSize * SCRATCH_FACTOR + 64) * 1024 * 1024, 'raw');
   let copy: string | undefined;
   if (spec.copyToRoot.length > 0) {

@@ -3,7 +3,7 @@
 # Disks are found by the serial the host gave them, never by /dev/vdX order (microvm's virtio-mmio
 # probes devices in reverse).
 #
-#   mount   lowers (squashfs, top first) + ext4 scratch (or a tmpfs) → overlay at /build/root; unpack copyToRoot
+#   mount   lowers (squashfs, top first) + ext4 scratch → overlay at /build/root; unpack copyToRoot
 #   run     the runAsRoot script (or, after "--", a command; with neither, a shell), chrooted in fresh
 #           mount/pid/uts/ipc namespaces, /proc /dev /sys mounted
 #   extra   unmount the overlay; extraCommands in the upper directory (the new layer's root)
@@ -56,9 +56,6 @@ step_mount() {
   [ -n "$lowerdirs" ] || { mkdir -p $B/empty; lowerdirs=$B/empty; }
   if [ -n "${DOCKVM_SCRATCH:-}" ]; then
     mount -t ext4 -o noatime "$(disk "$DOCKVM_SCRATCH")" $B/scratch
-  elif [ "${DOCKVM_TMPFS_UPPER:-0}" = 1 ]; then
-    # a throwaway upper (dockvm shell): changes live in guest memory and die with the VM
-    mount -t tmpfs -o mode=755 upper $B/scratch
   else
     # Read-only (export): overlayfs wants at least two lowers without an upper; an empty one at the
     # bottom changes nothing the merged view shows below its root.
