@@ -30,7 +30,7 @@ import { performance } from 'node:perf_hooks';
 import { pipeline } from 'node:stream/promises';
 import { execa } from 'execa';
 import { lowersFor, withBuildVm } from '../src/build/build-vm.js';
-import { createUpperDisk, newDirectories, packUpper, writePackedLayer, type PackWay } from '../src/build/vm-layer.js';
+import { createUpperDisk, newDirectories, outDiskBytes, packUpper, writePackedLayer, type PackWay } from '../src/build/vm-layer.js';
 import { newImageConfig, resolveCreated, scriptEnvironment } from '../src/build/config.js';
 import { runAsRoot } from '../src/build/run-as-root.js';
 import { withTempDir } from '../src/cleanup.js';
@@ -40,7 +40,7 @@ import type { Image } from '../src/image/image.js';
 import { TarWriter } from '../src/layer/tar.js';
 import { checkSpec, type BuildSpec } from '../src/spec/load.js';
 import { openImage, writeImage } from '../src/transport/index.js';
-import { cacheDir, createScratchDisk, qemuImgCreate, startVm } from '../src/vm/index.js';
+import { cacheDir, qemuImgCreate, startVm } from '../src/vm/index.js';
 import { packageRoot } from '../src/vm/paths.js';
 
 const REPO = packageRoot();
@@ -97,8 +97,8 @@ async function reference(baseArchive: string, out: string, parts: { unpack: numb
         }
         const scratch = join(tmp, 'scratch.ext4');
         const disk = join(tmp, 'upper.tar.disk');
-        await createScratchDisk(scratch, spec.diskSize * 2);
-        await qemuImgCreate(disk, (spec.diskSize * 2 + 64) * 1024 * 1024, 'raw');
+        await createUpperDisk(scratch, spec.diskSize);
+        await qemuImgCreate(disk, outDiskBytes(spec.diskSize), 'raw');
         const packed = await withBuildVm({ lowers: archives, scratch, out: disk }, { memoryMiB: spec.buildVMMemorySize }, async (vm) => {
           const unpackStart = performance.now();
           await vm.mustStep('unpack-reference', { env: { DOCKVM_REF_LAYERS: layers.join(' ') } });
@@ -111,6 +111,7 @@ async function reference(baseArchive: string, out: string, parts: { unpack: numb
         const layer = await writePackedLayer(packed, { out: disk, scratch }, join(tmp, 'layer.tar'), {
           clampMtime: Math.floor(Date.parse(created) / 1000),
           newDirs: new Set(),
+          diskSize: spec.diskSize,
         });
         const config = newImageConfig({ base: base.config, config: null, architecture: spec.architecture, created, diffId: layer.diffId, createdBy: 'reference' });
         const rawConfig = Buffer.from(JSON.stringify(config));
@@ -253,7 +254,7 @@ async function packAlone(baseArchive: string, mib: number, ways: readonly PackWa
       const out = join(tmp, 'out.disk');
       const diskSize = Math.max(1024, Math.ceil((mib * 1.25) / 256) * 256);
       await createUpperDisk(scratch, diskSize);
-      await qemuImgCreate(out, (diskSize * 2 + 64) * 1024 * 1024, 'raw');
+      await qemuImgCreate(out, outDiskBytes(diskSize), 'raw');
       const times = new Map<PackWay, number>();
       await withBuildVm({ lowers, scratch, out }, {}, async (vm) => {
         await vm.mustStep('mount');
@@ -261,7 +262,7 @@ async function packAlone(baseArchive: string, mib: number, ways: readonly PackWa
         const newDirs = await newDirectories(vm);
         for (const way of ways) {
           // the host reads the output disk while the VM runs: the pack step synced it (upper-manifest.c, GNU tar's close)
-          times.set(way, await timed(async () => writePackedLayer(await packUpper(vm, way), { out, scratch }, join(tmp, 'layer.tar'), { clampMtime: 1, newDirs })));
+          times.set(way, await timed(async () => writePackedLayer(await packUpper(vm, way), { out, scratch }, join(tmp, 'layer.tar'), { clampMtime: 1, newDirs, diskSize })));
         }
       });
       return times;

@@ -172,6 +172,7 @@ static long file_extents(int fd, const struct stat *st, struct extent **out) {
     fm->fm_extent_count = FIEMAP_BATCH;
     if (ioctl(fd, FS_IOC_FIEMAP, fm) < 0) { free(list); return -1; }
     if (fm->fm_mapped_extents == 0) break;
+    uint64_t asked = start;
     int last = 0;
     for (uint32_t i = 0; i < fm->fm_mapped_extents; i++) {
       const struct fiemap_extent *e = &fm->fm_extents[i];
@@ -187,6 +188,7 @@ static long file_extents(int fd, const struct stat *st, struct extent **out) {
       if (e->fe_flags & FIEMAP_EXTENT_LAST) last = 1;
     }
     if (last) break;
+    if (start <= asked) { free(list); return -1; } /* no progress: do not trust these extents */
   }
   *out = list;
   return (long)count;

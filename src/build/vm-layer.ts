@@ -30,6 +30,11 @@ export interface VmBuildOptions {
  */
 const SCRATCH_FACTOR = 2;
 
+/** The output disk: room for a tar of everything the scratch disk can hold (sparse, like it). */
+export function outDiskBytes(diskSizeMiB: number): number {
+  return (diskSizeMiB * SCRATCH_FACTOR + 64) * 1024 * 1024;
+}
+
 /** The sparse ext4 scratch disk for an overlay upper that may take `diskSizeMiB` (and is measured after). */
 export async function createUpperDisk(path: string, diskSizeMiB: number): Promise<void> {
   await createScratchDisk(path, diskSizeMiB * SCRATCH_FACTOR);
@@ -40,7 +45,7 @@ export async function buildLayerInVm(spec: BuildSpec, base: Image | undefined, t
   const scratch = join(tmp, 'scratch.ext4');
   const out = join(tmp, 'upper.tar.disk');
   await createUpperDisk(scratch, spec.diskSize);
-  await qemuImgCreate(out, (spec.diskSize * SCRATCH_FACTOR + 64) * 1024 * 1024, 'raw');
+  await qemuImgCreate(out, outDiskBytes(spec.diskSize), 'raw');
   let copy: string | undefined;
   if (spec.copyToRoot.length > 0) {
     copy = join(tmp, 'copy-to-root.tar');
@@ -69,7 +74,7 @@ export async function buildLayerInVm(spec: BuildSpec, base: Image | undefined, t
     },
   );
   // read once QEMU has exited: every byte the guest wrote is in the disk images
-  return writePackedLayer(packed, { out, scratch }, join(tmp, 'layer.tar'), { clampMtime, newDirs });
+  return writePackedLayer(packed, { out, scratch }, join(tmp, 'layer.tar'), { clampMtime, newDirs, diskSize: spec.diskSize });
 }
 
 /** The upper's directories the lowers lack: an opaque xattr on one of them means nothing. */
@@ -114,7 +119,7 @@ export async function writePackedLayer(
   packed: PackedUpper,
   disks: { out: string; scratch: string },
   output: string,
-  options: { clampMtime: number; newDirs: ReadonlySet<string> },
+  options: { clampMtime: number; newDirs: ReadonlySet<string>; diskSize: number },
 ): Promise<LayerFile> {
   const layerOptions = {
     source: 'the build VM\'s output',
@@ -122,7 +127,14 @@ export async function writePackedLayer(
     convert: (entry: TarEntry) => fromOverlayUpperEntry(entry, (dir) => !options.newDirs.has(dir)),
   };
   if (packed.format === 'tar') return writeLayerFile(disks.out, output, { ...layerOptions, size: packed.bytes });
-  const entries = readUpperManifest({ path: disks.out, size: packed.bytes, disk: disks.scratch, source: layerOptions.source });
+  const entries = [...readUpperManifest({ path: disks.out, size: packed.bytes, disk: disks.scratch, source: layerOptions.source })];
+  // A sparse file takes its full size in a layer (tar stores holes as zeros), however little it takes
+  // on the scratch disk. The old way's tar had to fit the output disk; this layer's contents must too.
+  const contentBytes = entries.reduce((sum, { entry }) => sum + entry.size, 0);
+  if (contentBytes > outDiskBytes(options.diskSize)) {
+    const neededMiB = Math.ceil(contentBytes / 2 ** 20);
+    throw diskTooSmall(options.diskSize, `${neededMiB} MiB (sparse files count their full size)`, neededMiB);
+  }
   return writeLayerFromEntries(entries, output, layerOptions);
 }
 

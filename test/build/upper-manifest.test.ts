@@ -6,17 +6,18 @@
 // xattrs of every namespace (ACLs, capabilities, overlay's own), odd mtimes and names, a deep path,
 // whiteouts and opaque directories.
 import test from 'ava';
-import { createReadStream, createWriteStream, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createReadStream, createWriteStream, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { lowersFor, withBuildVm } from '../../src/build/build-vm.js';
-import { newDirectories, packUpper, writePackedLayer, type PackWay, type PackedUpper } from '../../src/build/vm-layer.js';
+import { createUpperDisk, newDirectories, outDiskBytes, packUpper, writePackedLayer, type PackWay, type PackedUpper } from '../../src/build/vm-layer.js';
 import { readTar, TarWriter, type TarEntry } from '../../src/layer/tar.js';
 import { openImage } from '../../src/transport/index.js';
-import { createScratchDisk, qemuImgCreate } from '../../src/vm/index.js';
+import { qemuImgCreate } from '../../src/vm/index.js';
 import { debianFixture } from '../fixtures/debian.js';
 import { listing } from '../helpers/filesystem.js';
+import { runDockvm } from '../helpers/peers.js';
 
 /** a POSIX ACL as the kernel stores it (user::rw- user:1000:r-- group::r-- mask::r-- other::r--) */
 const ACL = Buffer.from('AgAAAAEABgD/////AgAEAOgDAAAEAAQA/////xAABAD/////IAAEAP////8=', 'base64');
@@ -113,8 +114,8 @@ test('the upper manifest, with extents or inline contents, gives the layer bytes
   const scratch = join(dir, 'scratch.ext4');
   const out = join(dir, 'out.disk');
   const copy = join(dir, 'copy.tar');
-  await createScratchDisk(scratch, 256);
-  await qemuImgCreate(out, 320 * 2 ** 20, 'raw');
+  await createUpperDisk(scratch, 128);
+  await qemuImgCreate(out, outDiskBytes(128), 'raw');
   await writeCopyTar(copy);
 
   const ways: PackWay[] = ['extents', 'inline', 'tar'];
@@ -138,7 +139,7 @@ test('the upper manifest, with extents or inline contents, gives the layer bytes
   const clampMtime = 2 ** 33;
   for (const { way, packed, file } of packs) {
     const layer = join(dir, `${way}.layer.tar`);
-    await writePackedLayer(packed, { out: file, scratch }, layer, { clampMtime, newDirs });
+    await writePackedLayer(packed, { out: file, scratch }, layer, { clampMtime, newDirs, diskSize: 128 });
     layers.set(way, layer);
   }
   const [extents, inline, tar] = ways.map((way) => packs.find((p) => p.way === way)!.packed);
@@ -191,4 +192,15 @@ test('the upper manifest, with extents or inline contents, gives the layer bytes
   t.is(unwritten.length, 2 * 2 ** 20);
   t.deepEqual([unwritten.indexOf(0x63), unwritten.lastIndexOf(0x63), unwritten.filter((b) => b !== 0).length], [1_048_576, 1_048_576, 1]);
   t.true((await fileContent(layers.get('extents')!, 'srv/x/\xff\xfe')).equals(Buffer.from('lati')));
+});
+
+test('a sparse file bigger than the output disk: the diskSize error, and no layer of zeros written', async (t) => {
+  const dir = tempDir(t);
+  const spec = join(dir, 'spec.json');
+  // 3 GiB in the layer (tar stores holes as zeros), nothing on the scratch disk
+  writeFileSync(spec, JSON.stringify({ name: 'sparse-test', fromImage: debianFixture(), diskSize: 16, runAsRoot: 'truncate -s 3G /sparse', output: 'out.tar' }));
+  const run = await runDockvm(['run-as-root', spec]);
+  t.is(run.exitCode, 1, run.stderr);
+  t.regex(run.stderr, /^dockvm: diskSize 16 MiB was too small: the layer needed 3072 MiB \(sparse files count their full size\); set diskSize to at least 3840\n/m);
+  t.false(existsSync(join(dir, 'out.tar')), 'no partial output');
 });
