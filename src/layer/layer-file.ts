@@ -1,6 +1,7 @@
-// An untrusted tar (the guest's upperdir, a copyToRoot tar) turned into a normalised layer file: read
-// with strict paths, converted entry by entry (whiteouts into OCI form), checked so that nothing lies
-// under a non-directory, sorted and written reproducibly, its diff_id computed while it is written.
+// An untrusted tar (a copyToRoot tar, the guest's upperdir) or list of entries (the guest's upper
+// manifest, upper-manifest.ts) turned into a normalised layer file: read with strict paths, converted
+// entry by entry (whiteouts into OCI form), checked so that nothing lies under a non-directory, sorted
+// and written reproducibly, its diff_id computed while it is written.
 import { createReadStream, createWriteStream } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import { UnsafeTarEntryError } from '../errors.js';

@@ -7,6 +7,9 @@
 // Untrusted input, like any tar from the guest: paths are checked as tar.ts checks a tar's, every count
 // and length is bounded, every extent lies inside the disk image, a body is exactly its file's size
 // (extents overlapping each other or reaching past the end are refused or cut off, holes read as zeros).
+// An extent may point anywhere in the image: it holds only what mkfs and the guest wrote there, so the
+// worst a lying guest gets is a layer of its own disk's bytes. (The caller bounds the total size: a
+// sparse file's holes cost nothing on the disk and everything in the layer.)
 import { statSync } from 'node:fs';
 import { TarFormatError, UnsafeTarEntryError } from '../errors.js';
 import type { BodyPiece, LayerEntry } from './normalize.js';
