@@ -43,7 +43,7 @@ export async function createUpperDisk(path: string, diskSizeMiB: number): Promis
 export async function buildLayerInVm(spec: BuildSpec, base: Image | undefined, tmp: string, clampMtime: number, options: VmBuildOptions): Promise<LayerFile> {
   const lowers = await lowersFor(base, spec.fromImage ?? 'scratch');
   const scratch = join(tmp, 'scratch.ext4');
-  const out = join(tmp, 'upper.tar.disk');
+  const out = join(tmp, 'upper.out.disk'); // the manifest (or a tar) the pack step writes
   await createUpperDisk(scratch, spec.diskSize);
   await qemuImgCreate(out, outDiskBytes(spec.diskSize), 'raw');
   let copy: string | undefined;
