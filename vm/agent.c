@@ -7,7 +7,9 @@
  * The same file, run on the host as `agent bridge-vsock CID PORT`, relays stdin/stdout to a guest's
  * vsock port, because Node.js cannot open AF_VSOCK sockets.
  *
- * Built with: gcc -static -Os -o agent agent.c
+ * Also run by guest.sh as `dockvm-agent upper-manifest …` (vm/upper-manifest.c).
+ *
+ * Built with: gcc -static -Os -o agent agent.c upper-manifest.c
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -638,9 +640,12 @@ static int mount_lowers(const char *dir, int count, char **specs) {
   return 0;
 }
 
+int upper_manifest(int argc, char **argv); /* vm/upper-manifest.c */
+
 int main(int argc, char **argv) {
   if (argc >= 2 && strcmp(argv[1], "insmod") == 0) return insmod_all(argc - 2, argv + 2);
   if (argc >= 3 && strcmp(argv[1], "mount-lowers") == 0) return mount_lowers(argv[2], argc - 3, argv + 3);
+  if (argc >= 2 && strcmp(argv[1], "upper-manifest") == 0) return upper_manifest(argc - 2, argv + 2);
   if (argc == 4 && strcmp(argv[1], "bridge-vsock") == 0)
     return bridge_vsock((unsigned)strtoul(argv[2], NULL, 10), (unsigned)strtoul(argv[3], NULL, 10));
 

@@ -69,7 +69,9 @@ export async function createScratchDisk(path: string, sizeMiB: number, label = '
     ...(ext4.journal === false ? ['-O', '^has_journal'] : []),
   ];
   try {
-    await execa('mkfs.ext4', ['-F', '-q', '-L', label, '-E', 'root_owner=0:0', ...extra, path], {
+    // no inline_data (a host's mke2fs.conf may turn it on): a small file's bytes would sit in its inode,
+    // not in an extent the host can read, and the guest would copy them (vm/upper-manifest.c)
+    await execa('mkfs.ext4', ['-F', '-q', '-L', label, '-O', '^inline_data', '-E', 'root_owner=0:0', ...extra, path], {
       stdin: 'ignore',
       // mkfs.ext4 lives in /usr/sbin, which a normal user's PATH may lack
       env: { PATH: `${process.env.PATH ?? ''}:/usr/sbin:/sbin` },

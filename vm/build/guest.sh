@@ -4,11 +4,11 @@
 # probes devices in reverse).
 #
 #   mount   lowers (read-only images, bottom first: squashfs, or ext4 for layers with POSIX ACLs) + ext4
-#           scratch (or a tmpfs) → overlay at /build/root; unpack copyToRoot
+#           scratch → overlay at /build/root; unpack copyToRoot
 #   run     a command the host chose (the runAsRoot script with its interpreter, a shell, a command),
 #           chrooted in fresh mount/pid/uts/ipc namespaces, /proc /dev /sys and the bundled tools mounted
 #   extra   unmount the overlay; extraCommands (bash) in the upper directory (the new layer's root)
-#   pack    the upper directory as a tar written straight onto the output disk; prints its size
+#   pack    the upper directory described onto the output disk (a manifest, or a tar); prints its size
 #   newdirs the upper's directories the lowers lack (NUL-separated)
 #   merged  (export) the merged view of the lowers as a tar onto the output disk
 #   fill-lower  the lower of a layer with POSIX ACLs (which squashfs cannot hold): the layer in overlay
@@ -62,9 +62,6 @@ step_mount() {
   [ -n "$lowerdirs" ] || { mkdir -p $B/empty; lowerdirs=$B/empty; }
   if [ -n "${DOCKVM_SCRATCH:-}" ]; then
     mount -t ext4 -o noatime "$(disk "$DOCKVM_SCRATCH")" $B/scratch
-  elif [ "${DOCKVM_TMPFS_UPPER:-0}" = 1 ]; then
-    # a throwaway upper (dockvm shell): changes live in guest memory and die with the VM
-    mount -t tmpfs -o mode=755 upper $B/scratch
   else
     # Read-only (export): overlayfs wants at least two lowers without an upper; an empty one at the
     # bottom changes nothing the merged view shows below its root.
@@ -234,10 +231,20 @@ pack() {
   echo "dockvm-tar-bytes=$bytes"
 }
 
+# The upper described for the host to write the layer from: a manifest of its metadata and of where each
+# file's bytes lie on the scratch disk (the host reads them from the disk's image, so they do not pass
+# through the emulator again; vm/upper-manifest.c). DOCKVM_PACK=tar: a GNU tar archive of it instead (the
+# old way); DOCKVM_PACK=inline: the manifest with every file's bytes in it, as it holds those of a file
+# whose extents cannot be given. Both are there for tests to compare against.
 step_pack() {
   if grep -q " $R " /proc/mounts; then umount $R; fi
-  echo "dockvm-upper-kib=$(du -sk $B/scratch/upper | cut -f1)"
-  pack $B/scratch/upper
+  case "${DOCKVM_PACK:-extents}" in
+    tar)
+      echo "dockvm-upper-kib=$(du -sk $B/scratch/upper | cut -f1)"
+      pack $B/scratch/upper ;;
+    inline) /bin/dockvm-agent upper-manifest $B/scratch/upper "$(disk "$DOCKVM_OUT")" /dev/null ;;
+    *) /bin/dockvm-agent upper-manifest $B/scratch/upper "$(disk "$DOCKVM_OUT")" "$(disk "$DOCKVM_SCRATCH")" ;;
+  esac
 }
 
 step_merged() {
