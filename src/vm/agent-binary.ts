@@ -1,7 +1,8 @@
-// The guest agent (vm/agent.c) compiled on demand into the cache, one per architecture, keyed by a hash
-// of its source, the compiler flags and the architecture: `${triplet}-gcc -static -Os` once per source
-// change (architectures.ts names the compiler; cross compilers for a foreign architecture);
-// vm/build-initramfs does it at setup time. The host's own agent is also the host side of the vsock bridge.
+// The guest agent (vm/agent.c and the subcommands in files of their own) compiled on demand into the
+// cache, one per architecture, keyed by a hash of its sources, the compiler flags and the architecture:
+// `${triplet}-gcc -static -Os` once per source change (architectures.ts names the compiler; a cross
+// compiler for a foreign architecture); vm/build-initramfs does it at setup time. The host's own agent is
+// also the host side of the vsock bridge.
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
@@ -15,6 +16,8 @@ import { writeAtomically } from '../output.js';
 
 /** -static: the initramfs has no libc; -Os: it is copied into every boot; -s: symbols are dead weight. */
 const CFLAGS = ['-static', '-Os', '-s', '-Wall'];
+/** the agent's C files, under vm/: one program */
+const SOURCES = ['agent.c', 'upper-manifest.c'];
 
 export interface AgentBinary {
   readonly path: string;
@@ -23,8 +26,9 @@ export interface AgentBinary {
 }
 
 export async function agentSourceHash(row: ArchitectureRow): Promise<string> {
-  const source = await readFile(assetPath('vm', 'agent.c'));
-  return createHash('sha256').update(JSON.stringify([row.architecture, CFLAGS])).update('\0').update(source).digest('hex');
+  const hash = createHash('sha256').update(JSON.stringify([row.architecture, CFLAGS]));
+  for (const name of SOURCES) hash.update('\0').update(name).update('\0').update(await readFile(assetPath('vm', name)));
+  return hash.digest('hex');
 }
 
 function agentPath(row: ArchitectureRow, sourceHash: string, env: NodeJS.ProcessEnv): string {
@@ -72,7 +76,7 @@ async function compileAgent(row: ArchitectureRow, path: string, sourceHash: stri
   const cc = compilerFor(row, env);
   try {
     // two dockvm processes may compile at once: each into a temp file of its own, the rename makes one win
-    await writeAtomically(path, (temp) => execa(cc, [...CFLAGS, '-o', temp, assetPath('vm', 'agent.c')], { env, stdin: 'ignore' }));
+    await writeAtomically(path, (temp) => execa(cc, [...CFLAGS, '-o', temp, ...SOURCES.map((name) => assetPath('vm', name))], { env, stdin: 'ignore' }));
   } catch (err) {
     const detail = (err as { stderr?: string }).stderr?.trim().split('\n')[0] ?? String(err);
     throw new MissingToolError(`could not compile the ${row.architecture} guest agent ${assetPath('vm', 'agent.c')} with ${cc}: ${detail}; ${compilerRemedy(row)}`, {

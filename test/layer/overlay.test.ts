@@ -72,7 +72,7 @@ test('a layer becomes a cached squashfs image in overlay form (checked with sqfs
   ]);
   const layer = memoryLayer(tar);
   const image = await squashfsForLayer(layer, { source: 'test', cacheDir: cache });
-  t.is(image, join(cache, 'layers', `${layer.diffId.slice(7)}.sqfs`));
+  t.is(image, join(cache, 'lowers', `${layer.diffId.slice(7)}.sqfs`));
   t.is(await squashfsForLayer(layer, { source: 'test', cacheDir: cache }), image, 'second call uses the cache');
 
   const out = execFileSync('sqfs2tar', [image], { maxBuffer: 1 << 24 });

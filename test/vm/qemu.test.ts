@@ -16,8 +16,8 @@ function config(architecture: ArchitectureRow, accel: Accel, more: Partial<QemuC
     kernel: '/k/vmlinuz',
     initrd: '/k/initrd.cpio',
     disks: [
-      { path: '/d/lower0.sqfs', readOnly: true, serial: 'lower0' },
-      { path: '/d/scratch,1.ext4', readOnly: false, serial: 'scratch' },
+      { path: '/d/lower0.sqfs', readOnly: true, serial: 'lower0', format: 'raw' },
+      { path: '/d/scratch,1.ext4', readOnly: false, serial: 'scratch', format: 'raw' },
     ],
     network: true,
     agent: { transport: 'serial', socketPath: '/run/agent.sock' },
