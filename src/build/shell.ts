@@ -7,6 +7,7 @@ import type { Readable, Writable } from 'node:stream';
 import { withTempDir } from '../cleanup.js';
 import { DEFAULT_DISK_SIZE } from '../spec/schema.js';
 import { openImage } from '../transport/index.js';
+import type { Platform } from '../image/config.js';
 import { withBuildVm } from './build-vm.js';
 import { lowersFor } from './lowers.js';
 import { scriptEnvironment } from './config.js';
@@ -20,6 +21,8 @@ export interface ShellOptions {
   command: readonly string[];
   memoryMiB?: number;
   network?: boolean;
+  /** the image's platform to run: picked from an index; another platform's image is an error (default: the image's) */
+  platform?: Platform;
   env?: Readonly<Record<string, string>>;
   stdin: Readable;
   stdout: Writable;
@@ -30,7 +33,7 @@ export interface ShellOptions {
 
 /** Returns the command's exit status (128 + the signal number when a signal ended it). */
 export async function shell(reference: string, options: ShellOptions): Promise<number> {
-  const image = await openImage(reference);
+  const image = await openImage(reference, options.platform ? { platform: options.platform } : {});
   try {
     const row = runnableRow(platformOf(image.config), reference);
     await requireGuestPieces(row); // what this host lacks for the VM is said before the lowers are made
