@@ -40,9 +40,12 @@ async function build(architecture: Architecture, script: string, out: string, ne
   return timedCall(() => runAsRoot(spec, { onScriptOutput: () => {}, cache: { noCache: true } }));
 }
 
+const accels = new Map<Architecture, string>();
+
 async function bareBoot(architecture: Architecture): Promise<number> {
   const vm = await startVm({ architecture, onNotice: () => {} });
   const seconds = vm.bootMs / 1000;
+  accels.set(architecture, vm.accel.toUpperCase());
   await vm.shutdown();
   return seconds;
 }
@@ -66,7 +69,8 @@ async function main(): Promise<void> {
       }
     }
     const line = (label: string, seconds: number, note = '') => console.log(`  ${label.padEnd(40)} ${seconds.toFixed(2).padStart(7)} s${note}`);
-    console.log(`cross-architecture builds on this ${host} host, TCG for arm64, ${cpus().length} host cores, load ${loadavg()[0]!.toFixed(1)}, ${RUNS === 1 ? 'one run' : `median of ${RUNS}`}`);
+    const how = architectures.map((a) => `${a} ${accels.get(a)}`).join(', ');
+    console.log(`cross-architecture builds on this ${host} host (${how}), ${cpus().length} host cores, load ${loadavg()[0]!.toFixed(1)}, ${RUNS === 1 ? 'one run' : `median of ${RUNS}`}`);
     const [amd64, arm64] = [times.amd64, times.arm64];
     line('bare boot, amd64 (kernel to agent)', median(amd64.boot));
     line('bare boot, arm64', median(arm64.boot), `   ${(median(arm64.boot) / median(amd64.boot)).toFixed(2)}x amd64`);
