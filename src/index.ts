@@ -41,3 +41,4 @@ export {
 } from './vm/index.js';
 export { doctor, type DoctorReport } from './vm/doctor.js';
 export { refresh, readLock, lockPathFor, LockFileError, type RefreshOptions, type RefreshResult, type RefreshStatus, type Lock } from './refresh/index.js';
+export { BuildCache, stepKey, hashSelection, guestVersion, pruneCaches, type BuildCacheOptions, type StepKeyMaterial, type PruneOptions, type PruneResult } from './cache/index.js';

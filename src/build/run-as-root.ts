@@ -9,11 +9,15 @@ import { withTempDir } from '../cleanup.js';
 import type { BuildSpec } from '../spec/load.js';
 import { newImageConfig, resolveCreated } from './config.js';
 import { buildLayerOnHost } from './host-layer.js';
-import { buildLayerInVm, type VmBuildOptions } from './vm-layer.js';
+import type { VmBuildOptions } from './vm-layer.js';
+import type { BuildCacheOptions } from '../cache/build-cache.js';
+import { vmLayerThroughCache } from '../cache/run-as-root.js';
 
 export interface RunAsRootOptions extends VmBuildOptions {
   /** overrides the spec's `output` */
   output?: string;
+  /** the build cache for the VM step (--no-cache, --cache-from, --cache-to) */
+  cache?: BuildCacheOptions;
 }
 
 export interface RunAsRootResult {
@@ -22,8 +26,10 @@ export interface RunAsRootResult {
   output: string;
   configDigest: string;
   layers: { digest: string; diffId: string; size: number }[];
-  /** whether a VM was booted (only when the spec has runAsRoot) */
+  /** whether a VM was booted (only when the spec has runAsRoot, and its layer was not in the build cache) */
   bootedVm: boolean;
+  /** the VM step's cache key and where its layer came from ("local", "docker://REG/REPO", null: built now); null without runAsRoot, or with created "now" (no two layers alike) */
+  cache: { key: string; hit: string | null } | null;
 }
 
 export async function runAsRoot(spec: BuildSpec, options: RunAsRootOptions = {}): Promise<RunAsRootResult> {
@@ -39,8 +45,8 @@ export async function runAsRoot(spec: BuildSpec, options: RunAsRootOptions = {})
       const created = resolveCreated(spec.created);
       const clampMtime = sourceDateEpoch() ?? Math.floor(Date.parse(created) / 1000);
       const layerFile = spec.runAsRoot
-        ? await buildLayerInVm(spec, base, tmp, clampMtime, options)
-        : await buildLayerOnHost(spec, tmp, clampMtime);
+        ? await vmLayerThroughCache(spec, base, tmp, clampMtime, options)
+        : { ...(await buildLayerOnHost(spec, tmp, clampMtime)), cache: null };
       const config = newImageConfig({
         base: base?.config,
         config: spec.config,
@@ -63,7 +69,8 @@ export async function runAsRoot(spec: BuildSpec, options: RunAsRootOptions = {})
       if (archive) await archive.finish([{ image, tags: image.repoTags }]);
       else await writeImage(image, output, { tags: image.repoTags });
       const layers = await writtenLayers(output, image);
-      return { imageName: spec.name, imageTag, output, configDigest, layers, bootedVm: spec.runAsRoot !== null };
+      const bootedVm = spec.runAsRoot !== null && !layerFile.cache?.hit;
+      return { imageName: spec.name, imageTag, output, configDigest, layers, bootedVm, cache: layerFile.cache };
     });
   } catch (err) {
     await archive?.abort();

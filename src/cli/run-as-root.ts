@@ -11,29 +11,51 @@ export function registerRunAsRoot(program: Command): void {
       'Build an image as nixpkgs buildImage does: the base image\'s layers (fromImage) mounted in a throwaway ' +
         'VM, copyToRoot copied in, the runAsRoot script run as root, extraCommands run in the new layer, and ' +
         'what changed (whiteouts included) packed as one reproducible layer on top of the base. Without ' +
-        'runAsRoot no VM is booted. Writes a docker-archive (.tar, .tar.gz) or an OCI layout (oci:DIR).',
+        'runAsRoot no VM is booted. The new layer is kept in the build cache (by a key of the base, the scripts, ' +
+        'copyToRoot\'s contents, the environment and the guest): an unchanged spec boots no VM. Writes a ' +
+        'docker-archive (.tar, .tar.gz) or an OCI layout (oci:DIR).',
     )
     .argument('<spec>', 'spec.json (fields as nixpkgs buildImage; paths relative to the spec file)')
     .option('-o, --output <out>', 'where the image goes (overrides the spec\'s output): .tar, .tar.gz or oci:DIR')
     .addOption(new Option('--timeout <seconds>', 'give up when the build VM runs longer than this').argParser(positiveSeconds))
-    .option('--json', 'print imageName, imageTag, output, config digest, layers and bootedVm as one JSON document')
-    .action(async (specPath: string, options: { output?: string; timeout?: number; json?: boolean }) => {
+    .option('--no-cache', 'build the layer in the VM even when the build cache has it (the result is still stored)')
+    .addOption(new Option('--cache-from <ref>', 'look for the layer in this registry too, after the local cache: docker://HOST/REPO (repeatable)').argParser(collect))
+    .addOption(new Option('--cache-to <ref>', 'push the layer\'s cache entry to this registry: docker://HOST/REPO (repeatable)').argParser(collect))
+    .option('--json', 'print imageName, imageTag, output, config digest, layers, bootedVm and the build cache\'s verdict as one JSON document')
+    .action(async (specPath: string, options: { output?: string; timeout?: number; cache: boolean; cacheFrom?: string[]; cacheTo?: string[]; json?: boolean }) => {
       installSignalHandlers();
       // loaded on use: --help and other commands start faster
       const { loadSpec } = await import('../spec/load.js');
       const { runAsRoot } = await import('../build/run-as-root.js');
+      const { parseCacheRepository } = await import('../cache/registry-store.js');
+      for (const ref of [...(options.cacheFrom ?? []), ...(options.cacheTo ?? [])]) usage(() => parseCacheRepository(ref));
       const spec = await loadSpec(specPath);
       for (const warning of spec.warnings) say(`dockvm: warning: ${warning}`);
       const result = await runAsRoot(spec, {
         ...(options.output !== undefined ? { output: options.output } : {}),
         ...(options.timeout !== undefined ? { timeoutMs: options.timeout * 1000 } : {}),
+        cache: { noCache: !options.cache, cacheFrom: options.cacheFrom ?? [], cacheTo: options.cacheTo ?? [] },
       });
       if (options.json) {
         printJson(result);
       } else {
-        say(`dockvm: wrote ${result.imageName}:${result.imageTag} to ${result.output}`);
+        const cached = result.cache?.hit ? ` (layer from the build cache${result.cache.hit === 'local' ? '' : ` in ${result.cache.hit}`}: no VM booted)` : '';
+        say(`dockvm: wrote ${result.imageName}:${result.imageTag} to ${result.output}${cached}`);
       }
     });
+}
+
+function collect(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), value];
+}
+
+/** A malformed --cache-from/--cache-to is a usage error, before anything runs. */
+function usage(check: () => unknown): void {
+  try {
+    check();
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
 }
 
 function positiveSeconds(value: string): number {

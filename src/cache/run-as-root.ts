@@ -1,0 +1,98 @@
+// run-as-root's one VM step through the build cache: its key is the base's diff_ids, the scripts, what
+// copyToRoot copies (hashed as the layer would hold it), the script's environment, the network, the mtime
+// clamp, the platform and the guest's version. A hit reuses the stored layer and boots no VM; a miss
+// builds it in the VM and stores it.
+import { link, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { scriptEnvironment } from '../build/config.js';
+import { buildLayerInVm, type VmBuildOptions } from '../build/vm-layer.js';
+import { sha256, type Digest } from '../image/digest.js';
+import type { Image } from '../image/image.js';
+import { canonicalJson } from '../refresh/inputs.js';
+import type { BuildSpec } from '../spec/load.js';
+import { BuildCache, type BuildCacheOptions } from './build-cache.js';
+import { hashDirectory, hashFile } from './file-hash.js';
+import { guestVersion } from './guest-version.js';
+import { stepKey } from './key.js';
+
+/** The history line run-as-root gives its layer (src/build/run-as-root.ts). */
+export const RUN_AS_ROOT_CREATED_BY = 'dockvm run-as-root';
+
+export interface CachedVmLayer {
+  path: string;
+  diffId: Digest;
+  size: number;
+  /** the step's key, and where its layer was found: "local", "docker://REG/REPO", or null when it was built now; null when not cacheable */
+  cache: { key: Digest; hit: string | null } | null;
+}
+
+/** The layer of the spec's VM step: from the cache when it has it, else built (booting the VM) and stored. */
+export async function vmLayerThroughCache(
+  spec: BuildSpec,
+  base: Image | undefined,
+  tmp: string,
+  clampMtime: number,
+  options: VmBuildOptions & { cache?: BuildCacheOptions },
+): Promise<CachedVmLayer> {
+  // created "now" without SOURCE_DATE_EPOCH: every build's layer differs (its mtimes), on purpose
+  if (spec.created === 'now' && !process.env.SOURCE_DATE_EPOCH) {
+    return { ...(await buildLayerInVm(spec, base, tmp, clampMtime, options)), cache: null };
+  }
+  const cache = new BuildCache(options.cache);
+  const platform = `${base?.config.os ?? 'linux'}/${spec.architecture}`;
+  const key = await runAsRootKey(spec, base, clampMtime, platform);
+  const hit = await cache.lookup(key);
+  if (hit) {
+    return { path: await holdLayer(hit.path, join(tmp, 'cached-layer.tar')), diffId: hit.entry.diffId, size: hit.entry.size, cache: { key, hit: hit.source } };
+  }
+  const built = await buildLayerInVm(spec, base, tmp, clampMtime, options);
+  await cache.store(key, built, { createdBy: RUN_AS_ROOT_CREATED_BY, platform });
+  return { path: built.path, diffId: built.diffId, size: built.size, cache: { key, hit: null } };
+}
+
+/** The key of the spec's VM step over `base`. */
+export async function runAsRootKey(spec: BuildSpec, base: Image | undefined, clampMtime: number, platform: string): Promise<Digest> {
+  const imageEnv = [...(base?.config.config?.Env ?? []), ...(spec.config?.Env ?? [])];
+  const [copyToRoot, guest] = await Promise.all([copyToRootDigest(spec, clampMtime), guestVersion()]);
+  return stepKey({
+    parent: { baseDiffIds: base?.config.rootfs.diff_ids ?? [] },
+    // the scripts as written, framed so that no two pairs read alike
+    instruction: JSON.stringify([spec.runAsRoot ?? '', spec.extraCommands]),
+    inputs: copyToRoot ? { copyToRoot } : {},
+    env: scriptEnvironment(imageEnv, spec.env),
+    network: spec.network ? 'user' : 'none',
+    options: { clampMtime, uid: spec.uid, gid: spec.gid, keepContentsDirlinks: spec.keepContentsDirlinks },
+    platform,
+    guest,
+  });
+}
+
+/** What copyToRoot copies, source by source in order (later sources win): directories as the walk sees them, tarballs by their bytes. */
+async function copyToRootDigest(spec: BuildSpec, clampMtime: number): Promise<Digest | undefined> {
+  if (spec.copyToRoot.length === 0) return undefined;
+  const sources = await Promise.all(
+    spec.copyToRoot.map(async (source) => {
+      // an unreadable source gets copyToRoot's own error when the layer is built
+      const info = await stat(source).catch(() => undefined);
+      if (info?.isDirectory()) {
+        const walk = { uid: spec.uid, gid: spec.gid, followDirSymlinks: !spec.keepContentsDirlinks, clampMtime };
+        return { directory: await hashDirectory(source, walk) };
+      }
+      return info?.isFile() ? { tarball: await hashFile(source) } : { unreadable: source };
+    }),
+  );
+  return sha256(canonicalJson(sources));
+}
+
+/**
+ * The cached tar, hard-linked into the build's temp dir where it can be: a prune running meanwhile in
+ * another process then cannot take it away before the archive is written. Else the cached path itself.
+ */
+async function holdLayer(path: string, held: string): Promise<string> {
+  try {
+    await link(path, held);
+    return held;
+  } catch {
+    return path;
+  }
+}
