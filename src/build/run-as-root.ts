@@ -11,7 +11,7 @@ import { newImageConfig, resolveCreated } from './config.js';
 import { buildLayerOnHost } from './host-layer.js';
 import type { VmBuildOptions } from './vm-layer.js';
 import type { BuildCacheOptions } from '../cache/build-cache.js';
-import { vmLayerThroughCache } from '../cache/run-as-root.js';
+import { vmLayerThroughCache } from './cached-vm-layer.js';
 
 export interface RunAsRootOptions extends VmBuildOptions {
   /** overrides the spec's `output` */

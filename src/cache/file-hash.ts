@@ -9,7 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { createHash, type Hash } from 'node:crypto';
 import type { Digest } from '../image/digest.js';
 import { walkDirectory, type WalkedEntry, type WalkOptions } from '../layer/directory.js';
-import { canonicalJson } from '../refresh/inputs.js';
+import { canonicalJson } from './canonical-json.js';
 
 export interface SelectionHashOptions {
   /** the layer's mtime clamp (seconds); undefined: mtimes reach the layer as they are (created "now") */

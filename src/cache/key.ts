@@ -7,7 +7,8 @@
 // the step's createdBy. Secrets must not be part of it all the same (a secret mount is named by its id and
 // target, never by its value): a key is a hash, and a hash of a short secret can be guessed.
 import { sha256, type Digest } from '../image/digest.js';
-import { canonicalJson, LAYER_FORMAT_VERSION } from '../refresh/inputs.js';
+import { LAYER_FORMAT_VERSION } from '../layer/format-version.js';
+import { canonicalJson } from './canonical-json.js';
 
 /** Bumped when the material below changes meaning, so that no older entry can match a newer key. */
 export const CACHE_KEY_VERSION = 1;

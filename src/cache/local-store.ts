@@ -11,7 +11,7 @@ import { z } from 'zod';
 import { hex, type Digest } from '../image/digest.js';
 import { verifyLocalTars } from '../layer/verify-in-place.js';
 import { writeAtomically } from '../output.js';
-import { cacheDir } from '../vm/paths.js';
+import { cacheDir } from '../cache-dir.js';
 
 /** Bumped when an entry's shape changes; entries of another version are misses. */
 export const CACHE_ENTRY_VERSION = 1;

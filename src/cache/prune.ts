@@ -9,7 +9,7 @@ import { readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DockvmError } from '../errors.js';
 import { hex } from '../image/digest.js';
-import { cacheDir } from '../vm/paths.js';
+import { cacheDir } from '../cache-dir.js';
 import { buildCacheDir, parseEntry } from './local-store.js';
 import { formatSize, parseSize } from './size.js';
 

@@ -10,12 +10,10 @@ import type { Digest } from '../image/digest.js';
 import { walkDirectory } from '../layer/directory.js';
 import type { TarEntry } from '../layer/tar.js';
 import type { BuildSpec } from '../spec/load.js';
+import { canonicalJson } from '../cache/canonical-json.js';
+import { LAYER_FORMAT_VERSION } from '../layer/format-version.js';
 
-/**
- * Bumped whenever dockvm would build different layer bytes from the same inputs (a new normalisation
- * rule, a different tar encoding), so that every lock written before it is stale.
- */
-export const LAYER_FORMAT_VERSION = 1;
+export { canonicalJson, LAYER_FORMAT_VERSION };
 
 /** sha256 over the spec's inputs. `rawSpec` is the parsed spec file (before defaults). */
 export async function inputsHash(spec: BuildSpec, rawSpec: unknown): Promise<Digest> {
@@ -32,16 +30,6 @@ export async function inputsHash(spec: BuildSpec, rawSpec: unknown): Promise<Dig
   const clamp = mtimeClamp(spec);
   for (const source of spec.copyToRoot) await hashSource(hash, source, spec, clamp);
   return `sha256:${hash.digest('hex')}`;
-}
-
-/** JSON with object keys sorted at every level: the same value always gives the same text. */
-export function canonicalJson(value: unknown): string {
-  return JSON.stringify(value, (_key, inner: unknown) => {
-    if (inner === null || typeof inner !== 'object' || Array.isArray(inner)) return inner;
-    const sorted: Record<string, unknown> = {};
-    for (const key of Object.keys(inner).sort()) sorted[key] = (inner as Record<string, unknown>)[key];
-    return sorted;
-  });
 }
 
 /** One framed record: its length first, so no two sequences of records hash alike. */

@@ -1,16 +1,17 @@
-// run-as-root through the build cache, with real boots counted at QEMU itself: an unchanged spec boots no
-// VM and writes the same archive bytes; --no-cache boots and writes the same bytes; a machine with an empty
-// local cache and --cache-from boots none and writes the same bytes; a changed script boots. The spec's env
-// holds a secret, which no readable part of the cache entry (its file, its registry config) shows.
+// run-as-root through the build cache, with real boots counted at QEMU itself (test/helpers/qemu-counter.ts):
+// an unchanged spec boots no VM and writes the same archive bytes; --no-cache boots and writes the same
+// bytes; a machine with an empty local cache and --cache-from boots none and writes the same bytes; a
+// changed script boots. The spec's env holds a secret, which no readable part of the cache entry (its
+// file, its registry config) shows.
 // (Serial: one build cache across the steps; three real builds in all.)
 import test from 'ava';
-import { chmodSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { mkdtempSync, rmSync } from 'node:fs';
 import { openRegistryImage } from '../../src/transport/registry/index.js';
 import { debianBaseFixture } from '../fixtures/debian.js';
 import { runDockvm } from '../helpers/peers.js';
+import { qemuCounter } from '../helpers/qemu-counter.js';
 import { startRegistry } from '../helpers/registry.js';
 
 // This file tests the cache: package.json's ava config turns it off for every other test file.
@@ -25,20 +26,6 @@ function tempDir(t: { teardown(fn: () => void): void }): string {
   return dir;
 }
 
-/**
- * A minimal QEMU start counter (test/helpers/qemu-counter.ts, from another branch, does this more fully):
- * DOCKVM_QEMU names a wrapper that appends a line to a file for each start that boots a kernel, then
- * becomes the real QEMU.
- */
-function qemuCounter(dir: string): { env: Record<string, string>; boots(): number } {
-  const log = join(dir, 'qemu-starts');
-  writeFileSync(log, '');
-  const wrapper = join(dir, 'qemu-system-x86_64');
-  writeFileSync(wrapper, `#!/bin/sh\ncase " $* " in *" -kernel "*) echo start >> '${log}' ;; esac\nexec qemu-system-x86_64 "$@"\n`);
-  chmodSync(wrapper, 0o755);
-  return { env: { DOCKVM_QEMU: wrapper }, boots: () => readFileSync(log, 'utf8').split('\n').filter(Boolean).length };
-}
-
 interface Result {
   layers: { diffId: string }[];
   cache: { key: string; hit: string | null } | null;
@@ -48,7 +35,7 @@ test.serial('an unchanged spec boots no VM and writes the same bytes; --no-cache
   const dir = tempDir(t);
   const { host } = await startRegistry(t);
   const repo = `docker://${host}/dockvm/build-cache`;
-  const qemu = qemuCounter(dir);
+  const qemu = await qemuCounter(t);
   mkdirSync(join(dir, 'root/opt/app'), { recursive: true });
   writeFileSync(join(dir, 'root/opt/app/greeting'), 'hello from copyToRoot\n');
   const spec = join(dir, 'spec.json');
@@ -65,28 +52,26 @@ test.serial('an unchanged spec boots no VM and writes the same bytes; --no-cache
   };
 
   const cold = await build('cold.tar', ['--cache-to', repo]);
-  t.true(qemu.boots() >= 1, 'the first build boots');
+  t.is(qemu.boots(), 1, 'the first build boots');
   t.like(cold.result.cache, { hit: null });
   const key = cold.result.cache!.key;
   t.regex(key, /^sha256:[0-9a-f]{64}$/);
 
-  let boots = qemu.boots();
   const hit = await build('hit.tar', []);
-  t.is(qemu.boots(), boots, 'an unchanged spec boots no VM');
+  t.is(qemu.boots(), 1, 'an unchanged spec boots no VM');
   t.deepEqual(hit.result.cache, { key, hit: 'local' });
   t.true(hit.bytes.equals(cold.bytes), 'the same archive bytes');
   t.log(`cold build ${cold.seconds.toFixed(2)} s, unchanged rebuild ${hit.seconds.toFixed(2)} s (${(hit.seconds / cold.seconds).toFixed(3)} of cold)`);
 
   const noCache = await build('no-cache.tar', ['--no-cache']);
-  t.true(qemu.boots() > boots, '--no-cache boots');
+  t.is(qemu.boots(), 2, '--no-cache boots');
   t.deepEqual(noCache.result.cache, { key, hit: null });
   t.true(noCache.bytes.equals(cold.bytes), '--no-cache: the same archive bytes');
 
   // Another machine: an empty local cache, the registry the first one pushed to.
-  boots = qemu.boots();
   const machineB = join(dir, 'cache-b');
   const fetched = await build('fetched.tar', ['--cache-from', repo], machineB);
-  t.is(qemu.boots(), boots, '--cache-from: no VM boot');
+  t.is(qemu.boots(), 2, '--cache-from: no VM boot');
   t.deepEqual(fetched.result.cache, { key, hit: repo });
   t.true(fetched.bytes.equals(cold.bytes), '--cache-from: the same archive bytes');
   t.regex(fetched.stderr, /layer from the build cache in docker:\/\/.*: no VM booted|^$/);
@@ -99,10 +84,9 @@ test.serial('an unchanged spec boots no VM and writes the same bytes; --no-cache
   t.teardown(() => image.close());
   t.false(image.rawConfig.toString().includes(SECRET), 'not in the registry entry\'s config');
 
-  boots = qemu.boots();
   writeSpec(`${SCRIPT}echo changed > /srv/changed\n`);
   const changed = await build('changed.tar', []);
-  t.true(qemu.boots() > boots, 'a changed script boots');
+  t.is(qemu.boots(), 3, 'a changed script boots');
   t.not(changed.result.cache!.key, key);
   t.not(changed.result.layers.at(-1)!.diffId, cold.result.layers.at(-1)!.diffId);
   t.is(changed.result.layers[0]!.diffId, cold.result.layers[0]!.diffId, 'the same base');

@@ -4,16 +4,16 @@
 // builds it in the VM and stores it.
 import { link, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { scriptEnvironment } from '../build/config.js';
-import { buildLayerInVm, type VmBuildOptions } from '../build/vm-layer.js';
 import { sha256, type Digest } from '../image/digest.js';
 import type { Image } from '../image/image.js';
-import { canonicalJson } from '../refresh/inputs.js';
 import type { BuildSpec } from '../spec/load.js';
-import { BuildCache, type BuildCacheOptions } from './build-cache.js';
-import { hashDirectory, hashFile } from './file-hash.js';
-import { guestVersion } from './guest-version.js';
-import { stepKey } from './key.js';
+import { BuildCache, type BuildCacheOptions } from '../cache/build-cache.js';
+import { canonicalJson } from '../cache/canonical-json.js';
+import { hashDirectory, hashFile } from '../cache/file-hash.js';
+import { guestVersion } from '../cache/guest-version.js';
+import { stepKey } from '../cache/key.js';
+import { scriptEnvironment } from './config.js';
+import { buildLayerInVm, type VmBuildOptions } from './vm-layer.js';
 
 /** The history line run-as-root gives its layer (src/build/run-as-root.ts). */
 export const RUN_AS_ROOT_CREATED_BY = 'dockvm run-as-root';
