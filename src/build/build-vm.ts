@@ -18,6 +18,8 @@ export interface BuildVmDisks {
   copy?: string;
   /** a raw disk the guest writes its output tar onto */
   out?: string;
+  /** a raw disk of tars the guest reads by offset (a Containerfile's COPY inputs: src/executor/) */
+  inputs?: string;
 }
 
 export interface BuildVmOptions {
@@ -76,6 +78,7 @@ export class BuildVm {
       ['scratch', disks.scratch, false],
       ['copy', disks.copy, true],
       ['out', disks.out, false],
+      ['inputs', disks.inputs, true],
     ] as const) {
       if (path === undefined) continue;
       vmDisks.push({ path, readOnly, name: key });

@@ -13,6 +13,8 @@ export interface LayerFileOptions {
   source: string;
   /** bytes of the input tar to read (the rest of a disk image is not part of it) */
   size?: number;
+  /** where the tar starts in the input (default 0): one disk may hold several tars */
+  offset?: number;
   /** entry → the entries it becomes (default: itself) */
   convert?: (entry: TarEntry) => TarEntry[];
   clampMtime?: number;
@@ -28,13 +30,14 @@ export interface LayerFile {
 
 export async function writeLayerFile(input: string, output: string, options: LayerFileOptions): Promise<LayerFile> {
   const convert = options.convert ?? ((entry: TarEntry) => [entry]);
-  const stream = createReadStream(input, options.size === undefined ? {} : { end: options.size - 1 });
+  const start = options.offset ?? 0;
+  const stream = createReadStream(input, options.size === undefined ? { start } : { start, end: start + options.size - 1 });
   const collected = new Map<string, LayerEntry>();
   for await (const { entry, dataOffset, body } of readTar(stream, { source: options.source })) {
     body.resume();
     if (entry.path === '') continue; // the root's own metadata is the base's business
     for (const converted of convert(entry)) {
-      const location = converted.type === 'file' && converted.size > 0 ? { file: input, offset: dataOffset } : undefined;
+      const location = converted.type === 'file' && converted.size > 0 ? { file: input, offset: start + dataOffset } : undefined;
       collected.set(converted.path, location ? { entry: converted, body: location } : { entry: converted });
     }
   }
