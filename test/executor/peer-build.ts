@@ -45,9 +45,14 @@ export class BuildahStore {
     return String(result.stdout);
   }
 
-  /** `buildah bud` of a context, written as a docker-archive at `output`. */
+  /**
+   * `buildah bud` of a context, written as a docker-archive at `output`. With --layers, each step is
+   * committed as dockvm (and BuildKit) commit them: a RUN over the layers before it, so that a hard link
+   * made to a file of an earlier step copies the file up (without, one container runs every step and
+   * the link joins the earlier step's inode).
+   */
   async build(context: string, tag: string, output: string, extra: readonly string[] = []): Promise<string> {
-    await this.run(['bud', '--quiet', '--format', 'docker', '--isolation', 'chroot', '--timestamp', '1', '-t', tag, ...extra, context]);
+    await this.run(['bud', '--quiet', '--format', 'docker', '--isolation', 'chroot', '--layers', '--timestamp', '1', '-t', tag, ...extra, context]);
     await rm(output, { force: true }); // buildah push does not replace an archive
     await this.run(['push', '--quiet', tag, `docker-archive:${output}:${tag}`]);
     return output;
