@@ -77,7 +77,7 @@ test.serial('add-tar: ADD unpacks a local tar with its owners and modes, ADD --u
   t.false(files.has('opt/unpacked/rootfs.tar'));
 });
 
-test.serial('mounts: cache, secret, tmpfs and bind mounts, --network=none, a heredoc file, ADD URL --checksum', async (t) => {
+test.serial('mounts: cache, secret, tmpfs and bind mounts (context, stage), COPY --from an image, --network=none, a heredoc file, ADD URL --checksum', async (t) => {
   const secret = `s3cr3t-${Date.now()}-never-in-a-layer`;
   const secretFile = join(scratch, 'token');
   writeFileSync(secretFile, secret);
@@ -110,13 +110,17 @@ test.serial('mounts: cache, secret, tmpfs and bind mounts, --network=none, a her
   t.true(content(files, 'tmpfs.txt', '1\n'), 'a tmpfs at the target');
   t.true(content(files, 'bound.txt', 'bound content\n'), 'the context bound at the target');
   t.true(content(files, 'bind-mode.txt', 'read-only\n'), 'a bind mount is read-only by default');
+  t.is(files.get('bound-stage-file.txt')?.sha256, files.get('etc/debian_version')?.sha256, "a bind mount of another stage's file");
+  t.true(content(files, 'bound-stage-dir.txt', 'cap-tool\nhello\nhello-hardlink\nhello-symlink\nsuid-tool\n'), "a bind mount of another stage's directory");
+  t.true(content(files, 'from-image/hello', '#!/bin/sh\necho hello from the dockvm fixture\n'), 'COPY --from an image');
+  t.like(files.get('from-image/hello'), { mode: 0o755, uid: 0, gid: 0 });
   t.true(content(files, 'net-none.txt', 'lo\n'), 'RUN --network=none: only lo');
   t.true(content(files, 'net-default.txt', 'eth0\nlo\n'), 'RUN: the network');
   t.true(content(files, 'heredoc-file.txt', 'from a heredoc run as /dev/pipes/EOF\n'), 'a heredoc with #! runs as a file');
   t.like(files.get('downloads/tool.txt'), { type: 'file', mode: 0o600, uid: 0, size: download.length, mtime: 1 });
   t.is(files.get('downloads/tool.txt')?.sha256, sha(download.toString()));
 
-  for (const mountPoint of ['var/cache/app', 'scratch-tmp', 'mnt/data', 'run/secrets', 'dev/pipes']) {
+  for (const mountPoint of ['var/cache/app', 'scratch-tmp', 'mnt/data', 'mnt/version', 'mnt/bin', 'run/secrets', 'dev/pipes']) {
     t.false(layers.some((layer) => layer.paths.some((path) => path === mountPoint || path.startsWith(`${mountPoint}/`))), `no layer holds ${mountPoint}`);
   }
   t.false(layers.some((layer) => layer.bytes.includes(secret)), 'no layer holds the secret');

@@ -35,6 +35,7 @@ const cases: [name: string, dir: string, stages: number][] = [
   ['args-env', join(corpus, 'args-env'), 1],
   ['onbuild', join(corpus, 'onbuild'), 2],
   ['users (executor features)', join(contexts, 'users'), 1],
+  ['scratch (a final stage FROM scratch)', join(contexts, 'scratch'), 1],
 ];
 
 for (const [name, dir, stages] of cases) {
