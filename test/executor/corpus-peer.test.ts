@@ -51,7 +51,7 @@ for (const [name, dir, stages] of cases) {
       const theirs = await (await buildah()).build(dir, tag, join(scratch, `${name}.buildah.tar`));
 
       const [a, b] = [await flattenedListing(ours, scratch), await flattenedListing(theirs, scratch)];
-      t.true(a.size > 1000, 'the flattened image is the whole Debian filesystem');
+      t.true(a.size > (name.startsWith('scratch') ? 5 : 1000), 'the flattened image holds what was built (the whole Debian filesystem over a Debian base)');
       t.deepEqual(filesystemDifferences(a, b, (path) => buildahStub(path, b, a)), []);
       t.deepEqual(comparableConfig((await imageConfig(ours)).config), comparableConfig((await imageConfig(theirs)).config));
     },
