@@ -72,7 +72,8 @@ export async function buildContainerfile(options: BuildOptions): Promise<BuildRe
   checkOutput(output);
   const { created, clampMtime } = buildTime(options.timestamp);
   const cache = new BuildCache(options.cache);
-  const images = new ImageSource(options.buildContexts, options.registry);
+  const pushedTo = [output, ...(options.cache?.cacheFrom ?? []), ...(options.cache?.cacheTo ?? [])].filter((ref) => ref.startsWith('docker://'));
+  const images = new ImageSource(options.buildContexts, options.registry, new Set(pushedTo.map(registryHost)));
   const secrets = await secretFiles(options.secrets ?? {});
   try {
     return await withTempDir('containerfile', async (tmp) => {
@@ -113,6 +114,15 @@ export async function buildContainerfile(options: BuildOptions): Promise<BuildRe
     });
   } finally {
     await images.close();
+  }
+}
+
+/** The registry a docker:// reference is pushed to, as the registry client names it. */
+function registryHost(ref: string): string {
+  try {
+    return parseImageReference(ref).registry ?? '';
+  } catch {
+    return ref.slice('docker://'.length).split('/')[0]!;
   }
 }
 

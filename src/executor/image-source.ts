@@ -1,6 +1,8 @@
 // The images a build reads (FROM bases, COPY --from=IMAGE, mount from=IMAGE), each opened once and kept
 // open until the build ends. `--build-context NAME=IMAGE` stands an image in for a name, as BuildKit's named
 // contexts do (FROM debian:bookworm built over a local archive: NAME=docker-archive:debian.tar).
+// --creds are for the registries the build pushes to; a base from another registry gets only what the
+// auth files say about it, never those credentials.
 import { ImageReferenceError, UsageError } from '../errors.js';
 import type { Platform } from '../image/config.js';
 import { normalizeRepoTag, parseImageReference } from '../image/reference.js';
@@ -12,10 +14,11 @@ export class ImageSource {
   readonly #opened = new Map<string, Promise<OpenedImage>>();
   readonly #overrides: Map<string, string>;
 
-  /** `overrides`: NAME → IMAGE (any dockvm IMAGE reference) */
+  /** `overrides`: NAME → IMAGE (any dockvm IMAGE reference); `credsFor`: the registry hosts `registry.creds` belongs to */
   constructor(
     overrides: Readonly<Record<string, string>> = {},
     private readonly registry: RegistryOptions = {},
+    private readonly credsFor: ReadonlySet<string> = new Set(),
   ) {
     this.#overrides = new Map();
     for (const [name, ref] of Object.entries(overrides)) {
@@ -41,8 +44,10 @@ export class ImageSource {
     const key = `${actual}\0${platform ? `${platform.os}/${platform.architecture}/${platform.variant ?? ''}` : ''}`;
     let opened = this.#opened.get(key);
     if (!opened) {
-      const registry = platform ? { ...this.registry, platform } : this.registry;
-      opened = openImage(actual, { registry });
+      const { creds, ...shared } = this.registry;
+      const host = actual.startsWith('docker://') ? parseImageReference(actual).registry : undefined;
+      const withCreds = creds !== undefined && host !== undefined && this.credsFor.has(host) ? { ...shared, creds } : shared;
+      opened = openImage(actual, { registry: platform ? { ...withCreds, platform } : withCreds });
       this.#opened.set(key, opened);
       opened.catch(() => this.#opened.delete(key));
     }
