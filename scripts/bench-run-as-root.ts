@@ -23,6 +23,7 @@ import { pipeline } from 'node:stream/promises';
 import { execa } from 'execa';
 import { withBuildVm } from '../src/build/build-vm.js';
 import { newImageConfig, resolveCreated, scriptEnvironment } from '../src/build/config.js';
+import { runStep, scriptLaunch } from '../src/build/interpreter.js';
 import { runAsRoot } from '../src/build/run-as-root.js';
 import type { BuildCacheOptions } from '../src/cache/build-cache.js';
 import { withTempDir } from '../src/cleanup.js';
@@ -97,7 +98,7 @@ async function reference(baseArchive: string, out: string, parts: { unpack: numb
           const unpackStart = performance.now();
           await vm.mustStep('unpack-reference', { env: { DOCKVM_REF_LAYERS: layers.join(' ') } });
           parts.unpack.push((performance.now() - unpackStart) / 1000);
-          await vm.mustStep('run', { args: scriptEnvironment(base.config.config?.Env, spec.env), env: { DOCKVM_SCRIPT: SCRIPT } });
+          await vm.mustStep('run', runStep(scriptEnvironment(base.config.config?.Env, spec.env), scriptLaunch(SCRIPT)));
           const packed = await vm.mustStep('pack');
           return Number(/^dockvm-tar-bytes=(\d+)$/m.exec(packed.stdout.toString())?.[1]);
         });
@@ -108,7 +109,7 @@ async function reference(baseArchive: string, out: string, parts: { unpack: numb
           clampMtime: Math.floor(Date.parse(created) / 1000),
           convert: (entry) => fromOverlayUpperEntry(entry, () => true),
         });
-        const config = newImageConfig({ base: base.config, config: null, architecture: spec.architecture, created, diffId: layer.diffId, createdBy: 'reference' });
+        const config = newImageConfig({ base: base.config, config: null, architecture: base.config.architecture, created, diffId: layer.diffId, createdBy: 'reference' });
         const rawConfig = Buffer.from(JSON.stringify(config));
         const image: Image = {
           rawConfig,

@@ -73,3 +73,6 @@ export function stderrTail(stderr: string, lines = 15): string {
   const kept = stderr.trimEnd().split('\n').slice(-lines).join('\n');
   return kept ? `; its stderr ends with:\n${kept}` : '';
 }
+
+/** An image of a platform the build VM cannot run (or a spec that names another platform than its base). */
+export class PlatformError extends DockvmError {}

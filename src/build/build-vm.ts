@@ -1,16 +1,15 @@
-// The build VM: an image's layers mounted as squashfs overlay lowers, plus the disks a step needs, and the
-// guest side (vm/build/guest.sh) run one step at a time through the agent. run-as-root, export --engine vm
-// and shell all stand on it. Disks are named by virtio serial, so the guest never guesses /dev/vdX.
+// The build VM: an image's layers mounted as overlay lowers (src/build/lowers.ts), plus the disks a step
+// needs, and the guest side (vm/build/guest.sh) run one step at a time through the agent. run-as-root,
+// export --engine vm and shell all stand on it. Disks are named by virtio serial, so the guest never
+// guesses /dev/vdX.
 import { readFile } from 'node:fs/promises';
 import { DockvmError, VmError, stderrTail } from '../errors.js';
-import type { Image } from '../image/image.js';
-import { squashfsForLayer } from '../layer/squashfs.js';
 import { assetPath } from '../vm/paths.js';
 import type { Readable } from 'node:stream';
 import { startVm, type RunningCommand, type Vm, type VmDisk } from '../vm/index.js';
 
 export interface BuildVmDisks {
-  /** squashfs images of the lowers, bottom layer first */
+  /** images of the lowers, bottom layer first (src/build/lowers.ts): squashfs, or ext4 when named *.ext4 */
   lowers: readonly string[];
   /** ext4 scratch disk holding the overlay's upper and work dirs */
   scratch?: string;
@@ -48,16 +47,11 @@ export interface StepResult {
 }
 
 const GUEST_PATH = 'PATH=/usr/sbin:/usr/bin:/sbin:/bin';
+/** how the lower images of layers with POSIX ACLs are named (the others are squashfs) */
+export const EXT4_LOWER_SUFFIX = '.ext4';
 /** how much of a step's output is kept for results and error messages */
 const KEEP_STDOUT = 16 * 1024 * 1024;
 const KEEP_STDERR = 64 * 1024;
-
-/** The squashfs images of an image's layers (bottom first), converted on first use and cached. */
-export async function lowersFor(image: Image | undefined, source: string): Promise<string[]> {
-  const lowers: string[] = [];
-  for (const layer of image?.layers ?? []) lowers.push(await squashfsForLayer(layer, { source }));
-  return lowers;
-}
 
 export class BuildVm {
   private constructor(
@@ -69,11 +63,13 @@ export class BuildVm {
   static async start(disks: BuildVmDisks, options: BuildVmOptions = {}): Promise<BuildVm> {
     const vmDisks: VmDisk[] = [];
     const lowerNames: string[] = [];
+    const ext4Lowers: string[] = [];
     disks.lowers.forEach((path, i) => {
       vmDisks.push({ path, readOnly: true, name: `lower${i}` });
       lowerNames.unshift(`lower${i}`); // overlayfs wants the top layer first
+      if (path.endsWith(EXT4_LOWER_SUFFIX)) ext4Lowers.push(`lower${i}`);
     });
-    const params: Record<string, string> = { DOCKVM_LOWERS: lowerNames.join(' ') };
+    const params: Record<string, string> = { DOCKVM_LOWERS: lowerNames.join(' '), DOCKVM_EXT4_LOWERS: ext4Lowers.join(' ') };
     for (const [key, path, readOnly] of [
       ['scratch', disks.scratch, false],
       ['copy', disks.copy, true],

@@ -12,7 +12,9 @@ import { canonicalJson } from '../cache/canonical-json.js';
 import { hashDirectory, hashFile } from '../cache/file-hash.js';
 import { guestVersion } from '../cache/guest-version.js';
 import { stepKey } from '../cache/key.js';
+import type { Platform } from '../image/config.js';
 import { scriptEnvironment } from './config.js';
+import { describePlatform } from './platform.js';
 import { buildLayerInVm, type VmBuildOptions } from './vm-layer.js';
 
 /** The history line run-as-root gives its layer (src/build/run-as-root.ts). */
@@ -30,22 +32,25 @@ export interface CachedVmLayer {
 export async function vmLayerThroughCache(
   spec: BuildSpec,
   base: Image | undefined,
+  /** the copyToRoot tar as placed over the base (src/build/copy-over-base.ts) */
+  copy: string | undefined,
+  buildPlatform: Platform,
   tmp: string,
   clampMtime: number,
   options: VmBuildOptions & { cache?: BuildCacheOptions },
 ): Promise<CachedVmLayer> {
   // created "now" without SOURCE_DATE_EPOCH: every build's layer differs (its mtimes), on purpose
   if (spec.created === 'now' && !process.env.SOURCE_DATE_EPOCH) {
-    return { ...(await buildLayerInVm(spec, base, tmp, clampMtime, options)), cache: null };
+    return { ...(await buildLayerInVm(spec, base, copy, tmp, clampMtime, options)), cache: null };
   }
   const cache = new BuildCache(options.cache);
-  const platform = `${base?.config.os ?? 'linux'}/${spec.architecture}`;
+  const platform = describePlatform(buildPlatform);
   const key = await runAsRootKey(spec, base, clampMtime, platform);
   const hit = await cache.lookup(key);
   if (hit) {
     return { path: await holdLayer(hit.path, join(tmp, 'cached-layer.tar')), diffId: hit.entry.diffId, size: hit.entry.size, cache: { key, hit: hit.source } };
   }
-  const built = await buildLayerInVm(spec, base, tmp, clampMtime, options);
+  const built = await buildLayerInVm(spec, base, copy, tmp, clampMtime, options);
   await cache.store(key, built, { createdBy: RUN_AS_ROOT_CREATED_BY, platform });
   return { path: built.path, diffId: built.diffId, size: built.size, cache: { key, hit: null } };
 }

@@ -48,6 +48,8 @@ export interface NewConfigInput {
   base: ImageConfig | undefined;
   config: ContainerConfig | null;
   architecture: string;
+  /** the architecture's variant (arm64's v8), when it has one */
+  variant?: string;
   created: string;
   diffId: Digest;
   createdBy: string;
@@ -60,6 +62,7 @@ export function newImageConfig(input: NewConfigInput): ImageConfig {
     created: input.created,
     architecture: input.architecture,
     os: base?.os ?? 'linux',
+    ...(input.variant !== undefined ? { variant: input.variant } : {}),
     config: mergeContainerConfig(base?.config, input.config),
     rootfs: { type: 'layers', diff_ids: [...(base?.rootfs.diff_ids ?? []), input.diffId] },
     history: [...historyOf(base), { created: input.created, created_by: input.createdBy }],

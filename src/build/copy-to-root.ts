@@ -7,12 +7,14 @@ import type { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { SpecError } from '../errors.js';
 import { walkDirectory } from '../layer/directory.js';
-import { readTar, TarWriter } from '../layer/tar.js';
+import { readTar, TarWriter, type TarEntry } from '../layer/tar.js';
 
 export interface CopyToRootOptions {
   uid: number;
   gid: number;
   keepContentsDirlinks: boolean;
+  /** where an entry lands over the base (src/build/copy-over-base.ts); undefined: it is not written */
+  place?: (entry: TarEntry) => TarEntry | undefined;
 }
 
 /** One tar holding every copyToRoot source. The returned stream fails if a source cannot be read. */
@@ -32,7 +34,8 @@ async function addSource(writer: TarWriter, source: string, options: CopyToRootO
   if (stats.isDirectory()) {
     const walk = walkDirectory(source, { uid: options.uid, gid: options.gid, followDirSymlinks: !options.keepContentsDirlinks });
     for await (const { entry, file } of walk) {
-      await writer.add(entry, file && entry.size > 0 ? createReadStream(file) : undefined);
+      const placed = options.place ? options.place(entry) : entry;
+      if (placed) await writer.add(placed, file && placed.size > 0 ? createReadStream(file) : undefined);
     }
     return;
   }
@@ -40,7 +43,9 @@ async function addSource(writer: TarWriter, source: string, options: CopyToRootO
   const input = (await isGzip(source)) ? createReadStream(source).pipe(createGunzip()) : createReadStream(source);
   for await (const { entry, body } of readTar(input, { source: `copyToRoot ${source}` })) {
     if (entry.path === '') continue;
-    await writer.add({ ...entry, uid: options.uid, gid: options.gid }, entry.type === 'file' && entry.size > 0 ? body : undefined);
+    const owned = { ...entry, uid: options.uid, gid: options.gid };
+    const placed = options.place ? options.place(owned) : owned;
+    if (placed) await writer.add(placed, placed.type === 'file' && placed.size > 0 ? body : undefined);
   }
 }
 

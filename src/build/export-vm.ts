@@ -1,7 +1,8 @@
 // dockvm export --engine vm (nixpkgs exportImage the way nixpkgs does it): the image's layers mounted as
-// squashfs lowers of a read-only overlay in the build VM, GNU tar of the merged view written onto an
-// output disk, and that tar turned on the host into the same bytes the native engine (src/flatten)
-// writes: sorted, parents first, hard links pointing backwards, mtimes clamped, overlay xattrs dropped.
+// lowers (src/build/lowers.ts) of a read-only overlay in the build VM, GNU tar of the merged view written
+// onto an output disk, and that tar turned on the host into the same bytes the native engine
+// (src/flatten) writes: sorted, parents first, hard links pointing backwards, mtimes clamped, overlay
+// xattrs dropped.
 //
 // One thing the merged view cannot know: a directory that a layer holds only because an entry lies
 // under it (no entry of its own, or only an opaque marker) gets metadata tar2sqfs or the converter
@@ -19,7 +20,8 @@ import { OVERLAY_XATTR_PREFIX, isOverlayWhiteout, opaqueDirOf, whiteoutTarget } 
 import { layerHeaders } from '../layer/tar-scan.js';
 import { printable, type TarEntry } from '../layer/tar.js';
 import { qemuImgCreate } from '../vm/index.js';
-import { lowersFor, withBuildVm } from './build-vm.js';
+import { withBuildVm } from './build-vm.js';
+import { lowersFor } from './lowers.js';
 
 export interface VmExportOptions {
   /** names the image in errors (default: its first repo tag, else its config digest) */

@@ -6,16 +6,17 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { execa } from 'execa';
-import { ScriptError, stderrTail } from '../errors.js';
+import { MissingToolError, ScriptError, stderrTail } from '../errors.js';
 import { walkDirectory } from '../layer/directory.js';
 import { writeLayerFile, type LayerFile } from '../layer/layer-file.js';
 import { TarWriter } from '../layer/tar.js';
 import type { BuildSpec } from '../spec/load.js';
 import { copyToRootTar } from './copy-to-root.js';
 
-export async function buildLayerOnHost(spec: BuildSpec, tmp: string, clampMtime: number): Promise<LayerFile> {
-  const copyTar = join(tmp, 'copy-to-root.tar');
-  await pipeline(copyToRootTar(spec.copyToRoot, spec), createWriteStream(copyTar));
+/** `copy`: the copyToRoot tar, each entry at the path it lands on over the base (src/build/copy-over-base.ts). */
+export async function buildLayerOnHost(spec: BuildSpec, copy: string | undefined, tmp: string, clampMtime: number): Promise<LayerFile> {
+  const copyTar = copy ?? join(tmp, 'copy-to-root.tar');
+  if (copy === undefined) await pipeline(copyToRootTar([], spec), createWriteStream(copyTar));
   if (spec.extraCommands.trim() === '') {
     return writeLayerFile(copyTar, join(tmp, 'layer.tar'), { source: 'copyToRoot', clampMtime });
   }
@@ -23,7 +24,9 @@ export async function buildLayerOnHost(spec: BuildSpec, tmp: string, clampMtime:
   const root = join(tmp, 'root');
   await mkdir(root);
   await execa('tar', ['-C', root, '--no-same-owner', '-xf', copyTar]);
-  const result = await execa('sh', ['-e', '-c', spec.extraCommands], { cwd: root, reject: false, stdin: 'ignore', stdout: 'inherit', stderr: ['inherit', 'pipe'] });
+  // bash, as nixpkgs runs extraCommands ($0 names it in bash's messages)
+  const result = await execa('bash', ['-e', '-c', spec.extraCommands, 'extraCommands'], { cwd: root, reject: false, stdin: 'ignore', stdout: 'inherit', stderr: ['inherit', 'pipe'] });
+  if (result.exitCode === undefined) throw new MissingToolError(`extraCommands runs with bash, which this host cannot run: ${result.message}; install bash`, { command: 'bash' });
   if (result.exitCode !== 0) {
     throw new ScriptError(`extraCommands failed with exit code ${result.exitCode}${stderrTail(String(result.stderr))}`, { command: 'extraCommands', exitCode: result.exitCode });
   }

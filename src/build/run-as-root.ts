@@ -1,13 +1,21 @@
 // run-as-root: nixpkgs buildImage with runAsRoot. Base image + copyToRoot + the script run as root in a
 // throwaway VM + extraCommands → one new reproducible layer on top of the base → an image archive.
 // (DESIGN.md "Data flow of run-as-root".)
+import { createWriteStream } from 'node:fs';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import { hex, sha256 } from '../image/digest.js';
 import { FileLayer } from '../image/file-layer.js';
 import type { Image } from '../image/image.js';
 import { beginDockerArchive, openImage, parseDestination, writeImage, type OpenedImage } from '../transport/index.js';
 import { withTempDir } from '../cleanup.js';
+import type { TarEntry } from '../layer/tar.js';
 import type { BuildSpec } from '../spec/load.js';
 import { newImageConfig, resolveCreated } from './config.js';
+import { baseTree, CopyPlacement, hiddenShellError, replacedLinkWarnings } from './copy-over-base.js';
+import { copyToRootTar } from './copy-to-root.js';
+import { imageShells } from './interpreter.js';
+import { buildPlatform, checkRunnable } from './platform.js';
 import { buildLayerOnHost } from './host-layer.js';
 import type { VmBuildOptions } from './vm-layer.js';
 import type { BuildCacheOptions } from '../cache/build-cache.js';
@@ -35,49 +43,75 @@ export interface RunAsRootResult {
 export async function runAsRoot(spec: BuildSpec, options: RunAsRootOptions = {}): Promise<RunAsRootResult> {
   const output = options.output ?? spec.output;
   const destination = parseDestination(output);
+  const warn = options.onWarning ?? ((message: string) => void process.stderr.write(`dockvm: warning: ${message}\n`));
   const base = spec.fromImage ? await openBase(spec) : undefined;
-  // An archive file gets the base layers while the VM builds the new one (they come first in it).
-  const archive = base && spec.runAsRoot && destination.kind === 'docker-archive' && destination.path !== '-'
-    ? beginDockerArchive(destination.path, base.layers, { gzip: destination.gzip })
-    : undefined;
   try {
+    // Refused before anything is written or booted: a platform the build VM cannot run the script on.
+    const platform = buildPlatform(spec.architecture, base?.config, spec.fromImage);
+    if (spec.runAsRoot !== null) checkRunnable(platform, spec.fromImage ? `fromImage ${spec.fromImage}` : `the spec's architecture`);
     return await withTempDir('build', async (tmp) => {
-      const created = resolveCreated(spec.created);
-      const clampMtime = sourceDateEpoch() ?? Math.floor(Date.parse(created) / 1000);
-      const layerFile = spec.runAsRoot
-        ? await vmLayerThroughCache(spec, base, tmp, clampMtime, options)
-        : { ...(await buildLayerOnHost(spec, tmp, clampMtime)), cache: null };
-      const config = newImageConfig({
-        base: base?.config,
-        config: spec.config,
-        architecture: spec.architecture,
-        created,
-        diffId: layerFile.diffId,
-        createdBy: spec.runAsRoot ? 'dockvm run-as-root' : 'dockvm copyToRoot',
-      });
-      const rawConfig = Buffer.from(JSON.stringify(config));
-      const configDigest = sha256(rawConfig);
-      // nixpkgs derives the tag from the output's hash; the config digest names the content the same way.
-      const imageTag = spec.tag ?? hex(configDigest).slice(0, 32);
-      const image: Image = {
-        rawConfig,
-        config,
-        configDigest,
-        layers: [...(base?.layers ?? []), new FileLayer(layerFile.path, layerFile.diffId, layerFile.size)],
-        repoTags: [`${spec.name}:${imageTag}`],
-      };
-      if (archive) await archive.finish([{ image, tags: image.repoTags }]);
-      else await writeImage(image, output, { tags: image.repoTags });
-      const layers = await writtenLayers(output, image);
-      const bootedVm = spec.runAsRoot !== null && !layerFile.cache?.hit;
-      return { imageName: spec.name, imageTag, output, configDigest, layers, bootedVm, cache: layerFile.cache };
+      const copy = await writeCopyToRoot(spec, base, tmp, warn);
+      // An archive file gets the base layers while the VM builds the new one (they come first in it).
+      const archive = base && spec.runAsRoot && destination.kind === 'docker-archive' && destination.path !== '-'
+        ? beginDockerArchive(destination.path, base.layers, { gzip: destination.gzip })
+        : undefined;
+      try {
+        const created = resolveCreated(spec.created);
+        const clampMtime = sourceDateEpoch() ?? Math.floor(Date.parse(created) / 1000);
+        const layerFile = spec.runAsRoot
+          ? await vmLayerThroughCache(spec, base, copy, platform, tmp, clampMtime, options)
+          : { ...(await buildLayerOnHost(spec, copy, tmp, clampMtime)), cache: null };
+        const config = newImageConfig({
+          base: base?.config,
+          config: spec.config,
+          architecture: platform.architecture,
+          ...(platform.variant !== undefined ? { variant: platform.variant } : {}),
+          created,
+          diffId: layerFile.diffId,
+          createdBy: spec.runAsRoot ? 'dockvm run-as-root' : 'dockvm copyToRoot',
+        });
+        const rawConfig = Buffer.from(JSON.stringify(config));
+        const configDigest = sha256(rawConfig);
+        // nixpkgs derives the tag from the output's hash; the config digest names the content the same way.
+        const imageTag = spec.tag ?? hex(configDigest).slice(0, 32);
+        const image: Image = {
+          rawConfig,
+          config,
+          configDigest,
+          layers: [...(base?.layers ?? []), new FileLayer(layerFile.path, layerFile.diffId, layerFile.size)],
+          repoTags: [`${spec.name}:${imageTag}`],
+        };
+        if (archive) await archive.finish([{ image, tags: image.repoTags }]);
+        else await writeImage(image, output, { tags: image.repoTags });
+        const layers = await writtenLayers(output, image);
+        const bootedVm = spec.runAsRoot !== null && !layerFile.cache?.hit;
+        return { imageName: spec.name, imageTag, output, configDigest, layers, bootedVm, cache: layerFile.cache };
+      } catch (err) {
+        await archive?.abort();
+        throw err;
+      }
     });
-  } catch (err) {
-    await archive?.abort();
-    throw err;
   } finally {
     await base?.close();
   }
+}
+
+/**
+ * copyToRoot as one tar (undefined when there is none), each entry at the path it lands on over the
+ * base; a base's link to a directory that a copied directory replaces is a warning, and an error when
+ * that hides the image's shell or the script's interpreter (src/build/copy-over-base.ts).
+ */
+async function writeCopyToRoot(spec: BuildSpec, base: Image | undefined, tmp: string, warn: (message: string) => void): Promise<string | undefined> {
+  if (spec.copyToRoot.length === 0) return undefined;
+  const placement = base ? new CopyPlacement(await baseTree(base, spec.fromImage ?? 'the base'), spec.keepContentsDirlinks) : undefined;
+  const path = join(tmp, 'copy-to-root.tar');
+  await pipeline(copyToRootTar(spec.copyToRoot, { ...spec, ...(placement ? { place: (entry: TarEntry) => placement.place(entry) } : {}) }), createWriteStream(path));
+  if (placement) {
+    const hidden = hiddenShellError(placement, imageShells(spec.runAsRoot));
+    if (hidden) throw hidden;
+    for (const warning of replacedLinkWarnings(placement)) warn(warning);
+  }
+  return path;
 }
 
 async function openBase(spec: BuildSpec): Promise<OpenedImage> {

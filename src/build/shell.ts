@@ -1,14 +1,17 @@
 // dockvm shell: a root shell (or one command) in the build VM over an image's layers, mounted read-only
 // as overlay lowers with a throwaway upper in guest memory — for debugging a runAsRoot script. The
-// command runs exactly as a runAsRoot script would (chroot, namespaces, the image's Env); nothing it
-// changes survives.
+// command runs exactly as a runAsRoot script would (chroot, namespaces, the image's Env and PATH, the
+// same bash: src/build/interpreter.ts); nothing it changes survives.
 import type { Readable, Writable } from 'node:stream';
 import { openImage } from '../transport/index.js';
-import { lowersFor, withBuildVm } from './build-vm.js';
+import { withBuildVm } from './build-vm.js';
+import { lowersFor } from './lowers.js';
 import { scriptEnvironment } from './config.js';
+import { commandLaunch, interactiveShellLaunch, runStep } from './interpreter.js';
+import { checkRunnable, platformOf } from './platform.js';
 
 export interface ShellOptions {
-  /** the command to run; empty: an interactive shell (the image's /bin/sh, or the bundled one) */
+  /** the command to run, found in the image's PATH; empty: the bash a runAsRoot script gets (the image's /bin/bash, else the bundled one) */
   command: readonly string[];
   memoryMiB?: number;
   network?: boolean;
@@ -24,10 +27,12 @@ export interface ShellOptions {
 export async function shell(reference: string, options: ShellOptions): Promise<number> {
   const image = await openImage(reference);
   try {
+    checkRunnable(platformOf(image.config), reference);
     const lowers = await lowersFor(image, reference);
     return await withBuildVm({ lowers }, { ...(options.memoryMiB ? { memoryMiB: options.memoryMiB } : {}), network: options.network ?? false }, async (vm) => {
       await vm.mustStep('mount', { env: { DOCKVM_TMPFS_UPPER: '1' } });
-      const args = [...scriptEnvironment(image.config.config?.Env, options.env ?? {}), '--', ...options.command];
+      const launch = options.command.length > 0 ? commandLaunch(options.command) : interactiveShellLaunch();
+      const { args } = runStep(scriptEnvironment(image.config.config?.Env, options.env ?? {}), launch);
       const write = (stream: Writable) => (chunk: Buffer) => void stream.write(chunk);
       if (options.tty) {
         const running = vm.spawnStep('run', { args, tty: options.tty, stdin: options.stdin, onStdout: write(options.stdout) });

@@ -1,24 +1,28 @@
 // The new layer made in the build VM (runAsRoot): base layers as squashfs lowers, an ext4 scratch disk for
 // the upper, copyToRoot unpacked over the root, the script run as root, extraCommands in the upper, and
 // the upper packed as a tar onto an output disk — which the host then reads as untrusted input.
-import { createWriteStream } from 'node:fs';
 import { join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
-import { ScriptError, SpecError, VmError, stderrTail } from '../errors.js';
+import { DockvmError, PlatformError, ScriptError, SpecError, VmError, stderrTail } from '../errors.js';
 import type { Image } from '../image/image.js';
 import { writeLayerFile, type LayerFile } from '../layer/layer-file.js';
 import { fromOverlayUpperEntry } from '../layer/overlay.js';
 import type { BuildSpec } from '../spec/load.js';
 import { createScratchDisk, qemuImgCreate } from '../vm/index.js';
-import { describeExit, lowersFor, withBuildVm, type BuildVm } from './build-vm.js';
+import { describeExit, withBuildVm, type BuildVm } from './build-vm.js';
+import { lowersFor } from './lowers.js';
 import { scriptEnvironment } from './config.js';
-import { copyToRootTar } from './copy-to-root.js';
+import { rootChangeWarning } from './root-change.js';
+import { launchFailure, parseShebang, runStep, scriptLaunch, type LaunchFailure } from './interpreter.js';
+import { describePlatform } from './platform.js';
+import { GUEST_PLATFORM } from '../vm/guest-platform.js';
 
 export interface VmBuildOptions {
   /** give up after this long (the --timeout flag) */
   timeoutMs?: number;
   /** where the script's output goes (default: dockvm's stderr; stdout may carry JSON or data) */
   onScriptOutput?: (chunk: Buffer) => void;
+  /** one-line warnings about the build (default: dockvm's stderr, "dockvm: warning: …") */
+  onWarning?: (message: string) => void;
 }
 
 /**
@@ -27,17 +31,13 @@ export interface VmBuildOptions {
  */
 const SCRATCH_FACTOR = 2;
 
-export async function buildLayerInVm(spec: BuildSpec, base: Image | undefined, tmp: string, clampMtime: number, options: VmBuildOptions): Promise<LayerFile> {
+/** `copy`: the copyToRoot tar, each entry at the path it lands on (src/build/copy-over-base.ts). */
+export async function buildLayerInVm(spec: BuildSpec, base: Image | undefined, copy: string | undefined, tmp: string, clampMtime: number, options: VmBuildOptions): Promise<LayerFile> {
   const lowers = await lowersFor(base, spec.fromImage ?? 'scratch');
   const scratch = join(tmp, 'scratch.ext4');
   const out = join(tmp, 'upper.tar.disk');
   await createScratchDisk(scratch, spec.diskSize * SCRATCH_FACTOR);
   await qemuImgCreate(out, (spec.diskSize * SCRATCH_FACTOR + 64) * 1024 * 1024, 'raw');
-  let copy: string | undefined;
-  if (spec.copyToRoot.length > 0) {
-    copy = join(tmp, 'copy-to-root.tar');
-    await pipeline(copyToRootTar(spec.copyToRoot, spec), createWriteStream(copy));
-  }
   const signal = options.timeoutMs === undefined ? undefined : timeoutSignal(options.timeoutMs);
   const output = options.onScriptOutput ?? ((chunk: Buffer) => void process.stderr.write(chunk));
 
@@ -63,17 +63,20 @@ export async function buildLayerInVm(spec: BuildSpec, base: Image | undefined, t
       return { tarBytes, newDirs };
     },
   );
-  return writeLayerFile(out, join(tmp, 'layer.tar'), {
+  const layer = await writeLayerFile(out, join(tmp, 'layer.tar'), {
     source: 'the build VM\'s output',
     size: tarBytes,
     clampMtime,
     convert: (entry) => fromOverlayUpperEntry(entry, (dir) => !newDirs.has(dir)),
   });
+  const warning = rootChangeWarning(layer.root);
+  if (warning) (options.onWarning ?? ((message) => void process.stderr.write(`dockvm: warning: ${message}\n`)))(warning);
+  return layer;
 }
 
 async function runScript(vm: BuildVm, spec: BuildSpec, base: Image | undefined, output: (chunk: Buffer) => void): Promise<void> {
   const env = scriptEnvironment(mergedEnvOf(base, spec), spec.env);
-  const run = await vm.step('run', { args: env, env: { DOCKVM_SCRIPT: spec.runAsRoot ?? '' }, onStdout: output, onStderr: output });
+  const run = await vm.step('run', { ...runStep(env, scriptLaunch(spec.runAsRoot ?? '')), onStdout: output, onStderr: output });
   if (run.exitCode === 0) return;
   // guest.sh reports OOM kills in the script's memory cgroup
   if (/^dockvm-oom-kills=\d+$/m.test(run.stderr)) {
@@ -86,10 +89,28 @@ async function runScript(vm: BuildVm, spec: BuildSpec, base: Image | undefined, 
   if (/No space left on device/.test(run.stderr)) {
     throw diskTooSmall(spec.diskSize, `more than ${spec.diskSize * SCRATCH_FACTOR} MiB`, spec.diskSize * SCRATCH_FACTOR * 2);
   }
+  const failure = launchFailure(run.stderr);
+  if (failure) throw interpreterError(failure, spec.runAsRoot ?? '', run.stderr);
   throw new ScriptError(`runAsRoot failed (${describeExit(run)})${stderrTail(run.stderr)}`, {
     command: 'runAsRoot',
     ...(run.exitCode !== null ? { exitCode: run.exitCode } : {}),
   });
+}
+
+/** The script never started: its interpreter is missing, or is there but cannot be executed. */
+function interpreterError(failure: LaunchFailure, script: string, stderr: string): DockvmError {
+  const context = { command: 'runAsRoot', exitCode: failure.exitCode };
+  if (failure.execFormat) {
+    return new PlatformError(
+      `runAsRoot: the image's ${failure.program} cannot be executed in the build VM (exec format error): it is not a ` +
+        `${describePlatform(GUEST_PLATFORM)} program, whatever the image's config says; use a ${describePlatform(GUEST_PLATFORM)} image`,
+      context,
+    );
+  }
+  const shebang = parseShebang(script);
+  const why = failure.exitCode === 127 ? 'which the image lacks' : 'which cannot be executed';
+  const named = shebang?.interpreter === failure.program ? `runAsRoot's shebang names ${failure.program}` : `runAsRoot's interpreter is ${failure.program}`;
+  return new ScriptError(`${named}, ${why}${stderrTail(stderr, 3)}`, context);
 }
 
 /** The Env the script sees: the base's, with the spec's config.Env over it. */

@@ -1,6 +1,6 @@
 // Bounding dockvm's cache (`dockvm cache prune`, and the build cache after each entry it stores): what can
 // be dropped because dockvm makes it again when needed — build cache entries with their layers, squashfs
-// images of layers (CACHE/layers), layer tars downloaded from registries (CACHE/tars) and what push
+// images of layers (CACHE/lowers), layer tars downloaded from registries (CACHE/tars) and what push
 // remembered about gzip (CACHE/push-gzip) — goes least recently used first until the rest fits the bound.
 // Never the guest kernel, initramfs, agent or KVM verdict: those are what every boot needs.
 // Anything touched in the last IN_USE_GRACE_MS is kept (unless --all): a build running now may be about to
@@ -12,6 +12,7 @@ import { hex } from '../image/digest.js';
 import { cacheDir } from '../cache-dir.js';
 import { buildCacheDir, parseEntry } from './local-store.js';
 import { formatSize, parseSize } from './size.js';
+import { lowerImagesDir } from '../layer/squashfs.js';
 
 export const DEFAULT_MAX_SIZE = 10 * 1024 ** 3;
 /** Files used this recently are never pruned by size: a build running now may hold or be about to open them. */
@@ -128,7 +129,7 @@ export function describePrune(result: PruneResult): string {
 
 function areaDirs(env: NodeJS.ProcessEnv): Record<CacheArea, string> {
   const root = cacheDir(env);
-  return { 'build-cache': buildCacheDir(env), 'layer-images': join(root, 'layers'), 'layer-tars': join(root, 'tars'), 'push-gzip': join(root, 'push-gzip') };
+  return { 'build-cache': buildCacheDir(env), 'layer-images': lowerImagesDir(root), 'layer-tars': join(root, 'tars'), 'push-gzip': join(root, 'push-gzip') };
 }
 
 interface FileInfo {

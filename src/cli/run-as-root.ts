@@ -11,9 +11,11 @@ export function registerRunAsRoot(program: Command): void {
       'Build an image as nixpkgs buildImage does: the base image\'s layers (fromImage) mounted in a throwaway ' +
         'VM, copyToRoot copied in, the runAsRoot script run as root, extraCommands run in the new layer, and ' +
         'what changed (whiteouts included) packed as one reproducible layer on top of the base. Without ' +
-        'runAsRoot no VM is booted. The new layer is kept in the build cache (by a key of the base, the scripts, ' +
-        'copyToRoot\'s contents, the environment and the guest): an unchanged spec boots no VM. Writes a ' +
-        'docker-archive (.tar, .tar.gz) or an OCI layout (oci:DIR).',
+        'runAsRoot no VM is booted. runAsRoot and extraCommands are bash scripts (bash -e): the image\'s ' +
+        '/bin/bash, else a bundled static bash that leaves no trace; a #! line picks another interpreter. ' +
+        'With runAsRoot the base must be linux/amd64. The new layer is kept in the build cache (by a key of ' +
+        'the base, the scripts, copyToRoot\'s contents, the environment and the guest): an unchanged spec ' +
+        'boots no VM. Writes a docker-archive (.tar, .tar.gz) or an OCI layout (oci:DIR).',
     )
     .argument('<spec>', 'spec.json (fields as nixpkgs buildImage; paths relative to the spec file)')
     .option('-o, --output <out>', 'where the image goes (overrides the spec\'s output): .tar, .tar.gz or oci:DIR')
@@ -32,6 +34,7 @@ export function registerRunAsRoot(program: Command): void {
       const spec = await loadSpec(specPath);
       for (const warning of spec.warnings) say(`dockvm: warning: ${warning}`);
       const result = await runAsRoot(spec, {
+        onWarning: (warning) => say(`dockvm: warning: ${warning}`),
         ...(options.output !== undefined ? { output: options.output } : {}),
         ...(options.timeout !== undefined ? { timeoutMs: options.timeout * 1000 } : {}),
         cache: { noCache: !options.cache, cacheFrom: options.cacheFrom ?? [], cacheTo: options.cacheTo ?? [] },

@@ -10,8 +10,10 @@ export function registerShell(program: Command): void {
     .command('shell')
     .description(
       'A root shell in the build VM over IMAGE\'s layers, set up exactly as a runAsRoot script sees them ' +
-        '(chroot, fresh namespaces, /proc /dev /sys, the image\'s Env, HOME=/root). Changes are thrown away. ' +
-        'With -- CMD, run CMD instead: its output streams through and dockvm exits with its exit code.',
+        '(chroot, fresh namespaces, /proc /dev /sys, the image\'s Env, HOME=/root), with the bash a runAsRoot ' +
+        'script gets: the image\'s /bin/bash, else dockvm\'s bundled bash. Changes are thrown away. With ' +
+        '-- CMD, run CMD instead, found in the image\'s PATH: its output streams through and dockvm exits ' +
+        'with its exit code. IMAGE must be linux/amd64.',
     )
     .argument('<image>', 'PATH, docker-archive:PATH[:NAME:TAG], oci:DIR[:REF], oci-archive:PATH[:REF] or docker://REF')
     .argument('[command...]', 'a command to run instead of a shell (put it after --)')

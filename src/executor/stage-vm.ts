@@ -9,7 +9,7 @@ import { VmError, stderrTail } from '../errors.js';
 import type { Layer } from '../image/image.js';
 import { writeLayerFile, type LayerFile } from '../layer/layer-file.js';
 import { fromOverlayUpperEntry } from '../layer/overlay.js';
-import { squashfsForLayer } from '../layer/squashfs.js';
+import { lowerForLayer } from '../build/lowers.js';
 import type { CopyStep, RunStep, StepLocation, WorkdirStep } from '../plan/plan.js';
 import { createScratchDisk, qemuImgCreate } from '../vm/index.js';
 import { describeExit, withBuildVm, type BuildVm, type StepResult } from '../build/build-vm.js';
@@ -66,7 +66,7 @@ interface Committed {
 export async function buildStageInVm(options: StageVmOptions): Promise<LayerFile[]> {
   const { tmp, jobs } = options;
   const lowers: string[] = [];
-  for (const layer of options.lowers) lowers.push(await squashfsForLayer(layer, { source: options.source }));
+  for (const layer of options.lowers) lowers.push(await lowerForLayer(layer, { source: options.source }));
   const scratch = join(tmp, 'stage-scratch.ext4');
   const out = join(tmp, 'stage-out.disk');
   await createScratchDisk(scratch, options.diskMiB);

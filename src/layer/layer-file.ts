@@ -26,6 +26,8 @@ export interface LayerFile {
   size: number;
   /** how many entries the layer holds */
   entries: number;
+  /** the input's entry for its root directory, which the layer leaves out (see writeLayerFile) */
+  root?: TarEntry;
 }
 
 export async function writeLayerFile(input: string, output: string, options: LayerFileOptions): Promise<LayerFile> {
@@ -33,9 +35,15 @@ export async function writeLayerFile(input: string, output: string, options: Lay
   const start = options.offset ?? 0;
   const stream = createReadStream(input, options.size === undefined ? { start } : { start, end: start + options.size - 1 });
   const collected = new Map<string, LayerEntry>();
+  let root: TarEntry | undefined;
   for await (const { entry, dataOffset, body } of readTar(stream, { source: options.source })) {
     body.resume();
-    if (entry.path === '') continue; // the root's own metadata is the base's business
+    // No layer carries its root directory: Docker, BuildKit and buildah write none, and moby,
+    // containerd and containers/storage skip one when they unpack a layer.
+    if (entry.path === '') {
+      root = entry;
+      continue;
+    }
     for (const converted of convert(entry)) {
       const location = converted.type === 'file' && converted.size > 0 ? { file: input, offset: start + dataOffset } : undefined;
       collected.set(converted.path, location ? { entry: converted, body: location } : { entry: converted });
@@ -55,7 +63,7 @@ export async function writeLayerFile(input: string, output: string, options: Lay
     throw err;
   }
   await writing;
-  return { path: output, diffId: digest.digest, size: digest.size, entries: entries.length };
+  return { path: output, diffId: digest.digest, size: digest.size, entries: entries.length, ...(root ? { root } : {}) };
 }
 
 /** A layer where "a" is a symlink or file and "a/b" exists would make extractors write through "a". */

@@ -47,10 +47,10 @@ function withoutOverlayXattrs(xattrs: Record<string, Buffer> | undefined, keep: 
 }
 
 /**
- * squashfs stores only the user., trusted. and security. namespaces (tar2sqfs refuses others, such as
- * system.posix_acl_access): a lower layer's POSIX ACLs are not visible to the script.
+ * POSIX ACLs, as a layer carries them: the kernel's binary xattr values in SCHILY.xattr.* records (what
+ * GNU tar --xattrs writes, and what moby and containerd give back to setxattr when they unpack a layer).
  */
-const SQUASHFS_XATTR = /^(user|trusted|security)\./;
+export const POSIX_ACL_XATTRS = ['system.posix_acl_access', 'system.posix_acl_default'] as const;
 
 function setXattrs(entry: TarEntry, xattrs: Record<string, Buffer> | undefined): TarEntry {
   const { xattrs: _dropped, ...rest } = entry;
@@ -61,15 +61,16 @@ function setXattrs(entry: TarEntry, xattrs: Record<string, Buffer> | undefined):
  * One entry of an OCI layer in overlay form, for a lower layer. `opaqueDirs` are the directories this
  * layer marks opaque (collect them with opaqueDirOf in a first pass: the marker may come after the
  * directory's own entry). Returns [] for an opaque marker: its directory carries the xattr instead
- * (see opaqueDirectoriesWithoutEntry for a marker whose directory has no entry of its own).
+ * (see opaqueDirectoryEntry for a marker whose directory has no entry of its own). `keepXattr` says
+ * which xattrs the lower's image can hold.
  */
-export function toOverlayEntry(entry: TarEntry, opaqueDirs: ReadonlySet<string>): TarEntry[] {
+export function toOverlayEntry(entry: TarEntry, opaqueDirs: ReadonlySet<string>, keepXattr: (name: string) => boolean = () => true): TarEntry[] {
   if (opaqueDirOf(entry.path) !== undefined) return [];
   const target = whiteoutTarget(entry.path);
   if (target !== undefined) {
     return [{ path: target, type: 'character-device', mode: 0, uid: entry.uid, gid: entry.gid, size: 0, mtime: entry.mtime, devmajor: 0, devminor: 0 }];
   }
-  const xattrs = withoutOverlayXattrs(entry.xattrs, (name) => SQUASHFS_XATTR.test(name));
+  const xattrs = withoutOverlayXattrs(entry.xattrs, keepXattr);
   if (entry.type === 'directory' && opaqueDirs.has(entry.path)) {
     return [setXattrs(entry, { ...xattrs, [OPAQUE_XATTR]: Buffer.from('y') })];
   }

@@ -1,6 +1,8 @@
 // Base layers become squashfs images the guest mounts as overlay lowers, so it unpacks nothing.
-// Whiteouts are turned into overlay form on the way (src/layer/overlay.ts) and tar2sqfs packs the result.
-// Images are cached by diff_id and written atomically, so builds sharing the cache never see half a file.
+// Whiteouts are turned into overlay form on the way (src/layer/overlay-form.ts) and tar2sqfs packs the
+// result. Images are cached by diff_id and written atomically, so builds sharing the cache never see half
+// a file. squashfs holds only the user., trusted. and security. xattr namespaces: a layer with POSIX ACLs
+// gets an ext4 lower instead (src/build/lowers.ts); anything else outside them is dropped here.
 import { access, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -9,9 +11,8 @@ import { cacheDir } from '../cache-dir.js';
 import { DockvmError, MissingToolError } from '../errors.js';
 import { hex } from '../image/digest.js';
 import type { Layer } from '../image/image.js';
-import { opaqueDirOf, opaqueDirectoryEntry, toOverlayEntry } from './overlay.js';
-import { readTar, TarWriter } from './tar.js';
-import { layerHeaders } from './tar-scan.js';
+import { scanOverlayForm, writeOverlayForm, type OverlayFormScan } from './overlay-form.js';
+import { TarWriter } from './tar.js';
 import { writeAtomically } from '../output.js';
 
 /**
@@ -20,25 +21,43 @@ import { writeAtomically } from '../output.js';
  */
 const COMPRESSOR = 'lz4';
 
+/** The xattr namespaces squashfs stores (tar2sqfs refuses others, such as system.posix_acl_access). */
+const SQUASHFS_XATTR = /^(user|trusted|security)\./;
+
 export interface SquashfsOptions {
   /** names the layer in errors (an image reference) */
   source: string;
   cacheDir?: string;
+  /** the layer's first pass, when the caller made it already */
+  scan?: OverlayFormScan;
+}
+
+/**
+ * Where the lower images of layers are cached (`cacheDir` overrides dockvm's cache directory). Named
+ * `lowers`, not the earlier `layers`: a squashfs made there before layers with POSIX ACLs got ext4 lowers
+ * lacks their ACLs, and would otherwise be found and used.
+ */
+export function lowerImagesDir(cacheDirOverride?: string): string {
+  return join(cacheDirOverride ?? cacheDir(), 'lowers');
+}
+
+/** Where the squashfs image of `layer` is cached. */
+export function squashfsPath(layer: Layer, cacheDirOverride?: string): string {
+  return join(lowerImagesDir(cacheDirOverride), `${hex(layer.diffId)}.sqfs`);
 }
 
 /** The squashfs image of `layer` in overlay form, from the cache or made now. Returns its path. */
 export async function squashfsForLayer(layer: Layer, options: SquashfsOptions): Promise<string> {
-  const dir = join(options.cacheDir ?? cacheDir(), 'layers');
-  const path = join(dir, `${hex(layer.diffId)}.sqfs`);
+  const path = squashfsPath(layer, options.cacheDir);
   if (await exists(path)) return path;
-  await mkdir(dir, { recursive: true });
-  await writeAtomically(path, (temp) => writeSquashfs(layer, temp, options.source));
+  await mkdir(lowerImagesDir(options.cacheDir), { recursive: true });
+  await writeAtomically(path, (temp) => writeSquashfs(layer, temp, options.source, options.scan));
   return path;
 }
 
-async function writeSquashfs(layer: Layer, output: string, source: string): Promise<void> {
+async function writeSquashfs(layer: Layer, output: string, source: string, knownScan?: OverlayFormScan): Promise<void> {
   const what = `${source} layer ${layer.diffId}`;
-  const { opaqueDirs, dirsWithEntry } = await scanOpaqueDirs(layer, what);
+  const scan = knownScan ?? (await scanOverlayForm(layer, what));
   const writer = new TarWriter();
   const packer = execa('tar2sqfs', ['--quiet', '--force', '--no-skip', '-c', COMPRESSOR, '-j', '2', '--defaults', 'mtime=0', output], {
     stdin: 'pipe',
@@ -48,16 +67,7 @@ async function writeSquashfs(layer: Layer, output: string, source: string): Prom
   });
   const feeding = pipeline(writer.stream, packer.stdin!).catch(() => undefined);
   try {
-    for await (const { entry, body } of readTar(await layer.openTar(), { source: what })) {
-      const dir = opaqueDirOf(entry.path);
-      if (dir !== undefined && dir !== '' && !dirsWithEntry.has(dir)) {
-        await writer.add(opaqueDirectoryEntry(dir, entry.mtime));
-        dirsWithEntry.add(dir);
-      }
-      for (const converted of toOverlayEntry(entry, opaqueDirs)) {
-        await writer.add(converted, converted.type === 'file' && converted.size > 0 ? body : undefined);
-      }
-    }
+    await writeOverlayForm(layer, writer, scan, { what, keepXattr: (name) => SQUASHFS_XATTR.test(name) });
     writer.finish();
   } catch (err) {
     writer.destroy(err as Error);
@@ -76,18 +86,6 @@ async function writeSquashfs(layer: Layer, output: string, source: string): Prom
       exitCode: result.exitCode,
     });
   }
-}
-
-/** First pass over a layer (headers only): the directories it marks opaque, and those it has entries for. */
-async function scanOpaqueDirs(layer: Layer, what: string): Promise<{ opaqueDirs: Set<string>; dirsWithEntry: Set<string> }> {
-  const opaqueDirs = new Set<string>();
-  const dirsWithEntry = new Set<string>();
-  for (const { entry } of await layerHeaders(layer, what)) {
-    const dir = opaqueDirOf(entry.path);
-    if (dir !== undefined) opaqueDirs.add(dir);
-    if (entry.type === 'directory') dirsWithEntry.add(entry.path);
-  }
-  return { opaqueDirs, dirsWithEntry };
 }
 
 async function exists(path: string): Promise<boolean> {

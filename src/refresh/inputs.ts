@@ -7,6 +7,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { createHash, type Hash } from 'node:crypto';
 import { SpecError } from '../errors.js';
 import type { Digest } from '../image/digest.js';
+import { hostArchitecture } from '../image/platform.js';
 import { walkDirectory } from '../layer/directory.js';
 import type { TarEntry } from '../layer/tar.js';
 import type { BuildSpec } from '../spec/load.js';
@@ -21,7 +22,8 @@ export async function inputsHash(spec: BuildSpec, rawSpec: unknown): Promise<Dig
   record(hash, {
     layerFormat: LAYER_FORMAT_VERSION,
     spec: rawSpec,
-    architecture: spec.architecture,
+    // null (the base's) hashes as the host's, as it did before: the base is hashed apart, by its digest
+    architecture: spec.architecture ?? hostArchitecture(),
     sourceDateEpoch: process.env.SOURCE_DATE_EPOCH ?? null,
     runAsRoot: spec.runAsRoot,
     extraCommands: spec.extraCommands,

@@ -5,7 +5,6 @@ import { basename, dirname, resolve } from 'node:path';
 import type { z } from 'zod';
 import { SpecError } from '../errors.js';
 import { invalidRepositoryName, isValidTag } from '../image/names.js';
-import { hostArchitecture } from '../image/platform.js';
 import type { ContainerConfig } from '../image/config.js';
 import { specSchema, type ParsedSpec } from './schema.js';
 
@@ -26,7 +25,8 @@ export interface BuildSpec {
   readonly runAsRoot: string | null;
   readonly extraCommands: string;
   readonly config: ContainerConfig | null;
-  readonly architecture: string;
+  /** null: the base's (the host's for FROM scratch); see src/build/platform.ts */
+  readonly architecture: string | null;
   readonly diskSize: number;
   readonly buildVMMemorySize: number;
   /** an ISO-8601 time, or "now" */
@@ -144,7 +144,7 @@ function normalize(spec: ParsedSpec, specPath: string): BuildSpec {
     runAsRoot: spec.runAsRoot,
     extraCommands: spec.extraCommands,
     config: spec.config as ContainerConfig | null,
-    architecture: spec.architecture ?? hostArchitecture(),
+    architecture: spec.architecture ?? null,
     diskSize: spec.diskSize,
     buildVMMemorySize: spec.buildVMMemorySize,
     created: spec.created,

@@ -12,11 +12,22 @@ export interface VmDisk {
   readonly name?: string;
 }
 
-export async function createScratchDisk(path: string, sizeMiB: number, label = 'dockvm-scratch'): Promise<void> {
+export interface Ext4Options {
+  /** at least this many inodes (default: mkfs.ext4's ratio to the size) */
+  inodes?: number;
+  /** false: no journal, for a disk that is filled once and then only read (default true) */
+  journal?: boolean;
+}
+
+export async function createScratchDisk(path: string, sizeMiB: number, label = 'dockvm-scratch', ext4: Ext4Options = {}): Promise<void> {
   if (!Number.isInteger(sizeMiB) || sizeMiB < 8) throw new VmError(`scratch disk size must be a whole number of MiB, at least 8 (got ${sizeMiB})`);
   await qemuImgCreate(path, sizeMiB * 1024 * 1024, 'raw');
+  const extra = [
+    ...(ext4.inodes !== undefined ? ['-N', String(ext4.inodes)] : []),
+    ...(ext4.journal === false ? ['-O', '^has_journal'] : []),
+  ];
   try {
-    await execa('mkfs.ext4', ['-F', '-q', '-L', label, '-E', 'root_owner=0:0', path], {
+    await execa('mkfs.ext4', ['-F', '-q', '-L', label, '-E', 'root_owner=0:0', ...extra, path], {
       stdin: 'ignore',
       // mkfs.ext4 lives in /usr/sbin, which a normal user's PATH may lack
       env: { PATH: `${process.env.PATH ?? ''}:/usr/sbin:/sbin` },

@@ -6,10 +6,8 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { execa } from 'execa';
-import { MissingToolError } from '../errors.js';
 import { agentSourceHash, ensureAgent } from './agent-binary.js';
-import { guestTools } from './guest-tools.js';
+import { busyboxApplets, findBusybox, GUEST_SHELL_DIR, GUEST_TOOL_ENV, guestTools } from './guest-tools.js';
 import { type CpioEntry, writeCpio } from './cpio.js';
 import type { GuestKernel } from './kernel.js';
 import { GUEST_MODULES, type ModuleGroup, planModules } from './modules.js';
@@ -18,7 +16,10 @@ import { assetPath } from './paths.js';
 import { writeAtomically } from '../output.js';
 
 /** Bump when the layout below changes in a way the other inputs do not show. */
-export const INITRAMFS_RECIPE_VERSION = 2;
+export const INITRAMFS_RECIPE_VERSION = 3;
+
+/** Where the guest tools come from (doctor checks busybox). */
+export { findBusybox } from './guest-tools.js';
 
 /** What init mounts with one `mount -a`. */
 const FSTAB = [
@@ -54,23 +55,6 @@ export interface Initramfs {
   readonly built: boolean;
 }
 
-/** The static busybox to put in the guest: DOCKVM_BUSYBOX or busybox-static's /bin/busybox. */
-export async function findBusybox(env: NodeJS.ProcessEnv = process.env): Promise<{ path: string; data: Buffer }> {
-  const path = env.DOCKVM_BUSYBOX || '/bin/busybox';
-  const data = await readFile(path).catch(() => undefined);
-  if (data === undefined) throw new MissingToolError(`no busybox at ${path}; install busybox-static (apt-get install busybox-static)`);
-  // A dynamically linked busybox names its program interpreter; the initramfs has no libc for it.
-  if (data.includes('/lib64/ld-linux') || data.includes('/lib/ld-linux')) {
-    throw new MissingToolError(`${path} is dynamically linked; install busybox-static (apt-get install busybox-static)`);
-  }
-  return { path, data };
-}
-
-async function busyboxApplets(path: string): Promise<string[]> {
-  const { stdout } = await execa(path, ['--list-full'], { stdin: 'ignore' });
-  return stdout.split('\n').map((line) => line.trim()).filter((line) => line !== '' && !line.endsWith('/busybox'));
-}
-
 /** Where the initramfs for these inputs lives, and whether it is built, without building anything. */
 export async function planInitramfs(options: InitramfsOptions): Promise<{ path: string; hash: string; modules: string[]; cached: boolean }> {
   const inputs = await gatherInputs(options);
@@ -96,8 +80,8 @@ async function gatherInputs(options: InitramfsOptions) {
   part('agent', agentHash);
   part('busybox', busybox.data);
   for (const m of moduleFiles) part(`module:${m.name}:${m.groups.join(',')}`, m.data);
-  const tools = await guestTools(env);
-  for (const tool of tools) part(`tool:${tool.path}`, tool.data);
+  const tools = await guestTools(busybox, env);
+  for (const tool of tools) part(`tool:${tool.path}`, tool.type === 'file' ? tool.data : `-> ${tool.target}`);
   const digest = hash.digest('hex');
   const dir = join(cacheDir(env), 'initramfs');
   const path = join(dir, `${digest.slice(0, 32)}.cpio${compression === 'gzip' ? '.gz' : ''}`);
@@ -113,7 +97,7 @@ const found = new Map<string, Initramfs>();
 /** Find or build the initramfs for `kernel`. */
 export async function ensureInitramfs(options: InitramfsOptions): Promise<Initramfs> {
   const env = options.env ?? process.env;
-  const key = JSON.stringify([options.kernel, options.compression ?? 'none', options.modules ?? null, cacheDir(env), env.DOCKVM_BUSYBOX ?? '', env.DOCKVM_GNU_TAR ?? '']);
+  const key = JSON.stringify([options.kernel, options.compression ?? 'none', options.modules ?? null, cacheDir(env), ...GUEST_TOOL_ENV.map((name) => env[name] ?? '')]);
   const known = found.get(key);
   if (known && existsSync(known.path)) return { ...known, built: false };
   const result = await findOrBuild(options);
@@ -138,7 +122,8 @@ async function findOrBuild(options: InitramfsOptions): Promise<Initramfs> {
   entries.push({ path: 'etc/fstab', type: 'file', mode: 0o644, data: Buffer.from(FSTAB) });
   // the kernel opens /dev/console for init's stdio before init can mount devtmpfs
   entries.push({ path: 'dev/console', type: 'chardev', mode: 0o600, major: 5, minor: 1 });
-  entries.push({ path: 'bin/busybox', type: 'file', mode: 0o755, data: busybox.data });
+  // busybox itself lies in the bundled shell directory (guest-tools.ts), which the image sees too
+  entries.push({ path: 'bin/busybox', type: 'symlink', target: `/${GUEST_SHELL_DIR}/busybox` });
   entries.push({ path: 'bin/dockvm-agent', type: 'file', mode: 0o755, data: await readFile(agent.path) });
   for (const applet of await busyboxApplets(busybox.path)) {
     const rel = applet.replace(/^\/+/, '');
@@ -147,7 +132,7 @@ async function findOrBuild(options: InitramfsOptions): Promise<Initramfs> {
   }
   for (const tool of tools) {
     addDir(tool.path.split('/').slice(0, -1).join('/'));
-    entries.push({ path: tool.path, type: 'file', mode: tool.mode, data: tool.data });
+    entries.push(tool.type === 'file' ? { path: tool.path, type: 'file', mode: tool.mode, data: tool.data } : tool);
   }
   for (const m of moduleFiles) entries.push({ path: `lib/modules/${m.name}.ko`, type: 'file', mode: 0o644, data: m.data });
   entries.push({ path: 'lib/modules/modules.load', type: 'file', mode: 0o644, data: Buffer.from(moduleFiles.map((m) => `${m.name}.ko ${m.groups.join(',')}\n`).join('')) });

@@ -52,7 +52,7 @@ test('least recently used first, down to --max-size; a hit keeps an entry; --all
   const e1 = await entry(store, 'e1', 100_000, 5 * HOUR);
   const e2 = await entry(store, 'e2', 100_000, 4 * HOUR);
   const e3 = await entry(store, 'e3', 100_000, 3 * HOUR);
-  const sqfs = await file(join(cache, 'layers', `${'b'.repeat(64)}.sqfs`), 200_000, 2 * HOUR);
+  const sqfs = await file(join(cache, 'lowers', `${'b'.repeat(64)}.sqfs`), 200_000, 2 * HOUR);
   const gzipNote = await file(join(cache, 'push-gzip', 'zlib1.3-l3', 'c'.repeat(64)), 80, 1 * HOUR);
   const staleTemp = await file(join(cache, 'build-cache', 'layers', '.dead.tar.0123456789ab.tmp'), 10_000, 2 * HOUR);
   const freshTemp = await file(join(cache, 'build-cache', 'layers', '.busy.tar.0123456789ab.tmp'), 10_000, 0);
@@ -94,8 +94,8 @@ test('least recently used first, down to --max-size; a hit keeps an entry; --all
 
 test('DOCKVM_CACHE_MAX_SIZE is the default bound; files used in the last minutes are kept whatever the bound', async (t) => {
   const cache = join(await tempDir(t), 'cache');
-  const old = await file(join(cache, 'layers', `${'d'.repeat(64)}.sqfs`), 300_000, 3 * HOUR);
-  const recent = await file(join(cache, 'layers', `${'e'.repeat(64)}.sqfs`), 300_000, 60_000);
+  const old = await file(join(cache, 'lowers', `${'d'.repeat(64)}.sqfs`), 300_000, 3 * HOUR);
+  const recent = await file(join(cache, 'lowers', `${'e'.repeat(64)}.sqfs`), 300_000, 60_000);
   const run = await prune(cache, ['--json'], { DOCKVM_CACHE_MAX_SIZE: '100K' });
   t.is(run.exitCode, 0, run.stderr);
   t.like(JSON.parse(run.stdout), { maxSize: 100 * 1024, freedBytes: 300_000, keptBytes: 300_000 });

@@ -3,13 +3,16 @@
 # Disks are found by the serial the host gave them, never by /dev/vdX order (microvm's virtio-mmio
 # probes devices in reverse).
 #
-#   mount   lowers (squashfs, top first) + ext4 scratch (or a tmpfs) → overlay at /build/root; unpack copyToRoot
-#   run     the runAsRoot script (or, after "--", a command; with neither, a shell), chrooted in fresh
-#           mount/pid/uts/ipc namespaces, /proc /dev /sys mounted
-#   extra   unmount the overlay; extraCommands in the upper directory (the new layer's root)
+#   mount   lowers (squashfs, top first; ext4 for those in DOCKVM_EXT4_LOWERS) + ext4 scratch (or a
+#           tmpfs) → overlay at /build/root; unpack copyToRoot
+#   run     a command the host chose (the runAsRoot script with its interpreter, a shell, a command),
+#           chrooted in fresh mount/pid/uts/ipc namespaces, /proc /dev /sys and the bundled tools mounted
+#   extra   unmount the overlay; extraCommands (bash) in the upper directory (the new layer's root)
 #   pack    the upper directory as a tar written straight onto the output disk; prints its size
 #   newdirs the upper's directories the lowers lack (NUL-separated)
 #   merged  (export) the merged view of the lowers as a tar onto the output disk
+#   fill-lower  the lower of a layer with POSIX ACLs (which squashfs cannot hold): the layer in overlay
+#           form (the copy disk) unpacked onto an empty ext4 disk (the out disk), which the host caches
 #   unpack-reference  (benchmark only) the nixpkgs way instead of mount: layer tars unpacked in the guest
 #
 # Containerfile builds (src/executor/): a stage's layer steps in one boot, each step's changes its own layer.
@@ -24,6 +27,7 @@ set -eu
 B=/build
 R=$B/root
 GNU_TAR=/usr/lib/dockvm/tar  # put there by src/vm/guest-tools.ts
+TOOLS=/usr/lib/dockvm/shell  # the bundled bash and busybox (src/vm/guest-tools.ts), /.dockvm in the image
 # The xattrs of a layer include trusted.overlay.* (whiteout bookkeeping the host converts) and
 # security.capability (setcap); GNU tar stores only user.* unless told.
 TAR_XATTRS="--xattrs --xattrs-include=*"
@@ -56,7 +60,9 @@ step_mount() {
   i=0
   for serial in ${DOCKVM_LOWERS:-}; do
     mkdir -p $B/lower/$i
-    mount -t squashfs -o ro "$(disk "$serial")" $B/lower/$i
+    fstype=squashfs
+    case " ${DOCKVM_EXT4_LOWERS:-} " in *" $serial "*) fstype=ext4 ;; esac
+    mount -t $fstype -o ro "$(disk "$serial")" $B/lower/$i
     i=$((i + 1))
   done
   lowerdirs=$(lowerdir_list)
@@ -117,33 +123,51 @@ report_oom() {
   [ "${kills:-0}" = 0 ] || echo "dockvm-oom-kills=$kills" >&2
 }
 
+# The launcher (run by the bundled bash, in POSIX mode so that it reads no startup file, inside the
+# image, as root, in the environment the command gets): runs the first of the host's alternatives whose
+# program the image has, never one after a program that exists but fails to execute (a binary of another
+# platform is reported, not replaced). Arguments: alternatives, each NOTICE COUNT PROGRAM ARG… (COUNT:
+# how many words PROGRAM ARG… are; NOTICE, unless "-", is printed on stderr when it is chosen). The last
+# one runs whether its program exists or not, so a missing one is reported by exec. PROGRAM without a
+# "/" is found in PATH. Test builtins only, no fork: this runs once per command, before it.
+# (Single-quoted: no apostrophes in it, comments included.)
+LAUNCH='
+shopt -s execfail
+unset PWD OLDPWD
+# An image without a shell of its own gets the bundled utilities, after its own programs.
+[ -e /bin/sh ] || [ -e /bin/bash ] || export PATH="${PATH:+$PATH:}/.dockvm"
+while [ $# -gt 0 ]; do
+  notice=$1 count=$2
+  shift 2
+  argv=("${@:1:count}")
+  shift "$count"
+  if [ $# -gt 0 ]; then
+    case ${argv[0]} in /*) [ -e "${argv[0]}" ] || continue ;; esac
+  fi
+  [ "$notice" = - ] || printf "%s\n" "$notice" >&2
+  exec "${argv[@]}"
+  status=$?
+  # The host recognises this line (src/build/interpreter.ts).
+  printf "dockvm: cannot execute %s in the image (exit %s)\n" "${argv[0]}" "$status" >&2
+  exit "$status"
+done
+exit 127
+'
+
 step_run() {
   : > $B/created
-  for d in proc sys dev; do make_mount_point $d; done
+  # .dockvm: where the bundled tools are mounted (src/vm/guest-tools.ts)
+  for d in proc sys dev .dockvm; do make_mount_point $d; done
   # With network (init wrote the guest's resolv.conf), a mount point for it unless the image has one.
   if [ -f /etc/resolv.conf ] && [ -d "$R/etc" ] && [ ! -e "$R/etc/resolv.conf" ] && [ ! -L "$R/etc/resolv.conf" ]; then
     : > "$R/etc/resolv.conf"
     echo etc/resolv.conf >> $B/created
   fi
-  shell=/bin/sh
-  extra_path=""
-  if ! chroot $R /bin/sh -c true 2>/dev/null; then
-    # No usable shell in the image (FROM scratch): a bundled busybox, mounted from outside the layer.
-    make_mount_point .dockvm
-    mkdir -p /run/dockvm-shell
-    if [ ! -e /run/dockvm-shell/sh ]; then
-      cp /bin/busybox /run/dockvm-shell/busybox
-      # relative links: inside the chroot this directory is /.dockvm
-      for applet in $(/bin/busybox --list); do [ "$applet" = busybox ] || ln -s busybox "/run/dockvm-shell/$applet"; done
-    fi
-    shell=/.dockvm/sh
-    extra_path=:/.dockvm
-  fi
   limit_memory
   set +e
-  # The script's environment comes as arguments (NAME=VALUE…); PATH gets the bundled shell's applets
-  # when the image has no shell of its own.
-  DOCKVM_EXTRA_PATH=$extra_path DOCKVM_SHELL=$shell unshare --mount --uts --ipc --pid --fork --propagation private \
+  # The command's environment and what runs come as arguments (NAME=VALUE… -- ALTERNATIVES…, see LAUNCH);
+  # a script to run (DOCKVM_SCRIPT) is written to /dev/pipes/$DOCKVM_SCRIPT_NAME, on the /dev of this run.
+  DOCKVM_LAUNCH=$LAUNCH DOCKVM_TOOLS=$TOOLS unshare --mount --uts --ipc --pid --fork --propagation private \
     /bin/sh -c '
       # (This script is single-quoted: no apostrophes in it, comments included.)
       set -e
@@ -157,44 +181,36 @@ step_run() {
       mknod -m 666 "$R/dev/random" c 1 8
       mknod -m 666 "$R/dev/urandom" c 1 9
       mknod -m 666 "$R/dev/tty" c 5 0
-      mkdir "$R/dev/pts" "$R/dev/shm"
+      mkdir "$R/dev/pts" "$R/dev/shm" "$R/dev/pipes"
       mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts "$R/dev/pts"
       ln -s pts/ptmx "$R/dev/ptmx"
       ln -s /proc/self/fd "$R/dev/fd"
       ln -s /proc/self/fd/0 "$R/dev/stdin"; ln -s /proc/self/fd/1 "$R/dev/stdout"; ln -s /proc/self/fd/2 "$R/dev/stderr"
       mount -t tmpfs -o mode=1777,nosuid,nodev shm "$R/dev/shm"
-      [ "$DOCKVM_SHELL" = /bin/sh ] || mount --bind /run/dockvm-shell "$R/.dockvm"
+      [ -z "${DOCKVM_SCRIPT_NAME:-}" ] || printf "%s" "$DOCKVM_SCRIPT" > "$R/dev/pipes/$DOCKVM_SCRIPT_NAME"
+      # read-only: a command cannot change the tools the next one gets (busybox mount needs the remount)
+      mount --bind "$DOCKVM_TOOLS" "$R/.dockvm"
+      mount -o remount,bind,ro "$R/.dockvm"
       # With network, the image resolves names through the DNS forwarder of QEMU, as Docker bind-mounts its
       # resolv.conf (over the one of the image, or over the mount point step_run made and removes).
       if [ -f /etc/resolv.conf ] && [ -f "$R/etc/resolv.conf" ] && [ ! -L "$R/etc/resolv.conf" ]; then
         mount --bind /etc/resolv.conf "$R/etc/resolv.conf"
       fi
       hostname dockvm
-      # Arguments: NAME=VALUE… [-- COMMAND…]. Rebuilt as: NAME=VALUE… busybox chroot ROOT COMMAND…,
-      # PATH extended by the bundled applets when the image has no shell of its own.
+      # Rebuilt as: NAME=VALUE… busybox chroot ROOT BUNDLED-BASH -c LAUNCH dockvm ALTERNATIVES… (busybox
+      # chroot also changes to "/"; the program it starts has a "/", so no applet stands in for it).
       n=$#
       after=0
-      commands=0
       while [ "$n" -gt 0 ]; do
         a=$1; shift; n=$((n - 1))
         if [ $after = 0 ] && [ "$a" = -- ]; then
           after=1
-          set -- "$@" /bin/busybox chroot "$R"
+          set -- "$@" /bin/busybox chroot "$R" /.dockvm/bash --posix -c "$DOCKVM_LAUNCH" dockvm
           continue
-        fi
-        if [ $after = 0 ]; then
-          case "$a" in PATH=*) a="$a$DOCKVM_EXTRA_PATH" ;; esac
-        else
-          commands=$((commands + 1))
         fi
         set -- "$@" "$a"
       done
-      [ $after = 1 ] || set -- "$@" /bin/busybox chroot "$R"
-      # No command: the runAsRoot script (sh -e -c, like a Dockerfile RUN), or an interactive shell.
-      if [ $commands = 0 ]; then
-        if [ -n "${DOCKVM_SCRIPT:-}" ]; then set -- "$@" "$DOCKVM_SHELL" -e -c "$DOCKVM_SCRIPT"; else set -- "$@" "$DOCKVM_SHELL"; fi
-      fi
-      # env -i first (the image may have no env of its own); busybox chroot also changes to "/".
+      # env -i first (the image may have no env of its own).
       # On a terminal (dockvm shell), a session of its own in this pid namespace whose controlling
       # terminal is the pty: job control works, and the shell can hand the terminal back when it exits.
       [ -t 0 ] && exec /bin/busybox setsid -c env -i "$@"
@@ -203,7 +219,7 @@ step_run() {
   status=$?
   set -e
   report_oom
-  # The namespace died with the script, and its mounts with it; now remove the mount points.
+  # The namespace died with the command, and its mounts with it; now remove the mount points.
   sort -r $B/created | while read -r d; do
     if [ -d "$R/$d" ]; then rmdir "$R/$d" 2>/dev/null || true; else rm -f "$R/$d"; fi
   done
@@ -213,7 +229,8 @@ step_run() {
 step_extra() {
   umount $R
   cd $B/scratch/upper
-  sh -e -c "$DOCKVM_EXTRA"
+  # bash, as nixpkgs runs extraCommands
+  "$TOOLS/bash" -e -c "$DOCKVM_EXTRA" extraCommands
 }
 
 pack() {
@@ -249,6 +266,19 @@ step_newdirs() {
   cd $B/scratch/upper
   find . -mindepth 1 -type d -exec sh -c 'for d; do [ -d "/build/lowers/$d" ] || printf "%s\0" "${d#./}"; done' dockvm-newdirs {} +
   umount $B/lowers
+}
+
+step_fill_lower() {
+  mkdir -p $B/fill
+  mount -t ext4 -o noatime "$(disk "$DOCKVM_OUT")" $B/fill
+  rmdir $B/fill/lost+found
+  # GNU tar only warns when the kernel refuses an xattr (a malformed ACL, an ACL on a symlink): the
+  # lower would silently lack it, so any message fails the step.
+  # shellcheck disable=SC2086
+  "$GNU_TAR" -C $B/fill $TAR_XATTRS --same-owner --numeric-owner --same-permissions -xf "$(disk "$DOCKVM_COPY")" 2> $B/fill.err ||
+    { cat $B/fill.err >&2; exit 71; }
+  if [ -s $B/fill.err ]; then cat $B/fill.err >&2; exit 71; fi
+  umount $B/fill
 }
 
 # For scripts/bench-run-as-root.ts only, the reference dockvm is measured against: what nixpkgs'
@@ -697,5 +727,6 @@ case "$step" in
   workdir-step) step_workdir_step ;;
   secret) step_secret "$1" ;;
   commit) step_commit ;;
+  fill-lower) step_fill_lower ;;
   *) die "unknown step $step" ;;
 esac
