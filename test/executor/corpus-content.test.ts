@@ -14,11 +14,12 @@ import { openImage } from '../../src/transport/open.js';
 import type { Seen } from '../helpers/filesystem.js';
 import { runDockvm } from '../helpers/peers.js';
 import { qemuCounter } from '../helpers/qemu-counter.js';
-import { fixtureContext, flattenedListing, imageConfig } from './peer-build.js';
+import { fixtureContext, flattenedListing, imageConfig, prepareFixtureLowers } from './peer-build.js';
 
 const corpus = fileURLToPath(new URL('../containerfiles/', import.meta.url));
 const contexts = fileURLToPath(new URL('./contexts/', import.meta.url));
 const scratch = mkdtempSync(join(tmpdir(), 'dockvm-corpus-content-'));
+test.before(prepareFixtureLowers);
 test.after.always(() => rmSync(scratch, { recursive: true, force: true }));
 
 /** A flattened image's files, and each layer's paths and bytes. */

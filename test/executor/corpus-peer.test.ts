@@ -15,20 +15,25 @@ import { fileURLToPath } from 'node:url';
 import { runDockvm } from '../helpers/peers.js';
 import { needs } from '../helpers/prerequisites.js';
 import { qemuCounter } from '../helpers/qemu-counter.js';
-import { BuildahStore, buildahStub, buildahUsable, comparableConfig, filesystemDifferences, fixtureContext, flattenedListing, imageConfig } from './peer-build.js';
+import { BuildahStore, buildahStub, buildahUsable, comparableConfig, filesystemDifferences, fixtureContext, flattenedListing, imageConfig, prepareFixtureLowers } from './peer-build.js';
 
 const corpus = fileURLToPath(new URL('../containerfiles/', import.meta.url));
 const contexts = fileURLToPath(new URL('./contexts/', import.meta.url));
 
 const scratch = mkdtempSync(join(tmpdir(), 'dockvm-corpus-peer-'));
-test.after.always(() => rmSync(scratch, { recursive: true, force: true }));
 let store: Promise<BuildahStore> | undefined;
 const buildah = () => (store ??= BuildahStore.create(join(scratch, 'buildah')));
+test.before(prepareFixtureLowers);
+test.after.always(async () => {
+  await (await store?.catch(() => undefined))?.remove();
+  rmSync(scratch, { recursive: true, force: true });
+});
 
-const cases: [name: string, dir: string, stages: number][] = [
+// [name, context, stages (VM boots), buildah --layers (see BuildahStore.build)]
+const cases: [name: string, dir: string, stages: number, layers?: boolean][] = [
   ['deletes', join(corpus, 'deletes'), 1],
   ['opaque', join(corpus, 'opaque'), 1],
-  ['special-files', join(corpus, 'special-files'), 1],
+  ['special-files', join(corpus, 'special-files'), 1, true],
   ['multistage-chown', join(corpus, 'multistage-chown'), 2],
   ['dockerignore', join(corpus, 'dockerignore'), 1],
   ['metadata', join(corpus, 'metadata'), 1],
@@ -38,7 +43,7 @@ const cases: [name: string, dir: string, stages: number][] = [
   ['scratch (a final stage FROM scratch)', join(contexts, 'scratch'), 1],
 ];
 
-for (const [name, dir, stages] of cases) {
+for (const [name, dir, stages, layers] of cases) {
   needs(buildahUsable(), 'buildah is not installed or this is not root (scripts/setup installs it; buildah bud --isolation chroot needs root)', test.serial)(
     `${name}: dockvm build gives buildah's filesystem and config`,
     async (t) => {
@@ -48,7 +53,7 @@ for (const [name, dir, stages] of cases) {
       const run = await runDockvm(['build', '--build-context', fixtureContext(), '-t', tag, '-o', ours, dir], { env: qemu.env });
       t.is(run.exitCode, 0, run.stderr);
       t.is(qemu.boots(), stages, 'one VM boot per stage');
-      const theirs = await (await buildah()).build(dir, tag, join(scratch, `${name}.buildah.tar`));
+      const theirs = await (await buildah()).build(dir, tag, join(scratch, `${name}.buildah.tar`), { layers: layers === true });
 
       const [a, b] = [await flattenedListing(ours, scratch), await flattenedListing(theirs, scratch)];
       t.true(a.size > (name.startsWith('scratch') ? 5 : 1000), 'the flattened image holds what was built (the whole Debian filesystem over a Debian base)');
