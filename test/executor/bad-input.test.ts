@@ -29,19 +29,25 @@ function alive(pid: number): boolean {
   }
 }
 
-const cases: [title: string, containerfile: string, error: RegExp][] = [
+const cases: [title: string, containerfile: string, error: RegExp, args?: string[]][] = [
   ['a missing stage', `FROM ${DEBIAN_BASE_REPO_TAG} AS build\nRUN true\nFROM ${DEBIAN_BASE_REPO_TAG}\nCOPY --from=biuld /x /x\n`, /Containerfile:4: .*--from=biuld: no stage is named "biuld" \(did you mean "build"\?/],
   ['a COPY outside the context', `FROM ${DEBIAN_BASE_REPO_TAG}\nCOPY ../secret.txt /x\n`, /Containerfile:2: .*"\.\.\/secret\.txt" is outside the build context/],
   ['an ARG used in FROM without a value', `ARG BASE\nFROM $BASE\nRUN true\n`, /Containerfile:2: .*\$BASE in "\$BASE" has no value: declare it with a default before the first FROM \(ARG BASE=…\) or pass --build-arg BASE=…/],
   ['an unknown instruction', `FROM ${DEBIAN_BASE_REPO_TAG}\nRUNN true\n`, /Containerfile:2:1: unknown instruction: RUNN \(one of FROM, RUN/],
+  [
+    'a platform the build VM cannot run',
+    `FROM ${DEBIAN_BASE_REPO_TAG}\nRUN true\n`,
+    /Containerfile:2: RUN true: building linux\/arm64 steps \(this host's build VM is linux\/amd64\) is not supported yet by dockvm build/,
+    ['--platform', 'linux/arm64'],
+  ],
 ];
 
-for (const [title, containerfile, error] of cases) {
+for (const [title, containerfile, error, args = []] of cases) {
   test(`${title}: one error naming it, exit 1, nothing written, no VM`, async (t) => {
     const dir = context(t, containerfile, { 'secret.txt': 'outside\n' });
     const qemu = await qemuCounter(t);
     const out = join(dir, 'out.tar');
-    const run = await runDockvm(['build', '--build-context', base(), '-t', 'localhost/dockvm-test/bad:1', '-o', out, join(dir, 'ctx')], { env: qemu.env });
+    const run = await runDockvm(['build', '--build-context', base(), '-t', 'localhost/dockvm-test/bad:1', '-o', out, ...args, join(dir, 'ctx')], { env: qemu.env });
     t.is(run.exitCode, 1, run.stderr);
     t.regex(run.stderr, error);
     t.is(run.stderr.trim().split('\n').filter((line) => line.startsWith('dockvm: ')).length, 1, 'one error line');
