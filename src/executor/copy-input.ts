@@ -24,8 +24,7 @@ export async function writeItemsTar(items: AsyncIterable<CopyItem>, options: { c
       const entry: TarEntry = { ...item.entry, path: item.target };
       if (options.chmod !== undefined && entry.type !== 'symlink' && entry.type !== 'link') entry.mode = options.chmod;
       if (entry.mtime > options.clampMtime) entry.mtime = options.clampMtime;
-      const body = entry.type === 'file' && entry.size > 0 && item.content ? await item.content() : undefined;
-      await writer.add(entry, entry.type === 'file' && entry.size === 0 ? Buffer.alloc(0) : body);
+      await writer.add(entry, entry.type === 'file' && entry.size > 0 && item.content ? await item.content() : undefined);
     }
     writer.finish();
   } catch (err) {

@@ -128,13 +128,13 @@ class PlanRun {
     this.options.onEvent?.(event);
   }
 
-  #label(index: number, stage: Stage): string {
+  #label(stage: Stage): string {
     if (this.plan.stages.length === 1) return '';
     return `${stage.name ?? `stage-${stage.index}`} `;
   }
 
   async stage(index: number, stage: Stage): Promise<StageImage> {
-    const label = this.#label(index, stage);
+    const label = this.#label(stage);
     const total = 1 + stage.steps.filter((s) => s.kind !== 'config').length;
     const base = await this.#base(stage);
     const fromId = ++this.#vertex;

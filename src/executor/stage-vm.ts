@@ -70,7 +70,8 @@ export async function buildStageInVm(options: StageVmOptions): Promise<LayerFile
   const scratch = join(tmp, 'stage-scratch.ext4');
   const out = join(tmp, 'stage-out.disk');
   await createScratchDisk(scratch, options.diskMiB);
-  await qemuImgCreate(out, (options.diskMiB + 64) * 1024 * 1024, 'raw');
+  // every step's packed upper, one after another: at most the scratch disk's contents, twice over (sparse)
+  await qemuImgCreate(out, 2 * options.diskMiB * 1024 * 1024, 'raw');
   const network = jobs.some((job) => job.kind === 'run' && job.network === 'default');
   const signal = options.signal;
 

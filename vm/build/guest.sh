@@ -669,8 +669,8 @@ step_run_step() {
 
 # After a step: its upper becomes a layer. Unmounted, packed (as step_pack packs, whiteout devices and
 # opaque xattrs included) onto the output disk at the next free MiB, its new directories listed; then
-# it becomes the top lower under a fresh upper. Prints dockvm-tar-offset=, dockvm-tar-bytes=,
-# dockvm-upper-kib=, a line "--", then the new directories (the ones the lowers lack), NUL-separated.
+# it becomes the top lower under a fresh upper. Prints dockvm-tar-offset=, dockvm-tar-bytes=, a line
+# "--", then the new directories (the ones the lowers lack), NUL-separated.
 step_commit() {
   umount $R
   count=$(cat $S/count)
@@ -687,7 +687,6 @@ step_commit() {
   bytes=$(sed -n 's/^Total bytes written: \([0-9]*\).*/\1/p' $B/tar.err)
   echo "dockvm-tar-offset=$((offset * 1048576))"
   echo "dockvm-tar-bytes=$bytes"
-  echo "dockvm-upper-kib=$(du -sk $upper | cut -f1)"
   echo "$((offset + bytes / 1048576 + 1))" > $S/offset
   echo --
   cd $upper
