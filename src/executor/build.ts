@@ -56,8 +56,8 @@ export interface BuildResult {
   imageId: string;
   /** the manifest's digest, when pushed */
   manifestDigest?: string;
-  /** each layer's diff_id and its blob (digest, size, media type) */
-  layers: { diffId: string; digest: string; size: number; mediaType: string }[];
+  /** each layer's diff_id and, where the build has it at hand, the size of its uncompressed tar */
+  layers: { diffId: string; size?: number }[];
   steps: StepReport[];
   vmBoots: number;
   warnings: string[];
@@ -106,7 +106,7 @@ export async function buildContainerfile(options: BuildOptions): Promise<BuildRe
         output,
         imageId: image.configDigest,
         ...(manifestDigest ? { manifestDigest } : {}),
-        layers: await Promise.all(image.layers.map(async (layer) => ({ diffId: layer.diffId, ...(await layer.blob()) }))),
+        layers: await Promise.all(image.layers.map(layerReport)),
         steps: result.steps,
         vmBoots: result.vmBoots,
         warnings: plan.warnings,
@@ -124,6 +124,12 @@ function registryHost(ref: string): string {
   } catch {
     return ref.slice('docker://'.length).split('/')[0]!;
   }
+}
+
+/** A layer for the result, without hashing it again (its blob's digest would read a base's whole tar). */
+async function layerReport(layer: Image['layers'][number]): Promise<{ diffId: string; size?: number }> {
+  const local = await layer.localTar?.();
+  return local ? { diffId: layer.diffId, size: local.size } : { diffId: layer.diffId };
 }
 
 function normalizeTag(tag: string): string {
