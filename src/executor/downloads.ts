@@ -23,9 +23,9 @@ export async function download(url: UrlSource, dir: string, index: number): Prom
   try {
     response = await fetch(url.url, { redirect: 'follow' });
   } catch (err) {
-    throw new BuildStepError(`ADD ${url.url}: cannot download it (${(err as Error).message})`, { cause: err });
+    throw new BuildStepError(`cannot download ${url.url} (${(err as Error).message})`, { cause: err });
   }
-  if (!response.ok || !response.body) throw new BuildStepError(`ADD ${url.url}: the server answered ${response.status} ${response.statusText}`);
+  if (!response.ok || !response.body) throw new BuildStepError(`cannot download ${url.url}: the server answered ${response.status} ${response.statusText}`);
   const algorithm = url.checksum ? url.checksum.slice(0, url.checksum.indexOf(':')) : 'sha256';
   const hash = createHash(algorithm);
   const sha = createHash('sha256');
@@ -42,7 +42,7 @@ export async function download(url: UrlSource, dir: string, index: number): Prom
   await pipeline(Readable.fromWeb(response.body as WebReadableStream<Uint8Array>), count, createWriteStream(path, { mode: 0o600 }));
   const got = `${algorithm}:${hash.digest('hex')}`;
   if (url.checksum && got !== url.checksum) {
-    throw new BuildStepError(`ADD ${url.url}: the download does not match --checksum: expected ${url.checksum}, got ${got}`);
+    throw new BuildStepError(`the download of ${url.url} does not match --checksum: expected ${url.checksum}, got ${got}`);
   }
   const lastModified = Date.parse(response.headers.get('last-modified') ?? '');
   return {

@@ -1,6 +1,8 @@
 // dockvm build's bad input (issue 10): one clear error naming the thing, exit 1 (2 for usage), nothing
 // written, no QEMU left running. Only the failing RUN boots a VM; its QEMU must be gone afterwards.
 import test from 'ava';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -83,5 +85,21 @@ test('a required secret that is not given is named, with the flag that gives it'
   const run = await runDockvm(['build', '--build-context', base(), '-o', join(dir, 'out.tar'), join(dir, 'ctx')], { env: qemu.env });
   t.is(run.exitCode, 1);
   t.regex(run.stderr, /Containerfile:2: RUN cat \/run\/secrets\/npmrc: --mount=type=secret,id=npmrc needs the secret: pass --secret id=npmrc,src=PATH/);
+  t.is(qemu.boots(), 0);
+});
+
+test('ADD of a URL whose download does not match --checksum: both digests named, nothing written, no VM', async (t) => {
+  const server = createServer((_request, response) => void response.writeHead(200).end('not what was pinned\n'));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => server.close());
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/tool.txt`;
+  const pinned = `sha256:${'0'.repeat(64)}`;
+  const dir = context(t, `FROM ${DEBIAN_BASE_REPO_TAG}\nADD --checksum=${pinned} ${url} /opt/\n`);
+  const qemu = await qemuCounter(t);
+  const out = join(dir, 'out.tar');
+  const run = await runDockvm(['build', '--build-context', base(), '-o', out, join(dir, 'ctx')], { env: qemu.env });
+  t.is(run.exitCode, 1, run.stderr);
+  t.true(run.stderr.includes(`Containerfile:2: ADD ${url} /opt/: the download of ${url} does not match --checksum: expected ${pinned}, got sha256:`), run.stderr);
+  t.false(existsSync(out));
   t.is(qemu.boots(), 0);
 });
