@@ -272,7 +272,7 @@ async function packAlone(baseArchive: string, mib: number, ways: readonly PackWa
       const times = new Map<PackWay, number>();
       await withBuildVm({ lowers, scratch, out }, {}, async (vm) => {
         await vm.mustStep('mount');
-        await vm.mustStep('run', { args: scriptEnvironment(base.config.config?.Env, {}), env: { DOCKVM_SCRIPT: `dd if=/dev/zero of=/big bs=1M count=${mib} status=none` } });
+        await vm.mustStep('run', runStep(scriptEnvironment(base.config.config?.Env, {}), scriptLaunch(`dd if=/dev/zero of=/big bs=1M count=${mib} status=none`)));
         const newDirs = await newDirectories(vm);
         for (const way of ways) {
           // the host reads the output disk while the VM runs: the pack step synced it (upper-manifest.c, GNU tar's close)
