@@ -7,7 +7,9 @@
  * The same file, run on the host as `agent bridge-vsock CID PORT`, relays stdin/stdout to a guest's
  * vsock port, because Node.js cannot open AF_VSOCK sockets.
  *
- * Built with: gcc -static -Os -o agent agent.c
+ * Also run by guest.sh as `dockvm-agent upper-manifest …` (vm/upper-manifest.c).
+ *
+ * Built with: gcc -static -Os -o agent agent.c upper-manifest.c
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -22,12 +24,14 @@
 #include <termios.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <linux/loop.h>
 #include <linux/vm_sockets.h>
 #include <grp.h>
 
@@ -540,6 +544,105 @@ static int insmod_all(int count, char **files) {
   return failed;
 }
 
+/* ---- mount-lowers -------------------------------------------------------------------------- */
+
+/* The /dev node of the virtio-blk disk with this serial (/sys/block/vdX/serial), into dev; 0 if none. */
+static int disk_by_serial(const char *serial, char *dev, size_t size) {
+  DIR *d = opendir("/sys/block");
+  struct dirent *e;
+  int found = 0;
+  while (d && !found && (e = readdir(d))) {
+    if (strncmp(e->d_name, "vd", 2) != 0) continue;
+    char path[300], got[64] = "";
+    snprintf(path, sizeof path, "/sys/block/%s/serial", e->d_name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    ssize_t n = read(fd, got, sizeof got - 1);
+    close(fd);
+    got[n > 0 ? n : 0] = 0;
+    got[strcspn(got, "\n")] = 0;
+    if (strcmp(got, serial) == 0) { snprintf(dev, size, "/dev/%s", e->d_name); found = 1; }
+  }
+  if (d) closedir(d);
+  return found;
+}
+
+/* A loop device over SIZE bytes at OFFSET of the open disk `backing`, read-only: its open fd (-1 on
+ * error), to be closed once mounted (AUTOCLEAR: it goes away with its last user, which is then the
+ * mount). Direct I/O: the disk's blocks are not cached twice, once for the disk and once for the loop
+ * device (measured here under TCG: reading 30 MB of files through it took 15 % less time). */
+static int loop_over(int control, int backing, unsigned long long offset, unsigned long long size, char *dev, size_t dev_size) {
+  int n = ioctl(control, LOOP_CTL_GET_FREE);
+  if (n < 0) return -1;
+  snprintf(dev, dev_size, "/dev/loop%d", n);
+  int fd = open(dev, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  struct loop_config config = { .fd = (unsigned)backing };
+  config.info.lo_offset = offset;
+  config.info.lo_sizelimit = size;
+  config.info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO;
+  if (ioctl(fd, LOOP_CONFIGURE, &config)) {
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return -1;
+  }
+  return fd;
+}
+
+/* `agent mount-lowers DIR FSTYPE:SERIAL[@OFFSET+SIZE]...`: mount lower i read-only at DIR/i, all from one
+ * process (a `mount` per lower from guest.sh would fork+exec busybox once each: seconds for a hundred
+ * layers under TCG). SERIAL names a virtio-blk disk; with @OFFSET+SIZE the lower is that byte range of
+ * it, through a loop device: many layer images share one disk (microvm has 24 virtio transports). */
+static int mount_lowers(const char *dir, int count, char **specs) {
+  int control = -1, backing = -1;
+  char serial[64], last_serial[64] = "", disk[300] = "";
+  if (mkdir(dir, 0755) && errno != EEXIST) { fprintf(stderr, "dockvm-agent: mkdir %s: %s\n", dir, strerror(errno)); return 1; }
+  for (int i = 0; i < count; i++) {
+    char fstype[32], dev[300], target[4200], extra;
+    unsigned long long offset = 0, size = 0;
+    const char *colon = strchr(specs[i], ':');
+    const char *at = colon ? strchr(colon, '@') : NULL;
+    size_t type_len = colon ? (size_t)(colon - specs[i]) : 0;
+    size_t serial_len = colon ? (at ? (size_t)(at - colon - 1) : strlen(colon + 1)) : 0;
+    if (!colon || type_len == 0 || type_len >= sizeof fstype || serial_len == 0 || serial_len >= sizeof serial ||
+        (at && sscanf(at, "@%llu+%llu%c", &offset, &size, &extra) != 2)) {
+      fprintf(stderr, "dockvm-agent: mount-lowers: bad lower %s (want FSTYPE:SERIAL or FSTYPE:SERIAL@OFFSET+SIZE)\n", specs[i]);
+      return 2;
+    }
+    memcpy(fstype, specs[i], type_len);
+    fstype[type_len] = 0;
+    memcpy(serial, colon + 1, serial_len);
+    serial[serial_len] = 0;
+    if (strcmp(serial, last_serial) != 0) {
+      /* lowers sharing a disk come one after another: look each disk up once */
+      if (!disk_by_serial(serial, disk, sizeof disk)) { fprintf(stderr, "dockvm-agent: lower %d (%s): no disk with serial %s\n", i, specs[i], serial); return 1; }
+      snprintf(last_serial, sizeof last_serial, "%s", serial);
+      if (backing >= 0) close(backing);
+      backing = -1;
+    }
+    snprintf(dev, sizeof dev, "%s", disk);
+    int loop = -1;
+    if (at) {
+      if (backing < 0) backing = open(disk, O_RDONLY | O_CLOEXEC);
+      if (control < 0) control = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+      if (backing < 0 || control < 0 || (loop = loop_over(control, backing, offset, size, dev, sizeof dev)) < 0) {
+        fprintf(stderr, "dockvm-agent: lower %d (%s): a loop device over %s: %s\n", i, specs[i], disk, strerror(errno));
+        return 1;
+      }
+    }
+    snprintf(target, sizeof target, "%s/%d", dir, i);
+    if ((mkdir(target, 0755) && errno != EEXIST) || mount(dev, target, fstype, MS_RDONLY, NULL)) {
+      fprintf(stderr, "dockvm-agent: lower %d (%s): mount %s on %s: %s\n", i, specs[i], dev, target, strerror(errno));
+      return 1;
+    }
+    if (loop >= 0) close(loop);
+  }
+  return 0;
+}
+
+int upper_manifest(int argc, char **argv); /* vm/upper-manifest.c */
+
 /* `agent as-user UID GID GROUPS DIR COMMAND...`: become a Containerfile RUN step's process. Run chrooted
  * (the agent is static, so it works in any image): set the supplementary groups (GROUPS: comma-separated
  * gids, "-" for none), the gid and the uid (guest.sh resolved USER's names in the image's /etc/passwd and
@@ -574,6 +677,8 @@ static int as_user(int argc, char **argv) {
 int main(int argc, char **argv) {
   if (argc >= 2 && strcmp(argv[1], "insmod") == 0) return insmod_all(argc - 2, argv + 2);
   if (argc >= 2 && strcmp(argv[1], "as-user") == 0) return as_user(argc - 2, argv + 2);
+  if (argc >= 3 && strcmp(argv[1], "mount-lowers") == 0) return mount_lowers(argv[2], argc - 3, argv + 3);
+  if (argc >= 2 && strcmp(argv[1], "upper-manifest") == 0) return upper_manifest(argc - 2, argv + 2);
   if (argc == 4 && strcmp(argv[1], "bridge-vsock") == 0)
     return bridge_vsock((unsigned)strtoul(argv[2], NULL, 10), (unsigned)strtoul(argv[3], NULL, 10));
 

@@ -1,16 +1,23 @@
-// The build VM: an image's layers mounted as overlay lowers (src/build/lowers.ts), plus the disks a step
-// needs, and the guest side (vm/build/guest.sh) run one step at a time through the agent. run-as-root,
-// export --engine vm and shell all stand on it. Disks are named by virtio serial, so the guest never
-// guesses /dev/vdX.
+// The build VM: an image's layers mounted as read-only overlay lowers (src/build/lowers.ts), plus the
+// disks a step needs, and the guest side (vm/build/guest.sh) run one step at a time through the agent.
+// run-as-root, export --engine vm and shell all stand on it. Disks are named by virtio serial, so the
+// guest never guesses /dev/vdX.
 import { readFile } from 'node:fs/promises';
-import { DockvmError, VmError, stderrTail } from '../errors.js';
+import { DockvmError, UsageError, VmError, stderrTail } from '../errors.js';
 import { assetPath } from '../vm/paths.js';
 import type { Readable } from 'node:stream';
-import { startVm, type RunningCommand, type Vm, type VmDisk } from '../vm/index.js';
+import { partsOf, startVm, type RunningCommand, type Vm, type VmDisk } from '../vm/index.js';
+
+/** A read-only filesystem image the guest mounts as one overlay lower. */
+export interface LowerImage {
+  readonly path: string;
+  /** its filesystem type, as the guest kernel names it (mount -t) */
+  readonly fsType: string;
+}
 
 export interface BuildVmDisks {
-  /** images of the lowers, bottom layer first (src/build/lowers.ts): squashfs, or ext4 when named *.ext4 */
-  lowers: readonly string[];
+  /** the lowers, bottom layer first (src/build/lowers.ts): squashfs, or ext4 for layers with POSIX ACLs */
+  lowers: readonly LowerImage[];
   /** ext4 scratch disk holding the overlay's upper and work dirs */
   scratch?: string;
   /** a tar to unpack over the root before anything runs (copyToRoot) */
@@ -20,6 +27,21 @@ export interface BuildVmDisks {
   /** a raw disk of tars the guest reads by offset (a Containerfile's COPY inputs: src/executor/) */
   inputs?: string;
 }
+
+/**
+ * The most layers a build VM stacks: Docker's overlay2 limit, so that any image Docker runs works here
+ * too; tested at this count. Well inside overlayfs' own limits: 500 lowers, and a lowerdir option of
+ * one page (guest.sh mounts lowers at /l/N: the option for 128 of them is 785 bytes).
+ */
+export const MAX_LOWERS = 128;
+
+/**
+ * Up to this many lowers are a virtio-blk disk each, as fast as a disk gets; microvm has 24 virtio
+ * transports, shared with the scratch, copy and out disks, the agent channel and the network. More
+ * lowers share one disk (their image files end to end, read in place), and the guest mounts each
+ * through a loop device at its offset.
+ */
+export const DISK_PER_LOWER_MAX = 16;
 
 export interface BuildVmOptions {
   memoryMiB?: number;
@@ -53,6 +75,18 @@ export const EXT4_LOWER_SUFFIX = '.ext4';
 const KEEP_STDOUT = 16 * 1024 * 1024;
 const KEEP_STDERR = 64 * 1024;
 
+export interface LowersOptions {
+  /** what the error for too many layers suggests instead */
+  instead?: string;
+}
+
+/** Refuses, before anything is converted or booted, an image with more layers than the build VM stacks. */
+export function checkLowerCount(count: number, source: string, options: LowersOptions = {}): void {
+  if (count <= MAX_LOWERS) return;
+  const instead = options.instead ?? 'rebuild it with fewer layers (nixpkgs buildLayeredImage: maxLayers)';
+  throw new UsageError(`${source} has ${count} layers; the build VM stacks at most ${MAX_LOWERS} (Docker's overlay2 limit): ${instead}`, { source });
+}
+
 export class BuildVm {
   private constructor(
     readonly vm: Vm,
@@ -61,15 +95,20 @@ export class BuildVm {
   ) {}
 
   static async start(disks: BuildVmDisks, options: BuildVmOptions = {}): Promise<BuildVm> {
+    checkLowerCount(disks.lowers.length, 'the build');
     const vmDisks: VmDisk[] = [];
-    const lowerNames: string[] = [];
-    const ext4Lowers: string[] = [];
-    disks.lowers.forEach((path, i) => {
-      vmDisks.push({ path, readOnly: true, name: `lower${i}` });
-      lowerNames.unshift(`lower${i}`); // overlayfs wants the top layer first
-      if (path.endsWith(EXT4_LOWER_SUFFIX)) ext4Lowers.push(`lower${i}`);
-    });
-    const params: Record<string, string> = { DOCKVM_LOWERS: lowerNames.join(' '), DOCKVM_EXT4_LOWERS: ext4Lowers.join(' ') };
+    let lowers: string[];
+    if (disks.lowers.length <= DISK_PER_LOWER_MAX) {
+      lowers = disks.lowers.map((lower, i) => {
+        vmDisks.push({ path: lower.path, readOnly: true, name: `lower${i}` });
+        return `${lower.fsType}:lower${i}`;
+      });
+    } else {
+      const parts = await partsOf(disks.lowers.map((lower) => lower.path));
+      vmDisks.push({ parts, name: 'lowers' });
+      lowers = disks.lowers.map((lower, i) => `${lower.fsType}:lowers@${parts[i]!.offset}+${parts[i]!.size}`);
+    }
+    const params: Record<string, string> = { DOCKVM_LOWERS: lowers.join(' ') };
     for (const [key, path, readOnly] of [
       ['scratch', disks.scratch, false],
       ['copy', disks.copy, true],
@@ -155,15 +194,21 @@ export function describeExit(result: { exitCode: number | null; signal?: string 
 
 /** Run `fn` with a started build VM, shutting it down afterwards (killing it when fn failed). */
 export async function withBuildVm<T>(disks: BuildVmDisks, options: BuildVmOptions, fn: (vm: BuildVm) => Promise<T>): Promise<T> {
-  const vm = await BuildVm.start(disks, options);
+  // A timeout or Ctrl-C surfaces as whatever the VM did when it was killed (while booting too); say what
+  // really happened.
+  const why = (err: unknown): unknown => {
+    const reason: unknown = options.signal?.aborted ? options.signal.reason : undefined;
+    return reason instanceof DockvmError ? reason : err;
+  };
+  const vm = await BuildVm.start(disks, options).catch((err: unknown) => {
+    throw why(err);
+  });
   try {
     const result = await fn(vm);
     await vm.shutdown();
     return result;
   } catch (err) {
     await vm.kill();
-    // A timeout or Ctrl-C surfaces as whatever the VM did when it was killed; say what really happened.
-    const reason: unknown = options.signal?.aborted ? options.signal.reason : undefined;
-    throw reason instanceof DockvmError ? reason : err;
+    throw why(err);
   }
 }

@@ -20,7 +20,7 @@ import { OVERLAY_XATTR_PREFIX, isOverlayWhiteout, opaqueDirOf, whiteoutTarget } 
 import { layerHeaders } from '../layer/tar-scan.js';
 import { printable, type TarEntry } from '../layer/tar.js';
 import { qemuImgCreate } from '../vm/index.js';
-import { withBuildVm } from './build-vm.js';
+import { withBuildVm, type LowerImage } from './build-vm.js';
 import { lowersFor } from './lowers.js';
 
 export interface VmExportOptions {
@@ -51,11 +51,11 @@ export async function exportInVm(image: Image, output: string, options: VmExport
   const layers = await LayerFacts.of(image, source);
   layers.checkMtimes(options.mtime);
   // overlayfs ignores an opaque marker on a lower's root: the layers it hides are simply not mounted.
-  const lowers = await lowersFor({ ...image, layers: image.layers.slice(layers.lowestVisible) }, source);
+  const lowers = await lowersFor({ ...image, layers: image.layers.slice(layers.lowestVisible) }, source, { instead: 'use --engine native, which has no such limit' });
   return withTempDir('export-vm', (tmp) => tarMergedView(image, lowers, layers, output, tmp, source, options));
 }
 
-async function tarMergedView(image: Image, lowers: string[], layers: LayerFacts, output: string, tmp: string, source: string, options: VmExportOptions): Promise<VmExportResult> {
+async function tarMergedView(image: Image, lowers: readonly LowerImage[], layers: LayerFacts, output: string, tmp: string, source: string, options: VmExportOptions): Promise<VmExportResult> {
   const disk = join(tmp, 'merged.tar.disk');
   await qemuImgCreate(disk, await outputDiskBytes(image), 'raw');
   const tarBytes = await withBuildVm(

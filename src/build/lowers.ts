@@ -21,7 +21,7 @@ import { lowerImagesDir, squashfsForLayer, squashfsPath } from '../layer/squashf
 import { TarWriter } from '../layer/tar.js';
 import { writeAtomically } from '../output.js';
 import { createScratchDisk } from '../vm/index.js';
-import { EXT4_LOWER_SUFFIX, describeExit, withBuildVm } from './build-vm.js';
+import { EXT4_LOWER_SUFFIX, checkLowerCount, describeExit, withBuildVm, type LowerImage, type LowersOptions } from './build-vm.js';
 
 export interface LowerOptions {
   /** names the image in errors */
@@ -30,10 +30,18 @@ export interface LowerOptions {
   cacheDir?: string;
 }
 
-/** The lowers of an image's layers (bottom first), made on first use and cached. */
-export async function lowersFor(image: Image | undefined, source: string): Promise<string[]> {
-  const lowers: string[] = [];
-  for (const layer of image?.layers ?? []) lowers.push(await lowerForLayer(layer, { source }));
+/**
+ * The lowers of an image's layers (bottom first), made on first use and cached. An image with more layers
+ * than the build VM stacks is refused here, before anything is converted.
+ */
+export async function lowersFor(image: Image | undefined, source: string, options: LowersOptions = {}): Promise<LowerImage[]> {
+  const layers = image?.layers ?? [];
+  checkLowerCount(layers.length, source, options);
+  const lowers: LowerImage[] = [];
+  for (const layer of layers) {
+    const path = await lowerForLayer(layer, { source });
+    lowers.push({ path, fsType: path.endsWith(EXT4_LOWER_SUFFIX) ? 'ext4' : 'squashfs' });
+  }
   return lowers;
 }
 

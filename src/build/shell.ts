@@ -1,14 +1,18 @@
 // dockvm shell: a root shell (or one command) in the build VM over an image's layers, mounted read-only
-// as overlay lowers with a throwaway upper in guest memory — for debugging a runAsRoot script. The
-// command runs exactly as a runAsRoot script would (chroot, namespaces, the image's Env and PATH, the
-// same bash: src/build/interpreter.ts); nothing it changes survives.
+// as overlay lowers with a throwaway upper on a scratch disk as big as a build's — for debugging a
+// runAsRoot script. The command runs exactly as a runAsRoot script would (chroot, namespaces, the image's
+// Env and PATH, the same bash: src/build/interpreter.ts, room to write as much); nothing it changes survives.
+import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
+import { withTempDir } from '../cleanup.js';
+import { DEFAULT_DISK_SIZE } from '../spec/schema.js';
 import { openImage } from '../transport/index.js';
 import { withBuildVm } from './build-vm.js';
 import { lowersFor } from './lowers.js';
 import { scriptEnvironment } from './config.js';
 import { commandLaunch, interactiveShellLaunch, runStep } from './interpreter.js';
 import { checkRunnable, platformOf } from './platform.js';
+import { createUpperDisk } from './vm-layer.js';
 
 export interface ShellOptions {
   /** the command to run, found in the image's PATH; empty: the bash a runAsRoot script gets (the image's /bin/bash, else the bundled one) */
@@ -29,18 +33,22 @@ export async function shell(reference: string, options: ShellOptions): Promise<n
   try {
     checkRunnable(platformOf(image.config), reference);
     const lowers = await lowersFor(image, reference);
-    return await withBuildVm({ lowers }, { ...(options.memoryMiB ? { memoryMiB: options.memoryMiB } : {}), network: options.network ?? false }, async (vm) => {
-      await vm.mustStep('mount', { env: { DOCKVM_TMPFS_UPPER: '1' } });
-      const launch = options.command.length > 0 ? commandLaunch(options.command) : interactiveShellLaunch();
-      const { args } = runStep(scriptEnvironment(image.config.config?.Env, options.env ?? {}), launch);
-      const write = (stream: Writable) => (chunk: Buffer) => void stream.write(chunk);
-      if (options.tty) {
-        const running = vm.spawnStep('run', { args, tty: options.tty, stdin: options.stdin, onStdout: write(options.stdout) });
-        options.tty.onResize((rows, cols) => running.resize(rows, cols));
-        return exitStatus(await running.result);
-      }
-      const result = await vm.step('run', { args, stdin: options.stdin, onStdout: write(options.stdout), onStderr: write(options.stderr) });
-      return exitStatus(result);
+    return await withTempDir('shell', async (tmp) => {
+      const scratch = join(tmp, 'scratch.ext4');
+      await createUpperDisk(scratch, DEFAULT_DISK_SIZE);
+      return withBuildVm({ lowers, scratch }, { ...(options.memoryMiB ? { memoryMiB: options.memoryMiB } : {}), network: options.network ?? false }, async (vm) => {
+        await vm.mustStep('mount');
+        const launch = options.command.length > 0 ? commandLaunch(options.command) : interactiveShellLaunch();
+        const { args } = runStep(scriptEnvironment(image.config.config?.Env, options.env ?? {}), launch);
+        const write = (stream: Writable) => (chunk: Buffer) => void stream.write(chunk);
+        if (options.tty) {
+          const running = vm.spawnStep('run', { args, tty: options.tty, stdin: options.stdin, onStdout: write(options.stdout) });
+          options.tty.onResize((rows, cols) => running.resize(rows, cols));
+          return exitStatus(await running.result);
+        }
+        const result = await vm.step('run', { args, stdin: options.stdin, onStdout: write(options.stdout), onStderr: write(options.stderr) });
+        return exitStatus(result);
+      });
     });
   } finally {
     await image.close();

@@ -1,11 +1,14 @@
 // The new layer made in the build VM (runAsRoot): base layers as squashfs lowers, an ext4 scratch disk for
 // the upper, copyToRoot unpacked over the root, the script run as root, extraCommands in the upper, and
-// the upper packed as a tar onto an output disk — which the host then reads as untrusted input.
+// the upper described onto an output disk — its metadata and where each file's bytes lie on the scratch
+// disk, which the host then reads (as untrusted input, the disk image too) to write the layer.
 import { join } from 'node:path';
 import { DockvmError, PlatformError, ScriptError, SpecError, VmError, stderrTail } from '../errors.js';
 import type { Image } from '../image/image.js';
-import { writeLayerFile, type LayerFile } from '../layer/layer-file.js';
+import { writeLayerFile, writeLayerFromEntries, type LayerFile } from '../layer/layer-file.js';
 import { fromOverlayUpperEntry } from '../layer/overlay.js';
+import { readUpperManifest } from '../layer/upper-manifest.js';
+import type { TarEntry } from '../layer/tar.js';
 import type { BuildSpec } from '../spec/load.js';
 import { createScratchDisk, qemuImgCreate } from '../vm/index.js';
 import { describeExit, withBuildVm, type BuildVm } from './build-vm.js';
@@ -31,17 +34,27 @@ export interface VmBuildOptions {
  */
 const SCRATCH_FACTOR = 2;
 
+/** The output disk: room for a tar of everything the scratch disk can hold (sparse, like it). */
+export function outDiskBytes(diskSizeMiB: number): number {
+  return (diskSizeMiB * SCRATCH_FACTOR + 64) * 1024 * 1024;
+}
+
+/** The sparse ext4 scratch disk for an overlay upper that may take `diskSizeMiB` (and is measured after). */
+export async function createUpperDisk(path: string, diskSizeMiB: number): Promise<void> {
+  await createScratchDisk(path, diskSizeMiB * SCRATCH_FACTOR);
+}
+
 /** `copy`: the copyToRoot tar, each entry at the path it lands on (src/build/copy-over-base.ts). */
 export async function buildLayerInVm(spec: BuildSpec, base: Image | undefined, copy: string | undefined, tmp: string, clampMtime: number, options: VmBuildOptions): Promise<LayerFile> {
   const lowers = await lowersFor(base, spec.fromImage ?? 'scratch');
   const scratch = join(tmp, 'scratch.ext4');
-  const out = join(tmp, 'upper.tar.disk');
-  await createScratchDisk(scratch, spec.diskSize * SCRATCH_FACTOR);
-  await qemuImgCreate(out, (spec.diskSize * SCRATCH_FACTOR + 64) * 1024 * 1024, 'raw');
+  const out = join(tmp, 'upper.out.disk'); // the manifest (or a tar) the pack step writes
+  await createUpperDisk(scratch, spec.diskSize);
+  await qemuImgCreate(out, outDiskBytes(spec.diskSize), 'raw');
   const signal = options.timeoutMs === undefined ? undefined : timeoutSignal(options.timeoutMs);
   const output = options.onScriptOutput ?? ((chunk: Buffer) => void process.stderr.write(chunk));
 
-  const { tarBytes, newDirs } = await withBuildVm(
+  const { packed, newDirs } = await withBuildVm(
     { lowers, scratch, ...(copy ? { copy } : {}), out },
     { memoryMiB: spec.buildVMMemorySize, network: spec.network, ...(signal ? { signal } : {}) },
     async (vm) => {
@@ -53,25 +66,79 @@ export async function buildLayerInVm(spec: BuildSpec, base: Image | undefined, c
           throw new ScriptError(`extraCommands failed (${describeExit(extra)})${stderrTail(extra.stderr)}`, { command: 'extraCommands' });
         }
       }
-      const newDirs = parseNul((await vm.mustStep('newdirs')).stdout);
-      const packed = await vm.mustStep('pack');
-      const fields = keyValues(packed.stdout.toString());
-      const upperMiB = Math.ceil(Number(fields['dockvm-upper-kib']) / 1024);
+      const newDirs = await newDirectories(vm);
+      const packed = await packUpper(vm);
+      const upperMiB = Math.ceil(packed.upperKiB / 1024);
       if (upperMiB > spec.diskSize) throw diskTooSmall(spec.diskSize, `${upperMiB} MiB`, upperMiB);
-      const tarBytes = Number(fields['dockvm-tar-bytes']);
-      if (!Number.isSafeInteger(tarBytes) || tarBytes <= 0) throw new VmError(`the build VM did not report the size of the layer tar${stderrTail(packed.stderr)}`);
-      return { tarBytes, newDirs };
+      return { packed, newDirs };
     },
   );
-  const layer = await writeLayerFile(out, join(tmp, 'layer.tar'), {
-    source: 'the build VM\'s output',
-    size: tarBytes,
-    clampMtime,
-    convert: (entry) => fromOverlayUpperEntry(entry, (dir) => !newDirs.has(dir)),
-  });
+  // read once QEMU has exited: every byte the guest wrote is in the disk images
+  const layer = await writePackedLayer(packed, { out, scratch }, join(tmp, 'layer.tar'), { clampMtime, newDirs, diskSize: spec.diskSize });
   const warning = rootChangeWarning(layer.root);
   if (warning) (options.onWarning ?? ((message) => void process.stderr.write(`dockvm: warning: ${message}\n`)))(warning);
   return layer;
+}
+
+/** The upper's directories the lowers lack: an opaque xattr on one of them means nothing. */
+export async function newDirectories(vm: BuildVm): Promise<Set<string>> {
+  return parseNul((await vm.mustStep('newdirs')).stdout);
+}
+
+/** What the pack step left on the output disk: the upper's manifest (the default), or a GNU tar of it. */
+export interface PackedUpper {
+  format: 'manifest' | 'tar';
+  /** how many bytes of the output disk it takes */
+  bytes: number;
+  /** what the upper takes on the scratch disk, as du -sk counts */
+  upperKiB: number;
+}
+
+/**
+ * How the pack step describes the upper: a manifest with file contents as extents of the scratch disk
+ * (what builds use); the same manifest with the contents copied in (what it does for a file whose
+ * extents it cannot give); a GNU tar archive (the old way). The last two are for tests to compare with.
+ */
+export type PackWay = 'extents' | 'inline' | 'tar';
+
+/** Run the pack step (the overlay is unmounted first). */
+export async function packUpper(vm: BuildVm, way: PackWay = 'extents'): Promise<PackedUpper> {
+  const result = await vm.mustStep('pack', way === 'extents' ? {} : { env: { DOCKVM_PACK: way } });
+  const format = way === 'tar' ? 'tar' : 'manifest';
+  const fields = keyValues(result.stdout.toString());
+  const bytes = Number(fields[format === 'tar' ? 'dockvm-tar-bytes' : 'dockvm-manifest-bytes']);
+  const upperKiB = Number(fields['dockvm-upper-kib']);
+  if (!Number.isSafeInteger(bytes) || bytes <= 0 || !Number.isSafeInteger(upperKiB) || upperKiB < 0) {
+    throw new VmError(`the build VM did not report the size of the layer's ${format}${stderrTail(result.stderr)}`);
+  }
+  return { format, bytes, upperKiB };
+}
+
+/**
+ * The layer from what packUpper left on `disks.out` (a manifest's file contents are on `disks.scratch`):
+ * whiteouts into OCI form, an opaque xattr dropped on a directory the lowers lack (`newDirs`), normalised.
+ */
+export async function writePackedLayer(
+  packed: PackedUpper,
+  disks: { out: string; scratch: string },
+  output: string,
+  options: { clampMtime: number; newDirs: ReadonlySet<string>; diskSize: number },
+): Promise<LayerFile> {
+  const layerOptions = {
+    source: 'the build VM\'s output',
+    clampMtime: options.clampMtime,
+    convert: (entry: TarEntry) => fromOverlayUpperEntry(entry, (dir) => !options.newDirs.has(dir)),
+  };
+  if (packed.format === 'tar') return writeLayerFile(disks.out, output, { ...layerOptions, size: packed.bytes });
+  const entries = [...readUpperManifest({ path: disks.out, size: packed.bytes, disk: disks.scratch, source: layerOptions.source })];
+  // A sparse file takes its full size in a layer (tar stores holes as zeros), however little it takes
+  // on the scratch disk. The old way's tar had to fit the output disk; this layer's contents must too.
+  const contentBytes = entries.reduce((sum, { entry }) => sum + entry.size, 0);
+  if (contentBytes > outDiskBytes(options.diskSize)) {
+    const neededMiB = Math.ceil(contentBytes / 2 ** 20);
+    throw diskTooSmall(options.diskSize, `${neededMiB} MiB (sparse files count their full size)`, neededMiB);
+  }
+  return writeLayerFromEntries(entries, output, layerOptions);
 }
 
 async function runScript(vm: BuildVm, spec: BuildSpec, base: Image | undefined, output: (chunk: Buffer) => void): Promise<void> {

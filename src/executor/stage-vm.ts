@@ -1,18 +1,22 @@
 // The layer steps of one stage that the build cache lacks, run in ONE boot of the build VM: the base's
 // layers and the cached steps' layers are the overlay's lowers; each step runs (guest.sh run-step,
-// copy-step, workdir-step), then commits: its upper is packed onto the output disk and becomes a lower of
-// the next step under a fresh upper. After the VM is gone, each packed upper is read as untrusted input
-// and made a layer exactly as run-as-root makes its own (whiteouts, opaque directories, new directories).
+// copy-step, workdir-step), then commits: its upper is described (the agent's upper-manifest, as
+// run-as-root's pack step does) onto the output disk and becomes a lower of the next step under a fresh
+// upper. After the VM is gone, each manifest is read as untrusted input, file contents from the scratch
+// disk's image, and made a layer exactly as run-as-root makes its own (whiteouts, opaque directories, new
+// directories).
 import { createReadStream } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { VmError, stderrTail } from '../errors.js';
 import type { Layer } from '../image/image.js';
-import { writeLayerFile, type LayerFile } from '../layer/layer-file.js';
+import { writeLayerFromEntries, type LayerFile } from '../layer/layer-file.js';
+import { readUpperManifest } from '../layer/upper-manifest.js';
 import { fromOverlayUpperEntry } from '../layer/overlay.js';
 import { lowerForLayer } from '../build/lowers.js';
 import type { CopyStep, RunStep, StepLocation, WorkdirStep } from '../plan/plan.js';
 import { createScratchDisk, qemuImgCreate } from '../vm/index.js';
-import { describeExit, withBuildVm, type BuildVm, type StepResult } from '../build/build-vm.js';
+import { EXT4_LOWER_SUFFIX, checkLowerCount, describeExit, withBuildVm, type BuildVm, type LowerImage, type StepResult } from '../build/build-vm.js';
 import type { CopyLayout } from './copy-items.js';
 import { stepError } from './errors.js';
 import type { InputRange } from './inputs-disk.js';
@@ -65,8 +69,12 @@ interface Committed {
 /** The jobs' layers, in order (each a normalised, reproducible layer tar in `tmp`). */
 export async function buildStageInVm(options: StageVmOptions): Promise<LayerFile[]> {
   const { tmp, jobs } = options;
-  const lowers: string[] = [];
-  for (const layer of options.lowers) lowers.push(await lowerForLayer(layer, { source: options.source }));
+  checkLowerCount(options.lowers.length, options.source, { instead: 'build over a base with fewer layers, or make this stage\'s earlier steps fewer (each is a layer)' });
+  const lowers: LowerImage[] = [];
+  for (const layer of options.lowers) {
+    const path = await lowerForLayer(layer, { source: options.source });
+    lowers.push({ path, fsType: path.endsWith(EXT4_LOWER_SUFFIX) ? 'ext4' : 'squashfs' });
+  }
   const scratch = join(tmp, 'stage-scratch.ext4');
   const out = join(tmp, 'stage-out.disk');
   await createScratchDisk(scratch, options.diskMiB);
@@ -94,11 +102,14 @@ export async function buildStageInVm(options: StageVmOptions): Promise<LayerFile
 
   const layers: LayerFile[] = [];
   for (const [index, { offset, bytes, newDirs }] of committed.entries()) {
+    const source = `the build VM's output for ${jobs[index]!.text}`;
+    // the manifest on a file of its own (the reader takes a file's first bytes); contents stay on the scratch disk
+    const manifest = join(tmp, `stage-manifest-${index}`);
+    await copyRange(out, offset, bytes, manifest);
+    const entries = [...readUpperManifest({ path: manifest, size: bytes, disk: scratch, source })];
     layers.push(
-      await writeLayerFile(out, join(tmp, `stage-layer-${index}.tar`), {
-        source: `the build VM's output for ${jobs[index]!.text}`,
-        offset,
-        size: bytes,
+      await writeLayerFromEntries(entries, join(tmp, `stage-layer-${index}.tar`), {
+        source,
         clampMtime: options.clampMtime,
         convert: (entry) => fromOverlayUpperEntry(entry, (dir) => !newDirs.has(dir)),
       }),
@@ -170,8 +181,8 @@ function parseCommit(result: StepResult): Committed {
     const eq = line.indexOf('=');
     if (eq > 0) fields[line.slice(0, eq)] = line.slice(eq + 1).trim();
   }
-  const offset = Number(fields['dockvm-tar-offset']);
-  const bytes = Number(fields['dockvm-tar-bytes']);
+  const offset = Number(fields['dockvm-manifest-offset']);
+  const bytes = Number(fields['dockvm-manifest-bytes']);
   if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || bytes <= 0) {
     throw new VmError(`the build VM did not report where a step's layer is${stderrTail(result.stderr)}`);
   }
@@ -182,4 +193,22 @@ function parseCommit(result: StepResult): Committed {
       .filter((path) => path !== ''),
   );
   return { offset, bytes, newDirs };
+}
+
+/** `size` bytes at `offset` of `from`, as the file `to`. */
+async function copyRange(from: string, offset: number, size: number, to: string): Promise<void> {
+  const source = await open(from, 'r');
+  try {
+    const data = Buffer.alloc(size);
+    const { bytesRead } = await source.read(data, 0, size, offset);
+    if (bytesRead !== size) throw new VmError(`the build VM's output disk ends inside a layer's manifest (${bytesRead} of ${size} bytes at ${offset})`);
+    const target = await open(to, 'w');
+    try {
+      await target.write(data);
+    } finally {
+      await target.close();
+    }
+  } finally {
+    await source.close();
+  }
 }

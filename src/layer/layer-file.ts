@@ -1,6 +1,7 @@
-// An untrusted tar (the guest's upperdir, a copyToRoot tar) turned into a normalised layer file: read
-// with strict paths, converted entry by entry (whiteouts into OCI form), checked so that nothing lies
-// under a non-directory, sorted and written reproducibly, its diff_id computed while it is written.
+// An untrusted tar (a copyToRoot tar, the guest's upperdir) or list of entries (the guest's upper
+// manifest, upper-manifest.ts) turned into a normalised layer file: read with strict paths, converted
+// entry by entry (whiteouts into OCI form), checked so that nothing lies under a non-directory, sorted
+// and written reproducibly, its diff_id computed while it is written.
 import { createReadStream, createWriteStream } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import { UnsafeTarEntryError } from '../errors.js';
@@ -31,13 +32,26 @@ export interface LayerFile {
 }
 
 export async function writeLayerFile(input: string, output: string, options: LayerFileOptions): Promise<LayerFile> {
-  const convert = options.convert ?? ((entry: TarEntry) => [entry]);
   const start = options.offset ?? 0;
   const stream = createReadStream(input, options.size === undefined ? { start } : { start, end: start + options.size - 1 });
+  async function* entries(): AsyncGenerator<LayerEntry> {
+    for await (const { entry, dataOffset, body } of readTar(stream, { source: options.source })) {
+      body.resume();
+      yield entry.type === 'file' && entry.size > 0 ? { entry, body: { file: input, offset: start + dataOffset } } : { entry };
+    }
+  }
+  return writeLayerFromEntries(entries(), output, options);
+}
+
+/**
+ * The same for entries read some other way (the build VM's upper manifest), each with where its content
+ * is; `options.size` does not apply.
+ */
+export async function writeLayerFromEntries(input: AsyncIterable<LayerEntry> | Iterable<LayerEntry>, output: string, options: LayerFileOptions): Promise<LayerFile> {
+  const convert = options.convert ?? ((entry: TarEntry) => [entry]);
   const collected = new Map<string, LayerEntry>();
   let root: TarEntry | undefined;
-  for await (const { entry, dataOffset, body } of readTar(stream, { source: options.source })) {
-    body.resume();
+  for await (const { entry, body } of input) {
     // No layer carries its root directory: Docker, BuildKit and buildah write none, and moby,
     // containerd and containers/storage skip one when they unpack a layer.
     if (entry.path === '') {
@@ -45,8 +59,8 @@ export async function writeLayerFile(input: string, output: string, options: Lay
       continue;
     }
     for (const converted of convert(entry)) {
-      const location = converted.type === 'file' && converted.size > 0 ? { file: input, offset: start + dataOffset } : undefined;
-      collected.set(converted.path, location ? { entry: converted, body: location } : { entry: converted });
+      const keepBody = body && converted.type === 'file' && converted.size > 0;
+      collected.set(converted.path, keepBody ? { entry: converted, body } : { entry: converted });
     }
   }
   checkNoEntryUnderNonDirectory(collected, options.source);

@@ -17,15 +17,18 @@ export interface OverlayFormScan {
   dirsWithEntry: Set<string>;
   /** how many entries carry a POSIX ACL (system.posix_acl_access or _default), which squashfs cannot hold */
   posixAcls: number;
+  /** bytes of the layer's file contents (small layers get small squashfs blocks) */
+  contentBytes: number;
 }
 
 export async function scanOverlayForm(layer: Layer, what: string): Promise<OverlayFormScan> {
-  const scan: OverlayFormScan = { opaqueDirs: new Set(), dirsWithEntry: new Set(), posixAcls: 0 };
+  const scan: OverlayFormScan = { opaqueDirs: new Set(), dirsWithEntry: new Set(), posixAcls: 0, contentBytes: 0 };
   for (const { entry } of await layerHeaders(layer, what)) {
     const dir = opaqueDirOf(entry.path);
     if (dir !== undefined) scan.opaqueDirs.add(dir);
     if (entry.type === 'directory') scan.dirsWithEntry.add(entry.path);
     if (POSIX_ACL_XATTRS.some((name) => entry.xattrs?.[name] !== undefined)) scan.posixAcls++;
+    scan.contentBytes += entry.size;
   }
   return scan;
 }

@@ -24,6 +24,16 @@ const COMPRESSOR = 'lz4';
 /** The xattr namespaces squashfs stores (tar2sqfs refuses others, such as system.posix_acl_access). */
 const SQUASHFS_XATTR = /^(user|trusted|security)\./;
 
+/**
+ * Block size: 128 KiB (tar2sqfs' default) reads large files fastest, but every mount sets up caches
+ * and decompressor buffers of a few blocks each; measured here under TCG, a small layer mounts in about
+ * half the time with 4 KiB blocks (5 ms against 11), which counts in a base of a hundred layers.
+ */
+function blockSize(contentBytes: number): number {
+  return contentBytes <= SMALL_LAYER_BYTES ? 4096 : 131072;
+}
+const SMALL_LAYER_BYTES = 1024 * 1024;
+
 export interface SquashfsOptions {
   /** names the layer in errors (an image reference) */
   source: string;
@@ -59,7 +69,8 @@ async function writeSquashfs(layer: Layer, output: string, source: string, known
   const what = `${source} layer ${layer.diffId}`;
   const scan = knownScan ?? (await scanOverlayForm(layer, what));
   const writer = new TarWriter();
-  const packer = execa('tar2sqfs', ['--quiet', '--force', '--no-skip', '-c', COMPRESSOR, '-j', '2', '--defaults', 'mtime=0', output], {
+  const args = ['--quiet', '--force', '--no-skip', '-c', COMPRESSOR, '-b', String(blockSize(scan.contentBytes)), '-j', '2', '--defaults', 'mtime=0', output];
+  const packer = execa('tar2sqfs', args, {
     stdin: 'pipe',
     stdout: 'ignore',
     stderr: 'pipe',

@@ -24,6 +24,8 @@ export const containerConfigSchema = z
 
 const pathOrPaths = z.union([z.string().min(1), z.array(z.string().min(1))]);
 const mebibytes = z.number().int().positive();
+/** MiB the new layer may take (diskSize); dockvm shell's changes get as much */
+export const DEFAULT_DISK_SIZE = 1024;
 
 export const specSchema = z.strictObject({
   name: z.string(),
@@ -38,7 +40,7 @@ export const specSchema = z.strictObject({
   extraCommands: z.string().default(''),
   config: containerConfigSchema.nullable().default(null),
   architecture: z.string().min(1).optional(),
-  diskSize: mebibytes.default(1024),
+  diskSize: mebibytes.default(DEFAULT_DISK_SIZE),
   buildVMMemorySize: mebibytes.min(64, 'the VM needs at least 64 MiB').default(512),
   created: z.string().default('1970-01-01T00:00:01Z'),
   uid: z.number().int().min(0).max(0xfffffffe).default(0),

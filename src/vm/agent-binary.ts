@@ -1,5 +1,6 @@
-// The guest agent (vm/agent.c) compiled on demand into the cache, keyed by a hash of its source and the
-// compiler flags: `cc -static -Os` once per source change; vm/build-initramfs does it at setup time.
+// The guest agent (vm/agent.c and the subcommands in files of their own) compiled on demand into the cache,
+// keyed by a hash of its sources and the compiler flags: `cc -static -Os` once per source change;
+// vm/build-initramfs does it at setup time.
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rename } from 'node:fs/promises';
@@ -12,6 +13,8 @@ import { writeAtomically } from '../output.js';
 
 /** -static: the initramfs has no libc; -Os: it is copied into every boot; -s: symbols are dead weight. */
 const CFLAGS = ['-static', '-Os', '-s', '-Wall'];
+/** the agent's C files, under vm/: one program */
+const SOURCES = ['agent.c', 'upper-manifest.c'];
 
 export interface AgentBinary {
   readonly path: string;
@@ -20,8 +23,9 @@ export interface AgentBinary {
 }
 
 export async function agentSourceHash(): Promise<string> {
-  const source = await readFile(assetPath('vm', 'agent.c'));
-  return createHash('sha256').update(JSON.stringify(CFLAGS)).update('\0').update(source).digest('hex');
+  const hash = createHash('sha256').update(JSON.stringify(CFLAGS));
+  for (const name of SOURCES) hash.update('\0').update(name).update('\0').update(await readFile(assetPath('vm', name)));
+  return hash.digest('hex');
 }
 
 const inFlight = new Map<string, Promise<AgentBinary>>();
@@ -46,7 +50,7 @@ async function compileAgent(dir: string, path: string, sourceHash: string, env: 
   const cc = env.CC || 'cc';
   try {
     // two dockvm processes may compile at once: each into a temp file of its own, the rename makes one win
-    await writeAtomically(path, (temp) => execa(cc, [...CFLAGS, '-o', temp, assetPath('vm', 'agent.c')], { env, stdin: 'ignore' }));
+    await writeAtomically(path, (temp) => execa(cc, [...CFLAGS, '-o', temp, ...SOURCES.map((name) => assetPath('vm', name))], { env, stdin: 'ignore' }));
   } catch (err) {
     const detail = (err as { stderr?: string }).stderr?.trim().split('\n')[0] ?? String(err);
     throw new MissingToolError(

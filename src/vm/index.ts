@@ -2,7 +2,7 @@
 export { startVm, bootVm, Vm, chooseTransport, vsockUsable, type VmOptions, type BootPlan, type Transport } from './vm.js';
 export type { ExecOptions, ExecResult, RunningCommand } from './agent-client.js';
 export { MAX_FILE_BYTES } from './agent-client.js';
-export { createScratchDisk, type VmDisk } from './disks.js';
+export { createScratchDisk, partsOf, type DiskPart, type VmDisk } from './disks.js';
 export { qemuImgCreate, qemuImgInfo, type ImageInfo, type ImageFormat } from './qemu-img.js';
 export { resolveKernel, fetchDebianKernel, type GuestKernel } from './kernel.js';
 export { ensureInitramfs, type Initramfs } from './initramfs.js';

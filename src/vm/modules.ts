@@ -20,9 +20,10 @@ export const GUEST_MODULES: Readonly<Record<string, ModuleGroup>> = {
   squashfs: 'base', // read-only layer images
   ext4: 'base', // the scratch disk
   virtio_net: 'net', // only when a build asks for network
+  loop: 'loop', // lowers that share one disk, each at its offset (many layers)
 };
 
-export type ModuleGroup = 'base' | 'mmio' | 'pci' | 'serial' | 'vsock' | 'net';
+export type ModuleGroup = 'base' | 'mmio' | 'pci' | 'serial' | 'vsock' | 'net' | 'loop';
 
 export interface ModulePlan {
   /** modules to insmod, dependencies first: absolute path, module name, the groups that need it */

@@ -15,6 +15,8 @@ export interface QemuDisk {
   readonly readOnly: boolean;
   /** the virtio-blk serial the guest sees in /sys/block/vdX/serial (at most 20 bytes) */
   readonly serial: string;
+  /** raw: the file is the disk; vmdk: the file is a descriptor of files end to end (disks.ts) */
+  readonly format: 'raw' | 'vmdk';
 }
 
 export type AgentChannel =
@@ -66,8 +68,9 @@ export function kernelCmdline(config: QemuConfig): string {
     'random.trust_cpu=on', // do not wait for entropy: seed from RDRAND (also under TCG's -cpu max)
     'cryptomgr.notests', // skip the crypto self-tests: 0.4 s of emulated SHA and AES at every boot under TCG
     `dockvm.transport=${config.agent.transport}`, // tells the agent which channel to open
-    // the module groups init loads: the machine's virtio bus, the agent channel, the network driver
-    `dockvm.load=${[config.machine === 'microvm' ? 'mmio' : 'pci', config.agent.transport, ...(config.network ? ['net'] : [])].join(',')}`,
+    // the module groups init loads: the machine's virtio bus, the agent channel, loop devices (through
+    // which the guest reads each file of a disk of several at its offset), the network driver
+    `dockvm.load=${[config.machine === 'microvm' ? 'mmio' : 'pci', config.agent.transport, ...(config.disks.some((d) => d.format === 'vmdk') ? ['loop'] : []), ...(config.network ? ['net'] : [])].join(',')}`,
   ];
   // Under TCG the guest calibrates its TSC against the PIT, and on a busy host that fails ("Unable to
   // calibrate against PIT") and microvm has no HPET to fall back on: the boot then hangs. TCG's TSC is
@@ -111,9 +114,10 @@ export function qemuArgs(config: QemuConfig): string[] {
   add('-kernel', config.kernel, '-initrd', config.initrd, '-append', kernelCmdline(config));
 
   config.disks.forEach((disk, i) => {
-    // raw images; cache=unsafe for writable disks: a throwaway VM needs no flushes to survive a host
-    // crash, and the data is in the file once QEMU exits. Read-only ones are opened read-only.
-    const drive = [`file=${disk.path.replace(/,/g, ',,')}`, 'if=none', `id=disk${i}`, 'format=raw'];
+    // raw images, or a VMDK descriptor of files end to end (read-only); cache=unsafe for writable disks:
+    // a throwaway VM needs no flushes to survive a host crash, and the data is in the file once QEMU
+    // exits. Read-only ones are opened read-only.
+    const drive = [`file=${disk.path.replace(/,/g, ',,')}`, 'if=none', `id=disk${i}`, `format=${disk.format}`];
     drive.push(disk.readOnly ? 'readonly=on' : 'cache=unsafe');
     add('-drive', drive.join(','));
     add('-device', `${virtio(config.machine, 'blk')},drive=disk${i},serial=${disk.serial}`);

@@ -4,7 +4,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { type Server, type Socket, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,7 +15,7 @@ import { chooseAccel, deviceUsable } from './accel.js';
 import { bootImage } from './boot-image.js';
 import { ensureAgent } from './agent-binary.js';
 import { AgentClient, type ExecOptions, type ExecResult, type RunningCommand } from './agent-client.js';
-import type { VmDisk } from './disks.js';
+import { type VmDisk, vmdkDescriptor } from './disks.js';
 import { ensureInitramfs } from './initramfs.js';
 import { type GuestKernel, resolveKernel } from './kernel.js';
 import { PROTOCOL_VERSION, type Hello } from './protocol.js';
@@ -28,7 +28,7 @@ export interface VmOptions {
   readonly memoryMiB?: number;
   /** virtual CPUs (default 1: under TCG a second vCPU slows the boot on a small host) */
   readonly cpus?: number;
-  /** virtio-blk disks, in order: /dev/vda, /dev/vdb, … */
+  /** virtio-blk disks (the guest finds them by serial) */
   readonly disks?: readonly VmDisk[];
   /** QEMU user-mode networking with DNS (default false: no network) */
   readonly network?: boolean;
@@ -111,10 +111,22 @@ export async function startVm(options: VmOptions = {}): Promise<Vm> {
     cpus: options.cpus ?? 1,
     disks: options.disks ?? [],
     network: options.network ?? false,
-    timeoutMs: options.timeoutMs ?? (accel === 'kvm' ? 10_000 : 30_000),
+    timeoutMs: options.timeoutMs ?? bootTimeoutFromEnv(env) ?? (accel === 'kvm' ? 10_000 : 30_000),
     signal: options.signal,
     extraCmdline: env.DOCKVM_KERNEL_ARGS || undefined,
   });
+}
+
+/**
+ * DOCKVM_BOOT_TIMEOUT (seconds): a longer boot deadline for hosts where TCG is slow or shared (the test
+ * suite sets one, so that a busy CI machine fails on hangs, not on slowness).
+ */
+function bootTimeoutFromEnv(env: NodeJS.ProcessEnv): number | undefined {
+  const value = env.DOCKVM_BOOT_TIMEOUT;
+  if (value === undefined || value === '') return undefined;
+  const seconds = Number(value);
+  if (!Number.isFinite(seconds) || seconds <= 0) throw new VmError(`DOCKVM_BOOT_TIMEOUT=${value} is not a number of seconds`);
+  return seconds * 1000;
 }
 
 /** Boot exactly what `plan` says (no resolution, no probing). */
@@ -201,7 +213,15 @@ export class Vm {
       connected = Promise.resolve(undefined as unknown as Duplex);
     }
 
-    const disks = plan.disks.map((disk, i) => ({ path: disk.path, readOnly: disk.readOnly ?? false, serial: (disk.name ?? `disk${i}`).slice(0, 20) }));
+    const disks = await Promise.all(
+      plan.disks.map(async (disk, i) => {
+        const serial = (disk.name ?? `disk${i}`).slice(0, 20);
+        if (disk.parts === undefined) return { path: disk.path, readOnly: disk.readOnly ?? false, serial, format: 'raw' as const };
+        const descriptor = join(this.tempDir, `disk${i}.vmdk`);
+        await writeFile(descriptor, vmdkDescriptor(disk.parts));
+        return { path: descriptor, readOnly: true, serial, format: 'vmdk' as const };
+      }),
+    );
     const args = qemuArgs({ ...plan, disks, agent: channel, hostTscKhz: hostTsc(), extraCmdline: plan.extraCmdline });
     const started = Date.now();
     // node's spawn rather than execa: a long-lived child whose exit is an event, not an outcome

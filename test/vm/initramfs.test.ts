@@ -71,6 +71,7 @@ test('modules: every dependency is loaded before the module that needs it; ext4 
   t.true(plan.builtin.includes('ext4'));
   const groupsOf = (name: string) => plan.load.find((m) => m.name === name)?.groups;
   t.deepEqual(groupsOf('virtio_net'), ['net']);
+  t.deepEqual(groupsOf('loop'), ['loop'], 'loop devices only for a VM with a disk of several files');
   // virtio_ring is needed by every virtio driver, so by every group that loads one
   t.deepEqual([...groupsOf('virtio_ring')!].sort(), ['base', 'mmio', 'net', 'pci', 'serial', 'vsock']);
   await t.throwsAsync(planModules(kernel.modulesDir!, { no_such_module: 'base' }), { instanceOf: VmError, message: /kernel module no_such_module is neither built in nor under/ });

@@ -3,12 +3,12 @@
 # Disks are found by the serial the host gave them, never by /dev/vdX order (microvm's virtio-mmio
 # probes devices in reverse).
 #
-#   mount   lowers (squashfs, top first; ext4 for those in DOCKVM_EXT4_LOWERS) + ext4 scratch (or a
-#           tmpfs) → overlay at /build/root; unpack copyToRoot
+#   mount   lowers (read-only images, bottom first: squashfs, or ext4 for layers with POSIX ACLs) + ext4
+#           scratch → overlay at /build/root; unpack copyToRoot
 #   run     a command the host chose (the runAsRoot script with its interpreter, a shell, a command),
 #           chrooted in fresh mount/pid/uts/ipc namespaces, /proc /dev /sys and the bundled tools mounted
 #   extra   unmount the overlay; extraCommands (bash) in the upper directory (the new layer's root)
-#   pack    the upper directory as a tar written straight onto the output disk; prints its size
+#   pack    the upper directory described onto the output disk (a manifest, or a tar); prints its size
 #   newdirs the upper's directories the lowers lack (NUL-separated)
 #   merged  (export) the merged view of the lowers as a tar onto the output disk
 #   fill-lower  the lower of a layer with POSIX ACLs (which squashfs cannot hold): the layer in overlay
@@ -44,12 +44,16 @@ disk() {
   die "no disk with serial $1"
 }
 
+# The lowers' mount points, /l/0 (the bottom layer) upwards: short names, so that the lowerdir option
+# of 128 of them (785 bytes) stays far inside the one page a mount's options may take.
+L=/l
+
 # The mounted lowers, top first, as overlayfs' lowerdir wants them.
 lowerdir_list() {
   list=""
   i=0
   for _ in ${DOCKVM_LOWERS:-}; do
-    list="${list:+$list:}$B/lower/$i"
+    list="$L/$i${list:+:$list}"
     i=$((i + 1))
   done
   echo "$list"
@@ -57,22 +61,15 @@ lowerdir_list() {
 
 step_mount() {
   mkdir -p $R $B/scratch
-  i=0
-  for serial in ${DOCKVM_LOWERS:-}; do
-    mkdir -p $B/lower/$i
-    fstype=squashfs
-    case " ${DOCKVM_EXT4_LOWERS:-} " in *" $serial "*) fstype=ext4 ;; esac
-    mount -t $fstype -o ro "$(disk "$serial")" $B/lower/$i
-    i=$((i + 1))
-  done
+  # DOCKVM_LOWERS: FSTYPE:SERIAL per lower, bottom first, or FSTYPE:SERIAL@OFFSET+SIZE for lowers that
+  # share a disk; one process mounts them all (a mount command each would cost a fork+exec per layer)
+  # shellcheck disable=SC2086
+  [ -z "${DOCKVM_LOWERS:-}" ] || /bin/dockvm-agent mount-lowers $L $DOCKVM_LOWERS
   lowerdirs=$(lowerdir_list)
   # overlayfs needs a lower; FROM scratch gets an empty one.
   [ -n "$lowerdirs" ] || { mkdir -p $B/empty; lowerdirs=$B/empty; }
   if [ -n "${DOCKVM_SCRATCH:-}" ]; then
     mount -t ext4 -o noatime "$(disk "$DOCKVM_SCRATCH")" $B/scratch
-  elif [ "${DOCKVM_TMPFS_UPPER:-0}" = 1 ]; then
-    # a throwaway upper (dockvm shell): changes live in guest memory and die with the VM
-    mount -t tmpfs -o mode=755 upper $B/scratch
   else
     # Read-only (export): overlayfs wants at least two lowers without an upper; an empty one at the
     # bottom changes nothing the merged view shows below its root.
@@ -242,10 +239,20 @@ pack() {
   echo "dockvm-tar-bytes=$bytes"
 }
 
+# The upper described for the host to write the layer from: a manifest of its metadata and of where each
+# file's bytes lie on the scratch disk (the host reads them from the disk's image, so they do not pass
+# through the emulator again; vm/upper-manifest.c). DOCKVM_PACK=tar: a GNU tar archive of it instead (the
+# old way); DOCKVM_PACK=inline: the manifest with every file's bytes in it, as it holds those of a file
+# whose extents cannot be given. Both are there for tests to compare against.
 step_pack() {
   if grep -q " $R " /proc/mounts; then umount $R; fi
-  echo "dockvm-upper-kib=$(du -sk $B/scratch/upper | cut -f1)"
-  pack $B/scratch/upper
+  case "${DOCKVM_PACK:-extents}" in
+    tar)
+      echo "dockvm-upper-kib=$(du -sk $B/scratch/upper | cut -f1)"
+      pack $B/scratch/upper ;;
+    inline) /bin/dockvm-agent upper-manifest $B/scratch/upper "$(disk "$DOCKVM_OUT")" /dev/null ;;
+    *) /bin/dockvm-agent upper-manifest $B/scratch/upper "$(disk "$DOCKVM_OUT")" "$(disk "$DOCKVM_SCRATCH")" ;;
+  esac
 }
 
 step_merged() {
@@ -667,26 +674,26 @@ step_run_step() {
   return $status
 }
 
-# After a step: its upper becomes a layer. Unmounted, packed (as step_pack packs, whiteout devices and
-# opaque xattrs included) onto the output disk at the next free MiB, its new directories listed; then
-# it becomes the top lower under a fresh upper. Prints dockvm-tar-offset=, dockvm-tar-bytes=, a line
-# "--", then the new directories (the ones the lowers lack), NUL-separated.
+# After a step: its upper becomes a layer. Unmounted, described as step_pack describes an upper (the
+# agent's upper-manifest: metadata, and where each file's bytes lie on the scratch disk, which the host
+# reads after the VM is gone; an upper that is a lower from now on is never written again, so those
+# extents stay valid), the manifest written onto the output disk at the next free MiB; its new directories
+# listed; then the upper becomes the top lower under a fresh upper. Prints dockvm-manifest-offset=,
+# dockvm-manifest-bytes=, a line "--", then the new directories (the ones the lowers lack), NUL-separated.
 step_commit() {
   umount $R
   count=$(cat $S/count)
   lowers=$(cat $S/lowers)
   offset=$(cat $S/offset)
   upper=$B/scratch/upper
-  out=$(disk "$DOCKVM_OUT")
-  set -o pipefail
-  # shellcheck disable=SC2086
-  "$GNU_TAR" -C $upper $TAR_XATTRS --numeric-owner --format=posix --pax-option=delete=atime,delete=ctime \
-    --totals -cf - . 2> $B/tar.err | dd of="$out" bs=1M seek="$offset" iflag=fullblock conv=notrunc 2>/dev/null ||
-    { cat $B/tar.err >&2; exit 71; }
-  set +o pipefail
-  bytes=$(sed -n 's/^Total bytes written: \([0-9]*\).*/\1/p' $B/tar.err)
-  echo "dockvm-tar-offset=$((offset * 1048576))"
-  echo "dockvm-tar-bytes=$bytes"
+  manifest=/run/dockvm-manifest
+  : > $manifest
+  /bin/dockvm-agent upper-manifest $upper $manifest "$(disk "$DOCKVM_SCRATCH")" > $B/manifest.out || exit 71
+  bytes=$(sed -n 's/^dockvm-manifest-bytes=\([0-9]*\).*/\1/p' $B/manifest.out)
+  dd if=$manifest of="$(disk "$DOCKVM_OUT")" bs=1M seek="$offset" conv=notrunc 2>/dev/null || die "cannot write the manifest of layer $count"
+  rm $manifest
+  echo "dockvm-manifest-offset=$((offset * 1048576))"
+  echo "dockvm-manifest-bytes=$bytes"
   echo "$((offset + bytes / 1048576 + 1))" > $S/offset
   echo --
   cd $upper
