@@ -144,15 +144,22 @@ class PlanRun {
     const platform = `${stage.platform.os}/${stage.platform.architecture}${stage.platform.variant ? `/${stage.platform.variant}` : ''}`;
     let parent: Digest | { baseDiffIds: readonly Digest[] } = { baseDiffIds: base.layers.map((l) => l.diffId) };
     const prepared: Prepared[] = [];
+    // steps that make no layer (WORKDIR /): shown, in their place, when the steps before them are
+    const empty: { position: number; name: string }[] = [];
+    const showEmptyBefore = (position: number) => {
+      while (empty.length > 0 && empty[0]!.position < position) {
+        const id = ++this.#vertex;
+        this.#emit({ type: 'vertex', id, name: empty.shift()!.name });
+        this.#emit({ type: 'done', id, seconds: 0 });
+      }
+    };
     let position = 1;
     for (const step of stage.steps) {
       if (step.kind === 'config') continue;
       position++;
       const name = `[${label}${position}/${total}] ${describeStep(step)}`;
       if (step.emptyLayer) {
-        const id = ++this.#vertex;
-        this.#emit({ type: 'vertex', id, name });
-        this.#emit({ type: 'done', id, seconds: 0 });
+        empty.push({ position, name });
         continue;
       }
       const item = await this.#prepare(step as LayerStep, parent, platform, name, position);
@@ -169,6 +176,7 @@ class PlanRun {
         firstMiss = i;
         break;
       }
+      showEmptyBefore(item.position);
       const id = ++this.#vertex;
       this.#emit({ type: 'vertex', id, name: item.name });
       this.#emit({ type: 'cached', id });
@@ -177,7 +185,8 @@ class PlanRun {
     }
 
     const missing = prepared.slice(firstMiss);
-    if (missing.length > 0) layers.push(...(await this.#buildInVm(index, stage, missing, layers, platform)));
+    if (missing.length > 0) layers.push(...(await this.#buildInVm(index, stage, missing, layers, platform, showEmptyBefore)));
+    showEmptyBefore(Infinity);
 
     const config = stageImageConfig(stage, base.config, layers.map((l) => l.diffId), this.options.created);
     const rawConfig = Buffer.from(JSON.stringify(config));
@@ -336,7 +345,7 @@ class PlanRun {
     return new FileLayer(path, hit.entry.diffId, hit.entry.size);
   }
 
-  async #buildInVm(index: number, stage: Stage, missing: Prepared[], lowers: readonly Layer[], platform: string): Promise<Layer[]> {
+  async #buildInVm(index: number, stage: Stage, missing: Prepared[], lowers: readonly Layer[], platform: string, showEmptyBefore: (position: number) => void): Promise<Layer[]> {
     const first = missing[0]!;
     if (stage.platform.architecture !== hostArchitecture()) {
       throw notSupported(first.step.location, describeStep(first.step), `building ${platform} steps (this host's build VM is linux/${hostArchitecture()})`);
@@ -422,6 +431,7 @@ class PlanRun {
       diskMiB: this.options.diskMiB ?? DEFAULT_DISK_MIB,
       ...(this.options.signal ? { signal: this.options.signal } : {}),
       onStart: (job) => {
+        showEmptyBefore(missing[job]!.position);
         const id = ++this.#vertex;
         ids[job] = id;
         started[job] = Date.now();

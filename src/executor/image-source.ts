@@ -38,10 +38,18 @@ export class ImageSource {
     return this.#overrides.get(nameKey(ref.slice('docker://'.length))) ?? ref;
   }
 
-  /** The image `ref` names (a FROM or --from reference as the plan writes it), opened once. */
-  open(ref: string, platform?: Platform): Promise<OpenedImage> {
+  /**
+   * The image `ref` names (a FROM or --from reference as the plan writes it), opened once: asked again
+   * for the platform it turned out to be (the plan names every stage's), the same image.
+   */
+  async open(ref: string, platform?: Platform): Promise<OpenedImage> {
     const actual = this.resolve(ref);
-    const key = `${actual}\0${platform ? `${platform.os}/${platform.architecture}/${platform.variant ?? ''}` : ''}`;
+    const unasked = this.#opened.get(actual);
+    if (platform && unasked) {
+      const image = await unasked;
+      if (image.config.os === platform.os && image.config.architecture === platform.architecture && (platform.variant ?? '') === (image.config.variant ?? '')) return image;
+    }
+    const key = platform ? `${actual}\0${platform.os}/${platform.architecture}/${platform.variant ?? ''}` : actual;
     let opened = this.#opened.get(key);
     if (!opened) {
       const { creds, ...shared } = this.registry;
