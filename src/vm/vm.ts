@@ -150,10 +150,22 @@ export async function startVm(options: VmOptions = {}): Promise<Vm> {
     cpus: options.cpus ?? 1,
     disks: options.disks ?? [],
     network: options.network ?? false,
-    timeoutMs: options.timeoutMs ?? (accel === 'kvm' ? 10_000 : 30_000),
+    timeoutMs: options.timeoutMs ?? bootTimeoutFromEnv(env) ?? (accel === 'kvm' ? 10_000 : 30_000),
     signal: options.signal,
     extraCmdline: env.DOCKVM_KERNEL_ARGS || undefined,
   });
+}
+
+/**
+ * DOCKVM_BOOT_TIMEOUT (seconds): a longer boot deadline for hosts where TCG is slow or shared (the test
+ * suite sets one, so that a busy CI machine fails on hangs, not on slowness).
+ */
+function bootTimeoutFromEnv(env: NodeJS.ProcessEnv): number | undefined {
+  const value = env.DOCKVM_BOOT_TIMEOUT;
+  if (value === undefined || value === '') return undefined;
+  const seconds = Number(value);
+  if (!Number.isFinite(seconds) || seconds <= 0) throw new VmError(`DOCKVM_BOOT_TIMEOUT=${value} is not a number of seconds`);
+  return seconds * 1000;
 }
 
 /** Boot exactly what `plan` says (no resolution, no probing). */

@@ -2,8 +2,8 @@
 // (itself made by dockvm: scripts/fixtures/debian-arm64.sh) runs the amd64 run-as-root test's change
 // list in an emulated arm64 machine, checked in the new layer and through podman's view of the image;
 // the image's programs are aarch64 ones and its config says so; the script saw an ARM CPU and could
-// make a mount namespace (what qemu-user gets wrong). dockvm shell --platform, and export --engine vm
-// of an arm64 image. Three VM boots, counted.
+// make a mount namespace (what qemu-user gets wrong). dockvm build of a Containerfile over the arm64
+// base, dockvm shell --platform, and export --engine vm of an arm64 image. Four VM boots, counted.
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
@@ -14,7 +14,7 @@ import { readTar } from '../../src/layer/tar.js';
 import { openImage } from '../../src/transport/index.js';
 import { elfFacts } from '../../src/vm/elf.js';
 import { ARCHITECTURES, defaultArchitecture, isNative } from '../../src/vm/architectures.js';
-import { debianArm64BaseFixture, hasDebianArm64Fixture } from '../fixtures/debian.js';
+import { DEBIAN_ARM64_BASE_REPO_TAG, debianArm64BaseFixture, hasDebianArm64Fixture } from '../fixtures/debian.js';
 import { listing, podmanExport, type Seen } from '../helpers/filesystem.js';
 import { hasTool, runDockvm } from '../helpers/peers.js';
 import { needs } from '../helpers/prerequisites.js';
@@ -132,6 +132,32 @@ arm64Test('run-as-root over the arm64 base: the script runs in an arm64 VM; whit
   const sh = resolve(mine, 'bin/sh');
   t.is(sh, 'usr/bin/dash');
   t.deepEqual(elfFacts((await fileData(exported, [sh])).get(sh)!), { machine: 183, bits: 64, interpreter: '/lib/ld-linux-aarch64.so.1' });
+});
+
+arm64Test('dockvm build over the arm64 base: its RUN steps run in one arm64 VM, the image is linux/arm64/v8', async (t) => {
+  const dir = tempDir(t);
+  mkdirSync(join(dir, 'ctx'));
+  writeFileSync(join(dir, 'ctx', 'hello'), 'hello\n');
+  writeFileSync(
+    join(dir, 'ctx', 'Containerfile'),
+    [`FROM ${DEBIAN_ARM64_BASE_REPO_TAG}`, 'RUN uname -m > /arch && dpkg --print-architecture >> /arch', 'COPY hello /srv/hello', 'RUN useradd -m -u 1000 app && chown app /srv/hello', ''].join('\n'),
+  );
+  const qemu = await qemuCounter(t);
+  const out = join(dir, 'out.tar');
+  const run = await runDockvm(['build', '--build-context', `${DEBIAN_ARM64_BASE_REPO_TAG}=docker-archive:${debianArm64BaseFixture()}`, '-t', 'localhost/dockvm-test/arm64-build:1', '-o', out, join(dir, 'ctx')], { env: qemu.env });
+  t.is(run.exitCode, 0, run.stderr);
+  t.is(qemu.bootsOf('arm64'), 1, 'one arm64 VM for the stage');
+  t.is(qemu.bootsOf('amd64'), 0);
+  const image = await openImage(out);
+  t.teardown(() => image.close());
+  t.like(image.config, { os: 'linux', architecture: 'arm64', variant: 'v8' });
+  t.is(image.layers.length, 4, 'the base and one layer per step');
+  const runLayer = join(dir, 'run.tar');
+  await pipeline(await image.layers[1]!.openTar(), createWriteStream(runLayer));
+  t.is((await fileData(runLayer, ['arch'])).get('arch')?.toString(), 'aarch64\narm64\n');
+  const last = join(dir, 'last.tar');
+  await pipeline(await image.layers[3]!.openTar(), createWriteStream(last));
+  t.like((await listing(last)).get('srv/hello'), { uid: 1000 });
 });
 
 arm64Test('dockvm shell --platform linux/arm64 runs the arm64 image\'s own programs; asking for another platform is refused before any VM boots', async (t) => {
