@@ -37,12 +37,13 @@ import { execa } from 'execa';
 import { withBuildVm } from '../src/build/build-vm.js';
 import { lowersFor } from '../src/build/lowers.js';
 import { createUpperDisk, newDirectories, outDiskBytes, packUpper, writePackedLayer, type PackWay } from '../src/build/vm-layer.js';
-import { newImageConfig, resolveCreated, scriptEnvironment } from '../src/build/config.js';
+import { resolveCreated, scriptEnvironment } from '../src/build/config.js';
 import { runStep, scriptLaunch } from '../src/build/interpreter.js';
 import { runAsRoot } from '../src/build/run-as-root.js';
 import type { BuildCacheOptions } from '../src/cache/build-cache.js';
 import { withTempDir } from '../src/cleanup.js';
-import { DigestingStream, hex, sha256 } from '../src/image/digest.js';
+import type { ImageConfig } from '../src/image/config.js';
+import { DigestingStream, hex, sha256, type Digest } from '../src/image/digest.js';
 import { FileLayer } from '../src/image/file-layer.js';
 import type { Image } from '../src/image/image.js';
 import { TarWriter } from '../src/layer/tar.js';
@@ -137,7 +138,7 @@ async function reference(baseArchive: string, out: string, parts: { unpack: numb
           newDirs: new Set(),
           diskSize: spec.diskSize,
         });
-        const config = newImageConfig({ base: base.config, config: null, architecture: base.config.architecture, created, diffId: layer.diffId, createdBy: 'reference' });
+        const config = configOver(base.config, layer.diffId, created, 'reference');
         const rawConfig = Buffer.from(JSON.stringify(config));
         const image: Image = {
           rawConfig,
@@ -205,7 +206,7 @@ async function fourTimesBase(): Promise<string> {
     writer.finish();
     await writing;
     const bulk = new FileLayer(layerPath, digest.digest, digest.size);
-    const config = newImageConfig({ base: base.config, config: null, architecture: base.config.architecture, created: '1970-01-01T00:00:01Z', diffId: bulk.diffId, createdBy: 'bench: ~600 MB of random-ish files' });
+    const config = configOver(base.config, bulk.diffId, '1970-01-01T00:00:01Z', 'bench: ~600 MB of random-ish files');
     const rawConfig = Buffer.from(JSON.stringify(config));
     const image: Image = { rawConfig, config, configDigest: sha256(rawConfig), layers: [...base.layers, bulk], repoTags: ['localhost/bench/debian-base-4x:bench'] };
     const temp = join(BENCH_DIR, `.partial-${BULK_RECIPE}.tar`);
@@ -294,6 +295,11 @@ async function packAlone(baseArchive: string, mib: number, ways: readonly PackWa
   } finally {
     await base.close();
   }
+}
+
+/** The config of a benchmark image: the base's, with one more layer. */
+function configOver(base: ImageConfig, diffId: Digest, created: string, createdBy: string): ImageConfig {
+  return { ...base, created, rootfs: { type: 'layers', diff_ids: [...base.rootfs.diff_ids, diffId] }, history: [...(base.history ?? []), { created, created_by: createdBy }] };
 }
 
 async function main(): Promise<void> {
