@@ -103,7 +103,9 @@ export async function buildStageInVm(options: StageVmOptions): Promise<LayerFile
     { architecture: options.architecture, memoryMiB: options.memoryMiB, network, ...(signal ? { signal } : {}) },
     async (vm) => {
       // copyToRoot (the copy disk) is unpacked over the root as the overlay is mounted
-      await vm.mustStep('stage-mount', { env: { DOCKVM_KEEP_DIRLINKS: root?.keepContentsDirlinks ? '1' : '0' } });
+      // spec.json's step needs none of the tools a Containerfile's steps run chrooted
+      const env: Record<string, string> = root ? { DOCKVM_KEEP_DIRLINKS: root.keepContentsDirlinks ? '1' : '0', DOCKVM_STAGE_TOOLS: '0' } : {};
+      await vm.mustStep('stage-mount', { env });
       for (const [id, path] of options.secrets) await vm.mustStep('secret', { args: [id], stdin: createReadStream(path) });
       const done: Committed[] = [];
       for (const [index, job] of jobs.entries()) {

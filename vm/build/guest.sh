@@ -335,6 +335,9 @@ step_stage_mount() {
   echo 0 > $S/offset
   # The tools a chrooted step needs, whatever the image has: static busybox and agent; GNU tar with its
   # libraries, run through their own loader (the image's /lib may hold another libc, or none).
+  # DOCKVM_STAGE_TOOLS=0 (spec.json's step, whose script gets the bundled shell at /.dockvm): none, and
+  # all of a small VM's memory stays the script's (/run is RAM).
+  [ "${DOCKVM_STAGE_TOOLS:-1}" = 1 ] || return 0
   mkdir -p $T/lib
   cp /bin/busybox /bin/dockvm-agent $T/
   cp "$GNU_TAR" $T/tar
