@@ -16,7 +16,7 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runAsRoot } from '../src/build/run-as-root.js';
+import { runAsRoot } from '../src/executor/run-as-root.js';
 import { checkSpec } from '../src/spec/load.js';
 import { defaultArchitecture, startVm, type Architecture } from '../src/vm/index.js';
 import { packageRoot } from '../src/vm/paths.js';

@@ -39,7 +39,7 @@ import { lowersFor } from '../src/build/lowers.js';
 import { createUpperDisk, newDirectories, outDiskBytes, packUpper, writePackedLayer, type PackWay } from '../src/build/vm-layer.js';
 import { resolveCreated, scriptEnvironment } from '../src/build/config.js';
 import { runStep, scriptLaunch } from '../src/build/interpreter.js';
-import { runAsRoot } from '../src/build/run-as-root.js';
+import { runAsRoot } from '../src/executor/run-as-root.js';
 import type { BuildCacheOptions } from '../src/cache/build-cache.js';
 import { withTempDir } from '../src/cleanup.js';
 import type { ImageConfig } from '../src/image/config.js';

@@ -29,7 +29,7 @@ export function registerRunAsRoot(program: Command): void {
       installSignalHandlers();
       // loaded on use: --help and other commands start faster
       const { loadSpec } = await import('../spec/load.js');
-      const { runAsRoot } = await import('../build/run-as-root.js');
+      const { runAsRoot } = await import('../executor/run-as-root.js');
       const { parseCacheRepository } = await import('../cache/registry-store.js');
       for (const ref of [...(options.cacheFrom ?? []), ...(options.cacheTo ?? [])]) usage(() => parseCacheRepository(ref));
       const spec = await loadSpec(specPath);

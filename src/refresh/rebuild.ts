@@ -4,7 +4,7 @@ import { createReadStream, rmSync } from 'node:fs';
 import { rename, rm, stat } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import { basename, dirname, join } from 'node:path';
-import { runAsRoot, type RunAsRootResult } from '../build/run-as-root.js';
+import { runAsRoot, type RunAsRootResult } from '../executor/run-as-root.js';
 import type { VmBuildOptions } from '../build/vm-layer.js';
 import { withTempDir } from '../cleanup.js';
 import { pushSource } from '../transport/push-source.js';

@@ -1,7 +1,7 @@
 // run-as-root: nixpkgs buildImage with runAsRoot. Base image + copyToRoot + the script run as root in a
 // throwaway VM + extraCommands → one new reproducible layer on top of the base → an image archive.
 // (DESIGN.md "Data flow of run-as-root".) The spec is a plan of one step (src/frontend/spec/), which the
-// executor runs as it runs a Containerfile's: through the build cache, in the stage VM (src/executor/).
+// executor runs as it runs a Containerfile's (build.ts): through the build cache, in the stage VM.
 import { createWriteStream } from 'node:fs';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -13,15 +13,15 @@ import { withTempDir } from '../cleanup.js';
 import type { TarEntry } from '../layer/tar.js';
 import type { BuildSpec } from '../spec/load.js';
 import { BuildCache, type BuildCacheOptions } from '../cache/build-cache.js';
-import { executePlan } from '../executor/execute.js';
+import { executePlan } from './execute.js';
 import { planSpec } from '../frontend/spec/plan.js';
-import { checkLowerCount } from './build-vm.js';
-import { resolveCreated } from './config.js';
-import { baseTree, CopyPlacement, hiddenShellError, replacedLinkWarnings } from './copy-over-base.js';
-import { copyToRootTar } from './copy-to-root.js';
-import { imageShells } from './interpreter.js';
-import { buildPlatform, runnableRow } from './platform.js';
-import type { VmBuildOptions } from './vm-layer.js';
+import { checkLowerCount } from '../build/build-vm.js';
+import { resolveCreated } from '../build/config.js';
+import { baseTree, CopyPlacement, hiddenShellError, replacedLinkWarnings } from '../build/copy-over-base.js';
+import { copyToRootTar } from '../build/copy-to-root.js';
+import { imageShells } from '../build/interpreter.js';
+import { buildPlatform, runnableRow } from '../build/platform.js';
+import type { VmBuildOptions } from '../build/vm-layer.js';
 
 export interface RunAsRootOptions extends VmBuildOptions {
   /** overrides the spec's `output` */
