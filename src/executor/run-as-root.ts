@@ -66,6 +66,7 @@ export async function runAsRoot(spec: BuildSpec, options: RunAsRootOptions = {})
       try {
         const created = resolveCreated(spec.created);
         const built = await executePlan(plan, {
+          // the plan names one image, its base, opened already (fromImageName/fromImageTag picked it)
           images: { open: async () => base! },
           cache: new BuildCache(options.cache),
           tmp,
