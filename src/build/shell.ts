@@ -36,8 +36,9 @@ export async function shell(reference: string, options: ShellOptions): Promise<n
   const image = await openImage(reference, options.platform ? { platform: options.platform } : {});
   try {
     const row = runnableRow(platformOf(image.config), reference);
-    checkLowerCount(image.layers.length, reference); // an image the VM cannot stack, before QEMU is even asked
-    await requireGuestPieces(row); // what this host lacks for the VM is said before the lowers are made
+    // an input error (too many layers) first, then what this host lacks for the VM, both before any lower is made
+    checkLowerCount(image.layers.length, reference);
+    await requireGuestPieces(row);
     const lowers = await lowersFor(image, reference);
     return await withTempDir('shell', async (tmp) => {
       const scratch = join(tmp, 'scratch.ext4');
