@@ -92,9 +92,15 @@ async function timed(fn: () => Promise<unknown>): Promise<number> {
  * by other work on a busy host, since TCG's work is all CPU.
  */
 function cpuSeconds(): number {
+  const { own, children } = cpuSplit();
+  return own + children;
+}
+
+/** CPU seconds of this process (its worker threads too) and of its reaped children (QEMU, dd, tar), apart. */
+function cpuSplit(): { own: number; children: number } {
   // /proc/self/stat after the command name: utime, stime, cutime, cstime are fields 14-17
-  const fields = readFileSync('/proc/self/stat', 'utf8').split(') ')[1]!.split(' ');
-  return fields.slice(11, 15).reduce((sum, ticks) => sum + Number(ticks), 0) / 100;
+  const ticks = readFileSync('/proc/self/stat', 'utf8').split(') ')[1]!.split(' ').slice(11, 15).map(Number);
+  return { own: (ticks[0]! + ticks[1]!) / 100, children: (ticks[2]! + ticks[3]!) / 100 };
 }
 
 /** dockvm run-as-root, in process, writing an uncompressed image archive; --no-cache unless told otherwise. */
@@ -241,12 +247,6 @@ async function coldCache(from: string): Promise<string> {
 /** Seconds dd reported (its last line: "… copied, 5.1 s, 59 MB/s"). */
 function ddSeconds(output: string): number {
   return Number(/copied, ([\d.]+) s/.exec(output)?.[1] ?? Number.NaN);
-}
-
-/** CPU seconds of this process (its worker threads too) and of its reaped children (QEMU, dd, tar), apart. */
-function cpuSplit(): { own: number; children: number } {
-  const ticks = readFileSync('/proc/self/stat', 'utf8').split(') ')[1]!.split(' ').slice(11, 15).map(Number);
-  return { own: (ticks[0]! + ticks[1]!) / 100, children: (ticks[2]! + ticks[3]!) / 100 };
 }
 
 /** `fn`'s wall time, and the CPU time it took in this process and in the children it reaped. */
