@@ -2,8 +2,8 @@
 // TarWriter writes for the same entries (encodeHeader's headers, each body padded to 512 bytes, two zero
 // blocks at the end; tested against it), but with no stream between the bodies' files and the layer.
 // One reused buffer gathers headers and bodies (read straight into it) and is hashed and written a MiB
-// at a time: the streaming way allocated a fresh buffer per MiB read, and its garbage, page faults and
-// hops through the stream machinery took half again the CPU of a 1 GB layer's copy and hash.
+// at a time, where the streaming way allocated a fresh buffer per MiB read and passed it through four
+// streams: a 300 MB layer from a scratch disk took 0.44 s of CPU this way, 0.66 s streamed (medians of 6).
 // The main thread encodes the headers and hands them over in batches, a few in flight at a time, so
 // that a layer of many files does not hold every header at once.
 import { Worker } from 'node:worker_threads';
