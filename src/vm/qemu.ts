@@ -73,6 +73,10 @@ export function kernelCmdline(config: QemuConfig): string {
     'mitigations=off', // nothing in this one-tenant guest to protect from itself; spares TCG the overhead
     'random.trust_cpu=on', // do not wait for entropy: seed from the CPU's RNG where it has one (RDRAND under TCG's -cpu max)
     'cryptomgr.notests', // skip the crypto self-tests: 0.4 s of emulated SHA and AES at every boot under TCG
+    // no zeroing of every page at allocation (Debian's kernels turn it on): hardening this one-tenant guest
+    // does not need, and under TCG it is emulated work on every page a script writes (a 300 MB dd into the
+    // upper took 28 % less time without it, into tmpfs 45 % less)
+    'init_on_alloc=0',
     ...config.architecture.cmdline, // the architecture's own (architectures.ts)
     `dockvm.transport=${config.agent.transport}`, // tells the agent which channel to open
     // the module groups init loads: the machine's virtio bus, the agent channel, loop devices (through
