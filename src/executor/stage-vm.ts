@@ -86,38 +86,36 @@ export async function buildStageInVm(options: StageVmOptions): Promise<LayerFile
   const network = jobs.some((job) => job.kind === 'run' && job.network === 'default');
   const signal = options.signal;
 
-  const committed = await withBuildVm(
+  // Each step's layer is read off the disks as soon as its commit returns, before the next step runs: a
+  // step is root in the VM and can write any disk raw (mknod, mount), so what an earlier step left there
+  // is the earlier step's only until a later one runs (test/security/guest-escape.test.ts).
+  const layers: LayerFile[] = [];
+  await withBuildVm(
     { lowers, scratch, out, ...(options.inputs ? { inputs: options.inputs } : {}) },
     { architecture: options.architecture, memoryMiB: options.memoryMiB, network, ...(signal ? { signal } : {}) },
     async (vm) => {
       await vm.mustStep('stage-mount');
       for (const [id, path] of options.secrets) await vm.mustStep('secret', { args: [id], stdin: createReadStream(path) });
-      const done: Committed[] = [];
       for (const [index, job] of jobs.entries()) {
         options.onStart?.(index);
         await runJob(vm, job, (chunk) => options.onOutput?.(index, chunk));
-        done.push(parseCommit(await vm.mustStep('commit')));
+        const { offset, bytes, newDirs } = parseCommit(await vm.mustStep('commit'));
+        const source = `the build VM's output for ${job.text}`;
+        // the manifest on a file of its own (the reader takes a file's first bytes); contents stay on the scratch disk
+        const manifest = join(tmp, `stage-manifest-${index}`);
+        await copyRange(out, offset, bytes, manifest);
+        const entries = [...readUpperManifest({ path: manifest, size: bytes, disk: scratch, source })];
+        layers.push(
+          await writeLayerFromEntries(entries, join(tmp, `stage-layer-${index}.tar`), {
+            source,
+            clampMtime: options.clampMtime,
+            convert: (entry) => fromOverlayUpperEntry(entry, (dir) => !newDirs.has(dir)),
+          }),
+        );
         options.onCommitted?.(index);
       }
-      return done;
     },
   );
-
-  const layers: LayerFile[] = [];
-  for (const [index, { offset, bytes, newDirs }] of committed.entries()) {
-    const source = `the build VM's output for ${jobs[index]!.text}`;
-    // the manifest on a file of its own (the reader takes a file's first bytes); contents stay on the scratch disk
-    const manifest = join(tmp, `stage-manifest-${index}`);
-    await copyRange(out, offset, bytes, manifest);
-    const entries = [...readUpperManifest({ path: manifest, size: bytes, disk: scratch, source })];
-    layers.push(
-      await writeLayerFromEntries(entries, join(tmp, `stage-layer-${index}.tar`), {
-        source,
-        clampMtime: options.clampMtime,
-        convert: (entry) => fromOverlayUpperEntry(entry, (dir) => !newDirs.has(dir)),
-      }),
-    );
-  }
   return layers;
 }
 
