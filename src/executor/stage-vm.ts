@@ -19,6 +19,7 @@ import { createScratchDisk, qemuImgCreate } from '../vm/index.js';
 import { EXT4_LOWER_SUFFIX, checkLowerCount, describeExit, withBuildVm, type BuildVm, type LowerImage, type StepResult } from '../build/build-vm.js';
 import type { CopyLayout } from './copy-items.js';
 import { stepError } from './errors.js';
+import { boundedEntries, ext4InodeCount, layerContentProblem } from './layer-bound.js';
 import type { Architecture } from '../vm/architectures.js';
 import type { InputRange } from './inputs-disk.js';
 
@@ -81,6 +82,7 @@ export async function buildStageInVm(options: StageVmOptions): Promise<LayerFile
   const scratch = join(tmp, 'stage-scratch.ext4');
   const out = join(tmp, 'stage-out.disk');
   await createScratchDisk(scratch, options.diskMiB);
+  const maxEntries = ext4InodeCount(scratch); // before the guest can touch it (layer-bound.ts)
   // every step's packed upper, one after another: at most the scratch disk's contents, twice over (sparse)
   await qemuImgCreate(out, 2 * options.diskMiB * 1024 * 1024, 'raw');
   const network = jobs.some((job) => job.kind === 'run' && job.network === 'default');
@@ -104,7 +106,10 @@ export async function buildStageInVm(options: StageVmOptions): Promise<LayerFile
         // the manifest on a file of its own (the reader takes a file's first bytes); contents stay on the scratch disk
         const manifest = join(tmp, `stage-manifest-${index}`);
         await copyRange(out, offset, bytes, manifest);
-        const entries = [...readUpperManifest({ path: manifest, size: bytes, disk: scratch, source })];
+        const entries = boundedEntries(readUpperManifest({ path: manifest, size: bytes, disk: scratch, source }), maxEntries);
+        if (typeof entries === 'string') throw stepError(job.step.location, job.text, entries);
+        const tooBig = layerContentProblem(entries, options.diskMiB * 1024 * 1024);
+        if (tooBig !== undefined) throw stepError(job.step.location, job.text, tooBig);
         layers.push(
           await writeLayerFromEntries(entries, join(tmp, `stage-layer-${index}.tar`), {
             source,
