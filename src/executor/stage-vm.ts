@@ -100,7 +100,10 @@ export async function buildStageInVm(options: StageVmOptions): Promise<LayerFile
       for (const [id, path] of options.secrets) await vm.mustStep('secret', { args: [id], stdin: createReadStream(path) });
       for (const [index, job] of jobs.entries()) {
         options.onStart?.(index);
-        await runJob(vm, job, (chunk) => options.onOutput?.(index, chunk));
+        await runJob(vm, job, (chunk) => options.onOutput?.(index, chunk)).catch((err: unknown) => {
+          // the VM dying under a step (a guest kernel it crashed, an agent it killed) is that step's failure
+          throw err instanceof VmError && !signal?.aborted ? stepError(job.step.location, job.text, err.message, { cause: err }) : err;
+        });
         const { offset, bytes, newDirs } = parseCommit(await vm.mustStep('commit'));
         const source = `the build VM's output for ${job.text}`;
         // the manifest on a file of its own (the reader takes a file's first bytes); contents stay on the scratch disk

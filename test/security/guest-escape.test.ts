@@ -7,6 +7,7 @@
 // changes in its own layer only, no guest process after the step, and no QEMU, passt or temp dir after
 // the build.
 import test from 'ava';
+import { readdirSync } from 'node:fs';
 import { runDockvm } from '../helpers/peers.js';
 import { qemuCounter } from '../helpers/qemu-counter.js';
 import { BASE, alive, baseContext, buildDir, layers, tempRoot, text } from './helpers.js';
@@ -71,6 +72,22 @@ test('a hostile RUN step makes block devices, rewrites an earlier layer on the s
   const [before, later] = counts!.split(' ').map(Number);
   t.is(later, before, 'nothing of the hostile step still runs in the next');
   t.is(processes, '3', 'the next step sees only its own processes (its shell, ls, grep)');
+  t.is(qemu.boots(), 1);
+  t.false(qemu.starts().some(({ pid }) => alive(pid)), 'no QEMU left');
+  t.deepEqual(await temp.processes(), [], 'no process of this build left');
+  t.deepEqual(temp.left(), [], 'no temp dir left');
+});
+
+test('a RUN step that crashes the guest kernel (and so its agent): one error naming the step, nothing written, nothing left', async (t) => {
+  const { dir, ctx, out } = buildDir(t, `FROM ${BASE}\nRUN echo fine > /fine.txt\nRUN echo c > /proc/sysrq-trigger\nRUN echo never\n`);
+  const qemu = await qemuCounter(t);
+  const temp = tempRoot(t);
+  const run = await runDockvm(['build', '--network=none', '--build-context', baseContext(), '-t', 'localhost/dockvm-test/crash:1', '-o', out, ctx], { env: { ...qemu.env, ...temp.env } });
+  t.is(run.exitCode, 1, run.stderr);
+  const errors = run.stderr.split('\n').filter((line) => line.startsWith('dockvm: '));
+  t.is(errors.length, 1, run.stderr);
+  t.regex(errors[0]!, /Containerfile:3: RUN echo c > \/proc\/sysrq-trigger: .*(VM|agent)/);
+  t.deepEqual(readdirSync(dir), ['ctx'], 'no output');
   t.is(qemu.boots(), 1);
   t.false(qemu.starts().some(({ pid }) => alive(pid)), 'no QEMU left');
   t.deepEqual(await temp.processes(), [], 'no process of this build left');
