@@ -3,13 +3,14 @@
 // host keeps no QEMU, passt or temp dir of the build, and dockvm's own memory stays bounded while the
 // guest floods it. One boot each (each ends its build); serial, since each loads the machine.
 import test from 'ava';
-import { closeSync, existsSync, openSync, readFileSync, readSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, readSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { debianBaseFixture } from '../fixtures/debian.js';
 import { qemuCounter } from '../helpers/qemu-counter.js';
-import { alive, buildDir, tempRoot } from './helpers.js';
+import { runDockvm } from '../helpers/peers.js';
+import { BASE, alive, baseContext, buildDir, tempRoot } from './helpers.js';
 
 const CLI = fileURLToPath(new URL('../../bin/dockvm.js', import.meta.url));
 const TIMEOUT_S = 120; // generous: a build that should fail on its own fails long before
@@ -107,4 +108,20 @@ test.serial('endless output: stopped at --timeout, dockvm\'s memory bounded whil
   await leftNothing(t, r, /^dockvm: the build took longer than --timeout 40 s; the VM was stopped$/);
   t.true(r.outputBytes > 1 << 20, 'the output streamed');
   t.true(r.maxRssKiB < 512 * 1024, `dockvm's peak RSS ${r.maxRssKiB} KiB`);
+});
+
+test.serial('dockvm build: a RUN step that never ends is stopped at --timeout, the error naming it, nothing left', async (t) => {
+  const { dir, ctx, out } = buildDir(t, `FROM ${BASE}\nRUN while :; do :; done\n`);
+  const qemu = await qemuCounter(t);
+  const temp = tempRoot(t);
+  const started = Date.now();
+  const run = await runDockvm(['build', '--timeout', '30', '--network=none', '--build-context', baseContext(), '-t', 'localhost/dockvm-test/forever:1', '-o', out, ctx], { env: { ...qemu.env, ...temp.env } });
+  t.log(`exit ${run.exitCode} after ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  t.is(run.exitCode, 1, run.stderr);
+  const errors = run.stderr.split('\n').filter((line) => line.startsWith('dockvm: '));
+  t.deepEqual(errors, ['dockvm: the build took longer than --timeout 30 s; its VM was stopped']);
+  t.deepEqual(readdirSync(dir), ['ctx'], 'no output');
+  t.false(qemu.starts().some(({ pid }) => alive(pid)), 'no QEMU left');
+  t.deepEqual(await temp.processes(), [], 'no process of this build left');
+  t.deepEqual(temp.left(), [], 'no temp dir left');
 });
