@@ -8,6 +8,7 @@ import type { Image } from '../image/image.js';
 import { writeLayerFile, writeLayerFromEntries, type LayerFile } from '../layer/layer-file.js';
 import { fromOverlayUpperEntry } from '../layer/overlay.js';
 import { readUpperManifest } from '../layer/upper-manifest.js';
+import { boundedEntries, ext4InodeCount } from '../layer/layer-bound.js';
 import type { TarEntry } from '../layer/tar.js';
 import type { BuildSpec } from '../spec/load.js';
 import { createScratchDisk, qemuImgCreate } from '../vm/index.js';
@@ -55,6 +56,7 @@ export async function buildLayerInVm(spec: BuildSpec, base: Image | undefined, c
   const scratch = join(tmp, 'scratch.ext4');
   const out = join(tmp, 'upper.out.disk'); // the manifest (or a tar) the pack step writes
   await createUpperDisk(scratch, spec.diskSize);
+  const maxEntries = ext4InodeCount(scratch); // before the guest can touch it (layer/layer-bound.ts)
   await qemuImgCreate(out, outDiskBytes(spec.diskSize), 'raw');
   const signal = options.timeoutMs === undefined ? undefined : timeoutSignal(options.timeoutMs);
   const output = options.onScriptOutput ?? ((chunk: Buffer) => void process.stderr.write(chunk));
@@ -84,7 +86,7 @@ export async function buildLayerInVm(spec: BuildSpec, base: Image | undefined, c
     },
   );
   // read once QEMU has exited: every byte the guest wrote is in the disk images
-  const layer = await writePackedLayer(packed, { out, scratch }, join(tmp, 'layer.tar'), { clampMtime, newDirs, diskSize: spec.diskSize });
+  const layer = await writePackedLayer(packed, { out, scratch }, join(tmp, 'layer.tar'), { clampMtime, newDirs, diskSize: spec.diskSize, maxEntries });
   const warning = rootChangeWarning(layer.root);
   if (warning) (options.onWarning ?? ((message) => void process.stderr.write(`dockvm: warning: ${message}\n`)))(warning);
   return layer;
@@ -132,7 +134,7 @@ export async function writePackedLayer(
   packed: PackedUpper,
   disks: { out: string; scratch: string },
   output: string,
-  options: { clampMtime: number; newDirs: ReadonlySet<string>; diskSize: number },
+  options: { clampMtime: number; newDirs: ReadonlySet<string>; diskSize: number; maxEntries?: number },
 ): Promise<LayerFile> {
   const layerOptions = {
     source: 'the build VM\'s output',
@@ -140,7 +142,9 @@ export async function writePackedLayer(
     convert: (entry: TarEntry) => fromOverlayUpperEntry(entry, (dir) => !options.newDirs.has(dir)),
   };
   if (packed.format === 'tar') return writeLayerFile(disks.out, output, { ...layerOptions, size: packed.bytes });
-  const entries = [...readUpperManifest({ path: disks.out, size: packed.bytes, disk: disks.scratch, source: layerOptions.source })];
+  const manifest = readUpperManifest({ path: disks.out, size: packed.bytes, disk: disks.scratch, source: layerOptions.source });
+  const entries = boundedEntries(manifest, options.maxEntries ?? Infinity);
+  if (typeof entries === 'string') throw new VmError(`${layerOptions.source}: ${entries}`);
   // A sparse file takes its full size in a layer (tar stores holes as zeros), however little it takes
   // on the scratch disk. The old way's tar had to fit the output disk; this layer's contents must too.
   const contentBytes = entries.reduce((sum, { entry }) => sum + entry.size, 0);

@@ -19,7 +19,7 @@ import { createScratchDisk, qemuImgCreate } from '../vm/index.js';
 import { EXT4_LOWER_SUFFIX, checkLowerCount, describeExit, withBuildVm, type BuildVm, type LowerImage, type StepResult } from '../build/build-vm.js';
 import type { CopyLayout } from './copy-items.js';
 import { stepError } from './errors.js';
-import { boundedEntries, ext4InodeCount, layerContentProblem } from './layer-bound.js';
+import { boundedEntries, ext4InodeCount, layerContentProblem } from '../layer/layer-bound.js';
 import type { Architecture } from '../vm/architectures.js';
 import type { InputRange } from './inputs-disk.js';
 

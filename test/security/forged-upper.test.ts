@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { writeLayerFromEntries } from '../../src/layer/layer-file.js';
 import { readUpperManifest } from '../../src/layer/upper-manifest.js';
-import { boundedEntries, ext4InodeCount, layerContentProblem } from '../../src/executor/layer-bound.js';
+import { boundedEntries, ext4InodeCount, layerContentProblem } from '../../src/layer/layer-bound.js';
 import { createScratchDisk } from '../../src/vm/disks.js';
 import { type ManifestEntry, record, writeManifest } from './manifest.js';
 
