@@ -35,7 +35,7 @@ export interface VmOptions {
   readonly cpus?: number;
   /** virtio-blk disks (the guest finds them by serial) */
   readonly disks?: readonly VmDisk[];
-  /** QEMU user-mode networking with DNS (default false: no network) */
+  /** user-mode networking with DNS, through passt (network.ts; default false: no network) */
   readonly network?: boolean;
   /** boot deadline: the agent must say hello by then (default 10 s under KVM, 30 s under TCG) */
   readonly timeoutMs?: number;
