@@ -5,7 +5,11 @@
 // there) and every other VM test.
 import test from 'ava';
 import { ARCHITECTURES, ARCHITECTURE_NAMES } from '../../src/vm/architectures.js';
-import { passtArgs } from '../../src/vm/network.js';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { MissingToolError } from '../../src/errors.js';
+import { networkBackend, passtArgs, startPasst } from '../../src/vm/network.js';
 import { type QemuConfig, qemuArgs } from '../../src/vm/qemu.js';
 
 const SANDBOX = 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny';
@@ -53,4 +57,27 @@ test("passt: the gateway is not the host's loopback, nothing forwarded inward, I
   t.true(args.includes('--ipv4-only'));
   t.deepEqual(values(args, '--runas'), ['1000:1000']);
   t.deepEqual(values(args, '--socket'), ['/run/net.sock']);
+});
+
+test.serial('without passt, a VM with network is refused with what to install and how to open the loopback instead', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'dockvm-security-nopasst-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const path = process.env.PATH;
+  process.env.PATH = dir; // spawn looks passt up on the PATH of the moment: an empty directory
+  try {
+    await t.throwsAsync(startPasst(dir, () => {}), {
+      instanceOf: MissingToolError,
+      message: "the build VM's network needs passt, which keeps the host's loopback out of its reach: install passt (apt-get install passt), or set DOCKVM_HOST_LOOPBACK=1 to use QEMU's user networking, which lets the build reach services on 127.0.0.1",
+    });
+  } finally {
+    process.env.PATH = path;
+  }
+  t.deepEqual(readdirSync(dir), [], 'no socket left');
+});
+
+test('DOCKVM_HOST_LOOPBACK: 1 opens the loopback (QEMU\'s user networking), unset or 0 keeps passt, anything else is refused', (t) => {
+  t.is(networkBackend({}), 'passt');
+  t.is(networkBackend({ DOCKVM_HOST_LOOPBACK: '0' }), 'passt');
+  t.is(networkBackend({ DOCKVM_HOST_LOOPBACK: '1' }), 'slirp');
+  t.throws(() => networkBackend({ DOCKVM_HOST_LOOPBACK: 'yes' }), { message: 'DOCKVM_HOST_LOOPBACK=yes is not 0 or 1' });
 });
