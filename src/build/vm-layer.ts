@@ -7,6 +7,7 @@ import { DockvmError, PlatformError, ScriptError, SpecError, VmError, stderrTail
 import { writeLayerFile, writeLayerFromEntries, type LayerFile } from '../layer/layer-file.js';
 import { fromOverlayUpperEntry } from '../layer/overlay.js';
 import { readUpperManifest } from '../layer/upper-manifest.js';
+import { boundedEntries, layerContentProblem } from '../layer/layer-bound.js';
 import type { TarEntry } from '../layer/tar.js';
 import type { RootStep } from '../plan/plan.js';
 import { createScratchDisk } from '../vm/index.js';
@@ -104,7 +105,17 @@ export async function writePackedLayer(
   packed: Pick<PackedUpper, 'format' | 'bytes'>,
   disks: { out: string; scratch: string },
   output: string,
-  options: { clampMtime: number; newDirs: ReadonlySet<string>; diskSize?: number; source?: string },
+  options: {
+    clampMtime: number;
+    newDirs: ReadonlySet<string>;
+    /** spec.json's diskSize: a layer's contents beyond it are the diskSize error */
+    diskSize?: number;
+    source?: string;
+    /** the scratch disk's inodes, read before the guest ran: a manifest listing more is forged (layer-bound.ts) */
+    maxEntries?: number;
+    /** the scratch disk's size: more file content than that is a sparse file's holes (layer-bound.ts) */
+    contentLimitBytes?: number;
+  },
 ): Promise<LayerFile> {
   const layerOptions = {
     source: options.source ?? 'the build VM\'s output',
@@ -112,7 +123,9 @@ export async function writePackedLayer(
     convert: (entry: TarEntry) => fromOverlayUpperEntry(entry, (dir) => !options.newDirs.has(dir)),
   };
   if (packed.format === 'tar') return writeLayerFile(disks.out, output, { ...layerOptions, size: packed.bytes });
-  const entries = [...readUpperManifest({ path: disks.out, size: packed.bytes, disk: disks.scratch, source: layerOptions.source })];
+  const manifest = readUpperManifest({ path: disks.out, size: packed.bytes, disk: disks.scratch, source: layerOptions.source });
+  const entries = boundedEntries(manifest, options.maxEntries ?? Infinity);
+  if (typeof entries === 'string') throw new VmError(`${layerOptions.source}: ${entries}`);
   // A sparse file takes its full size in a layer (tar stores holes as zeros), however little it takes
   // on the scratch disk. The old way's tar had to fit the output disk; this layer's contents must too.
   const contentBytes = entries.reduce((sum, { entry }) => sum + entry.size, 0);
@@ -120,6 +133,8 @@ export async function writePackedLayer(
     const neededMiB = Math.ceil(contentBytes / 2 ** 20);
     throw diskTooSmall(options.diskSize, `${neededMiB} MiB (sparse files count their full size)`, neededMiB);
   }
+  const tooBig = options.contentLimitBytes === undefined ? undefined : layerContentProblem(entries, options.contentLimitBytes);
+  if (tooBig !== undefined) throw new VmError(`${layerOptions.source}: ${tooBig}`);
   return writeLayerFromEntries(entries, output, layerOptions);
 }
 

@@ -2,8 +2,9 @@
 // layers and the cached steps' layers are the overlay's lowers; each step runs (guest.sh run-step,
 // copy-step, workdir-step), then commits: its upper is described (the agent's upper-manifest, as
 // run-as-root's pack step does) onto the output disk and becomes a lower of the next step under a fresh
-// upper. After the VM is gone, each manifest is read as untrusted input, file contents from the scratch
-// disk's image, and made a layer (whiteouts, opaque directories, new directories: writePackedLayer).
+// upper. As soon as a step commits, before the next step (which could rewrite the disks) runs, its
+// manifest is read as untrusted input, file contents from the scratch disk's image, and made a layer
+// (whiteouts, opaque directories, new directories: writePackedLayer).
 // spec.json's one step (a root job) runs here too: copyToRoot unpacked as the stage mounts, its scripts
 // (src/build/vm-layer.ts), the same commit; its VM and disks sized by the spec's diskSize.
 import { createReadStream } from 'node:fs';
@@ -19,6 +20,7 @@ import { createScratchDisk, qemuImgCreate } from '../vm/index.js';
 import { EXT4_LOWER_SUFFIX, checkLowerCount, describeExit, withBuildVm, type BuildVm, type LowerImage, type StepResult } from '../build/build-vm.js';
 import type { CopyLayout } from './copy-items.js';
 import { stepError } from './errors.js';
+import { ext4InodeCount } from '../layer/layer-bound.js';
 import type { Architecture } from '../vm/architectures.js';
 import type { InputRange } from './inputs-disk.js';
 
@@ -94,11 +96,16 @@ export async function buildStageInVm(options: StageVmOptions): Promise<LayerFile
     // every step's packed upper, one after another: at most the scratch disk's contents, twice over (sparse)
     await qemuImgCreate(out, 2 * options.diskMiB * 1024 * 1024, 'raw');
   }
+  const maxEntries = ext4InodeCount(scratch); // before the guest can touch it (src/layer/layer-bound.ts)
   const network = jobs.some((job) => (job.kind === 'run' && job.network === 'default') || (job.kind === 'root' && job.step.network));
   const signal = options.signal;
   const copy = root?.copyTar ?? undefined;
 
-  const committed = await withBuildVm(
+  // Each step's layer is read off the disks as soon as its commit returns, before the next step runs: a
+  // step is root in the VM and can write any disk raw (mknod, mount), so what an earlier step left there
+  // is the earlier step's only until a later one runs (test/security/guest-escape.test.ts).
+  const layers: LayerFile[] = [];
+  await withBuildVm(
     { lowers, scratch, out, ...(options.inputs ? { inputs: options.inputs } : {}), ...(copy ? { copy } : {}) },
     { architecture: options.architecture, memoryMiB: options.memoryMiB, network, ...(signal ? { signal } : {}) },
     async (vm) => {
@@ -107,32 +114,36 @@ export async function buildStageInVm(options: StageVmOptions): Promise<LayerFile
       const env: Record<string, string> = root ? { DOCKVM_KEEP_DIRLINKS: root.keepContentsDirlinks ? '1' : '0', DOCKVM_STAGE_TOOLS: '0' } : {};
       await vm.mustStep('stage-mount', { env });
       for (const [id, path] of options.secrets) await vm.mustStep('secret', { args: [id], stdin: createReadStream(path) });
-      const done: Committed[] = [];
       for (const [index, job] of jobs.entries()) {
         options.onStart?.(index);
-        await runJob(vm, job, (chunk) => options.onOutput?.(index, chunk));
+        await runJob(vm, job, (chunk) => options.onOutput?.(index, chunk)).catch((err: unknown) => {
+          // the VM dying under a step (a guest kernel it crashed, an agent it killed) is that step's failure
+          throw err instanceof VmError && job.kind !== 'root' && !signal?.aborted ? stepError(job.step.location, job.text, err.message, { cause: err }) : err;
+        });
         const commit = parseCommit(await vm.mustStep('commit'));
         if (job.kind === 'root') checkUpperSize(commit.upperKiB, job.step.diskSize);
-        done.push(commit);
+        layers.push(await readLayer(job, index, commit));
         options.onCommitted?.(index);
       }
-      return done;
     },
   );
 
-  const layers: LayerFile[] = [];
-  for (const [index, { offset, bytes, newDirs }] of committed.entries()) {
-    const job = jobs[index]!;
+  /** The step's layer: its manifest read as untrusted input, file contents from the scratch disk's image. */
+  async function readLayer(job: VmJob, index: number, { offset, bytes, newDirs }: Committed): Promise<LayerFile> {
     // the manifest on a file of its own (the reader takes a file's first bytes); contents stay on the scratch disk
     const manifest = join(tmp, `stage-manifest-${index}`);
     await copyRange(out, offset, bytes, manifest);
-    layers.push(
-      await writePackedLayer({ format: 'manifest', bytes }, { out: manifest, scratch }, join(tmp, `stage-layer-${index}.tar`), {
-        clampMtime: options.clampMtime,
-        newDirs,
-        ...(job.kind === 'root' ? { diskSize: job.step.diskSize } : { source: `the build VM's output for ${job.text}` }),
-      }),
-    );
+    const bounds = { clampMtime: options.clampMtime, newDirs, maxEntries };
+    if (job.kind === 'root') {
+      return writePackedLayer({ format: 'manifest', bytes }, { out: manifest, scratch }, join(tmp, `stage-layer-${index}.tar`), { ...bounds, diskSize: job.step.diskSize });
+    }
+    return writePackedLayer({ format: 'manifest', bytes }, { out: manifest, scratch }, join(tmp, `stage-layer-${index}.tar`), {
+      ...bounds,
+      source: `the build VM's output for ${job.text}`,
+      contentLimitBytes: options.diskMiB * 1024 * 1024,
+    }).catch((err: unknown) => {
+      throw err instanceof VmError ? stepError(job.step.location, job.text, err.message, { cause: err }) : err;
+    });
   }
   return layers;
 }

@@ -33,6 +33,8 @@ export interface QemuConfig {
   readonly initrd: string;
   readonly disks: readonly QemuDisk[];
   readonly network: boolean;
+  /** with network: passt's socket (network.ts, the host's loopback closed); absent: QEMU's user networking */
+  readonly networkSocket?: string;
   readonly agent: AgentChannel;
   /** appended to the kernel command line as is */
   readonly extraCmdline?: string;
@@ -133,8 +135,10 @@ export function qemuArgs(config: QemuConfig): string[] {
   }
 
   if (config.network) {
-    // user-mode networking: outbound only, no host setup or privileges; DNS at 10.0.2.3
-    add('-netdev', 'user,id=net0', '-device', `${virtio(config, 'net')},netdev=net0`);
+    // user-mode networking: outbound only, no host setup or privileges; DNS at 10.0.2.3. Through passt
+    // (network.ts says why) unless DOCKVM_HOST_LOOPBACK=1 asked for QEMU's own, which maps 10.0.2.2 to 127.0.0.1
+    const netdev = config.networkSocket === undefined ? 'user,id=net0' : `stream,id=net0,server=off,addr.type=unix,addr.path=${config.networkSocket.replace(/,/g, ',,')}`;
+    add('-netdev', netdev, '-device', `${virtio(config, 'net')},netdev=net0`);
   }
   return args;
 }
