@@ -18,7 +18,7 @@ export interface DiskPart {
 interface DiskCommon {
   /** attach read-only (layer images); default false (a disk of parts is always read-only) */
   readonly readOnly?: boolean;
-  /** virtio-blk serial the guest sees in /sys/block/vdX/serial, at most 20 characters (default diskN) */
+  /** what the guest finds it by (/sys/block/sdX/device/model): 1 to 16 letters, digits or _.@+- (default diskN) */
   readonly name?: string;
 }
 

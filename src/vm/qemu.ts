@@ -1,7 +1,7 @@
 // A typed QEMU command line for the build VM. Every option says why it is there; nothing else is
 // passed. The launcher itself (spawn, deadlines, cleanup) is in vm.ts.
 import { execa } from 'execa';
-import { MissingToolError } from '../errors.js';
+import { MissingToolError, VmError } from '../errors.js';
 
 export type Accel = 'kvm' | 'tcg';
 /**
@@ -13,10 +13,23 @@ export type Machine = 'microvm' | 'pc';
 export interface QemuDisk {
   readonly path: string;
   readonly readOnly: boolean;
-  /** the virtio-blk serial the guest sees in /sys/block/vdX/serial (at most 20 bytes) */
-  readonly serial: string;
+  /** what the guest finds it by: the SCSI product it reports, in /sys/block/sdX/device/model (DISK_NAME) */
+  readonly name: string;
   /** raw: the file is the disk; vmdk: the file is a descriptor of files end to end (disks.ts) */
   readonly format: 'raw' | 'vmdk';
+}
+
+/** A disk's name: what fits the SCSI product field (16 bytes) and reads back the same from sysfs. */
+export const DISK_NAME = /^[A-Za-z0-9_.@+-]{1,16}$/;
+
+/**
+ * A guest saved to or restored from a snapshot (snapshot.ts): its RAM is a file, mapped shared while it
+ * boots and is saved (the file then is the snapshot's memory), privately when restored (each restored
+ * VM writes into copies of the pages it touches; the file stays as it was).
+ */
+export interface SnapshotMemory {
+  readonly path: string;
+  readonly role: 'save' | 'restore';
 }
 
 export type AgentChannel =
@@ -33,6 +46,10 @@ export interface QemuConfig {
   readonly disks: readonly QemuDisk[];
   readonly network: boolean;
   readonly agent: AgentChannel;
+  /** the unix socket (ours, listening) QEMU connects its QMP monitor to: disks are attached through it */
+  readonly qmpSocketPath: string;
+  /** set when the VM is saved as a snapshot or restored from one */
+  readonly snapshot?: SnapshotMemory;
   /** appended to the kernel command line as is */
   readonly extraCmdline?: string;
   /** the host's TSC rate, when known (hostTscKhz()) */
@@ -48,7 +65,7 @@ export function hostTscKhz(cpuinfo: string): number | undefined {
 }
 
 /** The virtio device model name for this machine: -device (mmio) on microvm, -pci on pc. */
-function virtio(machine: Machine, kind: 'blk' | 'serial' | 'net' | 'vhost-vsock'): string {
+function virtio(machine: Machine, kind: 'scsi' | 'serial' | 'net' | 'vhost-vsock'): string {
   const base = kind === 'vhost-vsock' ? 'vhost-vsock' : `virtio-${kind}`;
   return machine === 'microvm' ? `${base}-device` : `${base}-pci`;
 }
@@ -69,8 +86,12 @@ export function kernelCmdline(config: QemuConfig): string {
     'cryptomgr.notests', // skip the crypto self-tests: 0.4 s of emulated SHA and AES at every boot under TCG
     `dockvm.transport=${config.agent.transport}`, // tells the agent which channel to open
     // the module groups init loads: the machine's virtio bus, the agent channel, loop devices (through
-    // which the guest reads each file of a disk of several at its offset), the network driver
-    `dockvm.load=${[config.machine === 'microvm' ? 'mmio' : 'pci', config.agent.transport, ...(config.disks.some((d) => d.format === 'vmdk') ? ['loop'] : []), ...(config.network ? ['net'] : [])].join(',')}`,
+    // which the guest reads each file of a disk of several at its offset: a snapshot cannot know whether
+    // a build restored from it will have one), the network driver
+    `dockvm.load=${[config.machine === 'microvm' ? 'mmio' : 'pci', config.agent.transport, ...(config.snapshot || config.disks.some((d) => d.format === 'vmdk') ? ['loop'] : []), ...(config.network ? ['net'] : [])].join(',')}`,
+    // no scan of the SCSI bus at boot (256 targets probed one by one under emulation): the host attaches
+    // each disk at a LUN of its own and the hotplug event adds exactly that one (scsiDiskDevice)
+    'scsi_mod.scan=none',
   ];
   // Under TCG the guest calibrates its TSC against the PIT, and on a busy host that fails ("Unable to
   // calibrate against PIT") and microvm has no HPET to fall back on: the boot then hangs. TCG's TSC is
@@ -90,21 +111,26 @@ export function qemuArgs(config: QemuConfig): string[] {
   add('-name', 'dockvm'); // recognisable in ps
   // seccomp: QEMU may not spawn processes, gain privileges, use obsolete syscalls or change resource limits
   add('-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny');
+  // a snapshot's RAM is the backend named "ram" (below) instead of anonymous memory
+  const ram = config.snapshot ? ',memory-backend=ram' : '';
   if (config.machine === 'microvm') {
     // microvm: virtio-mmio, no PCI bus, qboot-based firmware (bios-microvm.bin); ACPI stays on so the
     // guest finds the virtio-mmio devices and can power off. No option ROMs to load.
-    add('-M', 'microvm,x-option-roms=off,rtc=on,acpi=on');
+    add('-M', `microvm,x-option-roms=off,rtc=on,acpi=on${ram}`);
   } else {
     // pc with qboot: the same firmware speed as microvm where microvm is missing
-    add('-M', 'pc', '-bios', 'qboot.rom');
+    add('-M', `pc${ram}`, '-bios', 'qboot.rom');
   }
-  if (config.accel === 'kvm') {
-    add('-accel', 'kvm', '-cpu', 'host'); // hardware virtualisation; the host CPU's features as they are
-  } else {
-    // TCG: pure emulation. -cpu max gives the guest every feature TCG emulates (RDRAND, x86-64-v2)
-    add('-accel', 'tcg', '-cpu', 'max');
-  }
+  add('-accel', config.accel, '-cpu', cpuModel(config.accel));
   add('-m', String(config.memoryMiB)); // guest RAM, MiB (the build's buildVMMemorySize)
+  if (config.snapshot) {
+    // share=on while saving: the guest's RAM is written into the file, which becomes the snapshot's
+    // memory (migration then skips it: x-ignore-shared). share=off when restoring: the file is mapped
+    // privately, its pages read in as the guest touches them, and what the guest writes stays in this
+    // QEMU. That is what makes a restore cheap: no copy of the RAM, in or out.
+    const share = config.snapshot.role === 'save' ? 'on' : 'off';
+    add('-object', `memory-backend-file,id=ram,size=${config.memoryMiB}M,mem-path=${config.snapshot.path.replace(/,/g, ',,')},share=${share}`);
+  }
   add('-smp', String(config.cpus));
   add('-no-reboot'); // a guest reboot (shutdown or panic) ends QEMU instead of booting again
   add('-display', 'none'); // no window; unlike -nographic it leaves stdio alone
@@ -113,15 +139,14 @@ export function qemuArgs(config: QemuConfig): string[] {
   add('-chardev', 'stdio,id=console,signal=off', '-serial', 'chardev:console');
   add('-kernel', config.kernel, '-initrd', config.initrd, '-append', kernelCmdline(config));
 
-  config.disks.forEach((disk, i) => {
-    // raw images, or a VMDK descriptor of files end to end (read-only); cache=unsafe for writable disks:
-    // a throwaway VM needs no flushes to survive a host crash, and the data is in the file once QEMU
-    // exits. Read-only ones are opened read-only.
-    const drive = [`file=${disk.path.replace(/,/g, ',,')}`, 'if=none', `id=disk${i}`, `format=${disk.format}`];
-    drive.push(disk.readOnly ? 'readonly=on' : 'cache=unsafe');
-    add('-drive', drive.join(','));
-    add('-device', `${virtio(config.machine, 'blk')},drive=disk${i},serial=${disk.serial}`);
-  });
+  // QMP, on our socket: how disks are attached once the guest runs, and how snapshots are saved and loaded
+  add('-chardev', `socket,id=qmp,path=${config.qmpSocketPath.replace(/,/g, ',,')}`, '-mon', 'chardev=qmp,mode=control');
+  if (config.snapshot?.role === 'restore') add('-incoming', 'defer'); // the state comes through QMP (migrate-incoming)
+
+  // Disks are LUNs of one virtio-scsi controller, hot-added once the guest runs (blockdevOptions,
+  // scsiDiskDevice): a guest restored from a snapshot has no disks of its own, and the same way serves a
+  // booted one. A controller takes any number of them, where microvm has 24 virtio transports in all.
+  add('-device', `${virtio(config.machine, 'scsi')},id=scsi`);
 
   if (config.agent.transport === 'serial') {
     // the agent's channel: a virtio-serial port named for the agent, backed by our unix socket (QEMU connects)
@@ -137,6 +162,40 @@ export function qemuArgs(config: QemuConfig): string[] {
     add('-netdev', 'user,id=net0', '-device', `${virtio(config.machine, 'net')},netdev=net0`);
   }
   return args;
+}
+
+/** The CPU the guest gets: the one place it is chosen (each is measured; see the note at TCG_CPU). */
+export function cpuModel(accel: Accel): string {
+  return accel === 'kvm' ? 'host' : TCG_CPU; // KVM: the host CPU's features as they are
+}
+
+/** TCG: -cpu max gives the guest every feature TCG emulates (RDRAND, x86-64-v2, AVX2). */
+const TCG_CPU = 'max';
+
+/**
+ * The QMP blockdev-add arguments of disk `i`'s backend: a raw image, or a VMDK descriptor of files end
+ * to end (read-only); writable ones without flushes (cache=unsafe): a throwaway VM needs none to survive
+ * a host crash, and the data is in the file once QEMU exits. Opened over QMP, like the device, so that
+ * a disk QEMU cannot open is an error about that disk, never one about starting QEMU.
+ */
+export function blockdevOptions(disk: QemuDisk, i: number): Record<string, unknown> {
+  if (!DISK_NAME.test(disk.name)) throw new VmError(`cannot attach ${disk.path} as ${JSON.stringify(disk.name)}: a disk's name is 1 to 16 letters, digits or _.@+-`);
+  return {
+    driver: disk.format,
+    'node-name': `disk${i}`,
+    'read-only': disk.readOnly,
+    ...(disk.readOnly ? {} : { cache: { 'no-flush': true } }),
+    file: { driver: 'file', filename: disk.path },
+  };
+}
+
+/**
+ * The QMP device_add arguments that attach disk `i` (its blockdevOptions) to the guest: a SCSI disk at LUN i+1
+ * of target 0 (the kernel adds a LUN other than 0 directly, where LUN 0 would start a scan of the
+ * target), reporting the disk's name as its product for the guest to find it by.
+ */
+export function scsiDiskDevice(disk: QemuDisk, i: number): Record<string, unknown> {
+  return { driver: 'scsi-hd', id: `disk${i}`, bus: 'scsi.0', channel: 0, 'scsi-id': 0, lun: i + 1, drive: `disk${i}`, product: disk.name };
 }
 
 export interface QemuBinary {

@@ -1,7 +1,7 @@
 # dockvm's guest side of run-as-root and export-in-VM. The host runs it with the agent's exec, one step
 # at a time, as: sh -c "$(cat guest.sh)" dockvm-guest STEP [ARGS…], with parameters in DOCKVM_* variables.
-# Disks are found by the serial the host gave them, never by /dev/vdX order (microvm's virtio-mmio
-# probes devices in reverse).
+# Disks are found by the name the host gave them (the SCSI product of each hot-added LUN, which sysfs
+# shows as the disk's model), never by /dev/sdX order (the guest names disks as it probes them).
 #
 #   mount   lowers (read-only images, bottom first: squashfs, or ext4 for layers with POSIX ACLs) + ext4
 #           scratch → overlay at /build/root; unpack copyToRoot
@@ -27,13 +27,13 @@ TAR_XATTRS="--xattrs --xattrs-include=*"
 die() { echo "dockvm-guest: $*" >&2; exit 70; }
 
 disk() {
-  for d in /sys/block/vd*; do
-    # read, not cat: a fork costs ~10 ms under TCG
-    serial=""
-    read -r serial < "$d/serial" 2>/dev/null || true
-    if [ "$serial" = "$1" ]; then echo "/dev/${d##*/}"; return 0; fi
+  for d in /sys/block/sd*; do
+    # read, not cat: a fork costs ~10 ms under TCG; read also drops the model's padding spaces
+    model=""
+    read -r model < "$d/device/model" 2>/dev/null || true
+    if [ "$model" = "$1" ]; then echo "/dev/${d##*/}"; return 0; fi
   done
-  die "no disk with serial $1"
+  die "no disk named $1"
 }
 
 # The lowers' mount points, /l/0 (the bottom layer) upwards: short names, so that the lowerdir option
