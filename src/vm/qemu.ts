@@ -169,8 +169,16 @@ export function cpuModel(accel: Accel): string {
   return accel === 'kvm' ? 'host' : TCG_CPU; // KVM: the host CPU's features as they are
 }
 
-/** TCG: -cpu max gives the guest every feature TCG emulates (RDRAND, x86-64-v2, AVX2). */
-const TCG_CPU = 'max';
+/**
+ * TCG: the x86-64-v2 level (what RHEL 9 and most distributions build for) and RDRAND (the kernel seeds
+ * its RNG from it: random.trust_cpu), and no more. Measured here (2026-12-02, 2 busy cores, QEMU 7.2,
+ * three alternated runs, QEMU's CPU time): a runAsRoot `dpkg -i` of curl and its 15 dependencies cost
+ * 0.73x the CPU time under this model that it cost under -cpu max, 200 fork+execs 0.88x; with AVX2 (-cpu
+ * max) glibc picks AVX2 string functions, which TCG emulates slowly. The price: an image built for
+ * x86-64-v3 (RHEL 10) does not run its programs. -smp 2 with multi-threaded TCG cost 1.14x (max) to
+ * 1.42x (this model) the CPU time for the same step and was not faster on this shared host.
+ */
+const TCG_CPU = 'qemu64,+cx16,+lahf-lm,+popcnt,+pni,+sse4.1,+sse4.2,+ssse3,+rdrand';
 
 /**
  * The QMP blockdev-add arguments of disk `i`'s backend: a raw image, or a VMDK descriptor of files end

@@ -59,8 +59,9 @@ export type SnapshotLookup =
   /** QEMU refused one made for this key before: booting is what works here */
   | { readonly kind: 'refused'; readonly marker: string; readonly reason: string };
 
+/** `$DOCKVM_SNAPSHOT_DIR`, else CACHE/snapshots. */
 export function snapshotsDir(env: NodeJS.ProcessEnv = process.env): string {
-  return join(cacheDir(env), 'snapshots');
+  return env.DOCKVM_SNAPSHOT_DIR || join(cacheDir(env), 'snapshots');
 }
 
 function filesIn(dir: string): SnapshotFiles {
