@@ -35,6 +35,7 @@
 #include <linux/random.h>
 #include <time.h>
 #include <linux/vm_sockets.h>
+#include <grp.h>
 
 #define PROTOCOL_VERSION 2
 #define AGENT_VERSION "0.1.0"
@@ -706,8 +707,40 @@ static int mount_lowers(const char *dir, int count, char **specs) {
 
 int upper_manifest(int argc, char **argv); /* vm/upper-manifest.c */
 
+/* `agent as-user UID GID GROUPS DIR COMMAND...`: become a Containerfile RUN step's process. Run chrooted
+ * (the agent is static, so it works in any image): set the supplementary groups (GROUPS: comma-separated
+ * gids, "-" for none), the gid and the uid (guest.sh resolved USER's names in the image's /etc/passwd and
+ * /etc/group), change to DIR, and exec COMMAND found on the PATH of the environment, as Docker does.
+ * Exits 127 when COMMAND cannot be run, 126 when it is not executable, as a shell would. */
+static int as_user(int argc, char **argv) {
+  if (argc < 5) { fprintf(stderr, "dockvm-agent: usage: as-user UID GID GROUPS DIR COMMAND...\n"); return 125; }
+  uid_t uid = (uid_t)strtoul(argv[0], NULL, 10);
+  gid_t gid = (gid_t)strtoul(argv[1], NULL, 10);
+  gid_t groups[256];
+  size_t count = 0;
+  if (strcmp(argv[2], "-") != 0) {
+    for (char *p = argv[2]; *p && count < 256;) {
+      groups[count++] = (gid_t)strtoul(p, &p, 10);
+      if (*p == ',') p++;
+    }
+  }
+  if (setgroups(count, groups) != 0 || setgid(gid) != 0 || setuid(uid) != 0) {
+    fprintf(stderr, "dockvm: cannot become user %u:%u: %s\n", (unsigned)uid, (unsigned)gid, strerror(errno));
+    return 125;
+  }
+  if (chdir(argv[3]) != 0) {
+    fprintf(stderr, "dockvm: cannot change to the working directory %s: %s\n", argv[3], strerror(errno));
+    return 125;
+  }
+  execvp(argv[4], argv + 4);
+  int code = errno == ENOENT ? 127 : 126;
+  fprintf(stderr, "dockvm: cannot run %s: %s\n", argv[4], strerror(errno));
+  return code;
+}
+
 int main(int argc, char **argv) {
   if (argc >= 2 && strcmp(argv[1], "insmod") == 0) return insmod_all(argc - 2, argv + 2);
+  if (argc >= 2 && strcmp(argv[1], "as-user") == 0) return as_user(argc - 2, argv + 2);
   if (argc >= 3 && strcmp(argv[1], "mount-lowers") == 0) return mount_lowers(argv[2], argc - 3, argv + 3);
   if (argc >= 2 && strcmp(argv[1], "upper-manifest") == 0) return upper_manifest(argc - 2, argv + 2);
   if (argc == 4 && strcmp(argv[1], "bridge-vsock") == 0)

@@ -24,6 +24,8 @@ export interface BuildVmDisks {
   copy?: string;
   /** a raw disk the guest writes its output tar onto */
   out?: string;
+  /** a raw disk of tars the guest reads by offset (a Containerfile's COPY inputs: src/executor/) */
+  inputs?: string;
 }
 
 /**
@@ -110,6 +112,7 @@ export class BuildVm {
       ['scratch', disks.scratch, false],
       ['copy', disks.copy, true],
       ['out', disks.out, false],
+      ['inputs', disks.inputs, true],
     ] as const) {
       if (path === undefined) continue;
       vmDisks.push({ path, readOnly, name: key });
@@ -190,15 +193,21 @@ export function describeExit(result: { exitCode: number | null; signal?: string 
 
 /** Run `fn` with a started build VM, shutting it down afterwards (killing it when fn failed). */
 export async function withBuildVm<T>(disks: BuildVmDisks, options: BuildVmOptions, fn: (vm: BuildVm) => Promise<T>): Promise<T> {
-  const vm = await BuildVm.start(disks, options);
+  // A timeout or Ctrl-C surfaces as whatever the VM did when it was killed (while booting too); say what
+  // really happened.
+  const why = (err: unknown): unknown => {
+    const reason: unknown = options.signal?.aborted ? options.signal.reason : undefined;
+    return reason instanceof DockvmError ? reason : err;
+  };
+  const vm = await BuildVm.start(disks, options).catch((err: unknown) => {
+    throw why(err);
+  });
   try {
     const result = await fn(vm);
     await vm.shutdown();
     return result;
   } catch (err) {
     await vm.kill();
-    // A timeout or Ctrl-C surfaces as whatever the VM did when it was killed; say what really happened.
-    const reason: unknown = options.signal?.aborted ? options.signal.reason : undefined;
-    throw reason instanceof DockvmError ? reason : err;
+    throw why(err);
   }
 }

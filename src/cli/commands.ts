@@ -1,5 +1,6 @@
 // Every command, registered on the program in the order `--help` lists them.
 import type { Command } from 'commander';
+import { registerBuild } from './build.js';
 import { registerCache } from './cache.js';
 import { registerDoctor } from './doctor.js';
 import { registerExport } from './export.js';
@@ -13,7 +14,7 @@ import { registerShell } from './shell.js';
 
 type Register = (program: Command) => void;
 
-const commands: Register[] = [registerRunAsRoot, registerExport, registerInspect, registerMerge, registerPull, registerPush, registerRefresh, registerShell, registerDoctor, registerCache];
+const commands: Register[] = [registerRunAsRoot, registerBuild, registerExport, registerInspect, registerMerge, registerPull, registerPush, registerRefresh, registerShell, registerDoctor, registerCache];
 
 export function registerCommands(program: Command): void {
   for (const register of commands) register(program);

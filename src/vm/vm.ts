@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { Duplex } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { killOnExit, removeOnExit } from '../cleanup.js';
-import { VmError } from '../errors.js';
+import { type ErrorContext, VmError } from '../errors.js';
 import { chooseAccel, deviceUsable, hostFacts } from './accel.js';
 import { type BootImage, bootImage } from './boot-image.js';
 import { ensureAgent } from './agent-binary.js';
@@ -140,7 +140,7 @@ export async function startVm(options: VmOptions = {}): Promise<Vm> {
     cpus: options.cpus ?? 1,
     disks: options.disks ?? [],
     network: options.network ?? false,
-    timeoutMs: options.timeoutMs ?? (accel === 'kvm' ? 10_000 : 30_000),
+    timeoutMs: options.timeoutMs ?? bootTimeoutFromEnv(env) ?? (accel === 'kvm' ? 10_000 : 30_000),
     signal: options.signal,
     extraCmdline: env.DOCKVM_KERNEL_ARGS || undefined,
   };
@@ -149,6 +149,18 @@ export async function startVm(options: VmOptions = {}): Promise<Vm> {
   if (!(options.snapshots ?? chooseSnapshots(env)) || transport !== 'serial') return bootVm(plan);
   const notice = options.onNotice ?? ((line: string) => process.stderr.write(`${line}\n`));
   return startFromSnapshot(plan, { qemu, image, initramfs, env, notice });
+}
+
+/**
+ * DOCKVM_BOOT_TIMEOUT (seconds): a longer boot deadline for hosts where TCG is slow or shared (the test
+ * suite sets one, so that a busy CI machine fails on hangs, not on slowness).
+ */
+function bootTimeoutFromEnv(env: NodeJS.ProcessEnv): number | undefined {
+  const value = env.DOCKVM_BOOT_TIMEOUT;
+  if (value === undefined || value === '') return undefined;
+  const seconds = Number(value);
+  if (!Number.isFinite(seconds) || seconds <= 0) throw new VmError(`DOCKVM_BOOT_TIMEOUT=${value} is not a number of seconds`);
+  return seconds * 1000;
 }
 
 /** Boot exactly what `plan` says (no resolution, no probing, no snapshot). */
@@ -227,15 +239,24 @@ async function restoreOrBoot(plan: BootPlan, snapshot: SnapshotFiles, key: strin
     return await launchVm({ ...plan, timeoutMs: Math.min(plan.timeoutMs, RESTORE_TIMEOUT_MS) }, { kind: 'restore', snapshot });
   } catch (err) {
     if (plan.signal?.aborted || !(err instanceof RestoreFailed)) throw err;
-    return refuseAndBoot(plan, key, context, `QEMU could not restore ${what}`, err);
+    if (err.refused) return refuseAndBoot(plan, key, context, `QEMU could not restore ${what}`, err);
+    // The guest crashed or did not answer in time: a damaged memory file, or a host too busy. Either way
+    // a later run saves a new one.
+    await removeSnapshot(snapshot.dir);
+    context.notice(`dockvm: the VM restored from its snapshot did not answer (${reason(err)}); booting instead, and the snapshot will be saved again`);
+    return bootVm(plan);
   }
+}
+
+/** An error's message for a one-line notice: without the console tail. */
+function reason(err: unknown): string {
+  return err instanceof Error ? err.message.replace(/; guest console.*$/s, '').slice(0, 300) : String(err);
 }
 
 /** Remember that snapshots fail for these settings, say so, and boot. */
 async function refuseAndBoot(plan: BootPlan, key: string, context: SnapshotContext, what: string, err: unknown): Promise<Vm> {
-  const reason = err instanceof Error ? err.message.replace(/; guest console.*$/s, '').slice(0, 300) : String(err);
-  const marker = await refuseSnapshot(key, reason, context.env);
-  context.notice(`dockvm: ${what} (${reason}); booting instead (${marker} says so for later runs)`);
+  const marker = await refuseSnapshot(key, reason(err), context.env);
+  context.notice(`dockvm: ${what} (${reason(err)}); booting instead (${marker} says so for later runs)`);
   return bootVm(plan);
 }
 
@@ -385,11 +406,16 @@ export class Vm {
     }
 
     const what = start.kind === 'restore' ? 'restoring' : 'booting';
+    // What goes wrong in a restore before the guest answers is the snapshot's fault: QEMU refused it (it
+    // exited or the migration failed before the guest ran again), or the guest it gave crashed or never
+    // answered (a damaged memory file, or a host too busy); a disk that cannot be attached is the build's.
+    let resumed = false;
+    const failed = (message: string) => (start.kind === 'restore' ? new RestoreFailed(message, !resumed) : new VmError(message));
     let timer: NodeJS.Timeout | undefined;
     let onAbort: (() => void) | undefined;
     const deadline = new Promise<never>((_, reject) => {
       timer = setTimeout(
-        () => reject(new failed(`the VM did not reach its agent within ${plan.timeoutMs} ms (${what}, ${plan.accel}, ${plan.machine})${this.consoleSuffix()}`)),
+        () => reject(failed(`the VM did not reach its agent within ${plan.timeoutMs} ms (${what}, ${plan.accel}, ${plan.machine})${this.consoleSuffix()}`)),
         plan.timeoutMs,
       );
     });
@@ -397,11 +423,8 @@ export class Vm {
       onAbort = () => reject(new VmError(`the VM ${start.kind === 'restore' ? 'restore' : 'boot'} was aborted`, { cause: plan.signal?.reason }));
       plan.signal?.addEventListener('abort', onAbort, { once: true });
     });
-    // What goes wrong in a restore before the guest answers is the snapshot's fault (QEMU refused it, or
-    // the guest it gave never answers); a disk that cannot be attached is the build's.
-    const failed = start.kind === 'restore' ? RestoreFailed : VmError;
     const died = this.qemuExited.then(async () => {
-      throw new failed(`the VM stopped while ${what}: ${this.describeExit()}`);
+      throw failed(`the VM stopped while ${what}: ${this.describeExit()}`);
     });
     const agentClient = async (): Promise<AgentClient> => {
       this.client = new AgentClient(await connected, () => void this.onLinkLost());
@@ -416,11 +439,12 @@ export class Vm {
           await this.qmp.execute('migrate-incoming', { uri: 'fd:3' });
           await migrationDone(this.qmp, 'loading the snapshot');
         } catch (err) {
-          throw new RestoreFailed(err instanceof Error ? err.message : String(err), { cause: err });
+          throw new RestoreFailed(err instanceof Error ? err.message : String(err), true, { cause: err });
         }
         const client = await agentClient();
         await this.attachDisks(disks); // while the guest is paused: it sees them as it resumes
         await this.qmp.execute('cont');
+        resumed = true;
         return this.begin(client, disks);
       }
       const client = await agentClient();
@@ -431,7 +455,16 @@ export class Vm {
       return this.begin(client, disks);
     };
     try {
-      const hello = await Promise.race([ready(), deadline, aborted, died]);
+      const hello = await Promise.race([
+        ready().catch(async (err: unknown) => {
+          // a channel that closed because QEMU exited: say that QEMU exited (and why), not that a channel closed
+          if (await Promise.race([this.qemuExited.then(() => true), sleep(1000).then(() => false)])) throw failed(`the VM stopped while ${what}: ${this.describeExit()}`);
+          throw err;
+        }),
+        deadline,
+        aborted,
+        died,
+      ]);
       if (hello.protocol !== PROTOCOL_VERSION) {
         throw new VmError(`the guest agent speaks protocol ${hello.protocol}, this dockvm speaks ${PROTOCOL_VERSION}; remove the initramfs cache to rebuild it`);
       }
@@ -611,7 +644,16 @@ export class Vm {
 }
 
 /** A restore that failed because of the snapshot: QEMU refused it, or the guest it gave does not answer. */
-class RestoreFailed extends VmError {}
+class RestoreFailed extends VmError {
+  constructor(
+    message: string,
+    /** QEMU refused the snapshot (rather than the guest it gave crashing or not answering in time) */
+    readonly refused: boolean,
+    context?: ErrorContext,
+  ) {
+    super(message, context);
+  }
+}
 
 /**
  * x-ignore-shared: RAM in a shared memory backend is not copied into the stream (the file is the

@@ -10,7 +10,9 @@ import { createReadStream, createWriteStream, existsSync, mkdtempSync, readFileS
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { lowersFor, withBuildVm } from '../../src/build/build-vm.js';
+import { withBuildVm } from '../../src/build/build-vm.js';
+import { runStep, scriptLaunch } from '../../src/build/interpreter.js';
+import { lowersFor } from '../../src/build/lowers.js';
 import { createUpperDisk, newDirectories, outDiskBytes, packUpper, writePackedLayer, type PackWay, type PackedUpper } from '../../src/build/vm-layer.js';
 import { readTar, TarWriter, type TarEntry } from '../../src/layer/tar.js';
 import { openImage } from '../../src/transport/index.js';
@@ -121,7 +123,7 @@ test('the upper manifest, with extents or inline contents, gives the layer bytes
   const ways: PackWay[] = ['extents', 'inline', 'tar'];
   const { packs, newDirs } = await withBuildVm({ lowers, scratch, copy, out }, {}, async (vm) => {
     await vm.mustStep('mount');
-    const run = await vm.step('run', { args: ['PATH=/usr/sbin:/usr/bin:/sbin:/bin'], env: { DOCKVM_SCRIPT: SCRIPT } });
+    const run = await vm.step('run', runStep(['PATH=/usr/sbin:/usr/bin:/sbin:/bin'], scriptLaunch(SCRIPT)));
     t.is(run.exitCode, 0, run.stderr);
     const newDirs = await newDirectories(vm);
     const packs: { way: PackWay; packed: PackedUpper; file: string }[] = [];

@@ -4,7 +4,7 @@
 // build, which no saved guest ever saw; a damaged snapshot, and one QEMU refuses, fall back to a boot
 // with a notice.
 import { createHash } from 'node:crypto';
-import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
@@ -108,9 +108,37 @@ test.serial('a damaged snapshot is not used: a notice, a boot, and a new snapsho
   t.not((await readFile(state)).compare(bytes), 0, 'a new state was saved');
 });
 
+test.serial('a snapshot whose memory is damaged gives a guest that crashes: a notice, a boot, and the snapshot saved again', async (t) => {
+  const qemu = await qemuCounter(t);
+  const snapshots = join(dir, 'snapshots');
+  const [key] = (await readdir(snapshots)).filter((name) => !name.startsWith('.'));
+  // guest RAM from 16 MiB on (where the kernel is loaded) as zeros for 64 MiB: the checks pass (the memory
+  // is not hashed), QEMU loads the state, and the guest dies as it resumes
+  const memory = await open(join(snapshots, key!, 'memory'), 'r+');
+  await memory.write(Buffer.alloc(64 * 1024 * 1024), 0, 64 * 1024 * 1024, 16 * 1024 * 1024);
+  await memory.close();
+
+  const notices: string[] = [];
+  const vm = await startVm(options(qemu.env, snapshots, notices, await diskWith('crashed', 24, 'after-crash')));
+  try {
+    t.false(vm.restored);
+    t.regex(await sh(vm, LOOK), /id=after-crash/);
+  } finally {
+    await vm.shutdown();
+  }
+  t.is(notices.length, 1, notices.join('\n'));
+  t.regex(notices[0]!, /the VM restored from its snapshot did not answer \(.*\); booting instead, and the snapshot will be saved again/);
+  t.is(qemu.restores(), 1);
+  t.is(qemu.boots(), 1);
+  t.deepEqual(await readdir(snapshots), [], 'the damaged snapshot is gone, and no refusal recorded');
+});
+
 test.serial('a snapshot QEMU refuses: a notice, a boot; later starts boot without trying it, and say so', async (t) => {
   const qemu = await qemuCounter(t);
   const snapshots = join(dir, 'snapshots');
+  // one saved again first (the test before removed the damaged one)
+  const first = await startVm(options(qemu.env, snapshots, [], await diskWith('saved-again', 24, 'saved-again')));
+  await first.shutdown();
   const [key] = (await readdir(snapshots)).filter((name) => !name.startsWith('.'));
   // a state that passes dockvm's checks (its description describes it) but is no migration stream
   const description = JSON.parse(await readFile(join(snapshots, key!, 'snapshot.json'), 'utf8')) as Record<string, unknown>;
@@ -128,8 +156,8 @@ test.serial('a snapshot QEMU refuses: a notice, a boot; later starts boot withou
       await vm.shutdown();
     }
   }
-  t.is(qemu.restores(), 1, 'the refused snapshot was tried once');
-  t.is(qemu.boots(), 2);
+  t.is(qemu.restores(), 2, 'the one saved again, then the refused one, once');
+  t.is(qemu.boots(), 3);
   t.is(notices.length, 2, notices.join('\n'));
   t.regex(notices[0]!, /QEMU could not restore the saved VM \(.*\); booting instead \(.*\.refused says so for later runs\)/);
   t.regex(notices[1]!, /booting the VM: QEMU refused its snapshot before \(.*\); remove .*\.refused to try again/);

@@ -1,0 +1,487 @@
+// The executor: a Plan (src/plan/plan.ts) made into images, stage by stage (DESIGN.md "Two front ends,
+// one executor"). Per stage: the base (an image, an earlier stage's image, or scratch); each layer step's
+// cache key (the parent's key, the step as planned, the hash of its input files, the network, the
+// platform, the mtime clamp, the guest's version); the steps up to the first miss reuse cached layers
+// without a VM; the rest of the stage runs in one boot (stage-vm.ts), each step its own layer, each new
+// layer stored in the cache. Config-only steps are already applied to the stage's config by the planner;
+// they add history entries. The executor never parses a Containerfile.
+import { link, mkdir } from 'node:fs/promises';
+import { join, posix } from 'node:path';
+import type { ImageConfig } from '../image/config.js';
+import { sha256, type Digest } from '../image/digest.js';
+import { FileLayer } from '../image/file-layer.js';
+import type { Image, Layer } from '../image/image.js';
+import { hostArchitecture } from '../image/platform.js';
+import { BuildCache, type CacheHit } from '../cache/build-cache.js';
+import { canonicalJson } from '../cache/canonical-json.js';
+import { guestVersion } from '../cache/guest-version.js';
+import { stepKey } from '../cache/key.js';
+import { stepCacheInput, type CopyStep, type FileSource, type LayerStep, type Plan, type RunStep, type Stage, type Step } from '../plan/plan.js';
+import { BuildContextReader } from '../frontend/containerfile/context.js';
+import { ignoreMatcher } from '../frontend/containerfile/dockerignore.js';
+import { contextItem, copyItems, copyLayout, selectInTree, treeItems, type CopyItem, type CopyLayout, type CopySources } from './copy-items.js';
+import { writeItemsTar } from './copy-input.js';
+import { download, type Download } from './downloads.js';
+import { BuildStepError, notSupported, stepError } from './errors.js';
+import type { BuildEvent } from './events.js';
+import { stageImageConfig } from './image-config.js';
+import type { ImageSource } from './image-source.js';
+import { ImageTree } from './image-tree.js';
+import { InputsDisk } from './inputs-disk.js';
+import { buildStageInVm, type VmJob } from './stage-vm.js';
+
+export interface ExecuteOptions {
+  images: ImageSource;
+  cache: BuildCache;
+  /** the build's temp dir: layer files live there until the output is written */
+  tmp: string;
+  /** no mtime in a layer is later than this (seconds) */
+  clampMtime: number;
+  /** the config's and history's `created` */
+  created: string;
+  /** --network=none takes the network from every step */
+  network?: 'default' | 'none';
+  /** --secret id → host file */
+  secrets?: ReadonlyMap<string, string>;
+  /** build VM memory (MiB, default 1024) */
+  memoryMiB?: number;
+  /** scratch disk (MiB, sparse; default 8192): every step's changes and the cache mounts */
+  diskMiB?: number;
+  signal?: AbortSignal;
+  onEvent?: (event: BuildEvent) => void;
+}
+
+export interface StepReport {
+  /** position of the stage in plan.stages */
+  stage: number;
+  /** "[build 2/4] RUN make" */
+  name: string;
+  key: Digest;
+  diffId: Digest;
+  /** where its layer came from: "local", "docker://REG/REPO", or null when it was built now */
+  cache: string | null;
+}
+
+export interface ExecuteResult {
+  /** the target stage's image (its layers are files in `tmp`, or in the cache) */
+  image: Image;
+  steps: StepReport[];
+  /** how many times a build VM was booted */
+  vmBoots: number;
+}
+
+const DEFAULT_MEMORY_MIB = 1024;
+const DEFAULT_DISK_MIB = 8192;
+
+/** Where a secret mount's file appears when the mount names no target (BuildKit's default). */
+const secretTarget = (id: string) => `/run/secrets/${id}`;
+
+export async function executePlan(plan: Plan, options: ExecuteOptions): Promise<ExecuteResult> {
+  const run = new PlanRun(plan, options);
+  try {
+    return await run.execute();
+  } finally {
+    run.close();
+  }
+}
+
+interface StageImage {
+  image: Image;
+}
+
+/** A layer step prepared on the host: its key and what it needs if it is built. */
+interface Prepared {
+  step: LayerStep;
+  /** index of the step in the stage (for the vertex label) */
+  position: number;
+  key: Digest;
+  name: string;
+  /** COPY/ADD: what it copies (built again onto the inputs disk when the step must run) */
+  copy?: { sources: CopySources; layout: CopyLayout };
+  network: 'default' | 'none';
+}
+
+class PlanRun {
+  readonly #results: StageImage[] = [];
+  readonly #trees = new Map<string, Promise<ImageTree>>();
+  readonly #reports: StepReport[] = [];
+  #vertex = 0;
+  #boots = 0;
+  #downloads = 0;
+  #guest: Promise<string> | undefined;
+
+  constructor(
+    readonly plan: Plan,
+    readonly options: ExecuteOptions,
+  ) {}
+
+  async execute(): Promise<ExecuteResult> {
+    for (const [index, stage] of this.plan.stages.entries()) this.#results.push(await this.stage(index, stage));
+    return { image: this.#results[this.plan.target]!.image, steps: this.#reports, vmBoots: this.#boots };
+  }
+
+  close(): void {
+    for (const tree of this.#trees.values()) void tree.then((t) => t.close(), () => undefined);
+  }
+
+  #emit(event: BuildEvent): void {
+    this.options.onEvent?.(event);
+  }
+
+  #label(stage: Stage): string {
+    if (this.plan.stages.length === 1) return '';
+    return `${stage.name ?? `stage-${stage.index}`} `;
+  }
+
+  async stage(index: number, stage: Stage): Promise<StageImage> {
+    const label = this.#label(stage);
+    const total = 1 + stage.steps.filter((s) => s.kind !== 'config').length;
+    const base = await this.#base(stage);
+    const fromId = ++this.#vertex;
+    this.#emit({ type: 'vertex', id: fromId, name: `[${label}1/${total}] FROM ${describeBase(this.plan, stage)}` });
+    this.#emit({ type: 'done', id: fromId, seconds: 0 });
+
+    const platform = `${stage.platform.os}/${stage.platform.architecture}${stage.platform.variant ? `/${stage.platform.variant}` : ''}`;
+    let parent: Digest | { baseDiffIds: readonly Digest[] } = { baseDiffIds: base.layers.map((l) => l.diffId) };
+    const prepared: Prepared[] = [];
+    let position = 1;
+    for (const step of stage.steps) {
+      if (step.kind === 'config') continue;
+      position++;
+      const name = `[${label}${position}/${total}] ${describeStep(step)}`;
+      if (step.emptyLayer) {
+        const id = ++this.#vertex;
+        this.#emit({ type: 'vertex', id, name });
+        this.#emit({ type: 'done', id, seconds: 0 });
+        continue;
+      }
+      const item = await this.#prepare(step as LayerStep, parent, platform, name, position);
+      prepared.push(item);
+      parent = item.key;
+    }
+
+    // The steps up to the first miss come from the cache, without a VM.
+    const layers: Layer[] = [...base.layers];
+    let firstMiss = prepared.length;
+    for (const [i, item] of prepared.entries()) {
+      const hit = await this.options.cache.lookup(item.key);
+      if (!hit) {
+        firstMiss = i;
+        break;
+      }
+      const id = ++this.#vertex;
+      this.#emit({ type: 'vertex', id, name: item.name });
+      this.#emit({ type: 'cached', id });
+      layers.push(await this.#held(hit, `cached-${hex12(item.key)}.tar`));
+      this.#reports.push({ stage: index, name: item.name, key: item.key, diffId: hit.entry.diffId, cache: hit.source });
+    }
+
+    const missing = prepared.slice(firstMiss);
+    if (missing.length > 0) layers.push(...(await this.#buildInVm(index, stage, missing, layers, platform)));
+
+    const config = stageImageConfig(stage, base.config, layers.map((l) => l.diffId), this.options.created);
+    const rawConfig = Buffer.from(JSON.stringify(config));
+    return { image: { rawConfig, config, configDigest: sha256(rawConfig), layers, repoTags: [] } };
+  }
+
+  async #base(stage: Stage): Promise<{ layers: readonly Layer[]; config: ImageConfig | undefined }> {
+    switch (stage.base.kind) {
+      case 'scratch':
+        return { layers: [], config: undefined };
+      case 'stage': {
+        const { image } = this.#results[stage.base.stage]!;
+        return { layers: image.layers, config: image.config };
+      }
+      case 'image': {
+        const image = await this.options.images.open(stage.base.ref, stage.platform);
+        return { layers: image.layers, config: image.config };
+      }
+    }
+  }
+
+  #guestVersion(): Promise<string> {
+    return (this.#guest ??= guestVersion());
+  }
+
+  /** A layer step's key, and for COPY/ADD its sources and layout. */
+  async #prepare(step: LayerStep, parent: Digest | { baseDiffIds: readonly Digest[] }, platform: string, name: string, position: number): Promise<Prepared> {
+    const network = step.kind === 'run' && this.options.network !== 'none' ? step.network : 'none';
+    const inputs: Record<string, Digest> = {};
+    let copy: Prepared['copy'];
+    if (step.kind === 'copy') {
+      copy = await this.#copySources(step);
+      if (step.from.kind === 'context') {
+        // the files as the layer would get them: changed content, mode or name changes the key
+        inputs.files = (await writeItemsTar(copyItems(step, copy.sources, copy.layout), { ...chmodOf(step), clampMtime: this.options.clampMtime })).digest;
+      } else {
+        inputs.from = await this.#sourceDigest(step.from);
+      }
+    }
+    if (step.kind === 'run') {
+      this.#checkRun(step);
+      for (const [i, mount] of step.mounts.entries()) {
+        if (mount.type === 'bind') inputs[`bind${i}`] = await this.#bindDigest(mount.from, mount.source, step);
+      }
+    }
+    const key = stepKey({
+      parent,
+      instruction: stepCacheInput(step),
+      inputs,
+      network,
+      options: { clampMtime: this.options.clampMtime },
+      platform,
+      guest: await this.#guestVersion(),
+    });
+    return { step, position, key, name, network, ...(copy ? { copy } : {}) };
+  }
+
+  async #copySources(step: CopyStep): Promise<{ sources: CopySources; layout: CopyLayout }> {
+    const downloads: Download[] = [];
+    for (const url of step.urls) downloads.push(await this.#download(step, url));
+    const sources: CopySources = { contextDir: this.plan.context.dir, downloads, ...(step.from.kind !== 'context' ? { tree: await this.#tree(step.from) } : {}) };
+    try {
+      return { sources, layout: await copyLayout(step, sources) };
+    } catch (err) {
+      throw located(step, err);
+    }
+  }
+
+  async #download(step: CopyStep, url: CopyStep['urls'][number]): Promise<Download> {
+    try {
+      return await download(url, this.options.tmp, this.#downloads++);
+    } catch (err) {
+      throw located(step, err);
+    }
+  }
+
+  /** The merged filesystem of the stage or image a --from or from= names, indexed once per build. */
+  #tree(from: FileSource): Promise<ImageTree> {
+    const key = from.kind === 'stage' ? `stage:${from.stage}` : from.kind === 'image' ? `image:${from.ref}` : 'context';
+    let tree = this.#trees.get(key);
+    if (!tree) {
+      tree = (async () => {
+        const image = await this.#sourceImage(from);
+        return ImageTree.open(image, key, this.options.tmp);
+      })();
+      this.#trees.set(key, tree);
+    }
+    return tree;
+  }
+
+  async #sourceImage(from: FileSource): Promise<Image> {
+    if (from.kind === 'stage') return this.#results[from.stage]!.image;
+    if (from.kind === 'image') return this.options.images.open(from.ref);
+    throw new Error('the context is not an image');
+  }
+
+  /** A --from source's identity for the key: its layers (the patterns are in the step itself). */
+  async #sourceDigest(from: FileSource): Promise<Digest> {
+    const image = await this.#sourceImage(from);
+    return sha256(canonicalJson(image.layers.map((l) => l.diffId)));
+  }
+
+  async #bindDigest(from: FileSource, source: string, step: RunStep): Promise<Digest> {
+    if (from.kind !== 'context') return this.#sourceDigest(from);
+    return (await writeItemsTar(await this.#bindItems(from, source, step), { clampMtime: this.options.clampMtime })).digest;
+  }
+
+  /** A bind mount's source as items: a directory's contents (and its own metadata), or one file. */
+  async #bindItems(from: FileSource, source: string, step: RunStep): Promise<AsyncIterable<CopyItem>> {
+    if (from.kind === 'context') {
+      const reader = new BuildContextReader(this.plan.context.dir, ignoreMatcher(this.plan.context.ignore));
+      let selection;
+      try {
+        selection = await reader.select([source], () => false);
+      } catch (err) {
+        throw stepError(step.location, describeStep(step), `--mount=type=bind,source=${source}: ${(err as Error).message}`);
+      }
+      const dir = this.plan.context.dir;
+      return (async function* () {
+        for (const entry of selection.entries) yield await contextItem(join(dir, entry.source), entry.target === '' && entry.type !== 'directory' ? posix.basename(entry.source) : entry.target);
+      })();
+    }
+    const tree = await this.#tree(from);
+    const request = { patterns: [posix.join('/', source)], label: `RUN --mount=type=bind,from=…,source=${source}` };
+    const [match] = selectInTree(tree, request);
+    const single = match && !tree.isDirectory(match.real) ? posix.basename(match.real) : undefined;
+    const items = treeItems(tree, request, single === undefined ? { rootMetadata: true } : { single, rootMetadata: false });
+    return (async function* () {
+      yield* items;
+    })();
+  }
+
+  /** What a RUN asks that is not built yet: refused by name. */
+  #checkRun(step: RunStep): void {
+    const text = describeStep(step);
+    for (const mount of step.mounts) {
+      if (mount.type === 'cache' && mount.from) throw notSupported(step.location, text, '--mount=type=cache,from= (seeding a cache mount)');
+      if (mount.type === 'secret' && !this.options.secrets?.has(mount.id) && mount.required) {
+        throw stepError(step.location, text, `--mount=type=secret,id=${mount.id} needs the secret: pass --secret id=${mount.id},src=PATH`);
+      }
+      for (const field of [mount.target ?? '', mount.type === 'bind' ? mount.source : '']) {
+        if (/[\t\n]/.test(field)) throw stepError(step.location, text, `a mount path with a tab or newline in it is not supported: ${JSON.stringify(field)}`);
+      }
+    }
+  }
+
+  /** A cache hit's layer, hard-linked into the build's temp dir where it can be (a prune meanwhile cannot take it away). */
+  async #held(hit: CacheHit, name: string): Promise<FileLayer> {
+    let path = hit.path;
+    try {
+      await link(hit.path, join(this.options.tmp, name));
+      path = join(this.options.tmp, name);
+    } catch {
+      // another filesystem: use the cached file itself
+    }
+    return new FileLayer(path, hit.entry.diffId, hit.entry.size);
+  }
+
+  async #buildInVm(index: number, stage: Stage, missing: Prepared[], lowers: readonly Layer[], platform: string): Promise<Layer[]> {
+    const first = missing[0]!;
+    if (stage.platform.architecture !== hostArchitecture()) {
+      throw notSupported(first.step.location, describeStep(first.step), `building ${platform} steps (this host's build VM is linux/${hostArchitecture()})`);
+    }
+    const tmp = this.options.tmp;
+    const stageTmp = join(tmp, `stage-${index}`);
+    await mkdir(stageTmp, { recursive: true });
+    const inputs = new InputsDisk(join(stageTmp, 'inputs.disk'));
+    const jobs: VmJob[] = [];
+    const secrets = new Map<string, string>();
+    let unpackCount = 0;
+    for (const item of missing) {
+      const { step } = item;
+      const text = describeStep(step);
+      if (step.kind === 'copy') {
+        const { sources, layout } = item.copy!;
+        const range = await inputs.append((sink) => writeItemsTar(copyItems(step, sources, layout), { ...chmodOf(step), clampMtime: this.options.clampMtime, sink }));
+        jobs.push({ kind: 'copy', step, text, range, layout });
+      } else if (step.kind === 'workdir') {
+        jobs.push({ kind: 'workdir', step, text });
+      } else {
+        const lines: string[] = [];
+        const unpack: { dir: string; range: { offset: number; size: number } }[] = [];
+        for (const mount of step.mounts) {
+          switch (mount.type) {
+            case 'cache':
+              lines.push(['cache', mount.target, `/build/scratch/caches/${sha256(mount.id).slice(7, 23)}`, mount.mode.toString(8), mount.uid, mount.gid, mount.readonly ? 'ro' : 'rw'].join('\t'));
+              break;
+            case 'tmpfs':
+              lines.push(['tmpfs', mount.target, mount.size].join('\t'));
+              break;
+            case 'secret': {
+              const path = this.options.secrets?.get(mount.id);
+              if (path === undefined) break; // not required (checked when the step was prepared)
+              secrets.set(mount.id, path);
+              if (mount.target !== undefined || mount.env === undefined) {
+                lines.push(['secret', mount.target ?? secretTarget(mount.id), mount.id, mount.mode.toString(8), mount.uid, mount.gid].join('\t'));
+              }
+              if (mount.env !== undefined) lines.push(['env', mount.env, mount.id].join('\t'));
+              break;
+            }
+            case 'bind': {
+              const dir = `/build/scratch/inputs/${unpackCount++}`;
+              const items = await this.#bindItems(mount.from, mount.source, step);
+              const collected: CopyItem[] = [];
+              for await (const it of items) collected.push(it);
+              const range = await inputs.append((sink) => writeItemsTar(listOf(collected), { clampMtime: this.options.clampMtime, sink }));
+              unpack.push({ dir, range });
+              const single = collected.length === 1 && collected[0]!.entry.type !== 'directory' ? collected[0]!.target : undefined;
+              lines.push(['bind', mount.target, single ? `${dir}/${single}` : dir, mount.readwrite ? 'rw' : 'ro'].join('\t'));
+              break;
+            }
+          }
+        }
+        if (step.inlineFiles.length > 0) {
+          const dir = `/build/scratch/inputs/${unpackCount++}`;
+          const files = step.inlineFiles.map((file) => {
+            const data = Buffer.from(file.data);
+            return { target: posix.basename(file.path), entry: { type: 'file' as const, mode: file.mode, uid: 0, gid: 0, size: data.length, mtime: 0 }, content: () => data };
+          });
+          const range = await inputs.append((sink) => writeItemsTar(listOf(files), { clampMtime: this.options.clampMtime, sink }));
+          unpack.push({ dir, range });
+          for (const file of step.inlineFiles) lines.push(['inline', file.path, `${dir}/${posix.basename(file.path)}`].join('\t'));
+        }
+        jobs.push({ kind: 'run', step, text, mounts: lines.join('\n'), unpack, network: item.network });
+      }
+    }
+    await inputs.finish();
+
+    const ids: number[] = [];
+    const started: number[] = [];
+    this.#emit({ type: 'boot', stage: stage.name ?? `stage-${stage.index}`, steps: jobs.length });
+    this.#boots++;
+    const built = await buildStageInVm({
+      lowers,
+      source: describeBase(this.plan, stage),
+      jobs,
+      ...(inputs.used ? { inputs: inputs.path } : {}),
+      secrets,
+      tmp: stageTmp,
+      clampMtime: this.options.clampMtime,
+      memoryMiB: this.options.memoryMiB ?? DEFAULT_MEMORY_MIB,
+      diskMiB: this.options.diskMiB ?? DEFAULT_DISK_MIB,
+      ...(this.options.signal ? { signal: this.options.signal } : {}),
+      onStart: (job) => {
+        const id = ++this.#vertex;
+        ids[job] = id;
+        started[job] = Date.now();
+        this.#emit({ type: 'vertex', id, name: missing[job]!.name });
+      },
+      onOutput: (job, chunk) => this.#emit({ type: 'output', id: ids[job]!, chunk }),
+      onCommitted: (job) => this.#emit({ type: 'done', id: ids[job]!, seconds: (Date.now() - started[job]!) / 1000 }),
+    });
+    const layers: Layer[] = [];
+    for (const [i, file] of built.entries()) {
+      const item = missing[i]!;
+      await this.options.cache.store(item.key, file, { createdBy: item.step.createdBy ?? describeStep(item.step), platform });
+      layers.push(new FileLayer(file.path, file.diffId, file.size));
+      this.#reports.push({ stage: index, name: item.name, key: item.key, diffId: file.diffId, cache: null });
+    }
+    return layers;
+  }
+}
+
+async function* listOf<T>(items: readonly T[]): AsyncGenerator<T> {
+  yield* items;
+}
+
+function chmodOf(step: CopyStep): { chmod?: number } {
+  return step.chmod === undefined ? {} : { chmod: step.chmod };
+}
+
+function hex12(digest: Digest): string {
+  return digest.slice(7, 19);
+}
+
+/** An error from preparing a step, led by where the step is. */
+function located(step: Step, err: unknown): unknown {
+  if (err instanceof BuildStepError && !err.message.startsWith(step.location.file)) {
+    return stepError(step.location, describeStep(step), err.message, { cause: err });
+  }
+  return err;
+}
+
+/** The instruction as a person reads it in progress lines and errors. */
+export function describeStep(step: Step): string {
+  const text = step.createdBy ?? step.cacheText;
+  if (step.kind === 'run') {
+    // "RUN |2 A=b /bin/sh -c cmd # buildkit" → "RUN cmd", as BuildKit's progress shows it
+    const shellForm = step.argv.length >= 3 && step.argv[step.argv.length - 2] === '-c';
+    const command = shellForm ? step.argv[step.argv.length - 1]! : JSON.stringify(step.argv);
+    return `RUN ${command}`;
+  }
+  return text.replace(/ # buildkit$/, '');
+}
+
+function describeBase(plan: Plan, stage: Stage): string {
+  switch (stage.base.kind) {
+    case 'scratch':
+      return 'scratch';
+    case 'image':
+      return stage.base.ref.replace(/^docker:\/\//, '');
+    case 'stage': {
+      const base = plan.stages[stage.base.stage]!;
+      return base.name ?? `stage-${base.index}`;
+    }
+  }
+}

@@ -1,0 +1,38 @@
+// A built stage's image config, as Docker writes it: the stage's final container config (the planner
+// applied every ENV, LABEL, CMD… to it), the base's history and diff_ids followed by one history entry per
+// step that has one (`empty_layer` for config-only steps, BuildKit's comment), keys in a fixed order so
+// the JSON and its digest are reproducible.
+import type { ImageConfig, HistoryEntry } from '../image/config.js';
+import type { Digest } from '../image/digest.js';
+import type { Stage } from '../plan/plan.js';
+
+/** BuildKit's history comment for Dockerfile steps. */
+const HISTORY_COMMENT = 'buildkit.dockerfile.v0';
+
+export function stageImageConfig(stage: Stage, base: ImageConfig | undefined, diffIds: readonly Digest[], created: string): ImageConfig {
+  const history: HistoryEntry[] = historyOf(base);
+  for (const step of stage.steps) {
+    if (step.createdBy === null) continue;
+    history.push({ created, created_by: step.createdBy, comment: HISTORY_COMMENT, ...(step.emptyLayer ? { empty_layer: true } : {}) });
+  }
+  const { platform } = stage;
+  return {
+    architecture: platform.architecture,
+    ...(stage.author !== undefined ? { author: stage.author } : {}),
+    config: stage.config,
+    created,
+    history,
+    os: platform.os,
+    rootfs: { type: 'layers', diff_ids: [...diffIds] },
+    ...(platform.variant ? { variant: platform.variant } : {}),
+  };
+}
+
+/** A base's history, padded so that it names every layer (some images carry none). */
+function historyOf(base: ImageConfig | undefined): HistoryEntry[] {
+  if (!base) return [];
+  const history = [...(base.history ?? [])];
+  const layered = history.filter((entry) => !entry.empty_layer).length;
+  for (let i = layered; i < base.rootfs.diff_ids.length; i++) history.push({ created: base.created ?? '1970-01-01T00:00:00Z' });
+  return history;
+}

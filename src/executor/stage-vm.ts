@@ -1,0 +1,214 @@
+// The layer steps of one stage that the build cache lacks, run in ONE boot of the build VM: the base's
+// layers and the cached steps' layers are the overlay's lowers; each step runs (guest.sh run-step,
+// copy-step, workdir-step), then commits: its upper is described (the agent's upper-manifest, as
+// run-as-root's pack step does) onto the output disk and becomes a lower of the next step under a fresh
+// upper. After the VM is gone, each manifest is read as untrusted input, file contents from the scratch
+// disk's image, and made a layer exactly as run-as-root makes its own (whiteouts, opaque directories, new
+// directories).
+import { createReadStream } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { join } from 'node:path';
+import { VmError, stderrTail } from '../errors.js';
+import type { Layer } from '../image/image.js';
+import { writeLayerFromEntries, type LayerFile } from '../layer/layer-file.js';
+import { readUpperManifest } from '../layer/upper-manifest.js';
+import { fromOverlayUpperEntry } from '../layer/overlay.js';
+import { lowerForLayer } from '../build/lowers.js';
+import type { CopyStep, RunStep, StepLocation, WorkdirStep } from '../plan/plan.js';
+import { createScratchDisk, qemuImgCreate } from '../vm/index.js';
+import { EXT4_LOWER_SUFFIX, checkLowerCount, describeExit, withBuildVm, type BuildVm, type LowerImage, type StepResult } from '../build/build-vm.js';
+import type { CopyLayout } from './copy-items.js';
+import { stepError } from './errors.js';
+import type { InputRange } from './inputs-disk.js';
+
+/** One step for the VM, with what the host prepared for it. */
+export type VmJob =
+  | {
+      kind: 'run';
+      step: RunStep;
+      text: string;
+      /** DOCKVM_RUN_MOUNTS: one mount a line (guest.sh step_run_step) */
+      mounts: string;
+      /** inputs to unpack on the scratch disk first: a bind mount's source, a heredoc file */
+      unpack: { dir: string; range: InputRange }[];
+      network: 'default' | 'none';
+    }
+  | { kind: 'copy'; step: CopyStep; text: string; range: InputRange; layout: CopyLayout }
+  | { kind: 'workdir'; step: WorkdirStep; text: string };
+
+export interface StageVmOptions {
+  /** the lowers, bottom first: the base's layers, then the cached steps' layers */
+  lowers: readonly Layer[];
+  /** names the base in errors */
+  source: string;
+  jobs: readonly VmJob[];
+  /** the inputs disk, when a job reads one */
+  inputs?: string;
+  /** secret id → host file, for the RUN steps' secret mounts */
+  secrets: ReadonlyMap<string, string>;
+  tmp: string;
+  clampMtime: number;
+  memoryMiB: number;
+  /** scratch disk size (sparse): every step's upper and the cache mounts live there */
+  diskMiB: number;
+  signal?: AbortSignal;
+  /** a job starts */
+  onStart?: (job: number) => void;
+  /** a RUN's output, as it comes */
+  onOutput?: (job: number, chunk: Buffer) => void;
+  /** a job has committed its layer (the layer file is made after the VM is gone) */
+  onCommitted?: (job: number) => void;
+}
+
+interface Committed {
+  offset: number;
+  bytes: number;
+  newDirs: Set<string>;
+}
+
+/** The jobs' layers, in order (each a normalised, reproducible layer tar in `tmp`). */
+export async function buildStageInVm(options: StageVmOptions): Promise<LayerFile[]> {
+  const { tmp, jobs } = options;
+  checkLowerCount(options.lowers.length, options.source, { instead: 'build over a base with fewer layers, or make this stage\'s earlier steps fewer (each is a layer)' });
+  const lowers: LowerImage[] = [];
+  for (const layer of options.lowers) {
+    const path = await lowerForLayer(layer, { source: options.source });
+    lowers.push({ path, fsType: path.endsWith(EXT4_LOWER_SUFFIX) ? 'ext4' : 'squashfs' });
+  }
+  const scratch = join(tmp, 'stage-scratch.ext4');
+  const out = join(tmp, 'stage-out.disk');
+  await createScratchDisk(scratch, options.diskMiB);
+  // every step's packed upper, one after another: at most the scratch disk's contents, twice over (sparse)
+  await qemuImgCreate(out, 2 * options.diskMiB * 1024 * 1024, 'raw');
+  const network = jobs.some((job) => job.kind === 'run' && job.network === 'default');
+  const signal = options.signal;
+
+  const committed = await withBuildVm(
+    { lowers, scratch, out, ...(options.inputs ? { inputs: options.inputs } : {}) },
+    { memoryMiB: options.memoryMiB, network, ...(signal ? { signal } : {}) },
+    async (vm) => {
+      await vm.mustStep('stage-mount');
+      for (const [id, path] of options.secrets) await vm.mustStep('secret', { args: [id], stdin: createReadStream(path) });
+      const done: Committed[] = [];
+      for (const [index, job] of jobs.entries()) {
+        options.onStart?.(index);
+        await runJob(vm, job, (chunk) => options.onOutput?.(index, chunk));
+        done.push(parseCommit(await vm.mustStep('commit')));
+        options.onCommitted?.(index);
+      }
+      return done;
+    },
+  );
+
+  const layers: LayerFile[] = [];
+  for (const [index, { offset, bytes, newDirs }] of committed.entries()) {
+    const source = `the build VM's output for ${jobs[index]!.text}`;
+    // the manifest on a file of its own (the reader takes a file's first bytes); contents stay on the scratch disk
+    const manifest = join(tmp, `stage-manifest-${index}`);
+    await copyRange(out, offset, bytes, manifest);
+    const entries = [...readUpperManifest({ path: manifest, size: bytes, disk: scratch, source })];
+    layers.push(
+      await writeLayerFromEntries(entries, join(tmp, `stage-layer-${index}.tar`), {
+        source,
+        clampMtime: options.clampMtime,
+        convert: (entry) => fromOverlayUpperEntry(entry, (dir) => !newDirs.has(dir)),
+      }),
+    );
+  }
+  return layers;
+}
+
+async function runJob(vm: BuildVm, job: VmJob, output: (chunk: Buffer) => void): Promise<void> {
+  switch (job.kind) {
+    case 'run': {
+      for (const input of job.unpack) {
+        await vm.mustStep('unpack-input', { args: [input.dir], env: { DOCKVM_INPUT_AT: `${input.range.offset} ${input.range.size}` } });
+      }
+      const { step } = job;
+      const result = await vm.step('run-step', {
+        args: [...step.env, ...step.proxyEnv, '--', ...step.argv],
+        env: {
+          DOCKVM_RUN_USER: step.user,
+          DOCKVM_RUN_WORKDIR: step.workdir,
+          DOCKVM_RUN_NETWORK: job.network,
+          DOCKVM_RUN_MOUNTS: job.mounts,
+        },
+        onStdout: output,
+        onStderr: output,
+      });
+      if (result.exitCode !== 0) throw runFailure(step.location, job.text, result);
+      return;
+    }
+    case 'copy': {
+      const { step, layout } = job;
+      const result = await vm.step('copy-step', {
+        env: {
+          DOCKVM_COPY_AT: `${job.range.offset} ${job.range.size}`,
+          DOCKVM_COPY_DEST: step.dest,
+          DOCKVM_COPY_SINGLE: layout.single ?? '',
+          DOCKVM_COPY_ROOT: layout.rootMetadata ? '1' : '0',
+          DOCKVM_COPY_CHOWN: step.chown ?? '',
+        },
+      });
+      if (result.exitCode !== 0) throw stepError(step.location, job.text, `the files could not be written at ${step.dest}${stderrTail(result.stderr)}`);
+      return;
+    }
+    case 'workdir': {
+      const { step } = job;
+      const result = await vm.step('workdir-step', { env: { DOCKVM_WORKDIR_PATH: step.path, DOCKVM_WORKDIR_USER: step.user } });
+      if (result.exitCode !== 0) throw stepError(step.location, job.text, `the directory could not be made${stderrTail(result.stderr)}`);
+      return;
+    }
+  }
+}
+
+/** A failing RUN: its line, instruction, exit code and the end of its output; an OOM kill said as such. */
+function runFailure(location: StepLocation, text: string, result: StepResult) {
+  if (/^dockvm-oom-kills=\d+$/m.test(result.stderr)) {
+    return stepError(location, text, 'ran out of memory in the build VM (it was killed); give the VM more with --memory');
+  }
+  const code = result.exitCode === null ? describeExit(result) : `exit code ${result.exitCode}`;
+  const tail = stderrTail(result.stderr.replace(/^dockvm-oom-kills=.*\n?/gm, ''));
+  return stepError(location, text, `the command failed (${code})${tail}`, result.exitCode === null ? {} : { exitCode: result.exitCode });
+}
+
+function parseCommit(result: StepResult): Committed {
+  const text = result.stdout.toString('latin1');
+  const split = text.indexOf('\n--\n');
+  if (split < 0) throw new VmError(`the build VM's commit step said nothing readable${stderrTail(result.stderr)}`);
+  const fields: Record<string, string> = {};
+  for (const line of text.slice(0, split).split('\n')) {
+    const eq = line.indexOf('=');
+    if (eq > 0) fields[line.slice(0, eq)] = line.slice(eq + 1).trim();
+  }
+  const offset = Number(fields['dockvm-manifest-offset']);
+  const bytes = Number(fields['dockvm-manifest-bytes']);
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || bytes <= 0) {
+    throw new VmError(`the build VM did not report where a step's layer is${stderrTail(result.stderr)}`);
+  }
+  const newDirs = new Set(
+    text
+      .slice(split + 4)
+      .split('\0')
+      .filter((path) => path !== ''),
+  );
+  return { offset, bytes, newDirs };
+}
+
+/** `size` bytes at `offset` of `from`, as the file `to`. */
+async function copyRange(from: string, offset: number, size: number, to: string): Promise<void> {
+  const source = await open(from, 'r');
+  try {
+    const data = Buffer.alloc(size);
+    const { bytesRead } = await source.read(data, 0, size, offset);
+    if (bytesRead !== size) throw new VmError(`the build VM's output disk ends inside a layer's manifest (${bytesRead} of ${size} bytes at ${offset})`);
+    const target = await open(to, 'w');
+    try {
+      await target.write(data);
+    } finally {
+      await target.close();
+    }
+  } finally {
+    await source.close();
+  }
+}
