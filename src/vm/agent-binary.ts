@@ -22,6 +22,11 @@ export interface AgentBinary {
   readonly sourceHash: string;
 }
 
+/** The agent's source files, as paths. */
+export function agentSourceFiles(): string[] {
+  return SOURCES.map((name) => assetPath('vm', name));
+}
+
 export async function agentSourceHash(): Promise<string> {
   const hash = createHash('sha256').update(JSON.stringify(CFLAGS));
   for (const name of SOURCES) hash.update('\0').update(name).update('\0').update(await readFile(assetPath('vm', name)));

@@ -12,7 +12,8 @@ import { MissingToolError } from '../errors.js';
 import { GUEST_ARCHITECTURE } from './guest-platform.js';
 
 export type GuestFile =
-  | { readonly path: string; readonly type: 'file'; readonly data: Buffer; readonly mode: number }
+  /** source: the host file it was read from */
+  | { readonly path: string; readonly type: 'file'; readonly data: Buffer; readonly mode: number; readonly source: string }
   | { readonly path: string; readonly type: 'symlink'; readonly target: string };
 
 interface ToolSource {
@@ -84,9 +85,9 @@ export async function busyboxApplets(path: string): Promise<string[]> {
 export async function guestTools(busybox: { path: string; data: Buffer }, env: NodeJS.ProcessEnv = process.env): Promise<GuestFile[]> {
   const bash = await readStatic('bash', env);
   const files: GuestFile[] = [
-    { path: `${GUEST_SHELL_DIR}/bash`, type: 'file', data: bash.data, mode: 0o755 },
+    { path: `${GUEST_SHELL_DIR}/bash`, type: 'file', data: bash.data, mode: 0o755, source: bash.path },
     { path: `${GUEST_SHELL_DIR}/sh`, type: 'symlink', target: 'bash' },
-    { path: `${GUEST_SHELL_DIR}/busybox`, type: 'file', data: busybox.data, mode: 0o755 },
+    { path: `${GUEST_SHELL_DIR}/busybox`, type: 'file', data: busybox.data, mode: 0o755, source: busybox.path },
   ];
   const names = new Set((await busyboxApplets(busybox.path)).map((applet) => applet.slice(applet.lastIndexOf('/') + 1)));
   for (const name of [...names].sort()) {
@@ -101,9 +102,9 @@ async function gnuTar(env: NodeJS.ProcessEnv): Promise<GuestFile[]> {
   if (version.exitCode !== 0 || !String(version.stdout).includes('GNU tar')) {
     throw new MissingToolError(`${tar} is not GNU tar; install ${pkg} (apt-get install ${pkg}) or point ${variable} at GNU tar`);
   }
-  const files: GuestFile[] = [{ path: GUEST_GNU_TAR, type: 'file', data: await readFile(tar), mode: 0o755 }];
+  const files: GuestFile[] = [{ path: GUEST_GNU_TAR, type: 'file', data: await readFile(tar), mode: 0o755, source: tar }];
   for (const library of await sharedLibraries(tar)) {
-    files.push({ path: library.replace(/^\/+/, ''), type: 'file', data: await readFile(library), mode: 0o755 });
+    files.push({ path: library.replace(/^\/+/, ''), type: 'file', data: await readFile(library), mode: 0o755, source: library });
   }
   return files;
 }

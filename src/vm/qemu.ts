@@ -1,7 +1,11 @@
 // A typed QEMU command line for the build VM. Every option says why it is there; nothing else is
 // passed. The launcher itself (spawn, deadlines, cleanup) is in vm.ts.
+import { existsSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { delimiter, join } from 'node:path';
 import { execa } from 'execa';
 import { MissingToolError, VmError } from '../errors.js';
+import { memoized } from './file-memo.js';
 
 export type Accel = 'kvm' | 'tcg';
 /**
@@ -206,6 +210,29 @@ export function scsiDiskDevice(disk: QemuDisk, i: number): Record<string, unknow
   return { driver: 'scsi-hd', id: `disk${i}`, bus: 'scsi.0', channel: 0, 'scsi-id': 0, lun: i + 1, drive: `disk${i}`, product: disk.name };
 }
 
+/**
+ * `path --version`'s version, remembered while the binary is unchanged (file-memo.ts) when it is QEMU
+ * itself, an ELF file: a wrapper script may run another QEMU each time.
+ */
+async function qemuVersion(path: string, env: NodeJS.ProcessEnv): Promise<string> {
+  const ask = async () => /version (\S+)/.exec((await execa(path, ['--version'], { env, stdin: 'ignore' })).stdout)?.[1] ?? 'unknown';
+  const resolved = path.includes('/') ? path : (env.PATH ?? '').split(delimiter).map((dir) => join(dir, path)).find((candidate) => existsSync(candidate));
+  const head = resolved === undefined ? undefined : await firstBytes(resolved, 4);
+  if (resolved === undefined || !head?.equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]))) return ask();
+  return memoized('qemu-version', [resolved], async () => ({ value: await ask(), files: [resolved] }), { env });
+}
+
+async function firstBytes(path: string, count: number): Promise<Buffer | undefined> {
+  const file = await open(path, 'r').catch(() => undefined);
+  if (!file) return undefined;
+  try {
+    const { buffer, bytesRead } = await file.read(Buffer.alloc(count), 0, count, 0);
+    return buffer.subarray(0, bytesRead);
+  } finally {
+    await file.close();
+  }
+}
+
 export interface QemuBinary {
   readonly path: string;
   /** e.g. "7.2.22" */
@@ -218,8 +245,8 @@ let found: Promise<QemuBinary> | undefined;
 export function findQemu(env: NodeJS.ProcessEnv = process.env): Promise<QemuBinary> {
   const path = env.DOCKVM_QEMU || 'qemu-system-x86_64';
   if (env === process.env && found) return found;
-  const probe = execa(path, ['--version'], { env, stdin: 'ignore' }).then(
-    ({ stdout }) => ({ path, version: /version (\S+)/.exec(stdout)?.[1] ?? 'unknown' }),
+  const probe = qemuVersion(path, env).then(
+    (version) => ({ path, version }),
     (err: unknown) => {
       throw new MissingToolError(`cannot run ${path}: install qemu-system-x86 (apt-get install qemu-system-x86) or set DOCKVM_QEMU`, { cause: err, command: path });
     },
