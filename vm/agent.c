@@ -7,9 +7,10 @@
  * The same file, run on the host as `agent bridge-vsock CID PORT`, relays stdin/stdout to a guest's
  * vsock port, because Node.js cannot open AF_VSOCK sockets.
  *
- * Also run by guest.sh as `dockvm-agent upper-manifest …` (vm/upper-manifest.c).
+ * Also run by guest.sh as `dockvm-agent upper-manifest …` (vm/upper-manifest.c) and `dockvm-agent
+ * run-in-image …` (vm/run-in-image.c).
  *
- * Built with: gcc -static -Os -o agent agent.c upper-manifest.c
+ * Built with: gcc -static -Os -o agent agent.c upper-manifest.c run-in-image.c
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -706,6 +707,7 @@ static int mount_lowers(const char *dir, int count, char **specs) {
 }
 
 int upper_manifest(int argc, char **argv); /* vm/upper-manifest.c */
+int run_in_image(int argc, char **argv); /* vm/run-in-image.c */
 
 /* `agent as-user UID GID GROUPS DIR COMMAND...`: become a Containerfile RUN step's process. Run chrooted
  * (the agent is static, so it works in any image): set the supplementary groups (GROUPS: comma-separated
@@ -743,6 +745,7 @@ int main(int argc, char **argv) {
   if (argc >= 2 && strcmp(argv[1], "as-user") == 0) return as_user(argc - 2, argv + 2);
   if (argc >= 3 && strcmp(argv[1], "mount-lowers") == 0) return mount_lowers(argv[2], argc - 3, argv + 3);
   if (argc >= 2 && strcmp(argv[1], "upper-manifest") == 0) return upper_manifest(argc - 2, argv + 2);
+  if (argc >= 2 && strcmp(argv[1], "run-in-image") == 0) return run_in_image(argc - 2, argv + 2);
   if (argc == 4 && strcmp(argv[1], "bridge-vsock") == 0)
     return bridge_vsock((unsigned)strtoul(argv[2], NULL, 10), (unsigned)strtoul(argv[3], NULL, 10));
 

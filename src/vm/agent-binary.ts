@@ -14,7 +14,7 @@ import { writeAtomically } from '../output.js';
 /** -static: the initramfs has no libc; -Os: it is copied into every boot; -s: symbols are dead weight. */
 const CFLAGS = ['-static', '-Os', '-s', '-Wall'];
 /** the agent's C files, under vm/: one program */
-const SOURCES = ['agent.c', 'upper-manifest.c'];
+const SOURCES = ['agent.c', 'upper-manifest.c', 'run-in-image.c'];
 
 export interface AgentBinary {
   readonly path: string;

@@ -178,7 +178,7 @@ test('FROM scratch: the bundled shell runs the script and leaves no trace, nor d
   writeFileSync(spec, JSON.stringify({ name: 'scratch-test', runAsRoot: 'mkdir -p /etc && echo hi > /etc/hello && ls / > /etc/root-listing', output: 'out.tar' }));
   const qemu = await qemuCounter(t);
   const result = await build(t, spec, [], qemu.env);
-  t.is(qemu.boots(), 1, 'one VM ran the script');
+  t.is(qemu.vms(), 1, 'one VM ran the script');
   t.is(result.bootedVm, true);
   t.is((result.layers as unknown[]).length, 1);
   const layer = await newLayer(dir, join(dir, 'out.tar'));
@@ -206,7 +206,7 @@ test('without runAsRoot no VM boots; created "now" is not reproducible, the defa
   t.not(a.configDigest, b.configDigest);
   // an OCI layout output: --json names the blobs as written (gzip), as skopeo sees them
   const oci = await build(t, fixed, ['-o', `oci:${join(dir, 'layout')}`], qemu.env);
-  t.is(qemu.boots(), 0, 'five builds, no VM');
+  t.is(qemu.vms(), 0, 'five builds, no VM');
   t.deepEqual([first, second, a, b, oci].map((result) => result.bootedVm), [false, false, false, false, false]);
   const seen = JSON.parse((await execa('skopeo', ['inspect', `oci:${join(dir, 'layout')}`])).stdout) as { Layers: string[] };
   t.deepEqual((oci.layers as { digest: string }[]).map((l) => l.digest), seen.Layers);

@@ -5,7 +5,7 @@
 //
 //   const qemu = await qemuCounter(t);                   // per test: pass qemu.env to dockvm children
 //   await runDockvm([...], { env: { ...other, ...qemu.env } });
-//   t.is(await qemu.boots(), 0);
+//   t.is(qemu.vms(), 0);                                 // no VM ran, booted or restored
 //
 //   const qemu = await countQemuInProcess();             // library calls in this process (and the
 //                                                        // dockvm children it starts): one per file
@@ -33,8 +33,12 @@ export interface QemuCounter {
   starts(): QemuStart[];
   /** VM boots so far: starts that boot a kernel (-kernel) and restore no snapshot (-incoming) */
   boots(): number;
+  /** of those boots, the ones saved as a snapshot: RAM in a shared memory file (src/vm/qemu.ts) */
+  saves(): number;
   /** snapshot restores so far: starts with -incoming */
   restores(): number;
+  /** VMs that ran work so far, booted or restored: a boot only to save a snapshot is not one */
+  vms(): number;
 }
 
 /** A counter of its own for one test; its wrapper is removed when the test ends. */
@@ -107,11 +111,16 @@ function makeCounter(accelVerdict: string): QemuCounter & { remove: () => void }
     readdirSync(startsDir)
       .sort((a, b) => Number(BigInt(a.split('.')[0]!) - BigInt(b.split('.')[0]!)))
       .map((name) => ({ pid: Number(name.split('.')[1]), argv: readFileSync(join(startsDir, name), 'utf8').split('\0').slice(0, -1) }));
+  const boots = () => starts().filter(({ argv }) => argv.includes('-kernel') && !argv.includes('-incoming'));
+  const saves = () => boots().filter(({ argv }) => argv.some((arg) => arg.startsWith('memory-backend-file,') && arg.includes(',share=on')));
+  const restores = () => starts().filter(({ argv }) => argv.includes('-incoming'));
   return {
     env: { DOCKVM_QEMU: wrapper, DOCKVM_ACCEL: accelVerdict },
     starts,
-    boots: () => starts().filter(({ argv }) => argv.includes('-kernel') && !argv.includes('-incoming')).length,
-    restores: () => starts().filter(({ argv }) => argv.includes('-incoming')).length,
+    boots: () => boots().length,
+    saves: () => saves().length,
+    restores: () => restores().length,
+    vms: () => boots().length - saves().length + restores().length,
     remove: () => rmSync(dir, { recursive: true, force: true }),
   };
 }

@@ -69,7 +69,9 @@ test.serial('the first start boots and saves, the next ones restore; each restor
     }
   }
   t.is(qemu.boots(), 1, 'one boot, to save the snapshot');
+  t.is(qemu.saves(), 1);
   t.is(qemu.restores(), 3);
+  t.is(qemu.vms(), 3);
   t.is(notices.length, 1, notices.join('\n'));
   t.regex(notices[0]!, /no snapshot of the VM for these settings yet: booting and saving one/);
   // each guest's disk is its own build's: the size and the file it was made with, none of them known when the snapshot was saved
