@@ -47,6 +47,8 @@ export interface BuildVmOptions {
   network?: boolean;
   /** aborting kills the VM */
   signal?: AbortSignal;
+  /** nothing the VM wrote is kept (dockvm shell): withBuildVm kills it at the end instead of powering it off */
+  discard?: boolean;
 }
 
 export interface StepOptions {
@@ -204,7 +206,7 @@ export async function withBuildVm<T>(disks: BuildVmDisks, options: BuildVmOption
   });
   try {
     const result = await fn(vm);
-    await vm.shutdown();
+    await (options.discard ? vm.kill() : vm.shutdown());
     return result;
   } catch (err) {
     await vm.kill();

@@ -36,7 +36,7 @@ export async function shell(reference: string, options: ShellOptions): Promise<n
     return await withTempDir('shell', async (tmp) => {
       const scratch = join(tmp, 'scratch.ext4');
       await createUpperDisk(scratch, DEFAULT_DISK_SIZE);
-      return withBuildVm({ lowers, scratch }, { ...(options.memoryMiB ? { memoryMiB: options.memoryMiB } : {}), network: options.network ?? false }, async (vm) => {
+      return withBuildVm({ lowers, scratch }, { ...(options.memoryMiB ? { memoryMiB: options.memoryMiB } : {}), network: options.network ?? false, discard: true }, async (vm) => {
         await vm.mustStep('mount');
         const launch = options.command.length > 0 ? commandLaunch(options.command) : interactiveShellLaunch();
         const { args } = runStep(scriptEnvironment(image.config.config?.Env, options.env ?? {}), launch);

@@ -57,7 +57,7 @@ export function vmdkDescriptor(parts: readonly DiskPart[]): string {
 export interface Ext4Options {
   /** at least this many inodes (default: mkfs.ext4's ratio to the size) */
   inodes?: number;
-  /** false: no journal, for a disk that is filled once and then only read (default true) */
+  /** false: no journal, for a disk filled once and then only read, or thrown away with its VM (default true) */
   journal?: boolean;
 }
 
