@@ -21,7 +21,8 @@ import { writeCpio } from '../src/vm/cpio.js';
 import { bootImage } from '../src/vm/boot-image.js';
 import { findBusybox } from '../src/vm/guest-tools.js';
 import { resolveKernel } from '../src/vm/kernel.js';
-import { cpuModel, findQemu, hostTscKhz } from '../src/vm/qemu.js';
+import { ARCHITECTURES } from '../src/vm/architectures.js';
+import { findQemu, hostTscKhz } from '../src/vm/qemu.js';
 import { packageRoot } from '../src/vm/paths.js';
 import { type Vm, startVm } from '../src/vm/vm.js';
 
@@ -41,8 +42,9 @@ const env = { ...process.env, DOCKVM_SNAPSHOT_DIR: snapshots };
 
 /** The reference: the stock kernel to an init that powers off at once. */
 async function bareBootCommand(): Promise<{ qemu: string; args: string[] }> {
-  const kernel = await resolveKernel();
-  const [qemu, image, busybox] = await Promise.all([findQemu(), bootImage(kernel), findBusybox()]);
+  const amd64 = ARCHITECTURES.amd64;
+  const kernel = await resolveKernel({ architecture: amd64 });
+  const [qemu, image, busybox] = await Promise.all([findQemu(amd64), bootImage(kernel), findBusybox(amd64)]);
   const initrd = join(work, 'bare.cpio');
   await writeFile(
     initrd,
@@ -60,7 +62,7 @@ async function bareBootCommand(): Promise<{ qemu: string; args: string[] }> {
   const cmdline = ['console=ttyS0', 'quiet', 'loglevel=3', 'panic=-1', 'reboot=t', 'mitigations=off', 'tsc=reliable', 'no_timer_check', '8250.nr_uarts=1', 'random.trust_cpu=on', 'cryptomgr.notests', ...(tsc ? [`tsc_early_khz=${tsc}`] : [])];
   return {
     qemu: qemu.path,
-    args: ['-nodefaults', '-no-user-config', '-M', 'microvm,x-option-roms=off,rtc=on,acpi=on', '-accel', 'tcg', '-cpu', cpuModel('tcg'), '-m', '512', '-smp', '1', '-no-reboot', '-display', 'none', '-serial', 'stdio', '-kernel', image.path, '-initrd', initrd, '-append', cmdline.join(' ')],
+    args: ['-nodefaults', '-no-user-config', '-M', 'microvm,x-option-roms=off,rtc=on,acpi=on', '-accel', 'tcg', '-cpu', amd64.cpu.tcg, '-m', '512', '-smp', '1', '-no-reboot', '-display', 'none', '-serial', 'stdio', '-kernel', image.path, '-initrd', initrd, '-append', cmdline.join(' ')],
   };
 }
 

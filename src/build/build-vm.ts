@@ -7,6 +7,7 @@ import { DockvmError, UsageError, VmError, stderrTail } from '../errors.js';
 import { assetPath } from '../vm/paths.js';
 import type { Readable } from 'node:stream';
 import { partsOf, startVm, type RunningCommand, type Vm, type VmDisk } from '../vm/index.js';
+import type { Architecture } from '../vm/architectures.js';
 
 /** A read-only filesystem image the guest mounts as one overlay lower. */
 export interface LowerImage {
@@ -43,6 +44,8 @@ export const MAX_LOWERS = 128;
 export const DISK_PER_LOWER_MAX = 16;
 
 export interface BuildVmOptions {
+  /** the VM's architecture: the image's platform when its programs run (default: the host's) */
+  architecture?: Architecture;
   memoryMiB?: number;
   network?: boolean;
   /** aborting kills the VM */
@@ -123,6 +126,7 @@ export class BuildVm {
     const script = await readFile(assetPath('vm', 'build', 'guest.sh'), 'utf8');
     const vm = await startVm({
       disks: vmDisks,
+      ...(options.architecture !== undefined ? { architecture: options.architecture } : {}),
       ...(options.memoryMiB !== undefined ? { memoryMiB: options.memoryMiB } : {}),
       ...(options.network !== undefined ? { network: options.network } : {}),
       ...(options.signal ? { signal: options.signal } : {}),

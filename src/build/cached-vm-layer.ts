@@ -15,6 +15,7 @@ import { stepKey } from '../cache/key.js';
 import type { Platform } from '../image/config.js';
 import { scriptEnvironment } from './config.js';
 import { describePlatform } from './platform.js';
+import type { Architecture } from '../vm/architectures.js';
 import { buildLayerInVm, type VmBuildOptions } from './vm-layer.js';
 
 /** The history line run-as-root gives its layer (src/build/run-as-root.ts). */
@@ -45,7 +46,7 @@ export async function vmLayerThroughCache(
   }
   const cache = new BuildCache(options.cache);
   const platform = describePlatform(buildPlatform);
-  const key = await runAsRootKey(spec, base, clampMtime, platform);
+  const key = await runAsRootKey(spec, base, clampMtime, platform, options.architecture);
   const hit = await cache.lookup(key);
   if (hit) {
     return { path: await holdLayer(hit.path, join(tmp, 'cached-layer.tar')), diffId: hit.entry.diffId, size: hit.entry.size, cache: { key, hit: hit.source } };
@@ -56,9 +57,9 @@ export async function vmLayerThroughCache(
 }
 
 /** The key of the spec's VM step over `base`. */
-export async function runAsRootKey(spec: BuildSpec, base: Image | undefined, clampMtime: number, platform: string): Promise<Digest> {
+export async function runAsRootKey(spec: BuildSpec, base: Image | undefined, clampMtime: number, platform: string, architecture?: Architecture): Promise<Digest> {
   const imageEnv = [...(base?.config.config?.Env ?? []), ...(spec.config?.Env ?? [])];
-  const [copyToRoot, guest] = await Promise.all([copyToRootDigest(spec, clampMtime), guestVersion()]);
+  const [copyToRoot, guest] = await Promise.all([copyToRootDigest(spec, clampMtime), guestVersion(process.env, architecture)]);
   return stepKey({
     parent: { baseDiffIds: base?.config.rootfs.diff_ids ?? [] },
     // the scripts as written, framed so that no two pairs read alike

@@ -1,18 +1,17 @@
 // The platform a build is for: its base's, or the spec's `architecture` (the host's for FROM scratch).
-// The build VM runs programs of one platform (src/vm/guest-platform.ts) and there are no cross-platform
-// builds yet, so a build that executes anything in the image (runAsRoot, dockvm shell) over another
-// platform is refused before any VM boots: the bundled tools would run instead of the image's and the
-// result would be labelled with a platform its binaries are not for. Exporting (nothing executes) and
-// building without runAsRoot (nothing executes either) only label.
-import { PlatformError, SpecError } from '../errors.js';
+// A build that executes anything in the image (runAsRoot, dockvm shell) runs in that platform's own
+// build VM (src/vm/architectures.ts: an arm64 image in an emulated arm64 machine on an amd64 host). It
+// is refused before anything is written when dockvm has no VM for the platform; a host that lacks a
+// piece of that VM (QEMU for the architecture, the agent's compiler) gets one line saying what to install
+// when the VM is about to start (src/vm/vm.ts), so that a build the cache answers needs none of them.
+// Exporting and building without runAsRoot (nothing executes) only label.
+import { SpecError } from '../errors.js';
 import type { ImageConfig, Platform } from '../image/config.js';
 import { hostArchitecture } from '../image/platform.js';
-import { GUEST_PLATFORM } from '../vm/guest-platform.js';
+import { type ArchitectureRow, architectureRow, defaultArchitecture } from '../vm/architectures.js';
+import { describePlatform, guestRowFor } from '../vm/guest-platform.js';
 
-/** "linux/arm64/v8" */
-export function describePlatform(platform: Platform): string {
-  return [platform.os, platform.architecture, platform.variant].filter(Boolean).join('/');
-}
+export { describePlatform } from '../vm/guest-platform.js';
 
 /** An image config's platform ("linux" when it names no os, as Docker reads such configs). */
 export function platformOf(config: ImageConfig): Platform {
@@ -25,7 +24,7 @@ export function platformOf(config: ImageConfig): Platform {
  */
 export function buildPlatform(architecture: string | null, base: ImageConfig | undefined, fromImage: string | null): Platform {
   // A config without an architecture (some hand-made images) says nothing to disagree with.
-  if (!base?.architecture) return { os: base?.os || 'linux', architecture: architecture ?? hostArchitecture() };
+  if (!base?.architecture) return withVariant({ os: base?.os || 'linux', architecture: architecture ?? hostArchitecture() });
   const platform = platformOf(base);
   if (architecture !== null && architecture !== platform.architecture) {
     throw new SpecError(
@@ -35,16 +34,23 @@ export function buildPlatform(architecture: string | null, base: ImageConfig | u
       { field: 'architecture' },
     );
   }
-  return platform;
+  return withVariant(platform);
 }
 
-/** Refuse to execute programs of `platform` in the build VM when it runs another (`what`: the image). */
-export function checkRunnable(platform: Platform, what: string): void {
-  // a config that names no architecture says nothing to refuse
-  if (platform.architecture === '') return;
-  if (platform.os === GUEST_PLATFORM.os && platform.architecture === GUEST_PLATFORM.architecture) return;
-  throw new PlatformError(
-    `${what} is ${describePlatform(platform)}, but the build VM runs ${describePlatform(GUEST_PLATFORM)} programs only ` +
-      `(cross-platform builds are not supported yet)`,
-  );
+/**
+ * The variant an architecture's images carry when the config names none (arm64: v8), so that the result
+ * is labelled as the peers label it; unchanged for architectures without one.
+ */
+function withVariant(platform: Platform): Platform {
+  const variant = platform.os === 'linux' ? architectureRow(platform.architecture)?.variant : undefined;
+  return platform.variant === undefined && variant !== undefined ? { ...platform, variant } : platform;
+}
+
+/**
+ * The build VM that executes programs of `platform` (`what` names the image in errors): its row, or a
+ * PlatformError naming the platforms dockvm has a VM for.
+ */
+export function runnableRow(platform: Platform, what: string): ArchitectureRow {
+  // a config that names no architecture says nothing to refuse: the host's own VM runs it
+  return platform.architecture === '' ? defaultArchitecture() : guestRowFor(platform, what);
 }

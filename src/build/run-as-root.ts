@@ -15,7 +15,7 @@ import { newImageConfig, resolveCreated } from './config.js';
 import { baseTree, CopyPlacement, hiddenShellError, replacedLinkWarnings } from './copy-over-base.js';
 import { copyToRootTar } from './copy-to-root.js';
 import { imageShells } from './interpreter.js';
-import { buildPlatform, checkRunnable } from './platform.js';
+import { buildPlatform, runnableRow } from './platform.js';
 import { buildLayerOnHost } from './host-layer.js';
 import type { VmBuildOptions } from './vm-layer.js';
 import type { BuildCacheOptions } from '../cache/build-cache.js';
@@ -48,7 +48,7 @@ export async function runAsRoot(spec: BuildSpec, options: RunAsRootOptions = {})
   try {
     // Refused before anything is written or booted: a platform the build VM cannot run the script on.
     const platform = buildPlatform(spec.architecture, base?.config, spec.fromImage);
-    if (spec.runAsRoot !== null) checkRunnable(platform, spec.fromImage ? `fromImage ${spec.fromImage}` : `the spec's architecture`);
+    const row = spec.runAsRoot !== null ? runnableRow(platform, spec.fromImage ? `fromImage ${spec.fromImage}` : `the spec's architecture`) : undefined;
     return await withTempDir('build', async (tmp) => {
       const copy = await writeCopyToRoot(spec, base, tmp, warn);
       // An archive file gets the base layers while the VM builds the new one (they come first in it).
@@ -59,7 +59,7 @@ export async function runAsRoot(spec: BuildSpec, options: RunAsRootOptions = {})
         const created = resolveCreated(spec.created);
         const clampMtime = sourceDateEpoch() ?? Math.floor(Date.parse(created) / 1000);
         const layerFile = spec.runAsRoot
-          ? await vmLayerThroughCache(spec, base, copy, platform, tmp, clampMtime, options)
+          ? await vmLayerThroughCache(spec, base, copy, platform, tmp, clampMtime, { ...options, architecture: row!.architecture })
           : { ...(await buildLayerOnHost(spec, copy, tmp, clampMtime)), cache: null };
         const config = newImageConfig({
           base: base?.config,

@@ -7,11 +7,13 @@ import type { Readable, Writable } from 'node:stream';
 import { withTempDir } from '../cleanup.js';
 import { DEFAULT_DISK_SIZE } from '../spec/schema.js';
 import { openImage } from '../transport/index.js';
+import type { Platform } from '../image/config.js';
 import { withBuildVm } from './build-vm.js';
 import { lowersFor } from './lowers.js';
 import { scriptEnvironment } from './config.js';
 import { commandLaunch, interactiveShellLaunch, runStep } from './interpreter.js';
-import { checkRunnable, platformOf } from './platform.js';
+import { platformOf, runnableRow } from './platform.js';
+import { requireGuestPieces } from '../vm/guest-platform.js';
 import { createUpperDisk } from './vm-layer.js';
 
 export interface ShellOptions {
@@ -19,6 +21,8 @@ export interface ShellOptions {
   command: readonly string[];
   memoryMiB?: number;
   network?: boolean;
+  /** the image's platform to run: picked from an index; another platform's image is an error (default: the image's) */
+  platform?: Platform;
   env?: Readonly<Record<string, string>>;
   stdin: Readable;
   stdout: Writable;
@@ -29,14 +33,16 @@ export interface ShellOptions {
 
 /** Returns the command's exit status (128 + the signal number when a signal ended it). */
 export async function shell(reference: string, options: ShellOptions): Promise<number> {
-  const image = await openImage(reference);
+  const image = await openImage(reference, options.platform ? { platform: options.platform } : {});
   try {
-    checkRunnable(platformOf(image.config), reference);
+    const row = runnableRow(platformOf(image.config), reference);
+    await requireGuestPieces(row); // what this host lacks for the VM is said before the lowers are made
     const lowers = await lowersFor(image, reference);
     return await withTempDir('shell', async (tmp) => {
       const scratch = join(tmp, 'scratch.ext4');
       await createUpperDisk(scratch, DEFAULT_DISK_SIZE);
-      return withBuildVm({ lowers, scratch }, { ...(options.memoryMiB ? { memoryMiB: options.memoryMiB } : {}), network: options.network ?? false, discard: true }, async (vm) => {
+      const vmOptions = { architecture: row.architecture, ...(options.memoryMiB ? { memoryMiB: options.memoryMiB } : {}), network: options.network ?? false, discard: true };
+      return withBuildVm({ lowers, scratch }, vmOptions, async (vm) => {
         await vm.mustStep('mount');
         const launch = options.command.length > 0 ? commandLaunch(options.command) : interactiveShellLaunch();
         const { args } = runStep(scriptEnvironment(image.config.config?.Env, options.env ?? {}), launch);

@@ -17,9 +17,12 @@ import { scriptEnvironment } from './config.js';
 import { rootChangeWarning } from './root-change.js';
 import { launchFailure, parseShebang, runStep, scriptLaunch, type LaunchFailure } from './interpreter.js';
 import { describePlatform } from './platform.js';
-import { GUEST_PLATFORM } from '../vm/guest-platform.js';
+import { guestPlatform, requireGuestPieces } from '../vm/guest-platform.js';
+import { ARCHITECTURES, type Architecture, defaultArchitecture } from '../vm/architectures.js';
 
 export interface VmBuildOptions {
+  /** the build VM's architecture: the build platform's (default: the host's) */
+  architecture?: Architecture;
   /** give up after this long (the --timeout flag) */
   timeoutMs?: number;
   /** where the script's output goes (default: dockvm's stderr; stdout may carry JSON or data) */
@@ -51,6 +54,8 @@ export async function createUpperDisk(path: string, diskSizeMiB: number): Promis
 
 /** `copy`: the copyToRoot tar, each entry at the path it lands on (src/build/copy-over-base.ts). */
 export async function buildLayerInVm(spec: BuildSpec, base: Image | undefined, copy: string | undefined, tmp: string, clampMtime: number, options: VmBuildOptions): Promise<LayerFile> {
+  // what this host lacks for the VM is said before the lowers are made
+  await requireGuestPieces(ARCHITECTURES[options.architecture ?? defaultArchitecture().architecture]);
   const lowers = await lowersFor(base, spec.fromImage ?? 'scratch');
   const scratch = join(tmp, 'scratch.ext4');
   const out = join(tmp, 'upper.out.disk'); // the manifest (or a tar) the pack step writes
@@ -61,7 +66,12 @@ export async function buildLayerInVm(spec: BuildSpec, base: Image | undefined, c
 
   const { packed, newDirs } = await withBuildVm(
     { lowers, scratch, ...(copy ? { copy } : {}), out },
-    { memoryMiB: spec.buildVMMemorySize, network: spec.network, ...(signal ? { signal } : {}) },
+    {
+      memoryMiB: spec.buildVMMemorySize,
+      network: spec.network,
+      ...(options.architecture !== undefined ? { architecture: options.architecture } : {}),
+      ...(signal ? { signal } : {}),
+    },
     async (vm) => {
       await vm.mustStep('mount', { env: { DOCKVM_KEEP_DIRLINKS: spec.keepContentsDirlinks ? '1' : '0' } });
       await runScript(vm, spec, base, output);
@@ -162,7 +172,7 @@ async function runScript(vm: BuildVm, spec: BuildSpec, base: Image | undefined, 
     throw diskTooSmall(spec.diskSize, `more than ${spec.diskSize * SCRATCH_FACTOR} MiB`, spec.diskSize * SCRATCH_FACTOR * 2);
   }
   const failure = launchFailure(run.stderr);
-  if (failure) throw interpreterError(failure, spec.runAsRoot ?? '', run.stderr);
+  if (failure) throw interpreterError(failure, spec.runAsRoot ?? '', run.stderr, describePlatform(guestPlatform(vm.vm.architecture)));
   throw new ScriptError(`runAsRoot failed (${describeExit(run)})${stderrTail(run.stderr)}`, {
     command: 'runAsRoot',
     ...(run.exitCode !== null ? { exitCode: run.exitCode } : {}),
@@ -170,12 +180,12 @@ async function runScript(vm: BuildVm, spec: BuildSpec, base: Image | undefined, 
 }
 
 /** The script never started: its interpreter is missing, or is there but cannot be executed. */
-function interpreterError(failure: LaunchFailure, script: string, stderr: string): DockvmError {
+function interpreterError(failure: LaunchFailure, script: string, stderr: string, vmPlatform: string): DockvmError {
   const context = { command: 'runAsRoot', exitCode: failure.exitCode };
   if (failure.execFormat) {
     return new PlatformError(
       `runAsRoot: the image's ${failure.program} cannot be executed in the build VM (exec format error): it is not a ` +
-        `${describePlatform(GUEST_PLATFORM)} program, whatever the image's config says; use a ${describePlatform(GUEST_PLATFORM)} image`,
+        `${vmPlatform} program, whatever the image's config says; use a ${vmPlatform} image`,
       context,
     );
   }

@@ -3,7 +3,8 @@
 // images of layers (CACHE/lowers), layer tars downloaded from registries (CACHE/tars), what push
 // remembered about gzip (CACHE/push-gzip) and snapshots of the booted VM (CACHE/snapshots, counted by
 // the disk space their sparse memory files take) — goes least recently used first until the rest fits the bound.
-// Never the guest kernel, initramfs, agent or KVM verdict: those are what every boot needs.
+// Never the guest kernels, initramfs, agents, a foreign guest's tools and apt lists (CACHE/guest-tools, CACHE/apt)
+// or the KVM verdict: those are what every boot needs.
 // Anything touched in the last IN_USE_GRACE_MS is kept (unless --all): a build running now may be about to
 // read it. Temp files left by a crash, and entries or layers that have lost their other half, go first.
 import { readdir, readFile, rm, stat } from 'node:fs/promises';

@@ -43,7 +43,7 @@ export function registerBuild(program: Command): void {
     .option('-o, --output <out>', 'where the image goes: .tar, .tar.gz, oci:DIR, oci-archive:PATH or docker://REF (default: NAME.tar from the first -t)')
     .addOption(new Option('--build-arg <arg>', 'K=V for an ARG (repeatable; K alone takes the value from the environment)').argParser(collect))
     .option('--target <stage>', 'build this stage (by name) instead of the last')
-    .option('--platform <platform>', 'os/arch to build for (default: each base image\'s own)')
+    .option('--platform <platform>', 'os/arch to build for: linux/amd64 or linux/arm64, each stage in a VM of its platform (default: each base image\'s own)')
     .addOption(new Option('--build-context <name=image>', 'NAME=IMAGE: use IMAGE (any dockvm IMAGE form) wherever FROM or --from names NAME (repeatable)').argParser(collect))
     .option('--no-cache', 'build every step even when the build cache has it (what is built is still stored)')
     .addOption(new Option('--cache-from <ref>', 'look for cached steps in this registry too, after the local cache: docker://HOST/REPO (repeatable)').argParser(collect))

@@ -8,9 +8,11 @@ export function registerDoctor(program: Command): void {
   program
     .command('doctor')
     .description(
-      'Check the host for build VMs: QEMU and its version, the guest kernel and its modules, the initramfs ' +
-        '(built into the cache if missing), whether KVM works (a real short boot, cached per host) or TCG is ' +
-        'used, the agent transport (vsock or virtio-serial), and the cache. Exits 1 when a VM cannot boot.',
+      "Check the host for build VMs of its own architecture: QEMU and its version, the guest kernel and its " +
+        'modules, the initramfs (built into the cache if missing), whether KVM works (a real short boot, cached ' +
+        'per host) or TCG is used, the agent transport (vsock or virtio-serial), and the cache; then, for every ' +
+        'architecture dockvm has a build VM for (amd64, arm64), whether this host can build for it and what to ' +
+        'install if not. Exits 1 when a VM of the host\'s architecture cannot boot.',
     )
     .option('--json', 'print one JSON document describing the result')
     .action(async (options: { json?: boolean }) => {
@@ -34,7 +36,8 @@ export function formatReport(r: DoctorReport): string {
   if (r.kernel) {
     lines.push(`modules:   ${r.kernel.modules.length ? r.kernel.modules.join(' ') : 'none'} (from ${r.kernel.modulesDir ?? 'nowhere'})`);
     lines.push(`built in:  ${r.kernel.builtin.join(' ') || 'none of the wanted drivers'}`);
-    lines.push(`boots:     ${r.kernel.boot.protocol === 'pvh' ? `${r.kernel.boot.path} (uncompressed, PVH entry)` : `${r.kernel.boot.path} (bzImage)`}`);
+    const how = { pvh: 'uncompressed, PVH entry', bzImage: 'bzImage', Image: 'arm64 Image' }[r.kernel.boot.protocol];
+    lines.push(`boots:     ${r.kernel.boot.path} (${how})`);
   }
   lines.push(`initramfs: ${r.initramfs ? `${r.initramfs.path} (${r.initramfs.state})` : 'not available'}`);
   lines.push(`/dev/kvm:  ${r.kvm.device ? 'present' : 'absent'}; KVM ${r.kvm.usable === null ? 'not probed' : r.kvm.usable ? 'works' : 'does not work here'}`);
@@ -42,6 +45,12 @@ export function formatReport(r: DoctorReport): string {
   lines.push(`transport: ${r.transport}${r.transport === 'serial' ? ' (virtio-serial; no usable /dev/vhost-vsock)' : ' (virtio-vsock)'}`);
   lines.push(`cache:     ${r.cache.dir} (${bytes(r.cache.bytes)})`);
   for (const m of r.missing) lines.push(`problem:   ${m}`);
-  if (r.ok) lines.push('ok: build VMs can boot on this host');
+  for (const a of r.architectures) {
+    const state = a.ready
+      ? `can build (${a.accel}, ${a.qemu!.path} ${a.qemu!.version}; kernel ${a.kernel ?? 'fetched on first use'})`
+      : `cannot build: ${a.missing.join('; ')}`;
+    lines.push(`${`${a.platform}:`.padEnd(16)} ${state}`);
+  }
+  if (r.ok) lines.push(`ok: build VMs can boot on this host (${r.architectures.filter((a) => a.ready).map((a) => a.platform).join(', ')})`);
   return `${lines.join('\n')}\n`;
 }

@@ -13,7 +13,8 @@ export function registerRunAsRoot(program: Command): void {
         'what changed (whiteouts included) packed as one reproducible layer on top of the base. Without ' +
         'runAsRoot no VM is booted. runAsRoot and extraCommands are bash scripts (bash -e): the image\'s ' +
         '/bin/bash, else a bundled static bash that leaves no trace; a #! line picks another interpreter. ' +
-        'With runAsRoot the base must be linux/amd64. The new layer is kept in the build cache (by a key of ' +
+        'runAsRoot runs in a VM of the base\'s platform (linux/amd64 or linux/arm64: an arm64 base in an emulated ' +
+        'arm64 machine on an amd64 host, and the other way round). The new layer is kept in the build cache (by a key of ' +
         'the base, the scripts, copyToRoot\'s contents, the environment and the guest): an unchanged spec ' +
         'boots no VM. Writes a docker-archive (.tar, .tar.gz) or an OCI layout (oci:DIR).',
     )

@@ -4,6 +4,7 @@ import { Readable, Writable } from 'node:stream';
 import { installSignalHandlers } from '../cleanup.js';
 import { UsageError } from '../errors.js';
 import { printJson } from './io.js';
+import { parsePlatform } from '../frontend/containerfile/platform.js';
 
 export function registerShell(program: Command): void {
   program
@@ -13,22 +14,27 @@ export function registerShell(program: Command): void {
         '(chroot, fresh namespaces, /proc /dev /sys, the image\'s Env, HOME=/root), with the bash a runAsRoot ' +
         'script gets: the image\'s /bin/bash, else dockvm\'s bundled bash. Changes are thrown away. With ' +
         '-- CMD, run CMD instead, found in the image\'s PATH: its output streams through and dockvm exits ' +
-        'with its exit code. IMAGE must be linux/amd64.',
+        'with its exit code. The VM is the image\'s platform\'s machine: an arm64 image runs in an emulated ' +
+        'arm64 VM on an amd64 host (and the other way round), KVM only when the host is of that architecture.',
     )
     .argument('<image>', 'PATH, docker-archive:PATH[:NAME:TAG], oci:DIR[:REF], oci-archive:PATH[:REF] or docker://REF')
     .argument('[command...]', 'a command to run instead of a shell (put it after --)')
     .option('--network', 'give the VM outbound network (QEMU user-mode networking)')
     .option('--memory <mib>', 'VM memory in MiB', (value) => Number(value), 512)
+    .option('--platform <os/arch[/variant]>', "the image's platform to run (picked from a multi-platform index; default: the image's own, or this host's from an index)")
     .option('--json', 'with -- CMD: print {command, exitCode, stdout, stderr} as one JSON document instead of streaming')
-    .action(async (reference: string, command: string[], options: { network?: boolean; memory: number; json?: boolean }) => {
+    .action(async (reference: string, command: string[], options: { network?: boolean; memory: number; json?: boolean; platform?: string }) => {
       installSignalHandlers();
+      const platform = options.platform === undefined ? undefined : parsePlatform(options.platform);
+      if (options.platform !== undefined && platform === undefined) throw new UsageError(`--platform ${options.platform} is not a platform: write os/arch[/variant], e.g. linux/arm64`);
       const { shell } = await import('../build/shell.js'); // loaded on use: faster start-up
+      const common = { memoryMiB: options.memory, network: options.network ?? false, ...(platform ? { platform } : {}) };
       if (options.json) {
         if (command.length === 0) throw new UsageError('--json needs a command to run: dockvm shell IMAGE --json -- CMD…');
         const out = new Collector();
         const err = new Collector();
         // no stdin: --json runs a command to completion, it does not talk to it
-        const exitCode = await shell(reference, { command, memoryMiB: options.memory, network: options.network ?? false, stdin: Readable.from([]), stdout: out, stderr: err });
+        const exitCode = await shell(reference, { command, ...common, stdin: Readable.from([]), stdout: out, stderr: err });
         printJson({ command, exitCode, stdout: out.text(), stderr: err.text() });
         process.exitCode = exitCode;
         return;
@@ -38,8 +44,7 @@ export function registerShell(program: Command): void {
       try {
         process.exitCode = await shell(reference, {
           command,
-          memoryMiB: options.memory,
-          network: options.network ?? false,
+          ...common,
           stdin: process.stdin,
           stdout: process.stdout,
           stderr: process.stderr,

@@ -11,7 +11,9 @@ import type { ImageConfig } from '../image/config.js';
 import { sha256, type Digest } from '../image/digest.js';
 import { FileLayer } from '../image/file-layer.js';
 import type { Image, Layer } from '../image/image.js';
-import { hostArchitecture } from '../image/platform.js';
+import { PlatformError } from '../errors.js';
+import { ARCHITECTURE_NAMES, ARCHITECTURES, architectureRow, defaultArchitecture, type Architecture } from '../vm/architectures.js';
+import { describePlatform, guestPlatform, guestRowFor, requireGuestPieces } from '../vm/guest-platform.js';
 import { BuildCache, type CacheHit } from '../cache/build-cache.js';
 import { canonicalJson } from '../cache/canonical-json.js';
 import { guestVersion } from '../cache/guest-version.js';
@@ -108,7 +110,8 @@ class PlanRun {
   #vertex = 0;
   #boots = 0;
   #downloads = 0;
-  #guest: Promise<string> | undefined;
+  /** guestVersion() per architecture: each has its own guest */
+  #guest = new Map<Architecture, Promise<string>>();
 
   constructor(
     readonly plan: Plan,
@@ -144,18 +147,25 @@ class PlanRun {
     const platform = `${stage.platform.os}/${stage.platform.architecture}${stage.platform.variant ? `/${stage.platform.variant}` : ''}`;
     let parent: Digest | { baseDiffIds: readonly Digest[] } = { baseDiffIds: base.layers.map((l) => l.diffId) };
     const prepared: Prepared[] = [];
+    // steps that make no layer (WORKDIR /): shown, in their place, when the steps before them are
+    const empty: { position: number; name: string }[] = [];
+    const showEmptyBefore = (position: number) => {
+      while (empty.length > 0 && empty[0]!.position < position) {
+        const id = ++this.#vertex;
+        this.#emit({ type: 'vertex', id, name: empty.shift()!.name });
+        this.#emit({ type: 'done', id, seconds: 0 });
+      }
+    };
     let position = 1;
     for (const step of stage.steps) {
       if (step.kind === 'config') continue;
       position++;
       const name = `[${label}${position}/${total}] ${describeStep(step)}`;
       if (step.emptyLayer) {
-        const id = ++this.#vertex;
-        this.#emit({ type: 'vertex', id, name });
-        this.#emit({ type: 'done', id, seconds: 0 });
+        empty.push({ position, name });
         continue;
       }
-      const item = await this.#prepare(step as LayerStep, parent, platform, name, position);
+      const item = await this.#prepare(step as LayerStep, parent, platform, stage.platform.architecture, name, position);
       prepared.push(item);
       parent = item.key;
     }
@@ -169,6 +179,7 @@ class PlanRun {
         firstMiss = i;
         break;
       }
+      showEmptyBefore(item.position);
       const id = ++this.#vertex;
       this.#emit({ type: 'vertex', id, name: item.name });
       this.#emit({ type: 'cached', id });
@@ -177,7 +188,8 @@ class PlanRun {
     }
 
     const missing = prepared.slice(firstMiss);
-    if (missing.length > 0) layers.push(...(await this.#buildInVm(index, stage, missing, layers, platform)));
+    if (missing.length > 0) layers.push(...(await this.#buildInVm(index, stage, missing, layers, platform, showEmptyBefore)));
+    showEmptyBefore(Infinity);
 
     const config = stageImageConfig(stage, base.config, layers.map((l) => l.diffId), this.options.created);
     const rawConfig = Buffer.from(JSON.stringify(config));
@@ -199,12 +211,16 @@ class PlanRun {
     }
   }
 
-  #guestVersion(): Promise<string> {
-    return (this.#guest ??= guestVersion());
+  /** The guest version of the VM a stage of `architecture` runs in (the host's for one dockvm has no VM for: nothing is built then). */
+  #guestVersion(architecture: string): Promise<string> {
+    const row = architectureRow(architecture)?.architecture ?? defaultArchitecture().architecture;
+    let version = this.#guest.get(row);
+    if (version === undefined) this.#guest.set(row, (version = guestVersion(process.env, row)));
+    return version;
   }
 
   /** A layer step's key, and for COPY/ADD its sources and layout. */
-  async #prepare(step: LayerStep, parent: Digest | { baseDiffIds: readonly Digest[] }, platform: string, name: string, position: number): Promise<Prepared> {
+  async #prepare(step: LayerStep, parent: Digest | { baseDiffIds: readonly Digest[] }, platform: string, architecture: string, name: string, position: number): Promise<Prepared> {
     const network = step.kind === 'run' && this.options.network !== 'none' ? step.network : 'none';
     const inputs: Record<string, Digest> = {};
     let copy: Prepared['copy'];
@@ -230,7 +246,7 @@ class PlanRun {
       network,
       options: { clampMtime: this.options.clampMtime },
       platform,
-      guest: await this.#guestVersion(),
+      guest: await this.#guestVersion(architecture),
     });
     return { step, position, key, name, network, ...(copy ? { copy } : {}) };
   }
@@ -336,11 +352,18 @@ class PlanRun {
     return new FileLayer(path, hit.entry.diffId, hit.entry.size);
   }
 
-  async #buildInVm(index: number, stage: Stage, missing: Prepared[], lowers: readonly Layer[], platform: string): Promise<Layer[]> {
+  async #buildInVm(index: number, stage: Stage, missing: Prepared[], lowers: readonly Layer[], platform: string, showEmptyBefore: (position: number) => void): Promise<Layer[]> {
     const first = missing[0]!;
-    if (stage.platform.architecture !== hostArchitecture()) {
-      throw notSupported(first.step.location, describeStep(first.step), `building ${platform} steps (this host's build VM is linux/${hostArchitecture()})`);
+    // the stage runs in a VM of its platform (an arm64 stage in an emulated arm64 machine on an amd64 host)
+    let architecture: Architecture;
+    try {
+      architecture = guestRowFor(stage.platform, platform).architecture;
+    } catch (err) {
+      if (!(err instanceof PlatformError)) throw err;
+      const known = ARCHITECTURE_NAMES.map((name) => describePlatform(guestPlatform(ARCHITECTURES[name]))).join(', ');
+      throw notSupported(first.step.location, describeStep(first.step), `building ${platform} steps (dockvm has build VMs for ${known})`);
     }
+    await requireGuestPieces(ARCHITECTURES[architecture]);
     const tmp = this.options.tmp;
     const stageTmp = join(tmp, `stage-${index}`);
     await mkdir(stageTmp, { recursive: true });
@@ -411,6 +434,7 @@ class PlanRun {
     this.#emit({ type: 'boot', stage: stage.name ?? `stage-${stage.index}`, steps: jobs.length });
     this.#boots++;
     const built = await buildStageInVm({
+      architecture,
       lowers,
       source: describeBase(this.plan, stage),
       jobs,
@@ -422,6 +446,7 @@ class PlanRun {
       diskMiB: this.options.diskMiB ?? DEFAULT_DISK_MIB,
       ...(this.options.signal ? { signal: this.options.signal } : {}),
       onStart: (job) => {
+        showEmptyBefore(missing[job]!.position);
         const id = ++this.#vertex;
         ids[job] = id;
         started[job] = Date.now();

@@ -5,6 +5,7 @@
 import type { ImageConfig, HistoryEntry } from '../image/config.js';
 import type { Digest } from '../image/digest.js';
 import type { Stage } from '../plan/plan.js';
+import { architectureRow } from '../vm/architectures.js';
 
 /** BuildKit's history comment for Dockerfile steps. */
 const HISTORY_COMMENT = 'buildkit.dockerfile.v0';
@@ -16,6 +17,8 @@ export function stageImageConfig(stage: Stage, base: ImageConfig | undefined, di
     history.push({ created, created_by: step.createdBy, comment: HISTORY_COMMENT, ...(step.emptyLayer ? { empty_layer: true } : {}) });
   }
   const { platform } = stage;
+  // arm64 images say v8 (as BuildKit writes them) also when the platform was asked for without it
+  const variant = platform.variant ?? (platform.os === 'linux' ? architectureRow(platform.architecture)?.variant : undefined);
   return {
     architecture: platform.architecture,
     ...(stage.author !== undefined ? { author: stage.author } : {}),
@@ -24,7 +27,7 @@ export function stageImageConfig(stage: Stage, base: ImageConfig | undefined, di
     history,
     os: platform.os,
     rootfs: { type: 'layers', diff_ids: [...diffIds] },
-    ...(platform.variant ? { variant: platform.variant } : {}),
+    ...(variant ? { variant } : {}),
   };
 }
 

@@ -38,16 +38,25 @@ export class ImageSource {
     return this.#overrides.get(nameKey(ref.slice('docker://'.length))) ?? ref;
   }
 
-  /** The image `ref` names (a FROM or --from reference as the plan writes it), opened once. */
-  open(ref: string, platform?: Platform): Promise<OpenedImage> {
+  /**
+   * The image `ref` names (a FROM or --from reference as the plan writes it), opened once: asked again
+   * for the platform it turned out to be (the plan names every stage's), the same image.
+   */
+  async open(ref: string, platform?: Platform): Promise<OpenedImage> {
     const actual = this.resolve(ref);
-    const key = `${actual}\0${platform ? `${platform.os}/${platform.architecture}/${platform.variant ?? ''}` : ''}`;
+    const unasked = this.#opened.get(actual);
+    if (platform && unasked) {
+      const image = await unasked;
+      if (image.config.os === platform.os && image.config.architecture === platform.architecture && (platform.variant ?? '') === (image.config.variant ?? '')) return image;
+    }
+    const key = platform ? `${actual}\0${platform.os}/${platform.architecture}/${platform.variant ?? ''}` : actual;
     let opened = this.#opened.get(key);
     if (!opened) {
       const { creds, ...shared } = this.registry;
       const host = actual.startsWith('docker://') ? parseImageReference(actual).registry : undefined;
       const withCreds = creds !== undefined && host !== undefined && this.credsFor.has(host) ? { ...shared, creds } : shared;
-      opened = openImage(actual, { registry: platform ? { ...withCreds, platform } : withCreds });
+      // an image of another platform than the one asked for is an error here, before any VM runs its programs
+      opened = openImage(actual, { registry: withCreds, ...(platform ? { platform } : {}) });
       this.#opened.set(key, opened);
       opened.catch(() => this.#opened.delete(key));
     }

@@ -19,6 +19,7 @@ import { createScratchDisk, qemuImgCreate } from '../vm/index.js';
 import { EXT4_LOWER_SUFFIX, checkLowerCount, describeExit, withBuildVm, type BuildVm, type LowerImage, type StepResult } from '../build/build-vm.js';
 import type { CopyLayout } from './copy-items.js';
 import { stepError } from './errors.js';
+import type { Architecture } from '../vm/architectures.js';
 import type { InputRange } from './inputs-disk.js';
 
 /** One step for the VM, with what the host prepared for it. */
@@ -37,6 +38,8 @@ export type VmJob =
   | { kind: 'workdir'; step: WorkdirStep; text: string };
 
 export interface StageVmOptions {
+  /** the VM's architecture: the stage's platform's */
+  architecture: Architecture;
   /** the lowers, bottom first: the base's layers, then the cached steps' layers */
   lowers: readonly Layer[];
   /** names the base in errors */
@@ -85,7 +88,7 @@ export async function buildStageInVm(options: StageVmOptions): Promise<LayerFile
 
   const committed = await withBuildVm(
     { lowers, scratch, out, ...(options.inputs ? { inputs: options.inputs } : {}) },
-    { memoryMiB: options.memoryMiB, network, ...(signal ? { signal } : {}) },
+    { architecture: options.architecture, memoryMiB: options.memoryMiB, network, ...(signal ? { signal } : {}) },
     async (vm) => {
       await vm.mustStep('stage-mount');
       for (const [id, path] of options.secrets) await vm.mustStep('secret', { args: [id], stdin: createReadStream(path) });

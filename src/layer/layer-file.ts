@@ -14,8 +14,6 @@ export interface LayerFileOptions {
   source: string;
   /** bytes of the input tar to read (the rest of a disk image is not part of it) */
   size?: number;
-  /** where the tar starts in the input (default 0): one disk may hold several tars */
-  offset?: number;
   /** entry → the entries it becomes (default: itself) */
   convert?: (entry: TarEntry) => TarEntry[];
   clampMtime?: number;
@@ -32,12 +30,11 @@ export interface LayerFile {
 }
 
 export async function writeLayerFile(input: string, output: string, options: LayerFileOptions): Promise<LayerFile> {
-  const start = options.offset ?? 0;
-  const stream = createReadStream(input, options.size === undefined ? { start } : { start, end: start + options.size - 1 });
+  const stream = createReadStream(input, options.size === undefined ? {} : { end: options.size - 1 });
   async function* entries(): AsyncGenerator<LayerEntry> {
     for await (const { entry, dataOffset, body } of readTar(stream, { source: options.source })) {
       body.resume();
-      yield entry.type === 'file' && entry.size > 0 ? { entry, body: { file: input, offset: start + dataOffset } } : { entry };
+      yield entry.type === 'file' && entry.size > 0 ? { entry, body: { file: input, offset: dataOffset } } : { entry };
     }
   }
   return writeLayerFromEntries(entries(), output, options);

@@ -10,6 +10,7 @@ import { check, indexSchema, manifestSchema, type CheckedDescriptor } from './sc
 import { parseJson, readFile, readJsonFile, type FileStore } from './store.js';
 import { StoredLayer } from './stored-layer.js';
 import { hostArchitecture } from '../image/platform.js';
+import { platformMatches, formatPlatform, type PlatformChoice } from './registry/platform.js';
 
 /** containerd's (and newer docker save's) annotation with the full image name. */
 const CONTAINERD_NAME_ANNOTATION = 'io.containerd.image.name';
@@ -70,9 +71,10 @@ export class OciLayoutReader {
 
   /**
    * One image: the entry whose ref name is `ref` (or whose tag part is), else, with several entries, the
-   * one for linux on this host's architecture, else the first.
+   * one for linux on this host's architecture, else the first. With `platform`, the entry of that
+   * platform, or an error naming the ones there are.
    */
-  async image(ref?: string): Promise<LoadedImage> {
+  async image(ref?: string, platform?: PlatformChoice): Promise<LoadedImage> {
     let entries = this.entries;
     if (ref !== undefined) {
       entries = entries.filter((entry) => entry.refName !== undefined && refMatches(entry.refName, ref));
@@ -88,13 +90,19 @@ export class OciLayoutReader {
     for (const entry of entries) manifests.push(...(await this.expand(entry, 0)));
     const first = manifests[0];
     if (!first) throw new ImageFormatError(`${this.store.source}: index.json names no image manifests`, { source: this.store.source });
-    if (manifests.length === 1) return this.load(first);
-    const host = manifests.find((entry) => isHost(entry.descriptor.platform));
+    if (manifests.length === 1 && platform === undefined) return this.load(first);
+    const matches = (candidate: { os?: string; architecture?: string; variant?: string } | undefined): boolean =>
+      platform === undefined ? isHost(candidate) : candidate?.architecture !== undefined && platformMatches({ ...candidate, os: candidate.os || 'linux', architecture: candidate.architecture }, platform);
+    const host = manifests.find((entry) => matches(entry.descriptor.platform));
     if (host) return this.load(host);
     // Entries without a platform in their descriptor: their configs tell.
     for (const entry of manifests.filter((candidate) => !candidate.descriptor.platform)) {
       const image = await this.load(entry);
-      if (isHost(image.config)) return image;
+      if (matches(image.config)) return image;
+    }
+    if (platform !== undefined) {
+      const offered = manifests.flatMap((entry) => (entry.descriptor.platform ? [formatPlatform(entry.descriptor.platform)] : []));
+      throw new ImageReferenceError(`${this.store.source}: no image for ${formatPlatform(platform)}${offered.length ? ` (it has: ${offered.join(', ')})` : ''}`, { source: this.store.source });
     }
     return this.load(first);
   }

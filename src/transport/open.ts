@@ -9,6 +9,8 @@ import { OciLayoutReader } from './oci-layout-reader.js';
 import type { OpenedImage } from './opened-image.js';
 import { openRegistryImage, type OpenRegistryImageOptions } from './registry/registry-image.js';
 import { DirStore, TarStore, type FileStore } from './store.js';
+import type { Platform } from '../image/config.js';
+import { formatPlatform, platformMatches, wantedPlatform, type PlatformChoice } from './registry/platform.js';
 
 export interface OpenImageOptions {
   /** pick the image with this name (with `tag`): fromImageName */
@@ -17,16 +19,25 @@ export interface OpenImageOptions {
   tag?: string;
   /** for docker:// references: TLS, credentials, platform (defaults: HTTPS, the auth files, linux/host arch) */
   registry?: OpenRegistryImageOptions;
+  /**
+   * the platform wanted (dockvm shell --platform): picked from an index; an image of another platform
+   * is an error (default: an index's entry for this host, else its first; any single image)
+   */
+  platform?: Platform;
 }
 
 /** Open one image: NAME:TAG from the reference or the options (both or neither), else the first (OCI: this host's platform). */
 export async function openImage(reference: string | ImageReference, options: OpenImageOptions = {}): Promise<OpenedImage> {
   const ref = typeof reference === 'string' ? parseImageReference(reference) : reference;
-  if (ref.transport === 'docker') return openRegistryImage(ref, options.registry);
+  if (ref.transport === 'docker') return openRegistryImage(ref, { ...options.registry, ...(options.platform ? { platform: options.platform } : {}) });
   const wanted = pickNameTag(ref, options);
   const store = await openStore(ref);
   try {
-    const image = await pickImage(store, ref, wanted);
+    const platform = options.platform && wantedPlatform(options.platform);
+    const image = await pickImage(store, ref, wanted, platform);
+    if (platform && !platformMatches({ ...image.config, os: image.config.os || 'linux' }, platform)) {
+      throw new ImageReferenceError(`${ref.text} is an image for ${formatPlatform({ ...image.config, os: image.config.os || 'linux' })}, not ${formatPlatform(platform)}`, { source: ref.text });
+    }
     return opened(image, ref, once(() => store.close()));
   } catch (err) {
     await store.close();
@@ -95,14 +106,14 @@ async function allImages(store: FileStore, ref: ImageReference): Promise<LoadedI
   return (await OciLayoutReader.open(store)).images();
 }
 
-async function pickImage(store: FileStore, ref: ImageReference, wanted: { name: string; tag: string } | undefined): Promise<LoadedImage> {
+async function pickImage(store: FileStore, ref: ImageReference, wanted: { name: string; tag: string } | undefined, platform?: PlatformChoice): Promise<LoadedImage> {
   if ((await formatOf(store, ref)) === 'oci') {
     const reader = await OciLayoutReader.open(store);
-    if (ref.ref !== undefined) return reader.image(ref.ref);
-    if (!wanted) return reader.image();
+    if (ref.ref !== undefined) return reader.image(ref.ref, platform);
+    if (!wanted) return reader.image(undefined, platform);
     // An OCI ref name may be a full "name:tag" or only the tag.
-    return reader.image(`${wanted.name}:${wanted.tag}`).catch((err: unknown) => {
-      if (err instanceof ImageReferenceError) return reader.image(wanted.tag);
+    return reader.image(`${wanted.name}:${wanted.tag}`, platform).catch((err: unknown) => {
+      if (err instanceof ImageReferenceError) return reader.image(wanted.tag, platform);
       throw err;
     });
   }

@@ -2,7 +2,8 @@
 // standard kernel hangs silently. So KVM counts as usable only after a real short boot reached the
 // agent; the verdict is cached under a key of everything it depends on (accelCacheKey), so that a new
 // host kernel, CPU, KVM module, QEMU, guest kernel, initramfs or machine probes again. DOCKVM_ACCEL=kvm|tcg
-// overrides.
+// overrides. A guest of another architecture than the host's (architectures.ts) is always TCG: KVM runs
+// the host's own instruction set only.
 import { accessSync, readdirSync, readFileSync, constants as fsConstants } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { arch, release, version } from 'node:os';
@@ -11,6 +12,8 @@ import { VmError } from '../errors.js';
 import type { BootImage } from './boot-image.js';
 import { cacheDir } from '../cache-dir.js';
 import type { Accel, AgentChannel, Machine, QemuBinary } from './qemu.js';
+import { type ArchitectureRow, isNative } from './architectures.js';
+import { hostArchitecture } from '../image/platform.js';
 import { writeAtomically } from '../output.js';
 
 /** How long a KVM boot may take to reach the agent; a working KVM needs well under a second. */
@@ -18,7 +21,7 @@ export const KVM_PROBE_TIMEOUT_MS = 4000;
 
 export interface AccelChoice {
   readonly accel: Accel;
-  /** why: "DOCKVM_ACCEL", "no /dev/kvm", "probe" (just now) or "cached probe" */
+  /** why: "DOCKVM_ACCEL", "no /dev/kvm", "probe" (just now), "cached probe", or "arm64 guest on this amd64 host" */
   readonly reason: string;
 }
 
@@ -37,6 +40,8 @@ export interface AccelProbeInputs {
 }
 
 export interface ChooseAccelOptions extends AccelProbeInputs {
+  /** the guest's architecture: KVM only when it is the host's */
+  readonly architecture: ArchitectureRow;
   readonly env?: NodeJS.ProcessEnv;
   /** the host the verdict is for (default: hostFacts(), this one) */
   readonly host?: HostFacts;
@@ -145,6 +150,7 @@ export async function cachedAccel(options: AccelProbeInputs & Pick<ChooseAccelOp
 
 export async function chooseAccel(options: ChooseAccelOptions): Promise<AccelChoice> {
   const env = options.env ?? process.env;
+  if (!isNative(options.architecture)) return { accel: 'tcg', reason: `${options.architecture.architecture} guest on this ${hostArchitecture()} host` };
   const forced = env.DOCKVM_ACCEL;
   if (forced === 'kvm' || forced === 'tcg') return { accel: forced, reason: 'DOCKVM_ACCEL' };
   if (forced) throw new VmError(`DOCKVM_ACCEL=${forced} is not one of kvm, tcg`);

@@ -1,22 +1,42 @@
 // What this host has for running build VMs: QEMU, the guest kernel and modules, the initramfs, KVM (probed
-// with a real boot, not guessed from /dev/kvm), the agent transport, and the cache. Each missing piece
-// comes with what to install.
+// with a real boot, not guessed from /dev/kvm), the agent transport, and the cache, for the host's own
+// architecture; and for every architecture dockvm has a row for, whether it can build for it here. Each
+// missing piece comes with what to install.
 import { existsSync } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DockvmError } from '../errors.js';
 import { chooseAccel, kvmDevicePresent } from './accel.js';
-import { ensureAgent } from './agent-binary.js';
+import { ensureAgent, findAgentCompiler } from './agent-binary.js';
+import { ARCHITECTURES, type Architecture, type ArchitectureRow, defaultArchitecture } from './architectures.js';
 import { type BootImage, bootImage } from './boot-image.js';
-import { ensureInitramfs, findBusybox, planInitramfs } from './initramfs.js';
+import { findBusybox } from './guest-tools.js';
+import { ensureInitramfs, planInitramfs } from './initramfs.js';
 import { type GuestKernel, resolveKernel } from './kernel.js';
 import { planModules } from './modules.js';
 import { cacheDir } from '../cache-dir.js';
 import { assetPath } from './paths.js';
-import { type Accel, type QemuBinary, findQemu } from './qemu.js';
-import { bootVm, chooseTransport, type Transport } from './vm.js';
+import { type Accel, type QemuBinary, findQemu, machineRow } from './qemu.js';
+import { bootVm, chooseMachine, chooseTransport, type Transport } from './vm.js';
+
+/** Whether this host can build for one architecture. */
+export interface ArchitectureReport {
+  readonly architecture: Architecture;
+  /** "linux/arm64/v8" */
+  readonly platform: string;
+  readonly qemu: { path: string; version: string } | null;
+  /** tcg for a guest of another architecture; for the host's own, the accel of the main report */
+  readonly accel: Accel | null;
+  /** the guest kernel's release when it is in the cache (else it is fetched on first use) */
+  readonly kernel: string | null;
+  /** what is missing, each with what to install; empty: it can build */
+  readonly missing: string[];
+  readonly ready: boolean;
+}
 
 export interface DoctorReport {
+  /** the architecture the rest of the report is about: the host's own */
+  architecture: Architecture;
   qemu: { path: string; version: string } | null;
   kernel: {
     source: GuestKernel['source'];
@@ -46,6 +66,8 @@ export interface DoctorReport {
   /** one line per problem, each saying what to do */
   missing: string[];
   ok: boolean;
+  /** every architecture dockvm has a row for: which this host can build for */
+  architectures: ArchitectureReport[];
 }
 
 async function du(path: string): Promise<number> {
@@ -71,25 +93,56 @@ export interface DoctorOptions {
   onNotice?: (line: string) => void;
 }
 
+/** The QEMU of `row`, and its machine's firmware; what is missing goes to `missing`. */
+async function qemuOf(row: ArchitectureRow, env: NodeJS.ProcessEnv, missing: string[]): Promise<QemuBinary | undefined> {
+  try {
+    const qemu = await findQemu(row, env);
+    const machine = chooseMachine(row, env);
+    const { firmware } = machineRow(row, machine);
+    if (firmware.length > 0 && !firmware.some((file) => existsSync(file))) {
+      const others = Object.keys(row.machines).filter((name) => name !== machine);
+      missing.push(`QEMU lacks the ${machine} firmware (${firmware[0]}): install ${row.qemu.package} from Debian${others.length ? `, or set DOCKVM_MACHINE=${others[0]}` : ''}`);
+    }
+    return qemu;
+  } catch (err) {
+    missing.push(problem(err));
+    return undefined;
+  }
+}
+
+/** Can this host build for `row`, another architecture than the main report's: QEMU, the agent's compiler, the kernel if fetched. */
+async function architectureReport(row: ArchitectureRow, env: NodeJS.ProcessEnv): Promise<ArchitectureReport> {
+  const missing: string[] = [];
+  const qemu = await qemuOf(row, env, missing);
+  try {
+    await findAgentCompiler(row, env);
+  } catch (err) {
+    missing.push(problem(err));
+  }
+  const kernel = await resolveKernel({ env, architecture: row, fetch: false }).then(
+    (found) => found.release,
+    () => null,
+  );
+  const ready = missing.length === 0;
+  return { architecture: row.architecture, platform: platformName(row), qemu: qemu ?? null, accel: ready ? 'tcg' : null, kernel, missing, ready };
+}
+
+function platformName(row: ArchitectureRow): string {
+  return ['linux', row.architecture, row.variant].filter(Boolean).join('/');
+}
+
 export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport> {
   const env = options.env ?? process.env;
   const missing: string[] = [];
   const dir = cacheDir(env);
+  const row = defaultArchitecture();
 
-  let qemu: QemuBinary | undefined;
-  try {
-    qemu = await findQemu(env);
-    if (!existsSync('/usr/share/qemu/bios-microvm.bin') && !existsSync('/usr/share/seabios/bios-microvm.bin') && env.DOCKVM_MACHINE !== 'pc') {
-      missing.push('QEMU lacks the microvm firmware (bios-microvm.bin): install qemu-system-x86 from Debian, or set DOCKVM_MACHINE=pc');
-    }
-  } catch (err) {
-    missing.push(problem(err));
-  }
+  const qemu = await qemuOf(row, env, missing);
 
   let kernel: GuestKernel | undefined;
   let kernelReport: DoctorReport['kernel'] = null;
   try {
-    kernel = await resolveKernel({ env, fetch: false });
+    kernel = await resolveKernel({ env, architecture: row, fetch: false });
     if (!existsSync(kernel.kernel)) throw new DockvmError(`the guest kernel ${kernel.kernel} is missing; run ${assetPath('kernel', 'fetch')} --refresh`);
     const plan = kernel.modulesDir === null ? { load: [], builtin: [] } : await planModules(kernel.modulesDir);
     kernelReport = {
@@ -107,7 +160,7 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
   }
 
   try {
-    await findBusybox(env);
+    await findBusybox(row, env);
   } catch (err) {
     missing.push(problem(err));
   }
@@ -119,7 +172,7 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
       const planned = await planInitramfs({ kernel, env });
       if (planned.cached) initramfs = { path: planned.path, state: 'cached' };
       else {
-        await ensureAgent(env);
+        await ensureAgent(row, env);
         const built = await ensureInitramfs({ kernel, env });
         initramfs = { path: built.path, state: 'built now' };
       }
@@ -141,10 +194,11 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
   let accelReason: string | null = null;
   let usable: boolean | null = null;
   if (qemu && kernel && initramfs && initramfsHash) {
-    const agent = await ensureAgent(env);
-    const machine = env.DOCKVM_MACHINE === 'pc' ? 'pc' : 'microvm';
     try {
+      const machine = chooseMachine(row, env);
+      const bridge = transport === 'vsock' ? (await ensureAgent(row, env)).path : undefined;
       const choice = await chooseAccel({
+        architecture: row,
         env,
         qemu,
         image: kernelReport!.boot,
@@ -153,7 +207,16 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
         transport,
         onNotice: options.onNotice,
         boot: (plan) =>
-          bootVm({ ...plan, qemu: qemu!.path, machine, transport, kernel: kernelReport!.boot.path, initrd: initramfs!.path, agentBinary: agent.path }),
+          bootVm({
+            ...plan,
+            architecture: row,
+            qemu: qemu!.path,
+            machine,
+            transport,
+            kernel: kernelReport!.boot.path,
+            initrd: initramfs!.path,
+            ...(bridge ? { bridgeBinary: bridge } : {}),
+          }),
       });
       accel = choice.accel;
       accelReason = choice.reason;
@@ -163,7 +226,18 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
       missing.push(problem(err));
     }
   }
+  const others = await Promise.all(Object.values(ARCHITECTURES).filter((other) => other !== row).map((other) => architectureReport(other, env)));
+  const own: ArchitectureReport = {
+    architecture: row.architecture,
+    platform: platformName(row),
+    qemu: qemu ? { path: qemu.path, version: qemu.version } : null,
+    accel,
+    kernel: kernel?.release ?? null,
+    missing,
+    ready: missing.length === 0,
+  };
   return {
+    architecture: row.architecture,
     qemu: qemu ? { path: qemu.path, version: qemu.version } : null,
     kernel: kernelReport,
     initramfs,
@@ -174,5 +248,6 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
     cache: { dir, bytes: await du(dir) },
     missing,
     ok: missing.length === 0,
+    architectures: [own, ...others].sort((a, b) => (a.architecture < b.architecture ? -1 : 1)),
   };
 }

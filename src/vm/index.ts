@@ -1,5 +1,7 @@
 // The VM runtime: boot a throwaway QEMU microVM, run commands in it through the guest agent, stop it.
-export { startVm, bootVm, Vm, chooseTransport, vsockUsable, type VmOptions, type BootPlan, type Transport } from './vm.js';
+export { startVm, bootVm, Vm, chooseMachine, chooseTransport, vsockUsable, type VmOptions, type BootPlan, type Transport } from './vm.js';
+export { ARCHITECTURES, ARCHITECTURE_NAMES, architectureRow, defaultArchitecture, hostRow, isNative, type Architecture, type ArchitectureRow } from './architectures.js';
+export { fetchGuestTools } from './guest-tools.js';
 export type { ExecOptions, ExecResult, RunningCommand } from './agent-client.js';
 export { MAX_FILE_BYTES } from './agent-client.js';
 export { createScratchDisk, partsOf, type DiskPart, type VmDisk } from './disks.js';

@@ -1,6 +1,6 @@
-// The dockvm initramfs: busybox, vm/init, the agent and the kernel modules the guest loads, as one
-// deterministic newc cpio in the cache, named by a hash of every input. Rebuilt only when an input
-// changes; the same inputs give the same bytes.
+// The dockvm initramfs of one architecture (the kernel's): busybox, vm/init, the agent and the kernel
+// modules the guest loads, as one deterministic newc cpio in the cache, named by a hash of every input
+// (the architecture among them). Rebuilt only when an input changes; the same inputs give the same bytes.
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -8,7 +8,8 @@ import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { agentSourceFiles, agentSourceHash, ensureAgent } from './agent-binary.js';
 import { memoized } from './file-memo.js';
-import { busyboxApplets, findBusybox, GUEST_SHELL_DIR, GUEST_TOOL_ENV, guestTools } from './guest-tools.js';
+import { busyboxApplets, findBusybox, GUEST_SHELL_DIR, guestToolEnv, guestTools } from './guest-tools.js';
+import { ARCHITECTURES } from './architectures.js';
 import { type CpioEntry, writeCpio } from './cpio.js';
 import type { GuestKernel } from './kernel.js';
 import { GUEST_MODULES, type ModuleGroup, planModules } from './modules.js';
@@ -17,10 +18,7 @@ import { assetPath } from './paths.js';
 import { writeAtomically } from '../output.js';
 
 /** Bump when the layout below changes in a way the other inputs do not show. */
-export const INITRAMFS_RECIPE_VERSION = 3;
-
-/** Where the guest tools come from (doctor checks busybox). */
-export { findBusybox } from './guest-tools.js';
+export const INITRAMFS_RECIPE_VERSION = 4;
 
 /** What init mounts with one `mount -a`. */
 const FSTAB = [
@@ -68,7 +66,7 @@ export async function planInitramfs(options: InitramfsOptions): Promise<{ path: 
  */
 function identify(options: InitramfsOptions): Promise<{ path: string; hash: string; modules: string[] }> {
   const env = options.env ?? process.env;
-  const key = [INITRAMFS_RECIPE_VERSION, options.compression ?? 'none', options.modules ?? GUEST_MODULES, options.kernel, cacheDir(env), ...GUEST_TOOL_ENV.map((name) => env[name] ?? '')];
+  const key = [INITRAMFS_RECIPE_VERSION, options.compression ?? 'none', options.modules ?? GUEST_MODULES, options.kernel, cacheDir(env), ...guestToolEnv(ARCHITECTURES[options.kernel.architecture]).map((name) => env[name] ?? '')];
   return memoized(
     'initramfs',
     key,
@@ -82,10 +80,11 @@ function identify(options: InitramfsOptions): Promise<{ path: string; hash: stri
 
 async function gatherInputs(options: InitramfsOptions) {
   const env = options.env ?? process.env;
+  const row = ARCHITECTURES[options.kernel.architecture];
   const compression = options.compression ?? 'none';
   const init = await readFile(assetPath('vm', 'init'));
-  const agentHash = await agentSourceHash();
-  const busybox = await findBusybox(env);
+  const agentHash = await agentSourceHash(row);
+  const busybox = await findBusybox(row, env);
   const plan = options.kernel.modulesDir === null ? { load: [] } : await planModules(options.kernel.modulesDir, options.modules ?? GUEST_MODULES);
   const moduleFiles = await Promise.all(plan.load.map(async (m) => ({ name: m.name, groups: m.groups, path: m.path, data: await readFile(m.path) })));
 
@@ -94,12 +93,13 @@ async function gatherInputs(options: InitramfsOptions) {
     hash.update(`${label}\0${Buffer.byteLength(data)}\0`).update(data);
   };
   part('recipe', String(INITRAMFS_RECIPE_VERSION));
+  part('architecture', row.architecture);
   part('compression', compression);
   part('init', init);
   part('agent', agentHash);
   part('busybox', busybox.data);
   for (const m of moduleFiles) part(`module:${m.name}:${m.groups.join(',')}`, m.data);
-  const tools = await guestTools(busybox, env);
+  const tools = await guestTools(row, busybox, env);
   for (const tool of tools) part(`tool:${tool.path}`, tool.type === 'file' ? tool.data : `-> ${tool.target}`);
   const digest = hash.digest('hex');
   const dir = join(cacheDir(env), 'initramfs');
@@ -113,7 +113,7 @@ async function gatherInputs(options: InitramfsOptions) {
     ...(options.kernel.modulesDir !== null && existsSync(join(options.kernel.modulesDir, 'modules.builtin')) ? [join(options.kernel.modulesDir, 'modules.builtin')] : []),
     ...tools.flatMap((tool) => (tool.type === 'file' ? [tool.source] : [])),
   ];
-  return { env, compression, init, busybox, moduleFiles, tools, digest, dir, path, sources };
+  return { env, row, compression, init, busybox, moduleFiles, tools, digest, dir, path, sources };
 }
 
 /**
@@ -125,7 +125,8 @@ const found = new Map<string, Initramfs>();
 /** Find or build the initramfs for `kernel`. */
 export async function ensureInitramfs(options: InitramfsOptions): Promise<Initramfs> {
   const env = options.env ?? process.env;
-  const key = JSON.stringify([options.kernel, options.compression ?? 'none', options.modules ?? null, cacheDir(env), ...GUEST_TOOL_ENV.map((name) => env[name] ?? '')]);
+  const tools = guestToolEnv(ARCHITECTURES[options.kernel.architecture]);
+  const key = JSON.stringify([options.kernel, options.compression ?? 'none', options.modules ?? null, cacheDir(env), ...tools.map((name) => env[name] ?? '')]);
   const known = found.get(key);
   if (known && existsSync(known.path)) return { ...known, built: false };
   const result = await findOrBuild(options);
@@ -136,10 +137,10 @@ export async function ensureInitramfs(options: InitramfsOptions): Promise<Initra
 async function findOrBuild(options: InitramfsOptions): Promise<Initramfs> {
   const known = await identify(options);
   if (existsSync(known.path)) return { ...known, built: false };
-  const { env, compression, init, busybox, moduleFiles, tools, digest, dir, path } = await gatherInputs(options);
+  const { env, row, compression, init, busybox, moduleFiles, tools, digest, dir, path } = await gatherInputs(options);
   const modules = moduleFiles.map((m) => m.name);
   if (existsSync(path)) return { path, hash: digest, modules, built: false };
-  const agent = await ensureAgent(env);
+  const agent = await ensureAgent(row, env);
 
   const entries: CpioEntry[] = [];
   const dirs = new Set<string>();
@@ -147,7 +148,7 @@ async function findOrBuild(options: InitramfsOptions): Promise<Initramfs> {
     const parts = p.split('/');
     for (let i = 1; i <= parts.length; i++) dirs.add(parts.slice(0, i).join('/'));
   };
-  for (const d of ['dev', 'proc', 'sys', 'tmp', 'run', 'root', 'mnt', 'etc', 'lib/modules', 'bin', 'sbin', 'usr/bin', 'usr/sbin']) addDir(d);
+  for (const d of ['dev', 'proc', 'sys', 'tmp', 'run', 'root', 'mnt', 'etc', 'lib/modules', 'bin', 'usr']) addDir(d);
   entries.push({ path: 'init', type: 'file', mode: 0o755, data: init });
   entries.push({ path: 'etc/fstab', type: 'file', mode: 0o644, data: Buffer.from(FSTAB) });
   // the kernel opens /dev/console for init's stdio before init can mount devtmpfs
@@ -155,11 +156,10 @@ async function findOrBuild(options: InitramfsOptions): Promise<Initramfs> {
   // busybox itself lies in the bundled shell directory (guest-tools.ts), which the image sees too
   entries.push({ path: 'bin/busybox', type: 'symlink', target: `/${GUEST_SHELL_DIR}/busybox` });
   entries.push({ path: 'bin/dockvm-agent', type: 'file', mode: 0o755, data: await readFile(agent.path) });
-  for (const applet of await busyboxApplets(busybox.path)) {
-    const rel = applet.replace(/^\/+/, '');
-    addDir(rel.split('/').slice(0, -1).join('/'));
-    entries.push({ path: rel, type: 'symlink', target: '/bin/busybox' });
-  }
+  // Every applet in /bin, and /sbin, /usr/bin, /usr/sbin links to it (a merged /usr): the names come from
+  // the binary (guest-tools.ts), which a host of another architecture cannot ask for their directories.
+  for (const name of new Set(busyboxApplets(busybox.data))) entries.push({ path: `bin/${name}`, type: 'symlink', target: 'busybox' });
+  entries.push({ path: 'sbin', type: 'symlink', target: 'bin' }, { path: 'usr/bin', type: 'symlink', target: '../bin' }, { path: 'usr/sbin', type: 'symlink', target: '../bin' });
   for (const tool of tools) {
     addDir(tool.path.split('/').slice(0, -1).join('/'));
     entries.push(tool.type === 'file' ? { path: tool.path, type: 'file', mode: tool.mode, data: tool.data } : tool);

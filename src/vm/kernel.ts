@@ -1,5 +1,6 @@
-// The guest kernel: DOCKVM_KERNEL (+ DOCKVM_MODULES) when set, else Debian's linux-image-cloud-amd64
-// unpacked into the cache by kernel/fetch (apt-get download + dpkg-deb -x, no root needed).
+// The guest kernel of an architecture: DOCKVM_KERNEL (+ DOCKVM_MODULES; DOCKVM_KERNEL_ARM64… for other
+// rows: archEnv) when set, else the row's Debian package (linux-image-cloud-amd64, -arm64) unpacked into
+// the cache by kernel/fetch (apt-get download + dpkg-deb -x, no root needed).
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
@@ -7,9 +8,12 @@ import { execa } from 'execa';
 import { MissingToolError, VmError } from '../errors.js';
 import { cacheDir } from '../cache-dir.js';
 import { assetPath } from './paths.js';
+import { type Architecture, type ArchitectureRow, archEnv, defaultArchitecture } from './architectures.js';
 
 export interface GuestKernel {
-  /** the bzImage QEMU boots */
+  /** the architecture it runs on */
+  readonly architecture: Architecture;
+  /** the file QEMU boots (a bzImage, an arm64 Image) */
   readonly kernel: string;
   /** lib/modules/RELEASE of that kernel; null when everything needed is built in */
   readonly modulesDir: string | null;
@@ -25,38 +29,44 @@ interface FetchedKernel {
   version: string;
 }
 
-export function debianKernelDir(env: NodeJS.ProcessEnv = process.env): string {
-  return join(cacheDir(env), 'kernel', 'debian-cloud');
+export function debianKernelDir(row: ArchitectureRow, env: NodeJS.ProcessEnv = process.env): string {
+  return join(cacheDir(env), 'kernel', `debian-cloud-${row.debian}`);
 }
 
 export interface ResolveKernelOptions {
   env?: NodeJS.ProcessEnv;
+  /** whose kernel (default: the host's architecture) */
+  architecture?: ArchitectureRow;
   /** run kernel/fetch when the cache has no kernel yet (default true) */
   fetch?: boolean;
 }
 
 export async function resolveKernel(options: ResolveKernelOptions = {}): Promise<GuestKernel> {
   const env = options.env ?? process.env;
-  if (env.DOCKVM_KERNEL) {
-    if (!existsSync(env.DOCKVM_KERNEL)) throw new VmError(`DOCKVM_KERNEL=${env.DOCKVM_KERNEL} does not exist`);
-    const modulesDir = env.DOCKVM_MODULES || null;
+  const row = options.architecture ?? defaultArchitecture();
+  const [kernelVariable, modulesVariable] = [archEnv(row, 'DOCKVM_KERNEL'), archEnv(row, 'DOCKVM_MODULES')];
+  const custom = env[kernelVariable];
+  if (custom) {
+    if (!existsSync(custom)) throw new VmError(`${kernelVariable}=${custom} does not exist`);
+    const modulesDir = env[modulesVariable] || null;
     if (modulesDir !== null && !existsSync(modulesDir)) {
-      throw new VmError(`DOCKVM_MODULES=${modulesDir} does not exist; point it at the kernel's lib/modules/RELEASE directory`);
+      throw new VmError(`${modulesVariable}=${modulesDir} does not exist; point it at the kernel's lib/modules/RELEASE directory`);
     }
-    return { kernel: env.DOCKVM_KERNEL, modulesDir, release: modulesDir ? basename(modulesDir) : 'custom', source: 'DOCKVM_KERNEL' };
+    return { architecture: row.architecture, kernel: custom, modulesDir, release: modulesDir ? basename(modulesDir) : 'custom', source: 'DOCKVM_KERNEL' };
   }
-  const dir = debianKernelDir(env);
+  const dir = debianKernelDir(row, env);
   let info = await readFetched(dir);
   if (info === undefined && options.fetch !== false) {
-    await fetchDebianKernel(env);
+    await fetchDebianKernel(row, env);
     info = await readFetched(dir);
   }
   if (info === undefined) {
     throw new MissingToolError(
-      `no guest kernel in ${dir}; run ${assetPath('kernel', 'fetch')} (needs apt-get and dpkg-deb) or set DOCKVM_KERNEL`,
+      `no ${row.architecture} guest kernel in ${dir}; run ${assetPath('kernel', 'fetch')} --arch ${row.debian} (needs apt-get and dpkg-deb) or set ${kernelVariable}`,
     );
   }
   return {
+    architecture: row.architecture,
     kernel: join(dir, 'boot', `vmlinuz-${info.release}`),
     modulesDir: join(dir, 'lib', 'modules', info.release),
     release: info.release,
@@ -72,12 +82,12 @@ async function readFetched(dir: string): Promise<FetchedKernel | undefined> {
   }
 }
 
-/** Run kernel/fetch (idempotent): download and unpack the Debian cloud kernel into the cache. */
-export async function fetchDebianKernel(env: NodeJS.ProcessEnv = process.env): Promise<void> {
+/** Run kernel/fetch (idempotent): download and unpack the row's Debian cloud kernel into the cache. */
+export async function fetchDebianKernel(row: ArchitectureRow = defaultArchitecture(), env: NodeJS.ProcessEnv = process.env): Promise<void> {
   const script = assetPath('kernel', 'fetch');
-  const result = await execa(script, [], { env, reject: false, stdin: 'ignore' });
+  const result = await execa(script, ['--arch', row.debian], { env, reject: false, stdin: 'ignore' });
   if (result.exitCode !== 0) {
     const why = (result.stderr || result.stdout || String(result.exitCode)).trim().split('\n').pop();
-    throw new MissingToolError(`could not fetch the guest kernel with ${script}: ${why}`, { command: script, exitCode: result.exitCode ?? undefined });
+    throw new MissingToolError(`could not fetch the ${row.architecture} guest kernel with ${script}: ${why}`, { command: script, exitCode: result.exitCode ?? undefined });
   }
 }

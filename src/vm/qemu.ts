@@ -6,13 +6,11 @@ import { delimiter, join } from 'node:path';
 import { execa } from 'execa';
 import { MissingToolError, VmError } from '../errors.js';
 import { memoized } from './file-memo.js';
+import { type ArchitectureRow, type MachineRow, archEnv } from './architectures.js';
 
 export type Accel = 'kvm' | 'tcg';
-/**
- * microvm: no PCI, no firmware tables to walk, virtio-mmio devices: the fastest boot under TCG (measured
- * here, agent ready in a median 1594 ms against 1950 ms for pc with qboot). pc is the fallback.
- */
-export type Machine = 'microvm' | 'pc';
+/** A machine of the architecture's row (architectures.ts): microvm or pc for amd64, virt for arm64. */
+export type Machine = string;
 
 export interface QemuDisk {
   readonly path: string;
@@ -41,7 +39,10 @@ export type AgentChannel =
   | { readonly transport: 'vsock'; readonly cid: number };
 
 export interface QemuConfig {
+  /** the guest's architecture: its QEMU machine, CPU, console and kernel flags */
+  readonly architecture: ArchitectureRow;
   readonly accel: Accel;
+  /** one of architecture.machines */
   readonly machine: Machine;
   readonly memoryMiB: number;
   readonly cpus: number;
@@ -68,39 +69,43 @@ export function hostTscKhz(cpuinfo: string): number | undefined {
   return Math.round(Number(mhz) * 1000);
 }
 
-/** The virtio device model name for this machine: -device (mmio) on microvm, -pci on pc. */
-function virtio(machine: Machine, kind: 'scsi' | 'serial' | 'net' | 'vhost-vsock'): string {
+/** The machine's row; an unknown name is an error naming the ones there are. */
+export function machineRow(architecture: ArchitectureRow, machine: Machine): MachineRow {
+  const row = Object.hasOwn(architecture.machines, machine) ? architecture.machines[machine] : undefined;
+  if (row === undefined) {
+    throw new VmError(`machine ${machine} is not one dockvm boots ${architecture.architecture} guests on (${Object.keys(architecture.machines).join(', ')})`);
+  }
+  return row;
+}
+
+/** The virtio device model name for this machine: -device (virtio-mmio) or -pci. */
+function virtio(config: QemuConfig, kind: 'scsi' | 'serial' | 'net' | 'vhost-vsock'): string {
   const base = kind === 'vhost-vsock' ? 'vhost-vsock' : `virtio-${kind}`;
-  return machine === 'microvm' ? `${base}-device` : `${base}-pci`;
+  return machineRow(config.architecture, config.machine).virtio === 'mmio' ? `${base}-device` : `${base}-pci`;
 }
 
 /** Kernel command line; each flag with its reason. */
 export function kernelCmdline(config: QemuConfig): string {
   const flags = [
-    'console=ttyS0', // the only console is the serial port QEMU pipes to us (consoleTail)
+    `console=${config.architecture.console}`, // the only console is the serial port QEMU pipes to us (consoleTail)
     'quiet', // printing boot messages through an emulated UART costs real time under TCG
     'loglevel=3', // ...but errors still show up in consoleTail when a boot fails
     'panic=-1', // reboot at once on panic; with -no-reboot QEMU then exits and we notice
-    'reboot=t', // reboot by triple fault: needs no ACPI or keyboard controller, and -no-reboot turns it into an exit
     'mitigations=off', // nothing in this one-tenant guest to protect from itself; spares TCG the overhead
-    'tsc=reliable', // trust the TSC instead of watching it against slower clocks (emulated, they all drift)
-    'no_timer_check', // skip the IO-APIC timer sanity check that waits for ticks
-    '8250.nr_uarts=1', // probe one UART, not four
-    'random.trust_cpu=on', // do not wait for entropy: seed from RDRAND (also under TCG's -cpu max)
+    'random.trust_cpu=on', // do not wait for entropy: seed from the CPU's RNG where it has one (RDRAND in amd64's TCG CPU, RNDR in arm64's)
     'cryptomgr.notests', // skip the crypto self-tests: 0.4 s of emulated SHA and AES at every boot under TCG
+    ...config.architecture.cmdline, // the architecture's own (architectures.ts)
     `dockvm.transport=${config.agent.transport}`, // tells the agent which channel to open
     // the module groups init loads: the machine's virtio bus, the agent channel, loop devices (through
     // which the guest reads each file of a disk of several at its offset: a snapshot cannot know whether
     // a build restored from it will have one), the network driver
-    `dockvm.load=${[config.machine === 'microvm' ? 'mmio' : 'pci', config.agent.transport, ...(config.snapshot || config.disks.some((d) => d.format === 'vmdk') ? ['loop'] : []), ...(config.network ? ['net'] : [])].join(',')}`,
+    `dockvm.load=${[machineRow(config.architecture, config.machine).virtio, config.agent.transport, ...(config.snapshot || config.disks.some((d) => d.format === 'vmdk') ? ['loop'] : []), ...(config.network ? ['net'] : [])].join(',')}`,
     // no scan of the SCSI bus at boot (256 targets probed one by one under emulation): the host attaches
     // each disk at a LUN of its own and the hotplug event adds exactly that one (scsiDiskDevice)
     'scsi_mod.scan=none',
   ];
-  // Under TCG the guest calibrates its TSC against the PIT, and on a busy host that fails ("Unable to
-  // calibrate against PIT") and microvm has no HPET to fall back on: the boot then hangs. TCG's TSC is
-  // the host's, so tell the guest its rate when the host knows it exactly.
-  if (config.accel === 'tcg' && config.hostTscKhz !== undefined) flags.push(`tsc_early_khz=${config.hostTscKhz}`);
+  // TCG's TSC is the host's: tell an x86 guest its rate when the host knows it exactly (architectures.ts, tscFromHost).
+  if (config.architecture.tscFromHost && config.accel === 'tcg' && config.hostTscKhz !== undefined) flags.push(`tsc_early_khz=${config.hostTscKhz}`);
   if (config.network) flags.push('dockvm.network=user'); // init configures eth0 for QEMU's user-mode net
   if (config.extraCmdline) flags.push(config.extraCmdline); // DOCKVM_KERNEL_ARGS: for debugging boots
   return flags.join(' ');
@@ -115,17 +120,13 @@ export function qemuArgs(config: QemuConfig): string[] {
   add('-name', 'dockvm'); // recognisable in ps
   // seccomp: QEMU may not spawn processes, gain privileges, use obsolete syscalls or change resource limits
   add('-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny');
-  // a snapshot's RAM is the backend named "ram" (below) instead of anonymous memory
-  const ram = config.snapshot ? ',memory-backend=ram' : '';
-  if (config.machine === 'microvm') {
-    // microvm: virtio-mmio, no PCI bus, qboot-based firmware (bios-microvm.bin); ACPI stays on so the
-    // guest finds the virtio-mmio devices and can power off. No option ROMs to load.
-    add('-M', `microvm,x-option-roms=off,rtc=on,acpi=on${ram}`);
-  } else {
-    // pc with qboot: the same firmware speed as microvm where microvm is missing
-    add('-M', `pc${ram}`, '-bios', 'qboot.rom');
-  }
-  add('-accel', config.accel, '-cpu', cpuModel(config.accel));
+  const machine = machineRow(config.architecture, config.machine);
+  // the architecture's machine (architectures.ts says why each); a snapshot's RAM is the backend named
+  // "ram" (below) instead of anonymous memory
+  add('-M', `${machine.qemu}${config.snapshot ? ',memory-backend=ram' : ''}`, ...machine.extraArgs);
+  // kvm: hardware virtualisation, the host CPU's features as they are; tcg: pure emulation, with the
+  // CPU model the row chose by measurement
+  add('-accel', config.accel, '-cpu', config.architecture.cpu[config.accel]);
   add('-m', String(config.memoryMiB)); // guest RAM, MiB (the build's buildVMMemorySize)
   if (config.snapshot) {
     // share=on while saving: the guest's RAM is written into the file, which becomes the snapshot's
@@ -138,7 +139,7 @@ export function qemuArgs(config: QemuConfig): string[] {
   add('-smp', String(config.cpus));
   add('-no-reboot'); // a guest reboot (shutdown or panic) ends QEMU instead of booting again
   add('-display', 'none'); // no window; unlike -nographic it leaves stdio alone
-  // the guest console (ttyS0) on QEMU's stdout, which we keep the tail of for error messages;
+  // the guest console (ttyS0, ttyAMA0) on QEMU's stdout, which we keep the tail of for error messages;
   // signal=off: a ^C typed into our terminal is not the guest's to receive
   add('-chardev', 'stdio,id=console,signal=off', '-serial', 'chardev:console');
   add('-kernel', config.kernel, '-initrd', config.initrd, '-append', kernelCmdline(config));
@@ -150,39 +151,23 @@ export function qemuArgs(config: QemuConfig): string[] {
   // Disks are LUNs of one virtio-scsi controller, hot-added once the guest runs (blockdevOptions,
   // scsiDiskDevice): a guest restored from a snapshot has no disks of its own, and the same way serves a
   // booted one. A controller takes any number of them, where microvm has 24 virtio transports in all.
-  add('-device', `${virtio(config.machine, 'scsi')},id=scsi`);
+  add('-device', `${virtio(config, 'scsi')},id=scsi`);
 
   if (config.agent.transport === 'serial') {
     // the agent's channel: a virtio-serial port named for the agent, backed by our unix socket (QEMU connects)
     add('-chardev', `socket,id=agent,path=${config.agent.socketPath.replace(/,/g, ',,')}`);
-    add('-device', `${virtio(config.machine, 'serial')},max_ports=2`);
+    add('-device', `${virtio(config, 'serial')},max_ports=2`);
     add('-device', 'virtserialport,chardev=agent,name=org.dockvm.agent');
   } else {
-    add('-device', `${virtio(config.machine, 'vhost-vsock')},guest-cid=${config.agent.cid}`); // the agent's channel
+    add('-device', `${virtio(config, 'vhost-vsock')},guest-cid=${config.agent.cid}`); // the agent's channel
   }
 
   if (config.network) {
     // user-mode networking: outbound only, no host setup or privileges; DNS at 10.0.2.3
-    add('-netdev', 'user,id=net0', '-device', `${virtio(config.machine, 'net')},netdev=net0`);
+    add('-netdev', 'user,id=net0', '-device', `${virtio(config, 'net')},netdev=net0`);
   }
   return args;
 }
-
-/** The CPU the guest gets: the one place it is chosen (each is measured; see the note at TCG_CPU). */
-export function cpuModel(accel: Accel): string {
-  return accel === 'kvm' ? 'host' : TCG_CPU; // KVM: the host CPU's features as they are
-}
-
-/**
- * TCG: the x86-64-v2 level (what RHEL 9 and most distributions build for) and RDRAND (the kernel seeds
- * its RNG from it: random.trust_cpu), and no more. Measured here (2026-12-02, 2 busy cores, QEMU 7.2,
- * three alternated runs, QEMU's CPU time): a runAsRoot `dpkg -i` of curl and its 15 dependencies cost
- * 0.73x the CPU time under this model that it cost under -cpu max, 200 fork+execs 0.88x; with AVX2 (-cpu
- * max) glibc picks AVX2 string functions, which TCG emulates slowly. The price: an image built for
- * x86-64-v3 (RHEL 10) does not run its programs. -smp 2 with multi-threaded TCG cost 1.14x (max) to
- * 1.42x (this model) the CPU time for the same step and was not faster on this shared host.
- */
-const TCG_CPU = 'qemu64,+cx16,+lahf-lm,+popcnt,+pni,+sse4.1,+sse4.2,+ssse3,+rdrand';
 
 /**
  * The QMP blockdev-add arguments of disk `i`'s backend: a raw image, or a VMDK descriptor of files end
@@ -239,21 +224,27 @@ export interface QemuBinary {
   readonly version: string;
 }
 
-let found: Promise<QemuBinary> | undefined;
+const found = new Map<string, Promise<QemuBinary>>();
 
-/** DOCKVM_QEMU or qemu-system-x86_64 on PATH, with its version. */
-export function findQemu(env: NodeJS.ProcessEnv = process.env): Promise<QemuBinary> {
-  const path = env.DOCKVM_QEMU || 'qemu-system-x86_64';
-  if (env === process.env && found) return found;
+/** The architecture's QEMU (DOCKVM_QEMU, DOCKVM_QEMU_ARM64…, else its binary on PATH), with its version. */
+export function findQemu(architecture: ArchitectureRow, env: NodeJS.ProcessEnv = process.env): Promise<QemuBinary> {
+  const variable = archEnv(architecture, 'DOCKVM_QEMU');
+  const path = env[variable] || architecture.qemu.binary;
+  const known = env === process.env ? found.get(architecture.architecture) : undefined;
+  if (known) return known;
+  const { package: pkg } = architecture.qemu;
   const probe = qemuVersion(path, env).then(
     (version) => ({ path, version }),
     (err: unknown) => {
-      throw new MissingToolError(`cannot run ${path}: install qemu-system-x86 (apt-get install qemu-system-x86) or set DOCKVM_QEMU`, { cause: err, command: path });
+      throw new MissingToolError(
+        `cannot run ${path}, which ${architecture.architecture} build VMs need: install ${pkg} (apt-get install ${pkg}) or set ${variable}`,
+        { cause: err, command: path },
+      );
     },
   );
   if (env === process.env) {
-    found = probe;
-    probe.catch(() => (found = undefined));
+    found.set(architecture.architecture, probe);
+    probe.catch(() => found.delete(architecture.architecture));
   }
   return probe;
 }

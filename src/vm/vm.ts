@@ -25,12 +25,16 @@ import { type Initramfs, ensureInitramfs } from './initramfs.js';
 import { type GuestKernel, resolveKernel } from './kernel.js';
 import { PROTOCOL_VERSION, type Hello } from './protocol.js';
 import { Qmp, type QmpEvent } from './qmp.js';
-import { type Accel, type AgentChannel, type Machine, type QemuBinary, type QemuConfig, type QemuDisk, blockdevOptions, findQemu, hostTscKhz, qemuArgs, scsiDiskDevice } from './qemu.js';
+import { type Accel, type AgentChannel, type Machine, type QemuBinary, type QemuConfig, type QemuDisk, blockdevOptions, findQemu, hostTscKhz, machineRow, qemuArgs, scsiDiskDevice } from './qemu.js';
 import { type SnapshotFiles, draftSnapshot, findSnapshot, refuseSnapshot, removeSnapshot, snapshotKey } from './snapshot.js';
+import { type Architecture, type ArchitectureRow, ARCHITECTURES, archEnv, defaultArchitecture, hostRow } from './architectures.js';
+import { requireGuestPieces } from './guest-platform.js';
 
 export type Transport = 'serial' | 'vsock';
 
 export interface VmOptions {
+  /** the guest's architecture (default: the host's; the kernel's when `kernel` is given) */
+  readonly architecture?: Architecture;
   /** guest RAM (default 512, the spec's buildVMMemorySize default) */
   readonly memoryMiB?: number;
   /** virtual CPUs (default 1: under TCG a second vCPU slows the boot on a small host) */
@@ -47,7 +51,7 @@ export interface VmOptions {
   readonly signal?: AbortSignal;
   /** default: DOCKVM_ACCEL, else the cached KVM probe verdict */
   readonly accel?: Accel;
-  /** default: DOCKVM_MACHINE, else microvm */
+  /** default: DOCKVM_MACHINE (DOCKVM_MACHINE_ARM64…), else the architecture's default (microvm, virt) */
   readonly machine?: Machine;
   /** default: DOCKVM_TRANSPORT, else vsock when /dev/vhost-vsock is usable, else serial */
   readonly transport?: Transport;
@@ -60,6 +64,7 @@ export interface VmOptions {
 
 /** Everything a boot needs, resolved. */
 export interface BootPlan {
+  readonly architecture: ArchitectureRow;
   readonly qemu: string;
   readonly accel: Accel;
   readonly machine: Machine;
@@ -71,8 +76,8 @@ export interface BootPlan {
   readonly disks: readonly VmDisk[];
   readonly network: boolean;
   readonly timeoutMs: number;
-  /** the compiled agent: on the host it is also the vsock bridge */
-  readonly agentBinary: string;
+  /** the host's own compiled agent, the host side of the vsock bridge (only with vsock) */
+  readonly bridgeBinary?: string;
   readonly signal?: AbortSignal;
   /** appended to the kernel command line (DOCKVM_KERNEL_ARGS), for debugging boots */
   readonly extraCmdline?: string;
@@ -105,11 +110,24 @@ export function chooseTransport(env: NodeJS.ProcessEnv = process.env): Transport
   return vsockUsable() ? 'vsock' : 'serial';
 }
 
-function chooseMachine(env: NodeJS.ProcessEnv): Machine {
-  const forced = env.DOCKVM_MACHINE;
-  if (forced === undefined || forced === '') return 'microvm';
-  if (forced === 'microvm' || forced === 'pc') return forced;
-  throw new VmError(`DOCKVM_MACHINE=${forced} is not one of microvm, pc`);
+/** DOCKVM_MACHINE (DOCKVM_MACHINE_ARM64…) when set, else the row's default machine. */
+export function chooseMachine(row: ArchitectureRow, env: NodeJS.ProcessEnv = process.env): Machine {
+  const variable = archEnv(row, 'DOCKVM_MACHINE');
+  const forced = env[variable];
+  if (forced === undefined || forced === '') return row.defaultMachine;
+  if (Object.hasOwn(row.machines, forced)) return forced;
+  throw new VmError(`${variable}=${forced} is not one of ${Object.keys(row.machines).join(', ')}`);
+}
+
+/**
+ * The host side of the vsock bridge is the agent built for the host (undefined with the serial
+ * transport, which needs none; an error when the host's architecture has no row to build it for).
+ */
+async function bridgeFor(transport: Transport, env: NodeJS.ProcessEnv): Promise<string | undefined> {
+  if (transport !== 'vsock') return undefined;
+  const host = hostRow();
+  if (host === undefined) throw new VmError(`the vsock transport needs dockvm's agent built for this ${process.arch} host, which dockvm has no row for; set DOCKVM_TRANSPORT=serial`);
+  return (await ensureAgent(host, env)).path;
 }
 
 function chooseSnapshots(env: NodeJS.ProcessEnv): boolean {
@@ -125,14 +143,35 @@ function chooseSnapshots(env: NodeJS.ProcessEnv): boolean {
  */
 export async function startVm(options: VmOptions = {}): Promise<Vm> {
   const env = options.env ?? process.env;
-  const kernel = options.kernel ?? (await resolveKernel({ env }));
-  const [qemu, initramfs, agent, image] = await Promise.all([findQemu(env), ensureInitramfs({ kernel, env }), ensureAgent(env), bootImage(kernel, env)]);
-  const machine = options.machine ?? chooseMachine(env);
+  const architecture = ARCHITECTURES[options.kernel?.architecture ?? options.architecture ?? defaultArchitecture().architecture];
+  // this host's pieces for the architecture first, each a one-line "install X": before anything is fetched
+  await requireGuestPieces(architecture, env);
+  const qemu = await findQemu(architecture, env);
+  const kernel = options.kernel ?? (await resolveKernel({ env, architecture }));
   const transport = options.transport ?? chooseTransport(env);
-  const base = { qemu: qemu.path, machine, transport, kernel: image.path, initrd: initramfs.path, agentBinary: agent.path };
+  const [initramfs, bridge, image] = await Promise.all([
+    ensureInitramfs({ kernel, env }),
+    bridgeFor(transport, env),
+    bootImage(kernel, env),
+  ]);
+  const machine = options.machine ?? chooseMachine(architecture, env);
+  machineRow(architecture, machine); // an unknown machine is refused before anything starts
+  const base = { architecture, qemu: qemu.path, machine, transport, kernel: image.path, initrd: initramfs.path, ...(bridge ? { bridgeBinary: bridge } : {}) };
   const accel =
     options.accel ??
-    (await chooseAccel({ env, qemu, image, initramfsHash: initramfs.hash, machine, transport, onNotice: options.onNotice, boot: (plan) => bootVm({ ...base, ...plan }) })).accel;
+    (
+      await chooseAccel({
+        architecture,
+        env,
+        qemu,
+        image,
+        initramfsHash: initramfs.hash,
+        machine,
+        transport,
+        onNotice: options.onNotice,
+        boot: (plan) => bootVm({ ...base, ...plan }),
+      })
+    ).accel;
   const plan: BootPlan = {
     ...base,
     accel,
@@ -145,8 +184,8 @@ export async function startVm(options: VmOptions = {}): Promise<Vm> {
     extraCmdline: env.DOCKVM_KERNEL_ARGS || undefined,
   };
   // The agent's vsock connection does not outlive a restore (the guest's vsock transport is reset), so
-  // only the serial channel restores.
-  if (!(options.snapshots ?? chooseSnapshots(env)) || transport !== 'serial') return bootVm(plan);
+  // only the serial channel restores; and only on a machine whose row says it can (architectures.ts).
+  if (!(options.snapshots ?? chooseSnapshots(env)) || transport !== 'serial' || !machineRow(architecture, machine).snapshots) return bootVm(plan);
   const notice = options.onNotice ?? ((line: string) => process.stderr.write(`${line}\n`));
   return startFromSnapshot(plan, { qemu, image, initramfs, env, notice });
 }
@@ -263,6 +302,7 @@ async function refuseAndBoot(plan: BootPlan, key: string, context: SnapshotConte
 /** The QemuConfig of a plan, with its disks, agent channel and QMP socket. */
 function qemuConfig(plan: BootPlan, disks: readonly QemuDisk[], agent: AgentChannel, qmpSocketPath: string, snapshot?: QemuConfig['snapshot']): QemuConfig {
   return {
+    architecture: plan.architecture,
     accel: plan.accel,
     machine: plan.machine,
     memoryMiB: plan.memoryMiB,
@@ -280,6 +320,7 @@ function qemuConfig(plan: BootPlan, disks: readonly QemuDisk[], agent: AgentChan
 }
 
 export class Vm {
+  readonly architecture: ArchitectureRow;
   readonly accel: Accel;
   readonly transport: Transport;
   readonly machine: Machine;
@@ -310,6 +351,7 @@ export class Vm {
     private readonly plan: BootPlan,
     readonly tempDir: string,
   ) {
+    this.architecture = plan.architecture;
     this.accel = plan.accel;
     this.transport = plan.transport;
     this.machine = plan.machine;
@@ -399,7 +441,8 @@ export class Vm {
     void this.qemuExited.then(() => this.onQemuExit());
 
     if (channel.transport === 'vsock') {
-      const bridge = spawn(plan.agentBinary, ['bridge-vsock', String(channel.cid), String(VSOCK_PORT)], { stdio: ['pipe', 'pipe', 'pipe'] });
+      if (plan.bridgeBinary === undefined) throw new VmError('the vsock transport needs the host agent as its bridge (BootPlan.bridgeBinary)');
+      const bridge = spawn(plan.bridgeBinary, ['bridge-vsock', String(channel.cid), String(VSOCK_PORT)], { stdio: ['pipe', 'pipe', 'pipe'] });
       this.bridge = bridge;
       bridge.stderr!.on('data', (chunk: Buffer) => (this.qemuStderr = (this.qemuStderr + chunk.toString()).slice(-4096)));
       connected = Promise.resolve(Duplex.from({ readable: bridge.stdout!, writable: bridge.stdin! }));
@@ -415,7 +458,7 @@ export class Vm {
     let onAbort: (() => void) | undefined;
     const deadline = new Promise<never>((_, reject) => {
       timer = setTimeout(
-        () => reject(failed(`the VM did not reach its agent within ${plan.timeoutMs} ms (${what}, ${plan.accel}, ${plan.machine})${this.consoleSuffix()}`)),
+        () => reject(failed(`the VM did not reach its agent within ${plan.timeoutMs} ms (${what}, ${plan.architecture.architecture}, ${plan.accel}, ${plan.machine})${this.consoleSuffix()}`)),
         plan.timeoutMs,
       );
     });

@@ -1,8 +1,10 @@
-// A base of another platform than the build VM's (linux/amd64): runAsRoot and shell over it are refused
-// before any VM boots, naming both platforms, with nothing written; without runAsRoot (nothing executes)
-// the image is built and labelled with the base's platform; a spec architecture contradicting the base
-// is an error. An image whose config says amd64 but whose shell is an aarch64 program gets the exec
-// format error reported, never the bundled bash in its place (one real boot).
+// A base of a platform dockvm has no build VM for: runAsRoot and shell over it are refused before any VM
+// boots, naming its platform and the ones dockvm runs, with nothing written. An arm64 base on a host
+// without arm64's QEMU: one line saying what to install. Without runAsRoot (nothing executes) the image
+// is built and labelled with the base's platform (arm64 with its variant v8); a spec architecture
+// contradicting the base is an error. An image whose config says amd64 but whose shell is an aarch64
+// program gets the exec format error reported, never the bundled bash in its place (one real boot).
+// The arm64 builds themselves are test/build/arm64.test.ts.
 import test from 'ava';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -46,31 +48,47 @@ function writeSpec(dir: string, spec: Record<string, unknown>): string {
   return path;
 }
 
-/** A boot would fail on this QEMU: these refusals must come before one. */
-const NO_VM = { DOCKVM_QEMU: '/nonexistent/qemu-would-have-booted' };
+/** A boot would fail on these QEMUs: these refusals must come before one. */
+const NO_VM = { DOCKVM_QEMU: '/nonexistent/qemu-would-have-booted', DOCKVM_QEMU_ARM64: '/nonexistent/qemu-would-have-booted' };
 
-test('an arm64 base: runAsRoot and shell are refused naming both platforms, exit 1, nothing written, no VM', async (t) => {
+test('a base of a platform dockvm has no VM for: runAsRoot and shell are refused naming it and the ones it runs, exit 1, nothing written, no VM', async (t) => {
   const dir = tempDir(t);
-  const base = await aarch64Image(dir, 'arm64', 'v8');
+  const base = await aarch64Image(dir, 'arm', 'v7');
   const build = await runDockvm(['run-as-root', writeSpec(dir, { fromImage: base, runAsRoot: 'uname -m' })], { env: NO_VM });
   t.is(build.exitCode, 1, build.stderr);
-  t.regex(build.stderr, /^dockvm: fromImage \S+busybox-arm64\.tar is linux\/arm64\/v8, but the build VM runs linux\/amd64 programs only \(cross-platform builds are not supported yet\)$/m);
+  t.regex(build.stderr, /^dockvm: fromImage \S+busybox-arm\.tar is linux\/arm\/v7, which dockvm has no build VM for \(it runs linux\/amd64, linux\/arm64\/v8\)$/m);
   t.false(existsSync(join(dir, 'image.tar')));
   const shell = await runDockvm(['shell', base, '--', 'uname', '-m'], { env: NO_VM });
   t.is(shell.exitCode, 1, shell.stderr);
-  t.regex(shell.stderr, /is linux\/arm64\/v8, but the build VM runs linux\/amd64 programs only/);
+  t.regex(shell.stderr, /is linux\/arm\/v7, which dockvm has no build VM for/);
 });
 
-test('an arm64 base without runAsRoot builds (nothing executes) and the image says linux/arm64/v8, not the host\'s', async (t) => {
+test('an arm64 base on a host without arm64\'s QEMU: runAsRoot and shell say in one line what to install, exit 1, nothing written', async (t) => {
   const dir = tempDir(t);
   const base = await aarch64Image(dir, 'arm64', 'v8');
+  const missing = /^dockvm: cannot run \/nonexistent\/qemu-would-have-booted, which arm64 build VMs need: install qemu-system-arm \(apt-get install qemu-system-arm\) or set DOCKVM_QEMU_ARM64$/m;
+  const build = await runDockvm(['run-as-root', writeSpec(dir, { fromImage: base, runAsRoot: 'uname -m' })], { env: NO_VM });
+  t.is(build.exitCode, 1, build.stderr);
+  t.regex(build.stderr, missing);
+  t.is(build.stderr.trim().split('\n').length, 1, build.stderr);
+  t.false(existsSync(join(dir, 'image.tar')));
+  const shell = await runDockvm(['shell', base, '--', 'uname', '-m'], { env: NO_VM });
+  t.is(shell.exitCode, 1, shell.stderr);
+  t.regex(shell.stderr, missing);
+});
+
+test('an arm64 base without runAsRoot builds (nothing executes) and the image says linux/arm64/v8, not the host\'s, also when the base names no variant', async (t) => {
+  const dir = tempDir(t);
   mkdirSync(join(dir, 'root', 'etc'), { recursive: true });
   writeFileSync(join(dir, 'root', 'etc', 'motd'), 'hello\n');
-  const build = await runDockvm(['run-as-root', writeSpec(dir, { fromImage: base, copyToRoot: 'root', config: { Cmd: ['/bin/sh'] } })], { env: NO_VM });
-  t.is(build.exitCode, 0, build.stderr);
-  const image = await openImage(join(dir, 'image.tar'));
-  t.teardown(() => image.close());
-  t.like(image.config, { os: 'linux', architecture: 'arm64', variant: 'v8' });
+  for (const variant of ['v8', undefined]) {
+    const base = await aarch64Image(dir, 'arm64', variant);
+    const build = await runDockvm(['run-as-root', writeSpec(dir, { fromImage: base, copyToRoot: 'root', config: { Cmd: ['/bin/sh'] } })], { env: NO_VM });
+    t.is(build.exitCode, 0, build.stderr);
+    const image = await openImage(join(dir, 'image.tar'));
+    t.like(image.config, { os: 'linux', architecture: 'arm64', variant: 'v8' }, `a base with variant ${variant ?? 'none'}`);
+    await image.close();
+  }
 });
 
 test('a spec architecture that contradicts the base is an error naming the field and the base\'s platform', async (t) => {

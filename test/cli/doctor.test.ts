@@ -31,6 +31,7 @@ interface Report {
   cache: { dir: string; bytes: number };
   missing: string[];
   ok: boolean;
+  architectures: { architecture: string; platform: string; qemu: { path: string } | null; accel: string | null; missing: string[]; ready: boolean }[];
 }
 
 test('doctor --json: qemu and its version, kernel and modules, initramfs, accel, transport, cache', async (t) => {
@@ -53,6 +54,20 @@ test('doctor --json: qemu and its version, kernel and modules, initramfs, accel,
   t.true(report.cache.bytes > 10_000_000, 'kernel + initramfs are in the cache');
   t.deepEqual(report.missing, []);
   t.true(report.ok);
+  // every architecture dockvm has a VM for: this host (scripts/setup) can build for each, arm64 under TCG
+  t.deepEqual(report.architectures.map((a) => [a.platform, a.ready, a.accel]), [
+    ['linux/amd64', true, 'tcg'],
+    ['linux/arm64/v8', true, 'tcg'],
+  ]);
+  t.is(report.architectures[1]!.qemu?.path, 'qemu-system-aarch64');
+});
+
+test('doctor names an architecture it cannot build for and what to install, and still exits 0 for the host\'s own', async (t) => {
+  const run = await runDockvm(['doctor'], { env: { DOCKVM_ACCEL: 'tcg', DOCKVM_QEMU_ARM64: '/nonexistent/qemu-system-aarch64' } });
+  t.is(run.exitCode, 0, run.stderr);
+  t.regex(run.stdout, /^linux\/amd64: +can build \(tcg, /m);
+  t.regex(run.stdout, /^linux\/arm64\/v8: +cannot build: cannot run \/nonexistent\/qemu-system-aarch64, which arm64 build VMs need: install qemu-system-arm \(apt-get install qemu-system-arm\) or set DOCKVM_QEMU_ARM64$/m);
+  t.regex(run.stdout, /^ok: build VMs can boot on this host \(linux\/amd64\)$/m);
 });
 
 test('doctor says what is missing and exits 1 when no VM can boot', async (t) => {
@@ -61,7 +76,7 @@ test('doctor says what is missing and exits 1 when no VM can boot', async (t) =>
   const run = await runDockvm(['doctor'], { env: { DOCKVM_CACHE: cache, DOCKVM_QEMU: '/nonexistent/qemu', DOCKVM_KERNEL: join(cache, 'no-kernel') } });
   t.is(run.exitCode, 1);
   t.regex(run.stdout, /^qemu: +missing$/m);
-  t.regex(run.stdout, /problem: +cannot run \/nonexistent\/qemu: install qemu-system-x86/);
+  t.regex(run.stdout, /problem: +cannot run \/nonexistent\/qemu, which amd64 build VMs need: install qemu-system-x86/);
   t.regex(run.stdout, /problem: +DOCKVM_KERNEL=.*no-kernel does not exist/);
   t.regex(run.stdout, new RegExp(`^cache: +${cache} `, 'm'));
   t.regex(run.stderr, /dockvm: 2 problem\(s\) found/);

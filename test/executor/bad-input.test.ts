@@ -37,10 +37,16 @@ const cases: [title: string, containerfile: string, error: RegExp, args?: string
   ['an ARG used in FROM without a value', `ARG BASE\nFROM $BASE\nRUN true\n`, /Containerfile:2: .*\$BASE in "\$BASE" has no value: declare it with a default before the first FROM \(ARG BASE=…\) or pass --build-arg BASE=…/],
   ['an unknown instruction', `FROM ${DEBIAN_BASE_REPO_TAG}\nRUNN true\n`, /Containerfile:2:1: unknown instruction: RUNN \(one of FROM, RUN/],
   [
-    'a platform the build VM cannot run',
+    'a base of another platform than the one asked for',
     `FROM ${DEBIAN_BASE_REPO_TAG}\nRUN true\n`,
-    /Containerfile:2: RUN true: building linux\/arm64 steps \(this host's build VM is linux\/amd64\) is not supported yet by dockvm build/,
+    /^dockvm: docker-archive:\S+debian-base\.tar is an image for linux\/amd64, not linux\/arm64$/m,
     ['--platform', 'linux/arm64'],
+  ],
+  [
+    'a platform dockvm has no build VM for',
+    'FROM scratch\nRUN true\n',
+    /Containerfile:2: RUN true: building linux\/riscv64 steps \(dockvm has build VMs for linux\/amd64, linux\/arm64\/v8\) is not supported yet by dockvm build/,
+    ['--platform', 'linux/riscv64'],
   ],
 ];
 

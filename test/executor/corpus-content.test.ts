@@ -1,6 +1,7 @@
 // Containerfiles that use what Debian's buildah 1.28 lacks (heredocs, ADD --unpack=false, RUN --mount,
 // RUN --network), built by dockvm (real boots) and checked by content: the files the steps made, what no
-// layer may hold (cache mounts, mount points, a secret), the config.
+// layer may hold (cache mounts, mount points, a secret), the config; and large files across steps, whose
+// bytes each layer reads from the scratch disk's image after the VM is gone.
 import test from 'ava';
 import { createHash } from 'node:crypto';
 import { createServer } from 'node:http';
@@ -11,6 +12,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readTar } from '../../src/layer/tar.js';
 import { openImage } from '../../src/transport/open.js';
+import { DEBIAN_BASE_REPO_TAG, debianBaseFixture } from '../fixtures/debian.js';
 import type { Seen } from '../helpers/filesystem.js';
 import { runDockvm } from '../helpers/peers.js';
 import { qemuCounter } from '../helpers/qemu-counter.js';
@@ -127,4 +129,50 @@ test.serial('mounts: cache, secret, tmpfs and bind mounts (context, stage), COPY
   t.false(layers.some((layer) => layer.bytes.includes(secret)), 'no layer holds the secret');
   t.false(readFileSync(out).includes(secret), 'the archive (config, history) does not hold it');
   t.false(`${run.stdout}${run.stderr}`.includes(secret), 'the log does not show it');
+});
+
+test.serial('large files across steps: each layer holds the bytes its step wrote (read from the scratch disk after later steps ran)', async (t) => {
+  const dir = mkdtempSync(join(scratch, 'large-'));
+  writeFileSync(
+    join(dir, 'Containerfile'),
+    [
+      `FROM ${DEBIAN_BASE_REPO_TAG}`,
+      'RUN head -c 24000000 /dev/urandom > /big1 && sha256sum /big1 > /big1.sha256',
+      'RUN rm /big1 && head -c 6000000 /dev/urandom > /big2 && sha256sum /big2 > /big2.sha256',
+      'RUN head -c 3000000 /dev/urandom >> /big2 && sha256sum /big2 > /big2-grown.sha256 && truncate -s 40M /sparse',
+      '',
+    ].join('\n'),
+  );
+  const out = join(scratch, 'large.tar');
+  const run = await runDockvm(['build', '--build-context', `${DEBIAN_BASE_REPO_TAG}=docker-archive:${debianBaseFixture()}`, '-o', out, dir]);
+  t.is(run.exitCode, 0, run.stderr);
+  const image = await openImage(out);
+  const layers: Map<string, { size: number; sha256: string; text: string }>[] = [];
+  try {
+    for (const layer of image.layers.slice(-3)) {
+      const files = new Map<string, { size: number; sha256: string; text: string }>();
+      for await (const { entry, body } of readTar(await layer.openTar(), { source: out })) {
+        const hash = createHash('sha256');
+        const chunks: Buffer[] = [];
+        for await (const chunk of body) {
+          hash.update(chunk as Buffer);
+          if (entry.size < 4096) chunks.push(chunk as Buffer);
+        }
+        files.set(entry.path, { size: entry.size, sha256: hash.digest('hex'), text: Buffer.concat(chunks).toString() });
+      }
+      layers.push(files);
+    }
+  } finally {
+    await image.close();
+  }
+  const recorded = (files: Map<string, { text: string }>, name: string) => files.get(name)?.text.split(' ')[0];
+  const [first, second, third] = layers as [typeof layers[0], typeof layers[0], typeof layers[0]];
+  t.is(first.get('big1')?.size, 24_000_000);
+  t.is(first.get('big1')?.sha256, recorded(first, 'big1.sha256'), 'the first layer has the bytes the step wrote, though a later step deleted the file');
+  t.true(second.has('.wh.big1'), 'the delete is a whiteout');
+  t.is(second.get('big2')?.sha256, recorded(second, 'big2.sha256'));
+  t.is(third.get('big2')?.size, 9_000_000, 'a grown file is copied up whole');
+  t.is(third.get('big2')?.sha256, recorded(third, 'big2-grown.sha256'));
+  t.is(third.get('sparse')?.size, 40 * 1024 * 1024);
+  t.is(third.get('sparse')?.sha256, createHash('sha256').update(Buffer.alloc(40 * 1024 * 1024)).digest('hex'), 'a sparse file reads as zeros');
 });

@@ -9,6 +9,7 @@
 // only slow each other down under TCG.
 import test from 'ava';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -54,6 +55,7 @@ for (const [name, dir, stages, layers] of cases) {
       t.is(run.exitCode, 0, run.stderr);
       t.is(qemu.vms(), stages, 'one VM boot per stage');
       const theirs = await (await buildah()).build(dir, tag, join(scratch, `${name}.buildah.tar`), { layers: layers === true });
+      t.teardown(() => Promise.all([ours, theirs].map((archive) => rm(archive, { force: true }))));
 
       const [a, b] = [await flattenedListing(ours, scratch), await flattenedListing(theirs, scratch)];
       t.true(a.size > (name.startsWith('scratch') ? 5 : 1000), 'the flattened image holds what was built (the whole Debian filesystem over a Debian base)');

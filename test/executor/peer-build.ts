@@ -92,7 +92,7 @@ export async function flattenedListing(archive: string, scratch: string): Promis
   } finally {
     await image.close();
   }
-  const seen = await listing(tar);
+  const seen = await listing(tar).finally(() => rm(tar, { force: true }));
   for (const [path, item] of seen) {
     if (item.type !== 'link') continue;
     const target = seen.get(item.linkname!);

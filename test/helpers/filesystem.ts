@@ -38,7 +38,7 @@ export async function listing(path: string): Promise<Map<string, Seen>> {
 }
 
 /** `podman load` + `podman create` + `podman export` of `tag` from `archive`, into a temp tar file. */
-export async function podmanExport(t: ExecutionContext, archive: string, tag: string): Promise<string> {
+export async function podmanExport(t: ExecutionContext, archive: string, tag: string, options: { arch?: string } = {}): Promise<string> {
   const dir = mkdtempSync(join(tmpdir(), 'dockvm-podman-'));
   const container = uniqueName('export');
   t.teardown(async () => {
@@ -47,7 +47,8 @@ export async function podmanExport(t: ExecutionContext, archive: string, tag: st
     rmSync(dir, { recursive: true, force: true });
   });
   await execa('podman', ['load', '--quiet', '--input', archive]);
-  await execa('podman', ['create', '--name', container, tag, '/nothing']);
+  // --arch: an image of another architecture than the host's is created as what it is, without a warning
+  await execa('podman', ['create', ...(options.arch ? ['--arch', options.arch] : []), '--name', container, tag, '/nothing']);
   // podman export cannot write to the socket Node gives a child as stdout: a file it is.
   const out = join(dir, 'podman-export.tar');
   await execa('podman', ['export', '--output', out, container]);

@@ -128,6 +128,46 @@ test('nested indexes: this host\'s platform is picked, attestations skipped, els
   await image.close();
 });
 
+test('a platform asked for (dockvm shell --platform): picked from an index by descriptor or config; one the index lacks, or a single image of another, is an error naming both', async (t) => {
+  const { base, app } = await sampleLayers();
+  const dir = await tempDir(t);
+  const configs = [configFor([base, app], { architecture: 'amd64' }), configFor([base, app], { architecture: 'arm64', variant: 'v8' })];
+  const layers = [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', blob: base }, { mediaType: 'application/vnd.oci.image.layer.v1.tar', blob: app }];
+  const manifests = configs.map((config) => manifestFor(config, layers));
+  const layout = join(dir, 'multi');
+  await handLayout(layout, {
+    schemaVersion: 2,
+    manifests: [
+      desc(OCI_MANIFEST, manifests[0]!, { platform: { architecture: 'amd64', os: 'linux' } }),
+      desc(OCI_MANIFEST, manifests[1]!, { platform: { architecture: 'arm64', os: 'linux', variant: 'v8' } }),
+    ],
+  }, [base, app, ...configs, ...manifests]);
+  for (const architecture of ['amd64', 'arm64']) {
+    const image = await openImage(`oci:${layout}`, { platform: { os: 'linux', architecture } });
+    t.is(image.config.architecture, architecture);
+    await image.close();
+  }
+  await t.throwsAsync(openImage(`oci:${layout}`, { platform: { os: 'linux', architecture: 'riscv64' } }), {
+    instanceOf: ImageReferenceError,
+    message: /: no image for linux\/riscv64 \(it has: linux\/amd64, linux\/arm64\/v8\)$/,
+  });
+  // the same index without platforms in its descriptors: the configs decide
+  const flat = join(dir, 'flat');
+  await handLayout(flat, { schemaVersion: 2, manifests: manifests.map((m) => desc(OCI_MANIFEST, m)) }, [base, app, ...configs, ...manifests]);
+  const arm64 = await openImage(`oci:${flat}`, { platform: { os: 'linux', architecture: 'arm64' } });
+  t.is(arm64.config.architecture, 'arm64');
+  await arm64.close();
+  // a docker-archive holds one image per tag: another platform's is refused, not run as this one
+  await writeFile(join(dir, 'one.tar'), await dockerArchive([{ repoTag: 'app:1.0', layers: [base, app], architecture: 'arm64', config: { variant: 'v8' } }]));
+  await t.throwsAsync(openImage(join(dir, 'one.tar'), { platform: { os: 'linux', architecture: 'amd64' } }), {
+    instanceOf: ImageReferenceError,
+    message: /one\.tar is an image for linux\/arm64\/v8, not linux\/amd64$/,
+  });
+  const same = await openImage(join(dir, 'one.tar'), { platform: { os: 'linux', architecture: 'arm64' } });
+  t.is(same.config.variant, 'v8');
+  await same.close();
+});
+
 test('an oci-archive (a layout in a tar) reads like the directory', async (t) => {
   const { base, app } = await sampleLayers();
   const dir = await tempDir(t);

@@ -6,6 +6,8 @@ import { release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
 import { type AccelProbeInputs, type HostFacts, accelCacheKey, chooseAccel, hostFacts, kvmDevicePresent } from '../../src/vm/accel.js';
+import { ARCHITECTURES, defaultArchitecture, isNative } from '../../src/vm/architectures.js';
+import { hostArchitecture } from '../../src/image/platform.js';
 
 const host: HostFacts = {
   kernel: 'x64 6.1.0-57-cloud-amd64 #1 SMP PREEMPT_DYNAMIC Debian 6.1.158-1',
@@ -67,6 +69,7 @@ const kvm = kvmDevicePresent();
     const probe = (probeInputs: AccelProbeInputs, probeHost: HostFacts) =>
       chooseAccel({
         ...probeInputs,
+        architecture: defaultArchitecture(),
         host: probeHost,
         env: { ...process.env, DOCKVM_ACCEL: undefined },
         cacheFile: join(dir, 'accel.json'),
@@ -87,3 +90,19 @@ const kvm = kvmDevicePresent();
     t.deepEqual(await probe(inputs, host), { accel: 'kvm', reason: 'cached probe' }, 'the first verdict is still there');
   },
 );
+
+test('a guest of another architecture than the host\'s is TCG at once: no probe, whatever DOCKVM_ACCEL says', async (t) => {
+  const foreign = Object.values(ARCHITECTURES).find((row) => !isNative(row))!;
+  for (const forced of [undefined, 'kvm']) {
+    const choice = await chooseAccel({
+      ...inputs,
+      architecture: foreign,
+      env: { ...process.env, DOCKVM_ACCEL: forced },
+      boot: async () => {
+        t.fail('no probe boots for a foreign guest');
+        return { shutdown: async () => {} };
+      },
+    });
+    t.deepEqual(choice, { accel: 'tcg', reason: `${foreign.architecture} guest on this ${hostArchitecture()} host` });
+  }
+});

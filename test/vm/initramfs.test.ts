@@ -8,6 +8,8 @@ import { writeCpio } from '../../src/vm/cpio.js';
 import { ensureInitramfs } from '../../src/vm/initramfs.js';
 import { resolveKernel } from '../../src/vm/kernel.js';
 import { moduleDepends, planModules } from '../../src/vm/modules.js';
+import { ARCHITECTURES, defaultArchitecture } from '../../src/vm/architectures.js';
+import { elfFacts } from '../../src/vm/elf.js';
 
 interface CpioRecord {
   name: string;
@@ -105,4 +107,24 @@ test('initramfs: the same inputs give the same bytes, found in the cache the sec
   const fewer = await ensureInitramfs({ kernel, env: { ...process.env, DOCKVM_CACHE: caches[0]! }, modules: { overlay: 'base' } });
   t.not(fewer.path, a!.path);
   t.deepEqual(fewer.modules, ['overlay']);
+});
+
+test('initramfs per architecture: arm64\'s holds an aarch64 agent, busybox and bash, under a hash of its own; applets in /bin, /sbin and /usr/*bin linking there', async (t) => {
+  const host = await ensureInitramfs({ kernel: await resolveKernel({ architecture: defaultArchitecture() }) });
+  const arm64 = await ensureInitramfs({ kernel: await resolveKernel({ architecture: ARCHITECTURES.arm64 }) });
+  t.not(arm64.hash, host.hash);
+  for (const [initramfs, row] of [[host, defaultArchitecture()], [arm64, ARCHITECTURES.arm64]] as const) {
+    const records = new Map(readCpio(await readFile(initramfs.path)).map((r) => [r.name, r]));
+    for (const name of ['bin/dockvm-agent', 'usr/lib/dockvm/shell/busybox', 'usr/lib/dockvm/shell/bash', 'usr/lib/dockvm/tar']) {
+      t.is(elfFacts(records.get(name)!.data)?.machine, row.elfMachine, `${row.architecture}: ${name}`);
+    }
+    t.is(records.get('bin/sh')!.data.toString(), 'busybox');
+    t.is(records.get('bin/ip')!.data.toString(), 'busybox', 'an applet busybox puts in /sbin is in /bin too');
+    t.deepEqual(['sbin', 'usr/bin', 'usr/sbin'].map((name) => [records.get(name)!.mode, records.get(name)!.data.toString()]), [
+      [0o120777, 'bin'],
+      [0o120777, '../bin'],
+      [0o120777, '../bin'],
+    ]);
+    t.true(initramfs.modules.includes('virtio_mmio'), `${row.architecture}: the virtio-mmio transport is a module`);
+  }
 });

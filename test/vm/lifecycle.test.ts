@@ -14,6 +14,7 @@ import { bootImage } from '../../src/vm/boot-image.js';
 import { ensureInitramfs } from '../../src/vm/initramfs.js';
 import { resolveKernel } from '../../src/vm/kernel.js';
 import { findQemu } from '../../src/vm/qemu.js';
+import { defaultArchitecture } from '../../src/vm/architectures.js';
 import { type Vm, bootVm, chooseTransport, startVm } from '../../src/vm/vm.js';
 import { onlyWhere } from '../helpers/prerequisites.js';
 import { waitFor } from '../helpers/wait.js';
@@ -107,11 +108,13 @@ test.serial('SIGTERM to a dockvm process that is booting a VM kills its QEMU and
 
 /** chooseAccel's inputs for this host's kernel and initramfs, with a probe boot that is counted. */
 async function accelOptions(dir: string) {
-  const kernel = await resolveKernel();
-  const [qemu, initramfs, agent, image] = await Promise.all([findQemu(), ensureInitramfs({ kernel }), ensureAgent(), bootImage(kernel)]);
+  const architecture = defaultArchitecture();
+  const kernel = await resolveKernel({ architecture });
+  const [qemu, initramfs, agent, image] = await Promise.all([findQemu(architecture), ensureInitramfs({ kernel }), ensureAgent(architecture), bootImage(kernel)]);
   const notices: string[] = [];
   const probes = { count: 0 };
   const options = {
+    architecture,
     env: { ...process.env, DOCKVM_ACCEL: undefined } as NodeJS.ProcessEnv,
     qemu,
     image,
@@ -124,7 +127,7 @@ async function accelOptions(dir: string) {
     onNotice: (line: string) => notices.push(line),
     boot: (plan: Parameters<Parameters<typeof chooseAccel>[0]['boot']>[0]) => {
       probes.count++;
-      return bootVm({ ...plan, qemu: qemu.path, machine: 'microvm', transport: chooseTransport(), kernel: image.path, initrd: initramfs.path, agentBinary: agent.path });
+      return bootVm({ ...plan, architecture, qemu: qemu.path, machine: 'microvm', transport: chooseTransport(), kernel: image.path, initrd: initramfs.path, bridgeBinary: agent.path });
     },
   };
   return { options, notices, probes };

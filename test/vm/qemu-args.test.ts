@@ -7,8 +7,10 @@ import type { BootImage } from '../../src/vm/boot-image.js';
 import type { Initramfs } from '../../src/vm/initramfs.js';
 import { type QemuConfig, blockdevOptions, kernelCmdline, qemuArgs, scsiDiskDevice } from '../../src/vm/qemu.js';
 import { type BootPlan, planSnapshotKey } from '../../src/vm/vm.js';
+import { ARCHITECTURES } from '../../src/vm/architectures.js';
 
 const config: QemuConfig = {
+  architecture: ARCHITECTURES.amd64,
   accel: 'tcg',
   machine: 'microvm',
   memoryMiB: 512,
@@ -47,6 +49,10 @@ test('a VM saved as a snapshot boots with its RAM in a shared file; a restore ma
     t.deepEqual(strip(restore), strip(save));
     t.deepEqual(values(restore, '-cpu'), values(qemuArgs({ ...config, accel }), '-cpu'));
   }
+  // arm64's virt machine the same way (architectures.ts: every machine's row has snapshots on)
+  const arm64 = { ...config, architecture: ARCHITECTURES.arm64, machine: 'virt' };
+  t.deepEqual(values(qemuArgs({ ...arm64, snapshot: { path: '/c/snap/memory', role: 'save' } }), '-M'), ['virt,gic-version=max,memory-backend=ram']);
+  t.true(Object.values(ARCHITECTURES).every((row) => Object.values(row.machines).every((machine) => machine.snapshots)));
   const plain = qemuArgs(config);
   t.deepEqual(values(plain, '-object'), []);
   t.deepEqual(values(plain, '-incoming'), []);
@@ -79,6 +85,7 @@ test('the kernel command line: no SCSI scan at boot; a snapshot loads the loop m
 });
 
 const plan: BootPlan = {
+  architecture: ARCHITECTURES.amd64,
   qemu: 'qemu-system-x86_64',
   accel: 'tcg',
   machine: 'microvm',
@@ -90,7 +97,6 @@ const plan: BootPlan = {
   disks: [],
   network: false,
   timeoutMs: 30_000,
-  agentBinary: '/k/agent',
 };
 const context = {
   qemu: { path: 'qemu-system-x86_64', version: '7.2.22' },
@@ -108,6 +114,7 @@ test('a snapshot key changes with every setting the saved guest depends on, and 
     planSnapshotKey({ ...plan, cpus: 2 }, context),
     planSnapshotKey({ ...plan, accel: 'kvm' }, context, 'the host CPU'),
     planSnapshotKey({ ...plan, machine: 'pc' }, context),
+    planSnapshotKey({ ...plan, architecture: ARCHITECTURES.arm64, machine: 'virt' }, context),
     planSnapshotKey({ ...plan, network: true }, context),
     planSnapshotKey({ ...plan, extraCmdline: 'debug' }, context),
     planSnapshotKey({ ...plan, initrd: '/k/other.cpio' }, context),
