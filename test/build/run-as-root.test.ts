@@ -163,11 +163,17 @@ test('the script runs like a Dockerfile RUN: root, cwd /, merged Env, spec env, 
   t.regex(env, /EXTRA=1 PATH=\/usr\/local\/sbin:/);
 });
 
-test('two builds of one spec give byte-identical archives', async (t) => {
+test('two builds of one spec give byte-identical archives, the one in a booted VM and the one in a VM restored from a snapshot', async (t) => {
   const dir = tempDir(t);
   const spec = writeSpec(dir, { output: 'one.tar' });
-  await build(t, spec);
-  await build(t, spec, ['-o', join(dir, 'two.tar')]);
+  const qemu = await qemuCounter(t);
+  await build(t, spec, [], { ...qemu.env, DOCKVM_SNAPSHOTS: 'off' });
+  t.is(qemu.restores(), 0, 'the first build booted its VM');
+  t.is(qemu.saves(), 0);
+  // a snapshot folder of its own: the first start boots, saves, and restores what it saved
+  await build(t, spec, ['-o', join(dir, 'two.tar')], { ...qemu.env, DOCKVM_SNAPSHOT_DIR: join(dir, 'snapshots') });
+  t.is(qemu.restores(), 1, 'the second build ran in a restored VM');
+  t.is(qemu.vms(), 2);
   const digest = (file: string) => createHash('sha256').update(readFileSync(join(dir, file))).digest('hex');
   t.is(digest('one.tar'), digest('two.tar'));
 });
