@@ -7,9 +7,10 @@
  * The same file, run on the host as `agent bridge-vsock CID PORT`, relays stdin/stdout to a guest's
  * vsock port, because Node.js cannot open AF_VSOCK sockets.
  *
- * Also run by guest.sh as `dockvm-agent upper-manifest …` (vm/upper-manifest.c).
+ * Also run by guest.sh as `dockvm-agent upper-manifest …` (vm/upper-manifest.c) and `dockvm-agent
+ * run-in-image …` (vm/run-in-image.c).
  *
- * Built with: gcc -static -Os -o agent agent.c upper-manifest.c
+ * Built with: gcc -static -Os -o agent agent.c upper-manifest.c run-in-image.c
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -34,10 +35,12 @@
 #include <sys/wait.h>
 #include <linux/capability.h>
 #include <linux/loop.h>
+#include <linux/random.h>
+#include <time.h>
 #include <linux/vm_sockets.h>
 #include <grp.h>
 
-#define PROTOCOL_VERSION 1
+#define PROTOCOL_VERSION 2
 #define AGENT_VERSION "0.1.0"
 #define SERIAL_PORT_NAME "org.dockvm.agent"
 #define VSOCK_PORT 1024
@@ -49,7 +52,7 @@
 enum {
   T_HELLO = 1, T_EXEC = 2, T_STDIN = 3, T_STDOUT = 4, T_STDERR = 5, T_EXIT = 6, T_SIGNAL = 7,
   T_WINSIZE = 8, T_PUT = 9, T_GET = 10, T_FILE = 11, T_OK = 12, T_ERROR = 13, T_SHUTDOWN = 14,
-  T_STDIN_ACK = 15,
+  T_STDIN_ACK = 15, T_BEGIN = 16,
 };
 
 struct proc {
@@ -107,13 +110,39 @@ static void send_error(uint32_t id, const char *what, const char *path, int err)
   send_frame(T_ERROR, id, msg, strlen(msg));
 }
 
-static void send_hello(void) {
+/* The hello text: after a boot it is the first frame; after a restore, the answer to begin. */
+static void send_hello(int type, uint32_t id) {
   struct utsname u;
   char text[512];
   uname(&u);
   snprintf(text, sizeof text, "protocol=%d\nagent=%s\nkernel=%s\ntransport=%s\n", PROTOCOL_VERSION,
            AGENT_VERSION, u.release, transport_name);
-  send_frame(T_HELLO, 0, text, strlen(text));
+  send_frame(type, id, text, strlen(text));
+}
+
+/* ---- disks --------------------------------------------------------------------------------- */
+
+/* The /dev node of the disk the host named NAME, into dev; 0 if there is none (yet). Disks are SCSI LUNs
+ * the host hot-adds (so that a guest restored from a snapshot gets each build's own); the host gives each
+ * its name as the SCSI product, which sysfs shows, space-padded, in /sys/block/sdX/device/model. */
+static int disk_by_name(const char *name, char *dev, size_t size) {
+  DIR *d = opendir("/sys/block");
+  struct dirent *e;
+  int found = 0;
+  while (d && !found && (e = readdir(d))) {
+    if (strncmp(e->d_name, "sd", 2) != 0) continue;
+    char path[300], got[64] = "";
+    snprintf(path, sizeof path, "/sys/block/%s/device/model", e->d_name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    ssize_t n = read(fd, got, sizeof got - 1);
+    close(fd);
+    got[n > 0 ? n : 0] = 0;
+    for (size_t end = strlen(got); end > 0 && (got[end - 1] == '\n' || got[end - 1] == ' '); end--) got[end - 1] = 0;
+    if (strcmp(got, name) == 0) { snprintf(dev, size, "/dev/%s", e->d_name); found = access(dev, F_OK) == 0; }
+  }
+  if (d) closedir(d);
+  return found;
 }
 
 static void set_nonblock(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
@@ -357,6 +386,62 @@ static void do_get(uint32_t id, const unsigned char *payload, size_t len) {
   free(buf);
 }
 
+/* ---- begin --------------------------------------------------------------------------------- */
+
+/* How long begin waits for the host's hot-added disks: the guest probes each on a hotplug event. */
+#define DISK_WAIT_MS 20000
+
+/* begin: u64 wall clock in ms, u16 seed length, u32 disk count, the seed, the disk names (NUL-terminated).
+ * A guest restored from a snapshot has the clock and the RNG state of the moment the snapshot was saved,
+ * identical in every VM restored from it: set the clock, mix the host's seed into the RNG and force a
+ * reseed, so that nothing random is shared between builds; then wait for the build's disks. Answers
+ * with the hello text. */
+static void do_begin(uint32_t id, const unsigned char *payload, size_t len) {
+  if (len < 14) { send_frame(T_ERROR, id, "malformed begin", 15); return; }
+  uint64_t ms = (uint64_t)get_u32(payload) << 32 | get_u32(payload + 4);
+  uint16_t seed_len = get_u16(payload + 8);
+  uint32_t count = get_u32(payload + 10);
+  if (seed_len > 256 || 14 + (size_t)seed_len > len) { send_frame(T_ERROR, id, "malformed begin", 15); return; }
+  const char *p = (const char *)payload + 14 + seed_len, *end = (const char *)payload + len;
+  char **names = take_strings(&p, end, count);
+  if (!names) { send_frame(T_ERROR, id, "malformed begin", 15); return; }
+
+  struct timespec now = { .tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000 };
+  if (clock_settime(CLOCK_REALTIME, &now)) { send_error(id, "set the clock to", "the host's", errno); free(names); return; }
+
+  struct { struct rand_pool_info info; unsigned char bytes[256]; } pool;
+  pool.info.entropy_count = seed_len * 8;
+  pool.info.buf_size = seed_len;
+  memcpy(pool.info.buf, payload + 14, seed_len);
+  int rnd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+  if (rnd < 0 || ioctl(rnd, RNDADDENTROPY, &pool.info) || ioctl(rnd, RNDRESEEDCRNG)) {
+    send_error(id, "reseed", "/dev/urandom", errno);
+    if (rnd >= 0) close(rnd);
+    free(names);
+    return;
+  }
+  close(rnd);
+
+  char dev[300];
+  struct timespec start, at;
+  clock_gettime(CLOCK_MONOTONIC, &start);
+  for (uint32_t i = 0; i < count; i++) {
+    while (!disk_by_name(names[i], dev, sizeof dev)) {
+      clock_gettime(CLOCK_MONOTONIC, &at);
+      if ((at.tv_sec - start.tv_sec) * 1000 + (at.tv_nsec - start.tv_nsec) / 1000000 >= DISK_WAIT_MS) {
+        char msg[400];
+        snprintf(msg, sizeof msg, "the disk %s did not appear in the VM within %d ms", names[i], DISK_WAIT_MS);
+        send_frame(T_ERROR, id, msg, strlen(msg));
+        free(names);
+        return;
+      }
+      usleep(2000);
+    }
+  }
+  free(names);
+  send_hello(T_OK, id);
+}
+
 /* ---- dispatch ------------------------------------------------------------------------------ */
 
 static void power_off(void) {
@@ -400,6 +485,7 @@ static void dispatch(int type, uint32_t id, const unsigned char *payload, size_t
     break;
   case T_PUT: do_put(id, payload, len); break;
   case T_GET: do_get(id, payload, len); break;
+  case T_BEGIN: do_begin(id, payload, len); break;
   case T_SHUTDOWN:
     for (int i = 0; i < MAX_PROCS; i++) if (procs[i].used) kill(-procs[i].pid, SIGKILL);
     sync();
@@ -548,27 +634,6 @@ static int insmod_all(int count, char **files) {
 
 /* ---- mount-lowers -------------------------------------------------------------------------- */
 
-/* The /dev node of the virtio-blk disk with this serial (/sys/block/vdX/serial), into dev; 0 if none. */
-static int disk_by_serial(const char *serial, char *dev, size_t size) {
-  DIR *d = opendir("/sys/block");
-  struct dirent *e;
-  int found = 0;
-  while (d && !found && (e = readdir(d))) {
-    if (strncmp(e->d_name, "vd", 2) != 0) continue;
-    char path[300], got[64] = "";
-    snprintf(path, sizeof path, "/sys/block/%s/serial", e->d_name);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;
-    ssize_t n = read(fd, got, sizeof got - 1);
-    close(fd);
-    got[n > 0 ? n : 0] = 0;
-    got[strcspn(got, "\n")] = 0;
-    if (strcmp(got, serial) == 0) { snprintf(dev, size, "/dev/%s", e->d_name); found = 1; }
-  }
-  if (d) closedir(d);
-  return found;
-}
-
 /* A loop device over SIZE bytes at OFFSET of the open disk `backing`, read-only: its open fd (-1 on
  * error), to be closed once mounted (AUTOCLEAR: it goes away with its last user, which is then the
  * mount). Direct I/O: the disk's blocks are not cached twice, once for the disk and once for the loop
@@ -594,8 +659,8 @@ static int loop_over(int control, int backing, unsigned long long offset, unsign
 
 /* `agent mount-lowers DIR FSTYPE:SERIAL[@OFFSET+SIZE]...`: mount lower i read-only at DIR/i, all from one
  * process (a `mount` per lower from guest.sh would fork+exec busybox once each: seconds for a hundred
- * layers under TCG). SERIAL names a virtio-blk disk; with @OFFSET+SIZE the lower is that byte range of
- * it, through a loop device: many layer images share one disk (microvm has 24 virtio transports). */
+ * layers under TCG). SERIAL is the name of a disk (disk_by_name); with @OFFSET+SIZE the lower is that
+ * byte range of it, through a loop device: many layer images share one disk. */
 static int mount_lowers(const char *dir, int count, char **specs) {
   int control = -1, backing = -1;
   char serial[64], last_serial[64] = "", disk[300] = "";
@@ -618,7 +683,7 @@ static int mount_lowers(const char *dir, int count, char **specs) {
     serial[serial_len] = 0;
     if (strcmp(serial, last_serial) != 0) {
       /* lowers sharing a disk come one after another: look each disk up once */
-      if (!disk_by_serial(serial, disk, sizeof disk)) { fprintf(stderr, "dockvm-agent: lower %d (%s): no disk with serial %s\n", i, specs[i], serial); return 1; }
+      if (!disk_by_name(serial, disk, sizeof disk)) { fprintf(stderr, "dockvm-agent: lower %d (%s): no disk named %s\n", i, specs[i], serial); return 1; }
       snprintf(last_serial, sizeof last_serial, "%s", serial);
       if (backing >= 0) close(backing);
       backing = -1;
@@ -644,6 +709,7 @@ static int mount_lowers(const char *dir, int count, char **specs) {
 }
 
 int upper_manifest(int argc, char **argv); /* vm/upper-manifest.c */
+int run_in_image(int argc, char **argv); /* vm/run-in-image.c */
 
 /* Docker's default capabilities (moby's oci/caps/defaults.go, containerd's the same), what a RUN keeps. */
 static const int DOCKER_CAPS[] = {
@@ -703,6 +769,7 @@ int main(int argc, char **argv) {
   if (argc >= 2 && strcmp(argv[1], "as-user") == 0) return as_user(argc - 2, argv + 2);
   if (argc >= 3 && strcmp(argv[1], "mount-lowers") == 0) return mount_lowers(argv[2], argc - 3, argv + 3);
   if (argc >= 2 && strcmp(argv[1], "upper-manifest") == 0) return upper_manifest(argc - 2, argv + 2);
+  if (argc >= 2 && strcmp(argv[1], "run-in-image") == 0) return run_in_image(argc - 2, argv + 2);
   if (argc == 4 && strcmp(argv[1], "bridge-vsock") == 0)
     return bridge_vsock((unsigned)strtoul(argv[2], NULL, 10), (unsigned)strtoul(argv[3], NULL, 10));
 
@@ -713,7 +780,7 @@ int main(int argc, char **argv) {
 
   if (cmdline_has("dockvm.transport=vsock")) { transport_name = "vsock"; link_fd = open_vsock(); }
   else link_fd = open_serial();
-  send_hello();
+  send_hello(T_HELLO, 0);
 
   for (;;) {
     struct pollfd fds[2 + 3 * MAX_PROCS];

@@ -1,7 +1,7 @@
 // The build VM: an image's layers mounted as read-only overlay lowers (src/build/lowers.ts), plus the
 // disks a step needs, and the guest side (vm/build/guest.sh) run one step at a time through the agent.
-// run-as-root, export --engine vm and shell all stand on it. Disks are named by virtio serial, so the
-// guest never guesses /dev/vdX.
+// run-as-root, export --engine vm and shell all stand on it. Disks are found by name (src/vm/qemu.ts), so
+// the guest never guesses /dev/sdX.
 import { readFile } from 'node:fs/promises';
 import { DockvmError, UsageError, VmError, stderrTail } from '../errors.js';
 import { assetPath } from '../vm/paths.js';
@@ -37,10 +37,9 @@ export interface BuildVmDisks {
 export const MAX_LOWERS = 128;
 
 /**
- * Up to this many lowers are a virtio-blk disk each, as fast as a disk gets; microvm has 24 virtio
- * transports, shared with the scratch, copy and out disks, the agent channel and the network. More
- * lowers share one disk (their image files end to end, read in place), and the guest mounts each
- * through a loop device at its offset.
+ * Up to this many lowers are a disk each, as fast as a disk gets. More lowers share one disk (their
+ * image files end to end, read in place), and the guest mounts each through a loop device at its offset:
+ * every disk is a SCSI LUN the guest probes as it is hot-added, and one disk is one probe.
  */
 export const DISK_PER_LOWER_MAX = 16;
 
@@ -51,6 +50,8 @@ export interface BuildVmOptions {
   network?: boolean;
   /** aborting kills the VM */
   signal?: AbortSignal;
+  /** nothing the VM wrote is kept (dockvm shell): withBuildVm kills it at the end instead of powering it off */
+  discard?: boolean;
 }
 
 export interface StepOptions {
@@ -209,7 +210,7 @@ export async function withBuildVm<T>(disks: BuildVmDisks, options: BuildVmOption
   });
   try {
     const result = await fn(vm);
-    await vm.shutdown();
+    await (options.discard ? vm.kill() : vm.shutdown());
     return result;
   } catch (err) {
     await vm.kill();

@@ -43,7 +43,7 @@ export async function shell(reference: string, options: ShellOptions): Promise<n
     return await withTempDir('shell', async (tmp) => {
       const scratch = join(tmp, 'scratch.ext4');
       await createUpperDisk(scratch, DEFAULT_DISK_SIZE);
-      const vmOptions = { architecture: row.architecture, ...(options.memoryMiB ? { memoryMiB: options.memoryMiB } : {}), network: options.network ?? false };
+      const vmOptions = { architecture: row.architecture, ...(options.memoryMiB ? { memoryMiB: options.memoryMiB } : {}), network: options.network ?? false, discard: true };
       return withBuildVm({ lowers, scratch }, vmOptions, async (vm) => {
         await vm.mustStep('mount');
         const launch = options.command.length > 0 ? commandLaunch(options.command) : interactiveShellLaunch();

@@ -36,9 +36,14 @@ export function outDiskBytes(diskSizeMiB: number): number {
   return (diskSizeMiB * SCRATCH_FACTOR + 64) * 1024 * 1024;
 }
 
-/** The sparse ext4 scratch disk for an overlay upper that may take `diskSizeMiB` (and is measured after). */
+/**
+ * The sparse ext4 scratch disk for an overlay upper that may take `diskSizeMiB` (and is measured after).
+ * No journal: the VM is thrown away and the host reads the disk only after the guest synced it, so
+ * there is no crash to recover from, and journalling writes metadata twice under emulation (measured
+ * here: a dpkg -i RUN step 4 % faster without, shell -- true 4 %).
+ */
 export async function createUpperDisk(path: string, diskSizeMiB: number): Promise<void> {
-  await createScratchDisk(path, diskSizeMiB * SCRATCH_FACTOR);
+  await createScratchDisk(path, diskSizeMiB * SCRATCH_FACTOR, undefined, { journal: false });
 }
 
 /**

@@ -1,7 +1,8 @@
 // Bounding dockvm's cache (`dockvm cache prune`, and the build cache after each entry it stores): what can
 // be dropped because dockvm makes it again when needed — build cache entries with their layers, squashfs
-// images of layers (CACHE/lowers), layer tars downloaded from registries (CACHE/tars) and what push
-// remembered about gzip (CACHE/push-gzip) — goes least recently used first until the rest fits the bound.
+// images of layers (CACHE/lowers), layer tars downloaded from registries (CACHE/tars), what push
+// remembered about gzip (CACHE/push-gzip) and snapshots of the booted VM (CACHE/snapshots, counted by
+// the disk space their sparse memory files take) — goes least recently used first until the rest fits the bound.
 // Never the guest kernels, initramfs, agents, a foreign guest's tools and apt lists (CACHE/guest-tools, CACHE/apt)
 // or the KVM verdict: those are what every boot needs.
 // Anything touched in the last IN_USE_GRACE_MS is kept (unless --all): a build running now may be about to
@@ -14,13 +15,14 @@ import { cacheDir } from '../cache-dir.js';
 import { buildCacheDir, parseEntry } from './local-store.js';
 import { formatSize, parseSize } from './size.js';
 import { lowerImagesDir } from '../layer/squashfs.js';
+import { snapshotsDir } from '../vm/snapshot.js';
 
 export const DEFAULT_MAX_SIZE = 10 * 1024 ** 3;
 /** Files used this recently are never pruned by size: a build running now may hold or be about to open them. */
 export const IN_USE_GRACE_MS = 10 * 60 * 1000;
 
-export type CacheArea = 'build-cache' | 'layer-images' | 'layer-tars' | 'push-gzip';
-const AREAS: readonly CacheArea[] = ['build-cache', 'layer-images', 'layer-tars', 'push-gzip'];
+export type CacheArea = 'build-cache' | 'layer-images' | 'layer-tars' | 'push-gzip' | 'snapshots';
+const AREAS: readonly CacheArea[] = ['build-cache', 'layer-images', 'layer-tars', 'push-gzip', 'snapshots'];
 
 export interface PruneOptions {
   /** bytes the prunable caches may keep (default: DOCKVM_CACHE_MAX_SIZE, else 10 GiB) */
@@ -103,7 +105,7 @@ export async function pruneCaches(options: PruneOptions = {}): Promise<PruneResu
   const freed = new Map<CacheArea, { removed: number; bytes: number }>();
   for (const item of doomed) {
     // Entries before their layer: a lookup never finds an entry whose layer is gone half-way.
-    for (const path of item.paths) await rm(path, { force: true });
+    for (const path of item.paths) await rm(path, { recursive: true, force: true });
     const sum = freed.get(item.area) ?? { removed: 0, bytes: 0 };
     sum.removed += item.count;
     sum.bytes += item.bytes;
@@ -120,7 +122,7 @@ export async function pruneCaches(options: PruneOptions = {}): Promise<PruneResu
 
 /** "freed 1.20 GiB (build cache: 3 entries, 800 MiB; layer images: 2, 400 MiB); 9.80 GiB kept of 10.0 GiB" */
 export function describePrune(result: PruneResult): string {
-  const names: Record<CacheArea, string> = { 'build-cache': 'build cache', 'layer-images': 'layer images', 'layer-tars': 'layer tars', 'push-gzip': 'push gzip notes' };
+  const names: Record<CacheArea, string> = { 'build-cache': 'build cache', 'layer-images': 'layer images', 'layer-tars': 'layer tars', 'push-gzip': 'push gzip notes', snapshots: 'VM snapshots' };
   const parts = result.areas
     .filter((area) => area.removed > 0 || area.freedBytes > 0)
     .map((area) => `${names[area.area]}: ${area.area === 'build-cache' ? `${area.removed} entr${area.removed === 1 ? 'y' : 'ies'}` : area.removed}, ${formatSize(area.freedBytes)}`);
@@ -130,7 +132,7 @@ export function describePrune(result: PruneResult): string {
 
 function areaDirs(env: NodeJS.ProcessEnv): Record<CacheArea, string> {
   const root = cacheDir(env);
-  return { 'build-cache': buildCacheDir(env), 'layer-images': lowerImagesDir(root), 'layer-tars': join(root, 'tars'), 'push-gzip': join(root, 'push-gzip') };
+  return { 'build-cache': buildCacheDir(env), 'layer-images': lowerImagesDir(root), 'layer-tars': join(root, 'tars'), 'push-gzip': join(root, 'push-gzip'), snapshots: snapshotsDir(env) };
 }
 
 interface FileInfo {
@@ -179,6 +181,7 @@ const isTemp = (name: string) => name.startsWith('.') && name.endsWith('.tmp');
 async function scan(dirs: Record<CacheArea, string>): Promise<Item[]> {
   const seen = new Set<string>();
   const items = await scanBuildCache(dirs['build-cache'], seen);
+  items.push(...(await scanSnapshots(dirs.snapshots)));
   for (const area of ['layer-images', 'layer-tars', 'push-gzip'] as const) {
     for (const file of await files(dirs[area], seen)) {
       // Reading a squashfs image or a tar does not touch its mtime; its atime says when it was last read.
@@ -218,6 +221,35 @@ async function scanBuildCache(dir: string, seen: Set<string>): Promise<Item[]> {
       touched: used,
       garbage: false,
     });
+  }
+  return items;
+}
+
+/**
+ * Each snapshot (a directory: memory, state, description) is one item, used when its description was
+ * last touched (every restore touches it); a draft a crash left behind is garbage. Its size is the disk
+ * space its files take: the memory file is sparse. A refusal marker is a few bytes, kept (it is what
+ * stops dockvm from trying a snapshot QEMU refused, every run), and removed with --all.
+ */
+async function scanSnapshots(dir: string): Promise<Item[]> {
+  const items: Item[] = [];
+  const names = await readdir(dir).catch(() => [] as string[]);
+  for (const name of names.sort()) {
+    const path = join(dir, name);
+    const info = await stat(path).catch(() => undefined);
+    if (!info) continue;
+    if (!info.isDirectory()) {
+      if (name.endsWith('.refused')) items.push({ area: 'snapshots', paths: [path], bytes: info.size, count: 1, lastUsed: Number.MAX_SAFE_INTEGER, touched: info.mtimeMs, garbage: false });
+      continue;
+    }
+    let bytes = 0;
+    for (const file of await readdir(path).catch(() => [] as string[])) {
+      const part = await stat(join(path, file)).catch(() => undefined);
+      if (part) bytes += part.blocks * 512;
+    }
+    const described = await stat(join(path, 'snapshot.json')).catch(() => undefined);
+    const used = described ? Math.max(described.mtimeMs, described.atimeMs) : info.mtimeMs;
+    items.push({ area: 'snapshots', paths: [path], bytes, count: 1, lastUsed: used, touched: used, garbage: name.startsWith('.') || described === undefined });
   }
   return items;
 }

@@ -17,12 +17,17 @@ import { writeAtomically } from '../output.js';
 /** -static: the initramfs has no libc; -Os: it is copied into every boot; -s: symbols are dead weight. */
 const CFLAGS = ['-static', '-Os', '-s', '-Wall'];
 /** the agent's C files, under vm/: one program */
-const SOURCES = ['agent.c', 'upper-manifest.c'];
+const SOURCES = ['agent.c', 'upper-manifest.c', 'run-in-image.c'];
 
 export interface AgentBinary {
   readonly path: string;
   /** sha256 of the source, flags and architecture: the agent's part of the initramfs hash */
   readonly sourceHash: string;
+}
+
+/** The agent's source files, as paths. */
+export function agentSourceFiles(): string[] {
+  return SOURCES.map((name) => assetPath('vm', name));
 }
 
 export async function agentSourceHash(row: ArchitectureRow): Promise<string> {

@@ -8,10 +8,12 @@ import {
   type ExitStatus,
   type Frame,
   FrameParser,
+  type BeginRequest,
   type Hello,
   MessageType,
   decodeExit,
   decodeHello,
+  encodeBegin,
   encodeExec,
   encodeFrame,
   encodePut,
@@ -168,6 +170,14 @@ export class AgentClient {
       throw new VmError(`cannot put ${path} into the VM: ${bytes.length} bytes is over the ${MAX_FILE_BYTES}-byte limit of the agent channel; pass big data on a disk`);
     }
     await this.request(MessageType.put, encodePut(path, bytes, mode), `writing ${path}`);
+  }
+
+  /**
+   * Set the guest's clock, reseed its RNG and wait until it sees `disks`; resolves with the agent's hello
+   * (a guest restored from a snapshot said its first hello to another QEMU).
+   */
+  async begin(request: BeginRequest): Promise<Hello> {
+    return decodeHello(await this.request(MessageType.begin, encodeBegin(request), 'starting the build in the VM'));
   }
 
   /** Ask the agent to sync and power off; resolves when it acknowledged. */

@@ -18,7 +18,7 @@ export interface DiskPart {
 interface DiskCommon {
   /** attach read-only (layer images); default false (a disk of parts is always read-only) */
   readonly readOnly?: boolean;
-  /** virtio-blk serial the guest sees in /sys/block/vdX/serial, at most 20 characters (default diskN) */
+  /** what the guest finds it by (/sys/block/sdX/device/model): 1 to 16 letters, digits or _.@+- (default diskN) */
   readonly name?: string;
 }
 
@@ -57,7 +57,7 @@ export function vmdkDescriptor(parts: readonly DiskPart[]): string {
 export interface Ext4Options {
   /** at least this many inodes (default: mkfs.ext4's ratio to the size) */
   inodes?: number;
-  /** false: no journal, for a disk that is filled once and then only read (default true) */
+  /** false: no journal, for a disk filled once and then only read, or thrown away with its VM (default true) */
   journal?: boolean;
 }
 

@@ -20,7 +20,8 @@ import { elfFacts, machineName } from './elf.js';
 import { assetPath } from './paths.js';
 
 export type GuestFile =
-  | { readonly path: string; readonly type: 'file'; readonly data: Buffer; readonly mode: number }
+  /** source: the host file it was read from */
+  | { readonly path: string; readonly type: 'file'; readonly data: Buffer; readonly mode: number; readonly source: string }
   | { readonly path: string; readonly type: 'symlink'; readonly target: string };
 
 export type GuestTool = 'busybox' | 'bash' | 'tar';
@@ -147,9 +148,9 @@ export function busyboxApplets(busybox: Buffer): string[] {
 export async function guestTools(row: ArchitectureRow, busybox: { path: string; data: Buffer }, env: NodeJS.ProcessEnv = process.env): Promise<GuestFile[]> {
   const bash = await readProgram(row, 'bash', env, true);
   const files: GuestFile[] = [
-    { path: `${GUEST_SHELL_DIR}/bash`, type: 'file', data: bash.data, mode: 0o755 },
+    { path: `${GUEST_SHELL_DIR}/bash`, type: 'file', data: bash.data, mode: 0o755, source: bash.path },
     { path: `${GUEST_SHELL_DIR}/sh`, type: 'symlink', target: 'bash' },
-    { path: `${GUEST_SHELL_DIR}/busybox`, type: 'file', data: busybox.data, mode: 0o755 },
+    { path: `${GUEST_SHELL_DIR}/busybox`, type: 'file', data: busybox.data, mode: 0o755, source: busybox.path },
   ];
   for (const name of [...new Set(busyboxApplets(busybox.data))].sort()) {
     if (!BUSYBOX_SHELLS.has(name)) files.push({ path: `${GUEST_SHELL_DIR}/${name}`, type: 'symlink', target: 'busybox' });
@@ -160,10 +161,10 @@ export async function guestTools(row: ArchitectureRow, busybox: { path: string; 
 async function gnuTar(row: ArchitectureRow, env: NodeJS.ProcessEnv): Promise<GuestFile[]> {
   const tar = await readProgram(row, 'tar', env, false);
   if (!tar.data.includes('GNU tar')) throw new MissingToolError(`${tar.path} is not GNU tar; ${remedy(row, 'tar')}`);
-  const files: GuestFile[] = [{ path: GUEST_GNU_TAR, type: 'file', data: tar.data, mode: 0o755 }];
+  const files: GuestFile[] = [{ path: GUEST_GNU_TAR, type: 'file', data: tar.data, mode: 0o755, source: tar.path }];
   const root = env[archEnv(row, GUEST_TOOL_SOURCES.tar.env)] ? '/' : toolRoot(row, env);
   for (const library of await sharedLibraries(tar.path, tar.data, row, root)) {
-    files.push({ path: library.path, type: 'file', data: await readFile(library.file), mode: 0o755 });
+    files.push({ path: library.path, type: 'file', data: await readFile(library.file), mode: 0o755, source: library.file });
   }
   return files;
 }

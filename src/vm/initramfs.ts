@@ -6,7 +6,8 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { agentSourceHash, ensureAgent } from './agent-binary.js';
+import { agentSourceFiles, agentSourceHash, ensureAgent } from './agent-binary.js';
+import { memoized } from './file-memo.js';
 import { busyboxApplets, findBusybox, GUEST_SHELL_DIR, guestToolEnv, guestTools } from './guest-tools.js';
 import { ARCHITECTURES } from './architectures.js';
 import { type CpioEntry, writeCpio } from './cpio.js';
@@ -55,8 +56,26 @@ export interface Initramfs {
 
 /** Where the initramfs for these inputs lives, and whether it is built, without building anything. */
 export async function planInitramfs(options: InitramfsOptions): Promise<{ path: string; hash: string; modules: string[]; cached: boolean }> {
-  const inputs = await gatherInputs(options);
-  return { path: inputs.path, hash: inputs.digest, modules: inputs.moduleFiles.map((m) => m.name), cached: existsSync(inputs.path) };
+  const found = await identify(options);
+  return { ...found, cached: existsSync(found.path) };
+}
+
+/**
+ * The initramfs's name and hash for these inputs: hashed from the files (and helper programs: busybox's
+ * applet list, ldd) once, then remembered while none of those files changes (file-memo.ts).
+ */
+function identify(options: InitramfsOptions): Promise<{ path: string; hash: string; modules: string[] }> {
+  const env = options.env ?? process.env;
+  const key = [INITRAMFS_RECIPE_VERSION, options.compression ?? 'none', options.modules ?? GUEST_MODULES, options.kernel, cacheDir(env), ...guestToolEnv(ARCHITECTURES[options.kernel.architecture]).map((name) => env[name] ?? '')];
+  return memoized(
+    'initramfs',
+    key,
+    async () => {
+      const inputs = await gatherInputs(options);
+      return { value: { path: inputs.path, hash: inputs.digest, modules: inputs.moduleFiles.map((m) => m.name) }, files: inputs.sources };
+    },
+    { env },
+  );
 }
 
 async function gatherInputs(options: InitramfsOptions) {
@@ -67,7 +86,7 @@ async function gatherInputs(options: InitramfsOptions) {
   const agentHash = await agentSourceHash(row);
   const busybox = await findBusybox(row, env);
   const plan = options.kernel.modulesDir === null ? { load: [] } : await planModules(options.kernel.modulesDir, options.modules ?? GUEST_MODULES);
-  const moduleFiles = await Promise.all(plan.load.map(async (m) => ({ name: m.name, groups: m.groups, data: await readFile(m.path) })));
+  const moduleFiles = await Promise.all(plan.load.map(async (m) => ({ name: m.name, groups: m.groups, path: m.path, data: await readFile(m.path) })));
 
   const hash = createHash('sha256');
   const part = (label: string, data: Buffer | string): void => {
@@ -85,7 +104,16 @@ async function gatherInputs(options: InitramfsOptions) {
   const digest = hash.digest('hex');
   const dir = join(cacheDir(env), 'initramfs');
   const path = join(dir, `${digest.slice(0, 32)}.cpio${compression === 'gzip' ? '.gz' : ''}`);
-  return { env, row, compression, init, busybox, moduleFiles, tools, digest, dir, path };
+  // every file the digest was made from (and the one that says which modules are built in)
+  const sources = [
+    assetPath('vm', 'init'),
+    ...agentSourceFiles(),
+    busybox.path,
+    ...moduleFiles.map((m) => m.path),
+    ...(options.kernel.modulesDir !== null && existsSync(join(options.kernel.modulesDir, 'modules.builtin')) ? [join(options.kernel.modulesDir, 'modules.builtin')] : []),
+    ...tools.flatMap((tool) => (tool.type === 'file' ? [tool.source] : [])),
+  ];
+  return { env, row, compression, init, busybox, moduleFiles, tools, digest, dir, path, sources };
 }
 
 /**
@@ -107,6 +135,8 @@ export async function ensureInitramfs(options: InitramfsOptions): Promise<Initra
 }
 
 async function findOrBuild(options: InitramfsOptions): Promise<Initramfs> {
+  const known = await identify(options);
+  if (existsSync(known.path)) return { ...known, built: false };
   const { env, row, compression, init, busybox, moduleFiles, tools, digest, dir, path } = await gatherInputs(options);
   const modules = moduleFiles.map((m) => m.name);
   if (existsSync(path)) return { path, hash: digest, modules, built: false };

@@ -13,7 +13,8 @@ import { VmError } from '../errors.js';
 export const GUEST_MODULES: Readonly<Record<string, ModuleGroup>> = {
   virtio_mmio: 'mmio', // devices of the microvm machine
   virtio_pci: 'pci', // devices of the pc machine
-  virtio_blk: 'base', // squashfs lowers and the ext4 scratch disk
+  virtio_scsi: 'base', // every disk is a LUN of one virtio-scsi controller, hot-added (qemu.ts)
+  sd_mod: 'base', // SCSI disks
   virtio_console: 'serial', // the virtio-serial agent port
   vmw_vsock_virtio_transport: 'vsock', // the vsock agent channel
   overlay: 'base', // lowers + upper of a build

@@ -4,7 +4,7 @@ import { constants } from 'node:os';
 import { Transform, type TransformCallback } from 'node:stream';
 import { VmError } from '../errors.js';
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 export const MessageType = {
   hello: 1,
@@ -22,6 +22,7 @@ export const MessageType = {
   error: 13,
   shutdown: 14,
   stdinAck: 15,
+  begin: 16,
 } as const;
 export type MessageType = (typeof MessageType)[keyof typeof MessageType];
 
@@ -121,6 +122,29 @@ export function encodeU32(value: number): Buffer {
   const b = Buffer.alloc(4);
   b.writeUInt32BE(value, 0);
   return b;
+}
+
+/**
+ * What the guest must be told before a build starts in it, booted or restored from a snapshot (which has
+ * the clock and the random state of the moment it was saved, and no disks): the wall clock, a random
+ * seed to reseed its RNG with, and the disks to wait for (hot-added, found by name).
+ */
+export interface BeginRequest {
+  /** milliseconds since the epoch */
+  readonly clockMs: number;
+  /** 32 to 256 random bytes */
+  readonly seed: Buffer;
+  /** the names of the disks the guest must see before it answers (what QemuDisk.name gives them) */
+  readonly disks: readonly string[];
+}
+
+export function encodeBegin(request: BeginRequest): Buffer {
+  if (request.seed.length < 32 || request.seed.length > 256) throw new VmError(`a begin message carries 32 to 256 bytes of seed, not ${request.seed.length}`);
+  const head = Buffer.alloc(14);
+  head.writeBigUInt64BE(BigInt(Math.floor(request.clockMs)), 0);
+  head.writeUInt16BE(request.seed.length, 8);
+  head.writeUInt32BE(request.disks.length, 10);
+  return Buffer.concat([head, request.seed, cstrings(request.disks)]);
 }
 
 export function encodeWindowSize(rows: number, cols: number): Buffer {

@@ -1,7 +1,11 @@
 // A typed QEMU command line for the build VM. Every option says why it is there; nothing else is
 // passed. The launcher itself (spawn, deadlines, cleanup) is in vm.ts.
+import { existsSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { delimiter, join } from 'node:path';
 import { execa } from 'execa';
 import { MissingToolError, VmError } from '../errors.js';
+import { memoized } from './file-memo.js';
 import { type ArchitectureRow, type MachineRow, archEnv } from './architectures.js';
 
 export type Accel = 'kvm' | 'tcg';
@@ -11,10 +15,23 @@ export type Machine = string;
 export interface QemuDisk {
   readonly path: string;
   readonly readOnly: boolean;
-  /** the virtio-blk serial the guest sees in /sys/block/vdX/serial (at most 20 bytes) */
-  readonly serial: string;
+  /** what the guest finds it by: the SCSI product it reports, in /sys/block/sdX/device/model (DISK_NAME) */
+  readonly name: string;
   /** raw: the file is the disk; vmdk: the file is a descriptor of files end to end (disks.ts) */
   readonly format: 'raw' | 'vmdk';
+}
+
+/** A disk's name: what fits the SCSI product field (16 bytes) and reads back the same from sysfs. */
+export const DISK_NAME = /^[A-Za-z0-9_.@+-]{1,16}$/;
+
+/**
+ * A guest saved to or restored from a snapshot (snapshot.ts): its RAM is a file, mapped shared while it
+ * boots and is saved (the file then is the snapshot's memory), privately when restored (each restored
+ * VM writes into copies of the pages it touches; the file stays as it was).
+ */
+export interface SnapshotMemory {
+  readonly path: string;
+  readonly role: 'save' | 'restore';
 }
 
 export type AgentChannel =
@@ -36,6 +53,10 @@ export interface QemuConfig {
   /** with network: passt's socket (network.ts, the host's loopback closed); absent: QEMU's user networking */
   readonly networkSocket?: string;
   readonly agent: AgentChannel;
+  /** the unix socket (ours, listening) QEMU connects its QMP monitor to: disks are attached through it */
+  readonly qmpSocketPath: string;
+  /** set when the VM is saved as a snapshot or restored from one */
+  readonly snapshot?: SnapshotMemory;
   /** appended to the kernel command line as is */
   readonly extraCmdline?: string;
   /** the host's TSC rate, when known (hostTscKhz()) */
@@ -60,7 +81,7 @@ export function machineRow(architecture: ArchitectureRow, machine: Machine): Mac
 }
 
 /** The virtio device model name for this machine: -device (virtio-mmio) or -pci. */
-function virtio(config: QemuConfig, kind: 'blk' | 'serial' | 'net' | 'vhost-vsock'): string {
+function virtio(config: QemuConfig, kind: 'scsi' | 'serial' | 'net' | 'vhost-vsock'): string {
   const base = kind === 'vhost-vsock' ? 'vhost-vsock' : `virtio-${kind}`;
   return machineRow(config.architecture, config.machine).virtio === 'mmio' ? `${base}-device` : `${base}-pci`;
 }
@@ -73,7 +94,7 @@ export function kernelCmdline(config: QemuConfig): string {
     'loglevel=3', // ...but errors still show up in consoleTail when a boot fails
     'panic=-1', // reboot at once on panic; with -no-reboot QEMU then exits and we notice
     'mitigations=off', // nothing in this one-tenant guest to protect from itself; spares TCG the overhead
-    'random.trust_cpu=on', // do not wait for entropy: seed from the CPU's RNG where it has one (RDRAND under TCG's -cpu max)
+    'random.trust_cpu=on', // do not wait for entropy: seed from the CPU's RNG where it has one (RDRAND in amd64's TCG CPU, RNDR in arm64's)
     'cryptomgr.notests', // skip the crypto self-tests: 0.4 s of emulated SHA and AES at every boot under TCG
     // no zeroing of every page at allocation (Debian's kernels turn it on): hardening this one-tenant guest
     // does not need, and under TCG it is emulated work on every page a script writes (a 300 MB dd into the
@@ -82,8 +103,12 @@ export function kernelCmdline(config: QemuConfig): string {
     ...config.architecture.cmdline, // the architecture's own (architectures.ts)
     `dockvm.transport=${config.agent.transport}`, // tells the agent which channel to open
     // the module groups init loads: the machine's virtio bus, the agent channel, loop devices (through
-    // which the guest reads each file of a disk of several at its offset), the network driver
-    `dockvm.load=${[machineRow(config.architecture, config.machine).virtio, config.agent.transport, ...(config.disks.some((d) => d.format === 'vmdk') ? ['loop'] : []), ...(config.network ? ['net'] : [])].join(',')}`,
+    // which the guest reads each file of a disk of several at its offset: a snapshot cannot know whether
+    // a build restored from it will have one), the network driver
+    `dockvm.load=${[machineRow(config.architecture, config.machine).virtio, config.agent.transport, ...(config.snapshot || config.disks.some((d) => d.format === 'vmdk') ? ['loop'] : []), ...(config.network ? ['net'] : [])].join(',')}`,
+    // no scan of the SCSI bus at boot (256 targets probed one by one under emulation): the host attaches
+    // each disk at a LUN of its own and the hotplug event adds exactly that one (scsiDiskDevice)
+    'scsi_mod.scan=none',
   ];
   // TCG's TSC is the host's: tell an x86 guest its rate when the host knows it exactly (architectures.ts, tscFromHost).
   if (config.architecture.tscFromHost && config.accel === 'tcg' && config.hostTscKhz !== undefined) flags.push(`tsc_early_khz=${config.hostTscKhz}`);
@@ -102,11 +127,21 @@ export function qemuArgs(config: QemuConfig): string[] {
   // seccomp: QEMU may not spawn processes, gain privileges, use obsolete syscalls or change resource limits
   add('-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny');
   const machine = machineRow(config.architecture, config.machine);
-  add('-M', machine.qemu, ...machine.extraArgs); // the architecture's machine (architectures.ts says why each)
+  // the architecture's machine (architectures.ts says why each); a snapshot's RAM is the backend named
+  // "ram" (below) instead of anonymous memory
+  add('-M', `${machine.qemu}${config.snapshot ? ',memory-backend=ram' : ''}`, ...machine.extraArgs);
   // kvm: hardware virtualisation, the host CPU's features as they are; tcg: pure emulation, with the
   // CPU model the row chose by measurement
   add('-accel', config.accel, '-cpu', config.architecture.cpu[config.accel]);
   add('-m', String(config.memoryMiB)); // guest RAM, MiB (the build's buildVMMemorySize)
+  if (config.snapshot) {
+    // share=on while saving: the guest's RAM is written into the file, which becomes the snapshot's
+    // memory (migration then skips it: x-ignore-shared). share=off when restoring: the file is mapped
+    // privately, its pages read in as the guest touches them, and what the guest writes stays in this
+    // QEMU. That is what makes a restore cheap: no copy of the RAM, in or out.
+    const share = config.snapshot.role === 'save' ? 'on' : 'off';
+    add('-object', `memory-backend-file,id=ram,size=${config.memoryMiB}M,mem-path=${config.snapshot.path.replace(/,/g, ',,')},share=${share}`);
+  }
   add('-smp', String(config.cpus));
   add('-no-reboot'); // a guest reboot (shutdown or panic) ends QEMU instead of booting again
   add('-display', 'none'); // no window; unlike -nographic it leaves stdio alone
@@ -115,15 +150,14 @@ export function qemuArgs(config: QemuConfig): string[] {
   add('-chardev', 'stdio,id=console,signal=off', '-serial', 'chardev:console');
   add('-kernel', config.kernel, '-initrd', config.initrd, '-append', kernelCmdline(config));
 
-  config.disks.forEach((disk, i) => {
-    // raw images, or a VMDK descriptor of files end to end (read-only); cache=unsafe for writable disks:
-    // a throwaway VM needs no flushes to survive a host crash, and the data is in the file once QEMU
-    // exits. Read-only ones are opened read-only.
-    const drive = [`file=${disk.path.replace(/,/g, ',,')}`, 'if=none', `id=disk${i}`, `format=${disk.format}`];
-    drive.push(disk.readOnly ? 'readonly=on' : 'cache=unsafe');
-    add('-drive', drive.join(','));
-    add('-device', `${virtio(config, 'blk')},drive=disk${i},serial=${disk.serial}`);
-  });
+  // QMP, on our socket: how disks are attached once the guest runs, and how snapshots are saved and loaded
+  add('-chardev', `socket,id=qmp,path=${config.qmpSocketPath.replace(/,/g, ',,')}`, '-mon', 'chardev=qmp,mode=control');
+  if (config.snapshot?.role === 'restore') add('-incoming', 'defer'); // the state comes through QMP (migrate-incoming)
+
+  // Disks are LUNs of one virtio-scsi controller, hot-added once the guest runs (blockdevOptions,
+  // scsiDiskDevice): a guest restored from a snapshot has no disks of its own, and the same way serves a
+  // booted one. A controller takes any number of them, where microvm has 24 virtio transports in all.
+  add('-device', `${virtio(config, 'scsi')},id=scsi`);
 
   if (config.agent.transport === 'serial') {
     // the agent's channel: a virtio-serial port named for the agent, backed by our unix socket (QEMU connects)
@@ -143,6 +177,55 @@ export function qemuArgs(config: QemuConfig): string[] {
   return args;
 }
 
+/**
+ * The QMP blockdev-add arguments of disk `i`'s backend: a raw image, or a VMDK descriptor of files end
+ * to end (read-only); writable ones without flushes (cache=unsafe): a throwaway VM needs none to survive
+ * a host crash, and the data is in the file once QEMU exits. Opened over QMP, like the device, so that
+ * a disk QEMU cannot open is an error about that disk, never one about starting QEMU.
+ */
+export function blockdevOptions(disk: QemuDisk, i: number): Record<string, unknown> {
+  if (!DISK_NAME.test(disk.name)) throw new VmError(`cannot attach ${disk.path} as ${JSON.stringify(disk.name)}: a disk's name is 1 to 16 letters, digits or _.@+-`);
+  return {
+    driver: disk.format,
+    'node-name': `disk${i}`,
+    'read-only': disk.readOnly,
+    ...(disk.readOnly ? {} : { cache: { 'no-flush': true } }),
+    file: { driver: 'file', filename: disk.path },
+  };
+}
+
+/**
+ * The QMP device_add arguments that attach disk `i` (its blockdevOptions) to the guest: a SCSI disk at LUN i+1
+ * of target 0 (the kernel adds a LUN other than 0 directly, where LUN 0 would start a scan of the
+ * target), reporting the disk's name as its product for the guest to find it by.
+ */
+export function scsiDiskDevice(disk: QemuDisk, i: number): Record<string, unknown> {
+  return { driver: 'scsi-hd', id: `disk${i}`, bus: 'scsi.0', channel: 0, 'scsi-id': 0, lun: i + 1, drive: `disk${i}`, product: disk.name };
+}
+
+/**
+ * `path --version`'s version, remembered while the binary is unchanged (file-memo.ts) when it is QEMU
+ * itself, an ELF file: a wrapper script may run another QEMU each time.
+ */
+async function qemuVersion(path: string, env: NodeJS.ProcessEnv): Promise<string> {
+  const ask = async () => /version (\S+)/.exec((await execa(path, ['--version'], { env, stdin: 'ignore' })).stdout)?.[1] ?? 'unknown';
+  const resolved = path.includes('/') ? path : (env.PATH ?? '').split(delimiter).map((dir) => join(dir, path)).find((candidate) => existsSync(candidate));
+  const head = resolved === undefined ? undefined : await firstBytes(resolved, 4);
+  if (resolved === undefined || !head?.equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]))) return ask();
+  return memoized('qemu-version', [resolved], async () => ({ value: await ask(), files: [resolved] }), { env });
+}
+
+async function firstBytes(path: string, count: number): Promise<Buffer | undefined> {
+  const file = await open(path, 'r').catch(() => undefined);
+  if (!file) return undefined;
+  try {
+    const { buffer, bytesRead } = await file.read(Buffer.alloc(count), 0, count, 0);
+    return buffer.subarray(0, bytesRead);
+  } finally {
+    await file.close();
+  }
+}
+
 export interface QemuBinary {
   readonly path: string;
   /** e.g. "7.2.22" */
@@ -158,8 +241,8 @@ export function findQemu(architecture: ArchitectureRow, env: NodeJS.ProcessEnv =
   const known = env === process.env ? found.get(architecture.architecture) : undefined;
   if (known) return known;
   const { package: pkg } = architecture.qemu;
-  const probe = execa(path, ['--version'], { env, stdin: 'ignore' }).then(
-    ({ stdout }) => ({ path, version: /version (\S+)/.exec(stdout)?.[1] ?? 'unknown' }),
+  const probe = qemuVersion(path, env).then(
+    (version) => ({ path, version }),
     (err: unknown) => {
       throw new MissingToolError(
         `cannot run ${path}, which ${architecture.architecture} build VMs need: install ${pkg} (apt-get install ${pkg}) or set ${variable}`,

@@ -1,25 +1,32 @@
-// Boot a throwaway build VM and talk to its agent. Every boot has a deadline; a VM that misses it, or
-// whose QEMU dies, becomes a VmError carrying the last lines of the guest console. QEMU and the VM's
-// temp dir (agent socket) are gone when the VM is shut down, when it fails, and when dockvm exits.
+// Start a throwaway build VM and talk to its agent. A VM is restored from a snapshot of a booted, idle
+// guest when there is one for its settings (snapshot.ts), and booted otherwise; the first boot for a
+// setting is saved as that snapshot. Either way its disks are attached once the guest runs, and the
+// guest is told the time and a fresh random seed (the agent's begin). Every start has a deadline; a VM
+// that misses it, or whose QEMU dies, becomes a VmError carrying the last lines of the guest console.
+// QEMU and the VM's temp dir (sockets) are gone when the VM is shut down, when it fails, and when dockvm
+// exits.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { randomInt } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { randomBytes, randomInt } from 'node:crypto';
+import { createWriteStream, readFileSync } from 'node:fs';
+import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { type Server, type Socket, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Duplex } from 'node:stream';
+import { finished } from 'node:stream/promises';
 import { killOnExit, removeOnExit } from '../cleanup.js';
-import { VmError } from '../errors.js';
-import { chooseAccel, deviceUsable } from './accel.js';
-import { bootImage } from './boot-image.js';
+import { type ErrorContext, VmError } from '../errors.js';
+import { chooseAccel, deviceUsable, hostFacts } from './accel.js';
+import { type BootImage, bootImage } from './boot-image.js';
 import { ensureAgent } from './agent-binary.js';
 import { AgentClient, type ExecOptions, type ExecResult, type RunningCommand } from './agent-client.js';
 import { type VmDisk, vmdkDescriptor } from './disks.js';
-import { ensureInitramfs } from './initramfs.js';
+import { type Initramfs, ensureInitramfs } from './initramfs.js';
 import { type GuestKernel, resolveKernel } from './kernel.js';
 import { PROTOCOL_VERSION, type Hello } from './protocol.js';
-import { type Accel, type AgentChannel, type Machine, findQemu, hostTscKhz, machineRow, qemuArgs } from './qemu.js';
+import { Qmp, type QmpEvent } from './qmp.js';
+import { type Accel, type AgentChannel, type Machine, type QemuBinary, type QemuConfig, type QemuDisk, blockdevOptions, findQemu, hostTscKhz, machineRow, qemuArgs, scsiDiskDevice } from './qemu.js';
+import { type SnapshotFiles, draftSnapshot, findSnapshot, refuseSnapshot, removeSnapshot, snapshotKey } from './snapshot.js';
 import { type Architecture, type ArchitectureRow, ARCHITECTURES, archEnv, defaultArchitecture, hostRow } from './architectures.js';
 import { requireGuestPieces } from './guest-platform.js';
 import { type NetworkBackend, networkBackend, startPasst } from './network.js';
@@ -33,7 +40,7 @@ export interface VmOptions {
   readonly memoryMiB?: number;
   /** virtual CPUs (default 1: under TCG a second vCPU slows the boot on a small host) */
   readonly cpus?: number;
-  /** virtio-blk disks (the guest finds them by serial) */
+  /** disks, attached once the guest runs (the guest finds them by name) */
   readonly disks?: readonly VmDisk[];
   /** user-mode networking with DNS, through passt (network.ts; default false: no network) */
   readonly network?: boolean;
@@ -50,8 +57,10 @@ export interface VmOptions {
   /** default: DOCKVM_TRANSPORT, else vsock when /dev/vhost-vsock is usable, else serial */
   readonly transport?: Transport;
   readonly env?: NodeJS.ProcessEnv;
-  /** one-line notices (the KVM fallback); default: stderr */
+  /** one-line notices (the KVM fallback, a snapshot made or not used); default: stderr */
   readonly onNotice?: (line: string) => void;
+  /** restore from a snapshot (made on first use) instead of booting; default: DOCKVM_SNAPSHOTS, else on */
+  readonly snapshots?: boolean;
 }
 
 /** Everything a boot needs, resolved. */
@@ -77,7 +86,17 @@ export interface BootPlan {
   readonly extraCmdline?: string;
 }
 
+/** How a VM comes to run: booted (and maybe saved as a snapshot before any build touches it), or restored. */
+export type VmStart =
+  | { readonly kind: 'boot' }
+  | { readonly kind: 'save'; readonly memory: string }
+  | { readonly kind: 'restore'; readonly snapshot: SnapshotFiles };
+
 const CONSOLE_KEEP = 64 * 1024;
+/** A restore that takes longer than this went wrong (a normal one takes well under a second under TCG). */
+const RESTORE_TIMEOUT_MS = 15_000;
+/** Bytes of seed the guest's RNG is reseeded with at every start */
+const SEED_BYTES = 64;
 const VSOCK_PORT = 1024;
 /** how long a VM gets to power off after the agent acknowledged shutdown before it is killed */
 const SHUTDOWN_GRACE_MS = 5000;
@@ -114,7 +133,17 @@ async function bridgeFor(transport: Transport, env: NodeJS.ProcessEnv): Promise<
   return (await ensureAgent(host, env)).path;
 }
 
-/** Boot a VM: kernel and initramfs resolved (fetched/built when missing), accel chosen, agent ready. */
+function chooseSnapshots(env: NodeJS.ProcessEnv): boolean {
+  const forced = env.DOCKVM_SNAPSHOTS;
+  if (forced === undefined || forced === '' || forced === 'on') return true;
+  if (forced === 'off') return false;
+  throw new VmError(`DOCKVM_SNAPSHOTS=${forced} is not one of on, off`);
+}
+
+/**
+ * Start a VM: kernel and initramfs resolved (fetched/built when missing), accel chosen, restored from a
+ * snapshot or booted, disks attached, agent ready.
+ */
 export async function startVm(options: VmOptions = {}): Promise<Vm> {
   const env = options.env ?? process.env;
   const architecture = ARCHITECTURES[options.kernel?.architecture ?? options.architecture ?? defaultArchitecture().architecture];
@@ -146,7 +175,7 @@ export async function startVm(options: VmOptions = {}): Promise<Vm> {
         boot: (plan) => bootVm({ ...base, ...plan }),
       })
     ).accel;
-  return bootVm({
+  const plan: BootPlan = {
     ...base,
     accel,
     memoryMiB: options.memoryMiB ?? 512,
@@ -157,7 +186,12 @@ export async function startVm(options: VmOptions = {}): Promise<Vm> {
     timeoutMs: options.timeoutMs ?? bootTimeoutFromEnv(env) ?? (accel === 'kvm' ? 10_000 : 30_000),
     signal: options.signal,
     extraCmdline: env.DOCKVM_KERNEL_ARGS || undefined,
-  });
+  };
+  // The agent's vsock connection does not outlive a restore (the guest's vsock transport is reset), so
+  // only the serial channel restores; and only on a machine whose row says it can (architectures.ts).
+  if (!(options.snapshots ?? chooseSnapshots(env)) || transport !== 'serial' || !machineRow(architecture, machine).snapshots) return bootVm(plan);
+  const notice = options.onNotice ?? ((line: string) => process.stderr.write(`${line}\n`));
+  return startFromSnapshot(plan, { qemu, image, initramfs, env, notice });
 }
 
 /**
@@ -172,13 +206,18 @@ function bootTimeoutFromEnv(env: NodeJS.ProcessEnv): number | undefined {
   return seconds * 1000;
 }
 
-/** Boot exactly what `plan` says (no resolution, no probing). */
-export async function bootVm(plan: BootPlan): Promise<Vm> {
+/** Boot exactly what `plan` says (no resolution, no probing, no snapshot). */
+export function bootVm(plan: BootPlan): Promise<Vm> {
+  return launchVm(plan, { kind: 'boot' });
+}
+
+/** Start a VM as `start` says: booted, booted to be saved, or restored from a snapshot. */
+export async function launchVm(plan: BootPlan, start: VmStart): Promise<Vm> {
   plan.signal?.throwIfAborted();
   const tempDir = await mkdtemp(join(tmpdir(), 'dockvm-vm-'));
   const vm = new Vm(plan, tempDir);
   try {
-    await vm.boot();
+    await vm.start(start);
     return vm;
   } catch (err) {
     await vm.kill();
@@ -186,20 +225,128 @@ export async function bootVm(plan: BootPlan): Promise<Vm> {
   }
 }
 
+interface SnapshotContext {
+  readonly qemu: QemuBinary;
+  readonly image: BootImage;
+  readonly initramfs: Initramfs;
+  readonly env: NodeJS.ProcessEnv;
+  readonly notice: (line: string) => void;
+}
+
+/** The key of the snapshot `plan` restores from: its QEMU arguments, with per-run paths left out. */
+export function planSnapshotKey(plan: BootPlan, context: Pick<SnapshotContext, 'qemu' | 'image' | 'initramfs'>, host = plan.accel === 'kvm' ? hostFacts().cpu : undefined): string {
+  const args = qemuArgs(qemuConfig({ ...plan, disks: [] }, [], { transport: 'serial', socketPath: '<agent>' }, '<qmp>', { path: '<memory>', role: 'save' }, usesPasst(plan) ? '<passt>' : undefined));
+  return snapshotKey({ qemuVersion: context.qemu.version, args, kernelDigest: context.image.kernelDigest, initramfsHash: context.initramfs.hash, ...(host ? { hostCpu: host } : {}) });
+}
+
+/**
+ * Restore `plan` from its snapshot. None yet, or one that fails its checks: boot, save that guest before
+ * it saw anything of a build, and restore from what was saved (so the first run costs a save and a
+ * restore more than a boot, well under a second, instead of a second boot). One that QEMU refuses: boot,
+ * and remember not to try again for these settings.
+ */
+async function startFromSnapshot(plan: BootPlan, context: SnapshotContext): Promise<Vm> {
+  const { env, notice } = context;
+  const key = planSnapshotKey(plan, context);
+  const found = await findSnapshot(key, plan.memoryMiB, env);
+  if (found.kind === 'ready') return restoreOrBoot(plan, found.snapshot, key, context, 'the saved VM');
+  if (found.kind === 'refused') {
+    notice(`dockvm: booting the VM: QEMU refused its snapshot before (${found.reason}); remove ${found.marker} to try again`);
+    return bootVm(plan);
+  }
+  if (found.kind === 'unusable') {
+    notice(`dockvm: the VM's snapshot ${found.dir} is not usable (${found.reason}); booting and saving a new one`);
+    await removeSnapshot(found.dir);
+  } else {
+    notice('dockvm: no snapshot of the VM for these settings yet: booting and saving one (once), later runs restore it');
+  }
+  const draft = await draftSnapshot(env);
+  try {
+    const template = await launchVm({ ...plan, disks: [] }, { kind: 'save', memory: draft.memory });
+    try {
+      await template.save(draft.state);
+    } catch (err) {
+      if (plan.signal?.aborted) throw err;
+      return await refuseAndBoot(plan, key, context, 'QEMU could not save the VM', err);
+    }
+    const vm = await restoreOrBoot(plan, draft, key, context, 'the VM just saved');
+    if (vm.restored) await draft.commit(key, plan.memoryMiB); // the restored QEMU holds the files: renaming them is safe
+    return vm;
+  } finally {
+    await draft.discard();
+  }
+}
+
+async function restoreOrBoot(plan: BootPlan, snapshot: SnapshotFiles, key: string, context: SnapshotContext, what: string): Promise<Vm> {
+  try {
+    return await launchVm({ ...plan, timeoutMs: Math.min(plan.timeoutMs, RESTORE_TIMEOUT_MS) }, { kind: 'restore', snapshot });
+  } catch (err) {
+    if (plan.signal?.aborted || !(err instanceof RestoreFailed)) throw err;
+    if (err.refused) return refuseAndBoot(plan, key, context, `QEMU could not restore ${what}`, err);
+    // The guest crashed or did not answer in time: a damaged memory file, or a host too busy. Either way
+    // a later run saves a new one.
+    await removeSnapshot(snapshot.dir);
+    context.notice(`dockvm: the VM restored from its snapshot did not answer (${reason(err)}); booting instead, and the snapshot will be saved again`);
+    return bootVm(plan);
+  }
+}
+
+/** An error's message for a one-line notice: without the console tail. */
+function reason(err: unknown): string {
+  return err instanceof Error ? err.message.replace(/; guest console.*$/s, '').slice(0, 300) : String(err);
+}
+
+/** Remember that snapshots fail for these settings, say so, and boot. */
+async function refuseAndBoot(plan: BootPlan, key: string, context: SnapshotContext, what: string, err: unknown): Promise<Vm> {
+  const marker = await refuseSnapshot(key, reason(err), context.env);
+  context.notice(`dockvm: ${what} (${reason(err)}); booting instead (${marker} says so for later runs)`);
+  return bootVm(plan);
+}
+
+/** The QemuConfig of a plan, with its disks, agent channel and QMP socket. */
+/** With a network, the guest's NIC goes through a passt of its own unless QEMU's user networking was asked for. */
+function usesPasst(plan: BootPlan): boolean {
+  return plan.network && (plan.networkBackend ?? 'passt') === 'passt';
+}
+
+function qemuConfig(plan: BootPlan, disks: readonly QemuDisk[], agent: AgentChannel, qmpSocketPath: string, snapshot?: QemuConfig['snapshot'], networkSocket?: string): QemuConfig {
+  return {
+    architecture: plan.architecture,
+    accel: plan.accel,
+    machine: plan.machine,
+    memoryMiB: plan.memoryMiB,
+    cpus: plan.cpus,
+    kernel: plan.kernel,
+    initrd: plan.initrd,
+    disks,
+    network: plan.network,
+    agent,
+    qmpSocketPath,
+    ...(networkSocket !== undefined ? { networkSocket } : {}),
+    ...(snapshot ? { snapshot } : {}),
+    ...(plan.extraCmdline ? { extraCmdline: plan.extraCmdline } : {}),
+    ...(hostTsc() !== undefined ? { hostTscKhz: hostTsc()! } : {}),
+  };
+}
+
 export class Vm {
   readonly architecture: ArchitectureRow;
   readonly accel: Accel;
   readonly transport: Transport;
   readonly machine: Machine;
-  /** the agent's hello, once booted */
+  /** the agent's hello, once started */
   hello: Hello | undefined;
-  /** milliseconds from spawning QEMU to the agent's hello */
+  /** milliseconds from spawning QEMU to the agent's being ready (booted or restored, disks attached) */
   bootMs = 0;
+  /** restored from a snapshot, rather than booted */
+  restored = false;
 
   private qemu: ChildProcess | undefined;
   private bridge: ChildProcess | undefined;
   private passt: ChildProcess | undefined;
   private server: Server | undefined;
+  private qmpServer: Server | undefined;
+  private qmp: Qmp | undefined;
   private client: AgentClient | undefined;
   private console: Buffer[] = [];
   private consoleBytes = 0;
@@ -236,49 +383,65 @@ export class Vm {
     return child && child.exitCode === null && child.signalCode === null ? child.pid : undefined;
   }
 
+  /** A unix socket in the VM's temp dir that QEMU connects to; resolves with the first connection. */
+  private async listen(name: string): Promise<{ path: string; server: Server; connected: Promise<Socket> }> {
+    const path = join(this.tempDir, name);
+    const server = createServer();
+    const connected = new Promise<Socket>((resolve) =>
+      server.once('connection', (socket: Socket) => {
+        server.close(); // one VM, one connection
+        resolve(socket);
+      }),
+    );
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(path, () => resolve());
+    });
+    return { path, server, connected };
+  }
+
   /** @internal */
-  async boot(): Promise<void> {
+  async start(start: VmStart): Promise<void> {
     const plan = this.plan;
     let channel: AgentChannel;
     let connected: Promise<Duplex>;
     if (plan.transport === 'serial') {
-      const socketPath = join(this.tempDir, 'agent.sock');
-      channel = { transport: 'serial', socketPath };
-      const server = createServer();
-      this.server = server;
-      connected = new Promise<Duplex>((resolve) => server.once('connection', (socket: Socket) => {
-        server.close(); // one VM, one connection
-        resolve(socket);
-      }));
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(socketPath, () => resolve());
-      });
+      const agent = await this.listen('agent.sock');
+      this.server = agent.server;
+      channel = { transport: 'serial', socketPath: agent.path };
+      connected = agent.connected;
     } else {
       // a random CID: two VMs at once (also from two dockvm processes) must not share one
       channel = { transport: 'vsock', cid: randomInt(3, 0x7fffffff) };
       connected = Promise.resolve(undefined as unknown as Duplex);
     }
+    const control = await this.listen('qmp.sock');
+    this.qmpServer = control.server;
 
     const disks = await Promise.all(
-      plan.disks.map(async (disk, i) => {
-        const serial = (disk.name ?? `disk${i}`).slice(0, 20);
-        if (disk.parts === undefined) return { path: disk.path, readOnly: disk.readOnly ?? false, serial, format: 'raw' as const };
+      plan.disks.map(async (disk, i): Promise<QemuDisk> => {
+        const name = disk.name ?? `disk${i}`;
+        if (disk.parts === undefined) return { path: disk.path, readOnly: disk.readOnly ?? false, name, format: 'raw' };
         const descriptor = join(this.tempDir, `disk${i}.vmdk`);
         await writeFile(descriptor, vmdkDescriptor(disk.parts));
-        return { path: descriptor, readOnly: true, serial, format: 'vmdk' as const };
+        return { path: descriptor, readOnly: true, name, format: 'vmdk' };
       }),
     );
     let networkSocket: string | undefined;
-    if (plan.network && (plan.networkBackend ?? 'passt') === 'passt') {
+    if (usesPasst(plan)) {
       const passt = await startPasst(this.tempDir, (chunk) => (this.qemuStderr = (this.qemuStderr + chunk.toString()).slice(-4096)));
       this.passt = passt.process;
       networkSocket = passt.socketPath;
     }
-    const args = qemuArgs({ ...plan, disks, agent: channel, networkSocket, hostTscKhz: hostTsc(), extraCmdline: plan.extraCmdline });
+    const snapshot = start.kind === 'save' ? { path: start.memory, role: 'save' as const } : start.kind === 'restore' ? { path: start.snapshot.memory, role: 'restore' as const } : undefined;
+    const args = qemuArgs(qemuConfig(plan, disks, channel, control.path, snapshot, networkSocket));
+    // a restore reads the saved device state from fd 3 (migrate-incoming fd:3): nothing to spawn, which
+    // the sandbox forbids, and QEMU 7.2 has no file: URI
+    const state = start.kind === 'restore' ? await open(start.snapshot.state, 'r') : undefined;
     const started = Date.now();
     // node's spawn rather than execa: a long-lived child whose exit is an event, not an outcome
-    const qemu = spawn(plan.qemu, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const qemu = spawn(plan.qemu, args, { stdio: ['ignore', 'pipe', 'pipe', ...(state ? [state.fd] : [])] });
+    await state?.close();
     this.qemu = qemu;
     qemu.stdout!.on('data', (chunk: Buffer) => this.keepConsole(chunk));
     qemu.stderr!.on('data', (chunk: Buffer) => (this.qemuStderr = (this.qemuStderr + chunk.toString()).slice(-4096)));
@@ -303,26 +466,61 @@ export class Vm {
       connected = Promise.resolve(Duplex.from({ readable: bridge.stdout!, writable: bridge.stdin! }));
     }
 
+    const what = start.kind === 'restore' ? 'restoring' : 'booting';
+    // What goes wrong in a restore before the guest answers is the snapshot's fault: QEMU refused it (it
+    // exited or the migration failed before the guest ran again), or the guest it gave crashed or never
+    // answered (a damaged memory file, or a host too busy); a disk that cannot be attached is the build's.
+    let resumed = false;
+    const failed = (message: string) => (start.kind === 'restore' ? new RestoreFailed(message, !resumed) : new VmError(message));
     let timer: NodeJS.Timeout | undefined;
     let onAbort: (() => void) | undefined;
     const deadline = new Promise<never>((_, reject) => {
       timer = setTimeout(
-        () => reject(new VmError(`the VM did not reach its agent within ${plan.timeoutMs} ms (${plan.architecture.architecture}, ${plan.accel}, ${plan.machine})${this.consoleSuffix()}`)),
+        () => reject(failed(`the VM did not reach its agent within ${plan.timeoutMs} ms (${what}, ${plan.architecture.architecture}, ${plan.accel}, ${plan.machine})${this.consoleSuffix()}`)),
         plan.timeoutMs,
       );
     });
     const aborted = new Promise<never>((_, reject) => {
-      onAbort = () => reject(new VmError('the VM boot was aborted', { cause: plan.signal?.reason }));
+      onAbort = () => reject(new VmError(`the VM ${start.kind === 'restore' ? 'restore' : 'boot'} was aborted`, { cause: plan.signal?.reason }));
       plan.signal?.addEventListener('abort', onAbort, { once: true });
     });
     const died = this.qemuExited.then(async () => {
-      throw new VmError(`the VM stopped while booting: ${this.describeExit()}`);
+      throw failed(`the VM stopped while ${what}: ${this.describeExit()}`);
     });
+    const agentClient = async (): Promise<AgentClient> => {
+      this.client = new AgentClient(await connected, () => void this.onLinkLost());
+      return this.client;
+    };
+    const ready = async (): Promise<Hello> => {
+      this.qmp = new Qmp(await control.connected);
+      await this.qmp.ready();
+      if (start.kind === 'restore') {
+        try {
+          await this.qmp.execute('migrate-set-capabilities', { capabilities: MIGRATION_CAPABILITIES });
+          await this.qmp.execute('migrate-incoming', { uri: 'fd:3' });
+          await migrationDone(this.qmp, 'loading the snapshot');
+        } catch (err) {
+          throw new RestoreFailed(err instanceof Error ? err.message : String(err), true, { cause: err });
+        }
+        const client = await agentClient();
+        await this.attachDisks(disks); // while the guest is paused: it sees them as it resumes
+        await this.qmp.execute('cont');
+        resumed = true;
+        return this.begin(client, disks);
+      }
+      const client = await agentClient();
+      const hello = await client.hello();
+      // a guest about to be saved gets nothing of a build: no disks, no clock, no seed
+      if (start.kind === 'save') return hello;
+      await this.attachDisks(disks);
+      return this.begin(client, disks);
+    };
     try {
       const hello = await Promise.race([
-        connected.then((link) => {
-          this.client = new AgentClient(link, () => void this.onLinkLost());
-          return this.client.hello();
+        ready().catch(async (err: unknown) => {
+          // a channel that closed because QEMU exited: say that QEMU exited (and why), not that a channel closed
+          if (await Promise.race([this.qemuExited.then(() => true), sleep(1000).then(() => false)])) throw failed(`the VM stopped while ${what}: ${this.describeExit()}`);
+          throw err;
         }),
         deadline,
         aborted,
@@ -333,12 +531,52 @@ export class Vm {
       }
       this.hello = hello;
       this.bootMs = Date.now() - started;
+      this.restored = start.kind === 'restore';
       this.state = 'running';
       if (plan.signal) plan.signal.addEventListener('abort', () => void this.kill(), { once: true });
     } finally {
       clearTimeout(timer);
       if (onAbort) plan.signal?.removeEventListener('abort', onAbort);
       died.catch(() => {});
+    }
+  }
+
+  /** Hot-add the disks: each file opened, then a SCSI LUN (qemu.ts). */
+  private async attachDisks(disks: readonly QemuDisk[]): Promise<void> {
+    for (const [i, disk] of disks.entries()) {
+      await this.qmp!.execute('blockdev-add', blockdevOptions(disk, i));
+      await this.qmp!.execute('device_add', scsiDiskDevice(disk, i));
+    }
+  }
+
+  /** The guest's clock set, its RNG reseeded, and the disks seen (agent begin). */
+  private begin(client: AgentClient, disks: readonly QemuDisk[]): Promise<Hello> {
+    return client.begin({ clockMs: Date.now(), seed: randomBytes(SEED_BYTES), disks: disks.map((disk) => disk.name) });
+  }
+
+  /**
+   * Save this VM, idle, as a snapshot: stop it and write its device state to `statePath` (its RAM is
+   * already in the memory file it was started with); then kill it. Only for a VM started with `save`.
+   */
+  async save(statePath: string): Promise<void> {
+    const qmp = this.qmp;
+    if (this.state !== 'running' || !qmp) throw new VmError(`cannot save the VM: it is ${this.state}`);
+    const stream = await this.listen('migrate.sock');
+    const written = stream.connected.then(async (socket) => {
+      const file = createWriteStream(statePath);
+      socket.pipe(file);
+      await finished(file);
+    });
+    written.catch(() => {}); // awaited below, after the migration's own verdict
+    try {
+      await qmp.execute('stop');
+      await qmp.execute('migrate-set-capabilities', { capabilities: MIGRATION_CAPABILITIES });
+      await qmp.execute('migrate', { uri: `unix:${stream.path}` });
+      await Promise.race([migrationDone(qmp, 'saving the VM'), this.qemuExited.then(() => Promise.reject(new VmError(`the VM stopped while being saved: ${this.describeExit()}`)))]);
+      await written;
+    } finally {
+      stream.server.close();
+      await this.kill();
     }
   }
 
@@ -448,6 +686,8 @@ export class Vm {
   private cleanup(): Promise<void> {
     this.cleaned ??= (async () => {
       this.server?.close();
+      this.qmpServer?.close();
+      this.qmp?.close(new VmError('the VM was stopped'));
       this.bridge?.kill('SIGKILL');
       this.passt?.kill('SIGKILL');
       const qemu = this.qemu;
@@ -462,6 +702,36 @@ export class Vm {
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.shutdown();
+  }
+}
+
+/** A restore that failed because of the snapshot: QEMU refused it, or the guest it gave does not answer. */
+class RestoreFailed extends VmError {
+  constructor(
+    message: string,
+    /** QEMU refused the snapshot (rather than the guest it gave crashing or not answering in time) */
+    readonly refused: boolean,
+    context?: ErrorContext,
+  ) {
+    super(message, context);
+  }
+}
+
+/**
+ * x-ignore-shared: RAM in a shared memory backend is not copied into the stream (the file is the
+ * snapshot's memory). events: MIGRATION events say when it is done.
+ */
+const MIGRATION_CAPABILITIES = [
+  { capability: 'x-ignore-shared', state: true },
+  { capability: 'events', state: true },
+];
+
+async function migrationDone(qmp: Qmp, what: string): Promise<void> {
+  const ended = (event: QmpEvent) => event.event === 'MIGRATION' && ['completed', 'failed', 'cancelled'].includes(String(event.data?.status));
+  const event = await qmp.waitEvent(ended);
+  if (event.data?.status !== 'completed') {
+    const info = (await qmp.execute('query-migrate').catch(() => undefined)) as { 'error-desc'?: string } | undefined;
+    throw new VmError(`${what} failed in QEMU: ${info?.['error-desc'] ?? String(event.data?.status)}`);
   }
 }
 

@@ -74,7 +74,7 @@ test.serial('--timeout stops the VM and says so', async (t) => {
   const run = await runDockvm(['run-as-root', s.spec, '--timeout', '8'], { env: { TMPDIR: s.tmp, ...qemu.env } });
   t.is(run.exitCode, 1);
   t.regex(run.stderr, /the build took longer than --timeout 8 s; the VM was stopped/);
-  t.is(qemu.boots(), 1);
+  t.is(qemu.vms(), 1);
   assertClean(t, s);
   t.deepEqual((await qemuRunning()).filter((line) => line.includes(s.tmp)), []);
 });

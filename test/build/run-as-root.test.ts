@@ -163,11 +163,17 @@ test('the script runs like a Dockerfile RUN: root, cwd /, merged Env, spec env, 
   t.regex(env, /EXTRA=1 PATH=\/usr\/local\/sbin:/);
 });
 
-test('two builds of one spec give byte-identical archives', async (t) => {
+test('two builds of one spec give byte-identical archives, the one in a booted VM and the one in a VM restored from a snapshot', async (t) => {
   const dir = tempDir(t);
   const spec = writeSpec(dir, { output: 'one.tar' });
-  await build(t, spec);
-  await build(t, spec, ['-o', join(dir, 'two.tar')]);
+  const qemu = await qemuCounter(t);
+  await build(t, spec, [], { ...qemu.env, DOCKVM_SNAPSHOTS: 'off' });
+  t.is(qemu.restores(), 0, 'the first build booted its VM');
+  t.is(qemu.saves(), 0);
+  // a snapshot folder of its own: the first start boots, saves, and restores what it saved
+  await build(t, spec, ['-o', join(dir, 'two.tar')], { ...qemu.env, DOCKVM_SNAPSHOT_DIR: join(dir, 'snapshots') });
+  t.is(qemu.restores(), 1, 'the second build ran in a restored VM');
+  t.is(qemu.vms(), 2);
   const digest = (file: string) => createHash('sha256').update(readFileSync(join(dir, file))).digest('hex');
   t.is(digest('one.tar'), digest('two.tar'));
 });
@@ -178,7 +184,7 @@ test('FROM scratch: the bundled shell runs the script and leaves no trace, nor d
   writeFileSync(spec, JSON.stringify({ name: 'scratch-test', runAsRoot: 'mkdir -p /etc && echo hi > /etc/hello && ls / > /etc/root-listing', output: 'out.tar' }));
   const qemu = await qemuCounter(t);
   const result = await build(t, spec, [], qemu.env);
-  t.is(qemu.boots(), 1, 'one VM ran the script');
+  t.is(qemu.vms(), 1, 'one VM ran the script');
   t.is(result.bootedVm, true);
   t.is((result.layers as unknown[]).length, 1);
   const layer = await newLayer(dir, join(dir, 'out.tar'));
@@ -206,7 +212,7 @@ test('without runAsRoot no VM boots; created "now" is not reproducible, the defa
   t.not(a.configDigest, b.configDigest);
   // an OCI layout output: --json names the blobs as written (gzip), as skopeo sees them
   const oci = await build(t, fixed, ['-o', `oci:${join(dir, 'layout')}`], qemu.env);
-  t.is(qemu.boots(), 0, 'five builds, no VM');
+  t.is(qemu.vms(), 0, 'five builds, no VM');
   t.deepEqual([first, second, a, b, oci].map((result) => result.bootedVm), [false, false, false, false, false]);
   const seen = JSON.parse((await execa('skopeo', ['inspect', `oci:${join(dir, 'layout')}`])).stdout) as { Layers: string[] };
   t.deepEqual((oci.layers as { digest: string }[]).map((l) => l.digest), seen.Layers);

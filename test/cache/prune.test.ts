@@ -1,10 +1,10 @@
 // dockvm cache prune: drops the least recently used of what dockvm makes again (build cache entries with
-// their layers, squashfs images, layer tars, push's gzip notes) until the rest fits --max-size; a hit makes
+// their layers, squashfs images, layer tars, push's gzip notes, VM snapshots) until the rest fits --max-size; a hit makes
 // an entry recent; --all drops everything prunable; the kernel, initramfs, agent and KVM verdict stay.
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, stat, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, open, rm, stat, truncate, utimes, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { LocalStore } from '../../src/cache/local-store.js';
 import { sha256 } from '../../src/image/digest.js';
@@ -114,4 +114,41 @@ test('bad sizes and flags: exit 2, one line naming the flag', async (t) => {
   const env = await prune(cache, [], { DOCKVM_CACHE_MAX_SIZE: 'big' });
   t.is(env.exitCode, 1);
   t.is(env.stderr, 'dockvm: DOCKVM_CACHE_MAX_SIZE="big" is not a size: write e.g. 10G, 500M or a number of bytes\n');
+});
+
+/** A snapshot directory as src/vm/snapshot.ts leaves it: a sparse memory file with `written` bytes in it. */
+async function snapshot(dir: string, written: number, ageMs: number): Promise<string> {
+  await mkdir(dir, { recursive: true });
+  await writeFile(join(dir, 'memory'), '');
+  await truncate(join(dir, 'memory'), 256 * 1024 * 1024);
+  const memory = await open(join(dir, 'memory'), 'r+');
+  await memory.write(randomBytes(written), 0, written, 0);
+  await memory.close();
+  await file(join(dir, 'state'), 60_000, ageMs);
+  await file(join(dir, 'snapshot.json'), 200, ageMs);
+  await age(join(dir, 'memory'), ageMs);
+  return dir;
+}
+
+test('VM snapshots: by the space they take (their memory is sparse), least recently used first; a crashed draft goes; refusal markers stay until --all', async (t) => {
+  const cache = join(await tempDir(t), 'cache');
+  const old = await snapshot(join(cache, 'snapshots', 'a'.repeat(32)), 1_000_000, 5 * HOUR);
+  const recent = await snapshot(join(cache, 'snapshots', 'b'.repeat(32)), 1_000_000, 2 * HOUR);
+  const draft = await snapshot(join(cache, 'snapshots', '.draft-0123456789ab.tmp'), 100_000, 3 * HOUR);
+  await rm(join(draft, 'snapshot.json'));
+  for (const dir of [old, recent, draft]) await age(dir, 3 * HOUR);
+  const marker = await file(join(cache, 'snapshots', `${'c'.repeat(32)}.refused`), 40, 6 * HOUR);
+  const taken = async (dir: string) => (await Promise.all(['memory', 'state', 'snapshot.json'].map(async (name) => (await stat(join(dir, name))).blocks * 512))).reduce((a, b) => a + b, 0);
+  const [oldBytes, recentBytes] = [await taken(old), await taken(recent)];
+  t.true(oldBytes < 2_000_000, 'a sparse memory file counts by what it holds');
+
+  const run = await prune(cache, ['--max-size', String(recentBytes + 40), '--json']);
+  t.is(run.exitCode, 0, run.stderr);
+  t.like(JSON.parse(run.stdout).areas.find((area: { area: string }) => area.area === 'snapshots'), { removed: 2, keptBytes: recentBytes + 40 });
+  t.false(existsSync(old), 'the least recently used snapshot');
+  t.false(existsSync(draft), 'a draft left by a crash');
+  t.true(existsSync(recent) && existsSync(marker));
+
+  t.is((await prune(cache, ['--all'])).exitCode, 0);
+  t.false(existsSync(recent) || existsSync(marker));
 });

@@ -52,26 +52,26 @@ test.serial('an unchanged spec boots no VM and writes the same bytes; --no-cache
   };
 
   const cold = await build('cold.tar', ['--cache-to', repo]);
-  t.is(qemu.boots(), 1, 'the first build boots');
+  t.is(qemu.vms(), 1, 'the first build boots');
   t.like(cold.result.cache, { hit: null });
   const key = cold.result.cache!.key;
   t.regex(key, /^sha256:[0-9a-f]{64}$/);
 
   const hit = await build('hit.tar', []);
-  t.is(qemu.boots(), 1, 'an unchanged spec boots no VM');
+  t.is(qemu.vms(), 1, 'an unchanged spec boots no VM');
   t.deepEqual(hit.result.cache, { key, hit: 'local' });
   t.true(hit.bytes.equals(cold.bytes), 'the same archive bytes');
   t.log(`cold build ${cold.seconds.toFixed(2)} s, unchanged rebuild ${hit.seconds.toFixed(2)} s (${(hit.seconds / cold.seconds).toFixed(3)} of cold)`);
 
   const noCache = await build('no-cache.tar', ['--no-cache']);
-  t.is(qemu.boots(), 2, '--no-cache boots');
+  t.is(qemu.vms(), 2, '--no-cache boots');
   t.deepEqual(noCache.result.cache, { key, hit: null });
   t.true(noCache.bytes.equals(cold.bytes), '--no-cache: the same archive bytes');
 
   // Another machine: an empty local cache, the registry the first one pushed to.
   const machineB = join(dir, 'cache-b');
   const fetched = await build('fetched.tar', ['--cache-from', repo], machineB);
-  t.is(qemu.boots(), 2, '--cache-from: no VM boot');
+  t.is(qemu.vms(), 2, '--cache-from: no VM boot');
   t.deepEqual(fetched.result.cache, { key, hit: repo });
   t.true(fetched.bytes.equals(cold.bytes), '--cache-from: the same archive bytes');
   t.regex(fetched.stderr, /layer from the build cache in docker:\/\/.*: no VM booted|^$/);
@@ -86,7 +86,7 @@ test.serial('an unchanged spec boots no VM and writes the same bytes; --no-cache
 
   writeSpec(`${SCRIPT}echo changed > /srv/changed\n`);
   const changed = await build('changed.tar', []);
-  t.is(qemu.boots(), 3, 'a changed script boots');
+  t.is(qemu.vms(), 3, 'a changed script boots');
   t.not(changed.result.cache!.key, key);
   t.not(changed.result.layers.at(-1)!.diffId, cold.result.layers.at(-1)!.diffId);
   t.is(changed.result.layers[0]!.diffId, cold.result.layers[0]!.diffId, 'the same base');

@@ -61,7 +61,7 @@ for (const [title, containerfile, error, args = []] of cases) {
     t.is(run.stderr.trim().split('\n').filter((line) => line.startsWith('dockvm: ')).length, 1, 'one error line');
     t.false(existsSync(out), 'nothing written');
     t.deepEqual(readdirSync(dir).sort(), ['ctx', 'secret.txt'], 'no temp file beside the output');
-    t.is(qemu.boots(), 0, 'no VM for an input the host can check');
+    t.is(qemu.vms(), 0, 'no VM for an input the host can check');
   });
 }
 
@@ -74,7 +74,7 @@ test('a failing RUN: its line, instruction, exit code and the end of its stderr;
   t.regex(run.stderr, /dockvm: \S*Containerfile:3: RUN echo "about to fail" >&2 && echo "the last words" >&2 && exit 3: the command failed \(exit code 3\); its stderr ends with:\nabout to fail\nthe last words/);
   t.notRegex(run.stderr, /RUN echo never\n/, 'the steps after it do not run');
   t.false(existsSync(out), 'nothing written');
-  t.is(qemu.boots(), 1);
+  t.is(qemu.vms(), 1);
   t.false(qemu.starts().some(({ pid }) => alive(pid)), 'its QEMU is gone');
 });
 
@@ -91,7 +91,7 @@ test('a required secret that is not given is named, with the flag that gives it'
   const run = await runDockvm(['build', '--build-context', base(), '-o', join(dir, 'out.tar'), join(dir, 'ctx')], { env: qemu.env });
   t.is(run.exitCode, 1);
   t.regex(run.stderr, /Containerfile:2: RUN cat \/run\/secrets\/npmrc: --mount=type=secret,id=npmrc needs the secret: pass --secret id=npmrc,src=PATH/);
-  t.is(qemu.boots(), 0);
+  t.is(qemu.vms(), 0);
 });
 
 test('ADD of a URL whose download does not match --checksum: both digests named, nothing written, no VM', async (t) => {
@@ -107,5 +107,5 @@ test('ADD of a URL whose download does not match --checksum: both digests named,
   t.is(run.exitCode, 1, run.stderr);
   t.true(run.stderr.includes(`Containerfile:2: ADD ${url} /opt/: the download of ${url} does not match --checksum: expected ${pinned}, got sha256:`), run.stderr);
   t.false(existsSync(out));
-  t.is(qemu.boots(), 0);
+  t.is(qemu.vms(), 0);
 });

@@ -51,12 +51,12 @@ test.serial('unchanged rebuild: no VM, same bytes; a changed last COPY rebuilds 
   const hits = (result: Result) => result.steps.map((step) => step.cache);
 
   const cold = await build('cold.tar', ['--cache-to', repo]);
-  t.is(qemu.boots(), 1, 'the first build boots once for its stage');
+  t.is(qemu.vms(), 1, 'the first build boots once for its stage');
   t.deepEqual(hits(cold.result), [null, null, null, null, null]);
   t.is(cold.result.vmBoots, 1);
 
   const unchanged = await build('unchanged.tar', []);
-  t.is(qemu.boots(), 1, 'an unchanged rebuild boots no VM');
+  t.is(qemu.vms(), 1, 'an unchanged rebuild boots no VM');
   t.deepEqual(hits(unchanged.result), ['local', 'local', 'local', 'local', 'local']);
   t.true(unchanged.bytes.equals(cold.bytes), 'the same archive bytes');
   t.regex(unchanged.stderr, /#\d+ \[3\/6\] COPY a\.txt \/opt\/a\.txt\n#\d+ CACHED/, 'progress says CACHED, as BuildKit does');
@@ -64,12 +64,12 @@ test.serial('unchanged rebuild: no VM, same bytes; a changed last COPY rebuilds 
   // A fresh checkout (every mtime newer) changes nothing the layer holds: mtimes are clamped.
   utimesSync(join(dir, 'a.txt'), new Date(), new Date());
   const touched = await build('touched.tar', []);
-  t.is(qemu.boots(), 1, 'a touched input with the same content still hits');
+  t.is(qemu.vms(), 1, 'a touched input with the same content still hits');
   t.true(touched.bytes.equals(cold.bytes));
 
   writeFileSync(join(dir, 'b.txt'), 'b, second\n');
   const changed = await build('changed.tar', ['--cache-to', repo]);
-  t.is(qemu.boots(), 2, 'a changed last COPY boots once');
+  t.is(qemu.vms(), 2, 'a changed last COPY boots once');
   t.deepEqual(hits(changed.result), ['local', 'local', 'local', 'local', null], 'only the changed step and none before it is built');
   const layers = (result: Result) => result.steps.map(({ key, diffId }) => ({ key, diffId }));
   t.deepEqual(layers(changed.result).slice(0, 4), layers(cold.result).slice(0, 4), 'the steps before it keep their keys and layers');
@@ -77,13 +77,13 @@ test.serial('unchanged rebuild: no VM, same bytes; a changed last COPY rebuilds 
   t.false(changed.bytes.equals(cold.bytes));
 
   const noCache = await build('no-cache.tar', ['--no-cache']);
-  t.is(qemu.boots(), 3, '--no-cache boots');
+  t.is(qemu.vms(), 3, '--no-cache boots');
   t.deepEqual(hits(noCache.result), [null, null, null, null, null]);
   t.true(noCache.bytes.equals(changed.bytes), '--no-cache: the same archive bytes');
 
   // Another machine: an empty local cache, the registry the first one pushed to.
   const fetched = await build('fetched.tar', ['--cache-from', repo], join(dir, 'cache-b'));
-  t.is(qemu.boots(), 3, '--cache-from: no VM boot');
+  t.is(qemu.vms(), 3, '--cache-from: no VM boot');
   t.deepEqual(hits(fetched.result), [repo, repo, repo, repo, repo]);
   t.true(fetched.bytes.equals(changed.bytes), '--cache-from: the same archive bytes');
 });

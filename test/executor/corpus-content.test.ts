@@ -101,7 +101,7 @@ test.serial('mounts: cache, secret, tmpfs and bind mounts (context, stage), COPY
     { env: qemu.env },
   );
   t.is(run.exitCode, 0, run.stderr);
-  t.is(qemu.boots(), 1, 'every step of the stage in one boot');
+  t.is(qemu.vms(), 1, 'every step of the stage in one boot');
   const { files, layers } = await built(out);
   const sha = (text: string) => createHash('sha256').update(text).digest('hex');
 

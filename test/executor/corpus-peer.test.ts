@@ -53,7 +53,7 @@ for (const [name, dir, stages, layers] of cases) {
       const qemu = await qemuCounter(t);
       const run = await runDockvm(['build', '--build-context', fixtureContext(), '-t', tag, '-o', ours, dir], { env: qemu.env });
       t.is(run.exitCode, 0, run.stderr);
-      t.is(qemu.boots(), stages, 'one VM boot per stage');
+      t.is(qemu.vms(), stages, 'one VM boot per stage');
       const theirs = await (await buildah()).build(dir, tag, join(scratch, `${name}.buildah.tar`), { layers: layers === true });
       t.teardown(() => Promise.all([ours, theirs].map((archive) => rm(archive, { force: true }))));
 

@@ -6,7 +6,7 @@
 //
 //   const qemu = await qemuCounter(t);                   // per test: pass qemu.env to dockvm children
 //   await runDockvm([...], { env: { ...other, ...qemu.env } });
-//   t.is(await qemu.boots(), 0);
+//   t.is(qemu.vms(), 0);                                 // no VM ran, booted or restored
 //
 //   const qemu = await countQemuInProcess();             // library calls in this process (and the
 //                                                        // dockvm children it starts): one per file
@@ -35,10 +35,16 @@ export interface QemuCounter {
   starts(): QemuStart[];
   /** VM boots so far: starts that boot a kernel (-kernel) and restore no snapshot (-incoming) */
   boots(): number;
+  /** of those boots, the ones saved as a snapshot: RAM in a shared memory file (src/vm/qemu.ts) */
+  saves(): number;
   /** the boots of one architecture's QEMU */
   bootsOf(architecture: string): number;
   /** snapshot restores so far: starts with -incoming */
   restores(): number;
+  /** VMs that ran work so far, booted or restored: a boot only to save a snapshot is not one */
+  vms(): number;
+  /** the VMs that ran work of one architecture's QEMU */
+  vmsOf(architecture: string): number;
 }
 
 /** A counter of its own for one test; its wrapper is removed when the test ends. */
@@ -118,12 +124,20 @@ function makeCounter(accelVerdict: string): QemuCounter & { remove: () => void }
       .sort((a, b) => Number(BigInt(a.split('.')[0]!) - BigInt(b.split('.')[0]!)))
       .map((name) => ({ pid: Number(name.split('.')[1]), architecture: name.split('.')[2]!, argv: readFileSync(join(startsDir, name), 'utf8').split('\0').slice(0, -1) }));
   const isBoot = ({ argv }: QemuStart) => argv.includes('-kernel') && !argv.includes('-incoming');
+  const boots = () => starts().filter(isBoot);
+  const isSave = ({ argv }: QemuStart) => argv.some((arg) => arg.startsWith('memory-backend-file,') && arg.includes(',share=on'));
+  const saves = () => boots().filter(isSave);
+  const restores = () => starts().filter(({ argv }) => argv.includes('-incoming'));
+  const ranWork = () => [...boots().filter((start) => !isSave(start)), ...restores()];
   return {
     env,
     starts,
-    boots: () => starts().filter(isBoot).length,
-    bootsOf: (architecture) => starts().filter((start) => start.architecture === architecture && isBoot(start)).length,
-    restores: () => starts().filter(({ argv }) => argv.includes('-incoming')).length,
+    boots: () => boots().length,
+    bootsOf: (architecture) => boots().filter((start) => start.architecture === architecture).length,
+    saves: () => saves().length,
+    restores: () => restores().length,
+    vms: () => ranWork().length,
+    vmsOf: (architecture) => ranWork().filter((start) => start.architecture === architecture).length,
     remove: () => rmSync(dir, { recursive: true, force: true }),
   };
 }

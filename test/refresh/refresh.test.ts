@@ -37,7 +37,7 @@ test('up-to-date when nothing moved; rebuilt, with the reason, when the spec, co
 
   const [first] = await refresh([spec], options);
   t.like(first, { status: 'rebuilt', baseReference: base, baseDigest: digest, previousBaseDigest: null, reason: 'no lock file yet', output: join(dir, 'app.tar'), bootedVm: false });
-  t.is(qemu.boots(), 0, 'rebuilt on the host, without a VM');
+  t.is(qemu.vms(), 0, 'rebuilt on the host, without a VM');
   const archive = await readFile(join(dir, 'app.tar'));
   const lockText = await readFile(join(dir, 'app.lock.json'), 'utf8');
   const image = await openImage(join(dir, 'app.tar'));
@@ -119,7 +119,7 @@ test('registry down: that spec fails naming the registry, its lock and output st
   t.is(run.exitCode, 1, run.stderr);
   const [result] = JSON.parse(run.stdout) as RefreshResult[];
   t.like(result, { spec: 'app.json', status: 'failed', baseDigest: null, previousBaseDigest: null, bootedVm: false });
-  t.is(qemu.boots(), 0);
+  t.is(qemu.vms(), 0);
   t.true(result!.reason!.includes(down), result!.reason!);
   t.true(run.stderr.includes(`failed     app.json: ${result!.reason}`), run.stderr);
   t.true(run.stderr.endsWith('dockvm: 1 of 1 spec(s) failed to refresh; their locks are unchanged\n'), run.stderr);

@@ -61,7 +61,7 @@ test('base v1 → rebuilt; again → up-to-date without a VM; base v2 under the 
   // Night 1: no lock yet.
   const first = await refreshCli(dir, []);
   t.like(first, { spec: 'story.json', status: 'rebuilt', baseReference: base, baseDigest: v1.digest, previousBaseDigest: null, output, reason: 'no lock file yet', bootedVm: true });
-  t.is(qemu.boots(), 1);
+  t.is(qemu.vms(), 1);
   const built1 = await inspectOutput(output);
   t.deepEqual(built1.baseDiffIds, v1.diffIds);
   t.is(built1.builtOn, 'built on v1 with BASE=v1\n');
@@ -80,7 +80,7 @@ test('base v1 → rebuilt; again → up-to-date without a VM; base v2 under the 
   const mtimeBefore = (await stat(output)).mtimeMs;
   const [second] = await refresh([join(dir, 'story.json')], { authFiles: noAuthFiles(dir) });
   t.like(second, { status: 'up-to-date', baseDigest: v1.digest, previousBaseDigest: v1.digest, bootedVm: false, reason: null });
-  t.is(qemu.boots(), 1, 'no VM since night 1');
+  t.is(qemu.vms(), 1, 'no VM since night 1');
   t.is(await readFile(lockPath, 'utf8'), lock1);
   t.is((await stat(output)).mtimeMs, mtimeBefore);
 
@@ -97,7 +97,7 @@ test('base v1 → rebuilt; again → up-to-date without a VM; base v2 under the 
     bootedVm: true,
     pushedTo: `docker://${registry.host}/dockvm/dockvm-test/story:1`,
   });
-  t.is(qemu.boots(), 2);
+  t.is(qemu.vms(), 2);
   const built2 = await inspectOutput(output);
   t.deepEqual(built2.baseDiffIds, v2.diffIds);
   t.notDeepEqual(built2.baseDiffIds, v1.diffIds);
@@ -110,5 +110,5 @@ test('base v1 → rebuilt; again → up-to-date without a VM; base v2 under the 
   // Night 4: the same command again is a no-op.
   const fourth = await refreshCli(dir, ['--push', push]);
   t.like(fourth, { status: 'up-to-date', baseDigest: v2.digest, bootedVm: false });
-  t.is(qemu.boots(), 2, 'no VM since night 3');
+  t.is(qemu.vms(), 2, 'no VM since night 3');
 });

@@ -41,6 +41,6 @@ const ready = hasTool('skopeo') && hasTool('docker-registry');
   t.is(text(top[0], 'a.txt'), 'honest\n', 'the first step\'s layer is its own');
   t.false(top[0]!.has('b.txt'), 'and not the other step\'s');
   t.is(text(top[1], 'b.txt'), 'second\n');
-  t.is(qemu.boots(), 2, 'one boot a build: the victim built the poisoned step');
+  t.is(qemu.vms(), 2, 'one VM a build: the victim built the poisoned step');
   t.deepEqual(temp.left(), []);
 });

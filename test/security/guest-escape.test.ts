@@ -85,7 +85,7 @@ test('a hostile RUN step makes block devices, rewrites an earlier layer on the s
   const [before, later] = counts!.split(' ').map(Number);
   t.is(later, before, 'nothing of the hostile step still runs in the next');
   t.is(processes, '3', 'the next step sees only its own processes (its shell, ls, grep)');
-  t.is(qemu.boots(), 1);
+  t.is(qemu.vms(), 1);
   t.false(qemu.starts().some(({ pid }) => alive(pid)), 'no QEMU left');
   t.deepEqual(await temp.processes(), [], 'no process of this build left');
   t.deepEqual(temp.left(), [], 'no temp dir left');
@@ -101,7 +101,7 @@ test('a RUN step that crashes the guest kernel (and so its agent): one error nam
   t.is(errors.length, 1, run.stderr);
   t.regex(errors[0]!, /Containerfile:3: RUN echo c > \/proc\/sysrq-trigger: .*(VM|agent)/);
   t.deepEqual(readdirSync(dir), ['ctx'], 'no output');
-  t.is(qemu.boots(), 1);
+  t.is(qemu.vms(), 1);
   t.false(qemu.starts().some(({ pid }) => alive(pid)), 'no QEMU left');
   t.deepEqual(await temp.processes(), [], 'no process of this build left');
   t.deepEqual(temp.left(), [], 'no temp dir left');

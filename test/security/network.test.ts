@@ -50,7 +50,7 @@ done
     `${hostAddress}:${open.port} reached: network service`, // the network itself works
     '',
   ]);
-  t.is(qemu.boots(), 1);
+  t.is(qemu.vms(), 1);
   const boot = qemu.starts().find(({ argv }) => argv.includes('-kernel'))!.argv;
   t.is(boot[boot.indexOf('-sandbox') + 1], 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny', 'the VM booted under QEMU\'s seccomp sandbox');
   t.regex(boot[boot.indexOf('-netdev') + 1]!, /^stream,id=net0,server=off,addr\.type=unix,addr\.path=\S+\/net\.sock$/, 'its NIC is passt\'s');

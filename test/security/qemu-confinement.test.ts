@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MissingToolError } from '../../src/errors.js';
 import { networkBackend, passtArgs, startPasst } from '../../src/vm/network.js';
-import { type QemuConfig, qemuArgs } from '../../src/vm/qemu.js';
+import { type QemuConfig, blockdevOptions, qemuArgs } from '../../src/vm/qemu.js';
 
 const SANDBOX = 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny';
 
@@ -25,11 +25,12 @@ for (const name of ARCHITECTURE_NAMES) {
       const config: QemuConfig = {
         architecture, accel: 'tcg', machine, memoryMiB: 512, cpus: 1, kernel: '/k/vmlinuz', initrd: '/k/initrd',
         disks: [
-          { path: '/d/lower0.sqfs', readOnly: true, serial: 'lower0', format: 'raw' },
-          { path: '/d/scratch.ext4', readOnly: false, serial: 'scratch', format: 'raw' },
+          { path: '/d/lower0.sqfs', readOnly: true, name: 'lower0', format: 'raw' },
+          { path: '/d/scratch.ext4', readOnly: false, name: 'scratch', format: 'raw' },
         ],
         network: true, ...(networkSocket ? { networkSocket } : {}),
         agent: { transport: 'serial', socketPath: '/run/agent.sock' },
+        qmpSocketPath: '/run/qmp.sock',
       };
       const label = `${name} on ${machine}, network ${networkSocket ? 'through passt' : 'QEMU user (DOCKVM_HOST_LOOPBACK=1)'}`;
 
@@ -41,8 +42,10 @@ for (const name of ARCHITECTURE_NAMES) {
         const args = qemuArgs(config);
         const line = args.join(' ');
         for (const share of ['-virtfs', '-fsdev', 'virtio-9p', 'vhost-user-fs', 'smb=', 'hostfwd', 'guestfwd', 'tftp=']) t.false(line.includes(share), share);
-        const drives = values(args, '-drive');
-        t.deepEqual(drives.filter((d) => !d.includes('readonly=on')).map((d) => /file=([^,]*)/.exec(d)?.[1]), ['/d/scratch.ext4']);
+        // the disks are attached over QMP once the guest runs (blockdev-add), none on the command line
+        t.deepEqual([...values(args, '-drive'), ...values(args, '-blockdev')], []);
+        const attached = config.disks.map((disk, i) => blockdevOptions(disk, i));
+        t.deepEqual(attached.filter((o) => o['read-only'] !== true).map((o) => (o.file as { filename: string }).filename), ['/d/scratch.ext4']);
         t.deepEqual(values(args, '-netdev'), [networkSocket ? `stream,id=net0,server=off,addr.type=unix,addr.path=${networkSocket}` : 'user,id=net0']);
       });
     }

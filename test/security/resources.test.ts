@@ -79,7 +79,7 @@ async function leftNothing(t: Parameters<typeof buildDir>[0], r: Awaited<ReturnT
   t.is(r.errors.length, 1, r.errors.join('\n'));
   t.regex(r.errors[0] ?? '', error);
   t.false(existsSync(r.out), 'no output');
-  t.is(r.qemu.boots(), 1);
+  t.is(r.qemu.vms(), 1);
   t.false(r.qemu.starts().some(({ pid }) => alive(pid)), 'no QEMU left');
   t.deepEqual(await r.temp.processes(), [], 'no process of the build left');
   t.deepEqual(r.temp.left(), [], 'no temp dir left');

@@ -1,4 +1,4 @@
-// A disk made of several files end to end (many layer images on one virtio-blk device): QEMU's own
+// A disk made of several files end to end (many layer images on one disk): QEMU's own
 // block layer, through qemu-img, reads back each file at the offset partsOf gave it, zeros after a
 // file that does not fill its last sector, and nothing of the files' order mixed up.
 import test from 'ava';

@@ -16,11 +16,12 @@ function config(architecture: ArchitectureRow, accel: Accel, more: Partial<QemuC
     kernel: '/k/vmlinuz',
     initrd: '/k/initrd.cpio',
     disks: [
-      { path: '/d/lower0.sqfs', readOnly: true, serial: 'lower0', format: 'raw' },
-      { path: '/d/scratch,1.ext4', readOnly: false, serial: 'scratch', format: 'raw' },
+      { path: '/d/lower0.sqfs', readOnly: true, name: 'lower0', format: 'raw' },
+      { path: '/d/scratch,1.ext4', readOnly: false, name: 'scratch', format: 'raw' },
     ],
     network: true,
     agent: { transport: 'serial', socketPath: '/run/agent.sock' },
+    qmpSocketPath: '/run/qmp,1.sock',
     hostTscKhz: 2_100_000,
     ...more,
   };
@@ -33,7 +34,7 @@ function values(args: string[], flag: string): string[] {
 
 /** What each row must produce, as a person reading the row would expect it. */
 const expected = {
-  amd64: { machine: 'microvm,x-option-roms=off,rtc=on,acpi=on', tcgCpu: 'max,erms=off,fsrm=off', console: 'ttyS0', bus: 'mmio', suffix: '-device', tsc: true },
+  amd64: { machine: 'microvm,x-option-roms=off,rtc=on,acpi=on', tcgCpu: 'qemu64,+cx16,+lahf-lm,+popcnt,+pni,+sse4.1,+sse4.2,+ssse3,+rdrand', console: 'ttyS0', bus: 'mmio', suffix: '-device', tsc: true },
   arm64: { machine: 'virt,gic-version=max', tcgCpu: 'max,pauth=off', console: 'ttyAMA0', bus: 'mmio', suffix: '-device', tsc: false },
 } as const;
 
@@ -41,7 +42,7 @@ for (const name of ARCHITECTURE_NAMES) {
   const row = ARCHITECTURES[name];
   const want = expected[name];
   for (const accel of ['kvm', 'tcg'] as const) {
-    test(`${name} under ${accel}: its machine, CPU, console, virtio-${want.bus} devices and kernel flags`, (t) => {
+    test(`${name} under ${accel}: its machine, CPU, console, virtio-${want.bus} devices (disks hot-added later) and kernel flags`, (t) => {
       const args = qemuArgs(config(row, accel));
       t.deepEqual(values(args, '-M'), [want.machine]);
       t.deepEqual(values(args, '-accel'), [accel]);
@@ -49,10 +50,12 @@ for (const name of ARCHITECTURE_NAMES) {
       const devices = values(args, '-device');
       t.deepEqual(
         devices.filter((d) => d.startsWith('virtio-')).map((d) => d.split(',')[0]),
-        [`virtio-blk${want.suffix}`, `virtio-blk${want.suffix}`, `virtio-serial${want.suffix}`, `virtio-net${want.suffix}`],
+        [`virtio-scsi${want.suffix}`, `virtio-serial${want.suffix}`, `virtio-net${want.suffix}`],
       );
-      t.true(devices.includes(`virtio-blk${want.suffix},drive=disk0,serial=lower0`));
-      t.true(values(args, '-drive').includes('file=/d/scratch,,1.ext4,if=none,id=disk1,format=raw,cache=unsafe'), 'a comma in a path is doubled');
+      // the disks are LUNs of the SCSI controller, added over QMP once the guest runs (qemu-args.test.ts)
+      t.true(devices.includes(`virtio-scsi${want.suffix},id=scsi`));
+      t.false(args.some((arg) => arg.includes('/d/')), 'no disk on the command line');
+      t.true(values(args, '-chardev').includes('socket,id=qmp,path=/run/qmp,,1.sock'), 'a comma in a path is doubled');
       t.deepEqual(values(args, '-kernel'), ['/k/vmlinuz']);
       const cmdline = values(args, '-append')[0]!.split(' ');
       t.is(cmdline[0], `console=${want.console}`);
@@ -69,14 +72,14 @@ test('amd64 on pc: PCI devices and qboot; vsock as a PCI device too', (t) => {
   const args = qemuArgs(config(ARCHITECTURES.amd64, 'tcg', { machine: 'pc', agent: { transport: 'vsock', cid: 7 }, network: false }));
   t.deepEqual(values(args, '-M'), ['pc']);
   t.deepEqual(values(args, '-bios'), ['qboot.rom']);
-  t.deepEqual(values(args, '-device').map((d) => d.split(',')[0]), ['virtio-blk-pci', 'virtio-blk-pci', 'vhost-vsock-pci']);
+  t.deepEqual(values(args, '-device').map((d) => d.split(',')[0]), ['virtio-scsi-pci', 'vhost-vsock-pci']);
   t.true(kernelCmdline(config(ARCHITECTURES.amd64, 'tcg', { machine: 'pc', agent: { transport: 'vsock', cid: 7 }, network: false })).includes('dockvm.load=pci,vsock'));
 });
 
 test('arm64 on virt-pci: the same machine with its devices on PCI', (t) => {
   const args = qemuArgs(config(ARCHITECTURES.arm64, 'tcg', { machine: 'virt-pci' }));
   t.deepEqual(values(args, '-M'), ['virt,gic-version=max']);
-  t.deepEqual(values(args, '-device').filter((d) => d.startsWith('virtio-')).map((d) => d.split(',')[0]), ['virtio-blk-pci', 'virtio-blk-pci', 'virtio-serial-pci', 'virtio-net-pci']);
+  t.deepEqual(values(args, '-device').filter((d) => d.startsWith('virtio-')).map((d) => d.split(',')[0]), ['virtio-scsi-pci', 'virtio-serial-pci', 'virtio-net-pci']);
   t.true(values(args, '-append')[0]!.includes('dockvm.load=pci,serial,net'));
 });
 

@@ -40,7 +40,7 @@ async function run(options: ExecOptions): Promise<{ exitCode: number | null; sig
 }
 
 test.serial('the agent said hello with its protocol and the transport in use', (t) => {
-  t.is(vm.hello?.protocol, 1);
+  t.is(vm.hello?.protocol, 2);
   t.is(vm.hello?.transport, vm.transport);
   t.regex(vm.hello?.kernel ?? '', /^\d+\.\d+/);
   t.true(existsSync(vm.tempDir));
@@ -141,17 +141,18 @@ test.serial('disks: the scratch disk is ext4 owned by root and writable; the rea
   const r = await run({
     argv: ['sh', '-c', [
       'set -e',
-      'for d in /sys/block/vd*; do echo "$(basename $d) $(cat $d/serial) ro=$(cat $d/ro)"; done',
+      'for d in /sys/block/sd*; do read -r model < $d/device/model; echo "$model ro=$(cat $d/ro) $(cat $d/size)"; done | sort',
       'mkdir -p /mnt/s /mnt/r',
-      'mount -t ext4 /dev/vda /mnt/s',
+      'scratch=; lower=; for d in /sys/block/sd*; do read -r model < $d/device/model; eval "$model=/dev/${d##*/}"; done',
+      'mount -t ext4 $scratch /mnt/s',
       'stat -c "%u:%g" /mnt/s',
       'echo hello > /mnt/s/file && cat /mnt/s/file',
-      'if dd if=/dev/zero of=/dev/vdb count=1 2>/dev/null; then echo wrote; else echo refused; fi',
+      'if dd if=/dev/zero of=$lower count=1 2>/dev/null; then echo wrote; else echo refused; fi',
       'umount /mnt/s',
     ].join('\n')],
   });
   t.is(r.exitCode, 0, r.stderr);
-  t.deepEqual(r.stdout.trim().split('\n'), ['vda scratch ro=0', 'vdb lower ro=1', '0:0', 'hello', 'refused']);
+  t.deepEqual(r.stdout.trim().split('\n'), [`lower ro=1 ${(16 * 1024 * 1024) / 512}`, `scratch ro=0 ${(64 * 1024 * 1024) / 512}`, '0:0', 'hello', 'refused']);
   const info = await qemuImgInfo(join(diskDir, 'scratch.img'));
   t.is(info.format, 'raw');
   t.is(info.virtualSize, 64 * 1024 * 1024);

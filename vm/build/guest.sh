@@ -1,7 +1,7 @@
 # dockvm's guest side of run-as-root and export-in-VM. The host runs it with the agent's exec, one step
 # at a time, as: sh -c "$(cat guest.sh)" dockvm-guest STEP [ARGS…], with parameters in DOCKVM_* variables.
-# Disks are found by the serial the host gave them, never by /dev/vdX order (microvm's virtio-mmio
-# probes devices in reverse).
+# Disks are found by the name the host gave them (the SCSI product of each hot-added LUN, which sysfs
+# shows as the disk's model), never by /dev/sdX order (the guest names disks as it probes them).
 #
 #   mount   lowers (read-only images, bottom first: squashfs, or ext4 for layers with POSIX ACLs) + ext4
 #           scratch → overlay at /build/root; unpack copyToRoot
@@ -35,15 +35,19 @@ TAR_XATTRS="--xattrs --xattrs-include=*"
 
 die() { echo "dockvm-guest: $*" >&2; exit 70; }
 
-disk() {
-  for d in /sys/block/vd*; do
-    # read, not cat: a fork costs ~10 ms under TCG
-    serial=""
-    read -r serial < "$d/serial" 2>/dev/null || true
-    if [ "$serial" = "$1" ]; then echo "/dev/${d##*/}"; return 0; fi
+# The disk named $1, into $dev: `disk_dev NAME` costs no subshell (a fork, 10-40 ms under TCG), where
+# `$(disk NAME)` does.
+disk_dev() {
+  for d in /sys/block/sd*; do
+    # read, not cat: a fork costs ~10 ms under TCG; read also drops the model's padding spaces
+    model=""
+    read -r model < "$d/device/model" 2>/dev/null || true
+    if [ "$model" = "$1" ]; then dev="/dev/${d##*/}"; return 0; fi
   done
-  die "no disk with serial $1"
+  die "no disk named $1"
 }
+
+disk() { disk_dev "$1" && echo "$dev"; }
 
 # The lowers' mount points, /l/0 (the bottom layer) upwards: short names, so that the lowerdir option
 # of 128 of them (785 bytes) stays far inside the one page a mount's options may take.
@@ -66,11 +70,18 @@ step_mount() {
   # share a disk; one process mounts them all (a mount command each would cost a fork+exec per layer)
   # shellcheck disable=SC2086
   [ -z "${DOCKVM_LOWERS:-}" ] || /bin/dockvm-agent mount-lowers $L $DOCKVM_LOWERS
-  lowerdirs=$(lowerdir_list)
+  # lowerdir_list, without its subshell
+  lowerdirs=""
+  i=0
+  for _ in ${DOCKVM_LOWERS:-}; do
+    lowerdirs="$L/$i${lowerdirs:+:$lowerdirs}"
+    i=$((i + 1))
+  done
   # overlayfs needs a lower; FROM scratch gets an empty one.
   [ -n "$lowerdirs" ] || { mkdir -p $B/empty; lowerdirs=$B/empty; }
   if [ -n "${DOCKVM_SCRATCH:-}" ]; then
-    mount -t ext4 -o noatime "$(disk "$DOCKVM_SCRATCH")" $B/scratch
+    disk_dev "$DOCKVM_SCRATCH"
+    mount -t ext4 -o noatime "$dev" $B/scratch
   else
     # Read-only (export): overlayfs wants at least two lowers without an upper; an empty one at the
     # bottom changes nothing the merged view shows below its root.
@@ -107,12 +118,19 @@ limit_memory() {
   grep -q " $CG cgroup2 " /proc/mounts || mount -t cgroup2 cgroup2 $CG
   echo +memory > $CG/cgroup.subtree_control
   mkdir -p $CG/script
-  read -r _ total_kib _ < /proc/meminfo # first line: MemTotal: N kB
+  while read -r name kib _; do
+    case $name in MemTotal:) total_kib=$kib ;; MemAvailable:) available_kib=$kib; break ;; esac
+  done < /proc/meminfo
   # Headroom for the agent, the kernel and the page cache of the lowers: a quarter of the VM, at least
-  # 48 MiB (with less, squashfs reads under pressure crawl before the cgroup ever OOMs).
+  # 48 MiB (with less, squashfs reads under pressure crawl before the cgroup ever OOMs); and never more
+  # than what is available now less 24 MiB, which the kernel's own work under pressure needs (a small VM
+  # has little beyond the headroom). The same rule as vm/run-in-image.c.
   headroom=$((total_kib / 4))
   [ $headroom -ge 49152 ] || headroom=49152
-  echo $(( (total_kib - headroom) * 1024 )) > $CG/script/memory.max
+  limit=$((total_kib - headroom))
+  [ $limit -le $((available_kib - 24576)) ] || limit=$((available_kib - 24576))
+  [ $limit -ge 16384 ] || limit=16384
+  echo $((limit * 1024)) > $CG/script/memory.max
   echo $$ > $CG/script/cgroup.procs
 }
 
@@ -152,76 +170,13 @@ done
 exit 127
 '
 
+# The command's environment and what runs come as arguments (NAME=VALUE… -- ALTERNATIVES…, see LAUNCH);
+# a script to run (DOCKVM_SCRIPT) is written to /dev/pipes/$DOCKVM_SCRIPT_NAME, on the /dev of this run.
+# Chrooted in fresh mount/pid/uts/ipc namespaces with /proc /sys /dev and the bundled tools (/.dockvm)
+# mounted, in the memory cgroup limit_memory describes, mount points the image lacks made and removed
+# again, OOM kills reported: all in one process (vm/run-in-image.c), where this shell took ~25 forks.
 step_run() {
-  : > $B/created
-  # .dockvm: where the bundled tools are mounted (src/vm/guest-tools.ts)
-  for d in proc sys dev .dockvm; do make_mount_point $d; done
-  # With network (init wrote the guest's resolv.conf), a mount point for it unless the image has one.
-  if [ -f /etc/resolv.conf ] && [ -d "$R/etc" ] && [ ! -e "$R/etc/resolv.conf" ] && [ ! -L "$R/etc/resolv.conf" ]; then
-    : > "$R/etc/resolv.conf"
-    echo etc/resolv.conf >> $B/created
-  fi
-  limit_memory
-  set +e
-  # The command's environment and what runs come as arguments (NAME=VALUE… -- ALTERNATIVES…, see LAUNCH);
-  # a script to run (DOCKVM_SCRIPT) is written to /dev/pipes/$DOCKVM_SCRIPT_NAME, on the /dev of this run.
-  DOCKVM_LAUNCH=$LAUNCH DOCKVM_TOOLS=$TOOLS unshare --mount --uts --ipc --pid --fork --propagation private \
-    /bin/sh -c '
-      # (This script is single-quoted: no apostrophes in it, comments included.)
-      set -e
-      R=$1; shift
-      mount -t proc proc "$R/proc"
-      mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys"
-      mount -t tmpfs -o mode=755,nosuid,size=65536k dev "$R/dev"
-      mknod -m 666 "$R/dev/null" c 1 3
-      mknod -m 666 "$R/dev/zero" c 1 5
-      mknod -m 666 "$R/dev/full" c 1 7
-      mknod -m 666 "$R/dev/random" c 1 8
-      mknod -m 666 "$R/dev/urandom" c 1 9
-      mknod -m 666 "$R/dev/tty" c 5 0
-      mkdir "$R/dev/pts" "$R/dev/shm" "$R/dev/pipes"
-      mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts "$R/dev/pts"
-      ln -s pts/ptmx "$R/dev/ptmx"
-      ln -s /proc/self/fd "$R/dev/fd"
-      ln -s /proc/self/fd/0 "$R/dev/stdin"; ln -s /proc/self/fd/1 "$R/dev/stdout"; ln -s /proc/self/fd/2 "$R/dev/stderr"
-      mount -t tmpfs -o mode=1777,nosuid,nodev shm "$R/dev/shm"
-      [ -z "${DOCKVM_SCRIPT_NAME:-}" ] || printf "%s" "$DOCKVM_SCRIPT" > "$R/dev/pipes/$DOCKVM_SCRIPT_NAME"
-      # read-only: a command cannot change the tools the next one gets (busybox mount needs the remount)
-      mount --bind "$DOCKVM_TOOLS" "$R/.dockvm"
-      mount -o remount,bind,ro "$R/.dockvm"
-      # With network, the image resolves names through the DNS forwarder of QEMU, as Docker bind-mounts its
-      # resolv.conf (over the one of the image, or over the mount point step_run made and removes).
-      if [ -f /etc/resolv.conf ] && [ -f "$R/etc/resolv.conf" ] && [ ! -L "$R/etc/resolv.conf" ]; then
-        mount --bind /etc/resolv.conf "$R/etc/resolv.conf"
-      fi
-      hostname dockvm
-      # Rebuilt as: NAME=VALUE… busybox chroot ROOT BUNDLED-BASH -c LAUNCH dockvm ALTERNATIVES… (busybox
-      # chroot also changes to "/"; the program it starts has a "/", so no applet stands in for it).
-      n=$#
-      after=0
-      while [ "$n" -gt 0 ]; do
-        a=$1; shift; n=$((n - 1))
-        if [ $after = 0 ] && [ "$a" = -- ]; then
-          after=1
-          set -- "$@" /bin/busybox chroot "$R" /.dockvm/bash --posix -c "$DOCKVM_LAUNCH" dockvm
-          continue
-        fi
-        set -- "$@" "$a"
-      done
-      # env -i first (the image may have no env of its own).
-      # On a terminal (dockvm shell), a session of its own in this pid namespace whose controlling
-      # terminal is the pty: job control works, and the shell can hand the terminal back when it exits.
-      [ -t 0 ] && exec /bin/busybox setsid -c env -i "$@"
-      exec env -i "$@"
-    ' dockvm-ns "$R" "$@"
-  status=$?
-  set -e
-  report_oom
-  # The namespace died with the command, and its mounts with it; now remove the mount points.
-  sort -r $B/created | while read -r d; do
-    if [ -d "$R/$d" ]; then rmdir "$R/$d" 2>/dev/null || true; else rm -f "$R/$d"; fi
-  done
-  return $status
+  /bin/dockvm-agent run-in-image "$R" "$TOOLS" "$LAUNCH" "$@"
 }
 
 step_extra() {

@@ -1,0 +1,36 @@
+// What VM starts remember across processes (file-memo.ts): a value stays remembered while its files are
+// unchanged, and is computed again when one changes, even to the same size and mtime.
+import { mkdtemp, rm, utimes, writeFile, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import test from 'ava';
+import { memoized } from '../../src/vm/file-memo.js';
+
+test('a value is remembered while its files are unchanged; a rewrite, even keeping size and mtime, computes it again', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'dockvm-file-memo-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const env = { DOCKVM_CACHE: join(dir, 'cache') };
+  const input = join(dir, 'input');
+  await writeFile(input, 'one');
+  const old = new Date(Date.now() - 60_000);
+  await utimes(input, old, old);
+  // ctime is now; a file changed in the last moments is not remembered (it may be changing still)
+  let computed = 0;
+  const compute = async () => {
+    computed++;
+    return { value: `${computed}`, files: [input] };
+  };
+  t.is(await memoized('test', 'key', compute, { env }), '1');
+  t.is(await memoized('test', 'key', compute, { env }), '2', 'just written: not remembered yet');
+  await new Promise((resolve) => setTimeout(resolve, 2100));
+  t.is(await memoized('test', 'key', compute, { env }), '3');
+  t.is(await memoized('test', 'key', compute, { env }), '3', 'remembered');
+  t.is(await memoized('test', 'another key', compute, { env }), '4');
+
+  // the same bytes' length and mtime, written again: the ctime moves, so it is computed again
+  const before = await stat(input);
+  await writeFile(input, 'two');
+  await utimes(input, before.atime, before.mtime);
+  t.is(await memoized('test', 'key', compute, { env }), '5');
+  t.is(await memoized('test', 'key', compute, { env, usable: () => false }), '6', 'a value its caller cannot use');
+});
