@@ -251,14 +251,14 @@ async function startFromSnapshot(plan: BootPlan, context: SnapshotContext): Prom
   const found = await findSnapshot(key, plan.memoryMiB, env);
   if (found.kind === 'ready') return restoreOrBoot(plan, found.snapshot, key, context, 'the saved VM');
   if (found.kind === 'refused') {
-    notice(`dockvm: booting the VM: QEMU refused its snapshot before (${found.reason}); remove ${found.marker} to try again`);
+    notice(`dockvm: notice: booting the VM: QEMU refused its snapshot before (${found.reason}); remove ${found.marker} to try again`);
     return bootVm(plan);
   }
   if (found.kind === 'unusable') {
-    notice(`dockvm: the VM's snapshot ${found.dir} is not usable (${found.reason}); booting and saving a new one`);
+    notice(`dockvm: notice: the VM's snapshot ${found.dir} is not usable (${found.reason}); booting and saving a new one`);
     await removeSnapshot(found.dir);
   } else {
-    notice('dockvm: no snapshot of the VM for these settings yet: booting and saving one (once), later runs restore it');
+    notice('dockvm: notice: no snapshot of the VM for these settings yet: booting and saving one (once), later runs restore it');
   }
   const draft = await draftSnapshot(env);
   try {
@@ -286,7 +286,7 @@ async function restoreOrBoot(plan: BootPlan, snapshot: SnapshotFiles, key: strin
     // The guest crashed or did not answer in time: a damaged memory file, or a host too busy. Either way
     // a later run saves a new one.
     await removeSnapshot(snapshot.dir);
-    context.notice(`dockvm: the VM restored from its snapshot did not answer (${reason(err)}); booting instead, and the snapshot will be saved again`);
+    context.notice(`dockvm: notice: the VM restored from its snapshot did not answer (${reason(err)}); booting instead, and the snapshot will be saved again`);
     return bootVm(plan);
   }
 }
@@ -299,7 +299,7 @@ function reason(err: unknown): string {
 /** Remember that snapshots fail for these settings, say so, and boot. */
 async function refuseAndBoot(plan: BootPlan, key: string, context: SnapshotContext, what: string, err: unknown): Promise<Vm> {
   const marker = await refuseSnapshot(key, reason(err), context.env);
-  context.notice(`dockvm: ${what} (${reason(err)}); booting instead (${marker} says so for later runs)`);
+  context.notice(`dockvm: notice: ${what} (${reason(err)}); booting instead (${marker} says so for later runs)`);
   return bootVm(plan);
 }
 

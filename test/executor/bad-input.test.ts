@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEBIAN_BASE_REPO_TAG, debianBaseFixture } from '../fixtures/debian.js';
-import { runDockvm } from '../helpers/peers.js';
+import { errorLines, runDockvm } from '../helpers/peers.js';
 import { qemuCounter } from '../helpers/qemu-counter.js';
 
 const base = () => `${DEBIAN_BASE_REPO_TAG}=docker-archive:${debianBaseFixture()}`;
@@ -58,7 +58,7 @@ for (const [title, containerfile, error, args = []] of cases) {
     const run = await runDockvm(['build', '--build-context', base(), '-t', 'localhost/dockvm-test/bad:1', '-o', out, ...args, join(dir, 'ctx')], { env: qemu.env });
     t.is(run.exitCode, 1, run.stderr);
     t.regex(run.stderr, error);
-    t.is(run.stderr.trim().split('\n').filter((line) => line.startsWith('dockvm: ')).length, 1, 'one error line');
+    t.is(errorLines(run.stderr).length, 1, 'one error line');
     t.false(existsSync(out), 'nothing written');
     t.deepEqual(readdirSync(dir).sort(), ['ctx', 'secret.txt'], 'no temp file beside the output');
     t.is(qemu.vms(), 0, 'no VM for an input the host can check');

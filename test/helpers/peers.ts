@@ -20,6 +20,11 @@ export interface Run {
 }
 
 /** Run `node bin/dockvm.js ARGS` (the built CLI: `npm run build` first). Never rejects on a non-zero exit. */
+/** dockvm's error lines in `stderr`: its `dockvm: …` lines that are not warnings or notices (a snapshot made, a KVM fallback). */
+export function errorLines(stderr: string): string[] {
+  return stderr.split('\n').filter((line) => line.startsWith('dockvm: ') && !/^dockvm: (warning|notice): /.test(line));
+}
+
 export async function runDockvm(args: readonly string[], options: { cwd?: string; env?: Record<string, string> } = {}): Promise<Run> {
   assertBuilt();
   const result = await execa('node', [CLI, ...args], { cwd: options.cwd ?? ROOT, env: { DEBUG: '', ...options.env }, reject: false, stripFinalNewline: false });

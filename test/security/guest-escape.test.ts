@@ -8,7 +8,7 @@
 // the build.
 import test from 'ava';
 import { readdirSync } from 'node:fs';
-import { runDockvm } from '../helpers/peers.js';
+import { errorLines, runDockvm } from '../helpers/peers.js';
 import { qemuCounter } from '../helpers/qemu-counter.js';
 import { BASE, alive, baseContext, buildDir, layers, tempRoot, text } from './helpers.js';
 
@@ -97,7 +97,7 @@ test('a RUN step that crashes the guest kernel (and so its agent): one error nam
   const temp = tempRoot(t);
   const run = await runDockvm(['build', '--network=none', '--build-context', baseContext(), '-t', 'localhost/dockvm-test/crash:1', '-o', out, ctx], { env: { ...qemu.env, ...temp.env } });
   t.is(run.exitCode, 1, run.stderr);
-  const errors = run.stderr.split('\n').filter((line) => line.startsWith('dockvm: '));
+  const errors = errorLines(run.stderr);
   t.is(errors.length, 1, run.stderr);
   t.regex(errors[0]!, /Containerfile:3: RUN echo c > \/proc\/sysrq-trigger: .*(VM|agent)/);
   t.deepEqual(readdirSync(dir), ['ctx'], 'no output');

@@ -7,7 +7,7 @@ import test from 'ava';
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { runDockvm } from '../helpers/peers.js';
+import { errorLines, runDockvm } from '../helpers/peers.js';
 import { qemuCounter } from '../helpers/qemu-counter.js';
 import { BASE, baseContext, buildDir, layers, tempRoot, text } from './helpers.js';
 
@@ -37,7 +37,7 @@ for (const [what, instruction, make, error] of escapes) {
     const temp = tempRoot(t);
     const run = await runDockvm(['build', '--build-context', baseContext(), '-t', 'localhost/dockvm-test/in:1', '-o', out, ctx], { env: { ...qemu.env, ...temp.env } });
     t.is(run.exitCode, 1, run.stderr);
-    const errors = run.stderr.split('\n').filter((line) => line.startsWith('dockvm: '));
+    const errors = errorLines(run.stderr);
     t.is(errors.length, 1, run.stderr);
     t.regex(errors[0]!, error);
     t.false(run.stderr.includes('host credentials'));

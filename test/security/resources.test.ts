@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { debianBaseFixture } from '../fixtures/debian.js';
 import { qemuCounter } from '../helpers/qemu-counter.js';
-import { runDockvm } from '../helpers/peers.js';
+import { errorLines, runDockvm } from '../helpers/peers.js';
 import { BASE, alive, baseContext, buildDir, tempRoot } from './helpers.js';
 
 const CLI = fileURLToPath(new URL('../../bin/dockvm.js', import.meta.url));
@@ -54,7 +54,7 @@ async function runAsRoot(t: Parameters<typeof buildDir>[0], script: string, spec
   const run = await child.finally(() => clearInterval(sampler));
   const elapsedMs = Date.now() - started;
   const stderr = tail(stderrPath, 64 * 1024); // the error is at the end; the output before it may be GiBs
-  const errors = stderr.split('\n').filter((line) => line.startsWith('dockvm: ') && !line.startsWith('dockvm: warning'));
+  const errors = errorLines(stderr);
   if (errors.length !== 1) t.log(`stderr ends with: ${stderr.slice(-300)}`);
   return { exitCode: run.exitCode ?? -1, errors, outputBytes: statSync(stderrPath).size, maxRssKiB, elapsedMs, qemu, temp, out };
 }
@@ -118,7 +118,7 @@ test.serial('dockvm build: a RUN step that never ends is stopped at --timeout, t
   const run = await runDockvm(['build', '--timeout', '30', '--network=none', '--build-context', baseContext(), '-t', 'localhost/dockvm-test/forever:1', '-o', out, ctx], { env: { ...qemu.env, ...temp.env } });
   t.log(`exit ${run.exitCode} after ${((Date.now() - started) / 1000).toFixed(1)} s`);
   t.is(run.exitCode, 1, run.stderr);
-  const errors = run.stderr.split('\n').filter((line) => line.startsWith('dockvm: '));
+  const errors = errorLines(run.stderr);
   t.deepEqual(errors, ['dockvm: the build took longer than --timeout 30 s; its VM was stopped']);
   t.deepEqual(readdirSync(dir), ['ctx'], 'no output');
   t.false(qemu.starts().some(({ pid }) => alive(pid)), 'no QEMU left');
