@@ -10,7 +10,7 @@ import { withTempDir } from '../cleanup.js';
 import { pushSource } from '../transport/push-source.js';
 import type { BuildSpec } from '../spec/load.js';
 import { openImage, parseDestination, writeImage } from '../transport/index.js';
-import { openRegistryImage, type PushResult, type RegistryOptions } from '../transport/registry/index.js';
+import { openRegistryImage, type PushIndexResult, type PushResult, type RegistryOptions } from '../transport/registry/index.js';
 
 export interface RebuildOptions extends VmBuildOptions {
   /** fromImage for the build (the pinned base), null for scratch */
@@ -29,7 +29,7 @@ export interface Rebuilt {
   /** bytes and sha256 (hex) of the archive; null for an OCI layout */
   outputSize: number | null;
   outputSha256: string | null;
-  pushed: PushResult | null;
+  pushed: PushResult | PushIndexResult | null;
 }
 
 export async function rebuild(spec: BuildSpec, options: RebuildOptions): Promise<Rebuilt> {
@@ -88,7 +88,7 @@ async function buildAndPublish(spec: BuildSpec, options: RebuildOptions): Promis
   }
 }
 
-async function pushIfAsked(source: string, build: RunAsRootResult, options: RebuildOptions): Promise<PushResult | null> {
+async function pushIfAsked(source: string, build: RunAsRootResult, options: RebuildOptions): Promise<PushResult | PushIndexResult | null> {
   const target = options.pushTo?.(build.imageName, build.imageTag);
   if (!target) return null;
   return pushSource(source, target.reference, target.options);
