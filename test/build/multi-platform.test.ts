@@ -32,8 +32,16 @@ function tempDir(t: { teardown(fn: () => void): void }): string {
   return dir;
 }
 
-/** The two fixtures in one OCI layout (skopeo copies them), named "bookworm" by an index of both. */
-async function indexOfFixtures(dir: string): Promise<string> {
+/** The two fixtures in one OCI layout (skopeo copies them), named "bookworm" by an index of both; made once per file. */
+let fixtureIndex: Promise<string> | undefined;
+const fixtureDir = mkdtempSync(join(tmpdir(), 'dockvm-multi-base-'));
+test.after.always(() => rmSync(fixtureDir, { recursive: true, force: true }));
+
+function indexOfFixtures(): Promise<string> {
+  return (fixtureIndex ??= assembleIndex(fixtureDir));
+}
+
+async function assembleIndex(dir: string): Promise<string> {
   const layout = join(dir, 'base');
   const manifests = [];
   for (const [name, archive, platform] of [
@@ -74,7 +82,7 @@ function shellPath(links: Map<string, string>): string {
 
 multiTest('build --platform linux/amd64,linux/arm64: an index of two images, each RUN on its own CPU, each image what its single-platform build gives; pushed as an index', async (t) => {
   const dir = tempDir(t);
-  const base = await indexOfFixtures(dir);
+  const base = await indexOfFixtures();
   const ctx = join(dir, 'ctx');
   mkdirSync(ctx);
   writeFileSync(join(ctx, 'hello'), 'hello\n');
@@ -148,6 +156,52 @@ multiTest('build --platform linux/amd64,linux/arm64: an index of two images, eac
     t.is(pull.exitCode, 0, pull.stderr);
     t.is(JSON.parse(pull.stdout).configDigest, result.platforms[i].imageId);
   }
+});
+
+multiTest('run-as-root of a spec with platforms: the script run in an amd64 and an arm64 VM, over each platform\'s base, written as an index; each image what a spec of that architecture alone gives', async (t) => {
+  const dir = tempDir(t);
+  const base = await indexOfFixtures();
+  const qemu = await qemuCounter(t);
+  const env = { ...qemu.env, DOCKVM_BUILD_CACHE: '', DOCKVM_BUILD_CACHE_DIR: join(dir, 'build-cache') };
+  const fields = { name: 'localhost/dockvm-test/multi-spec', tag: '1', fromImage: base, runAsRoot: 'uname -m > /arch; dpkg --print-architecture >> /arch; useradd -u 1000 app' };
+  writeFileSync(join(dir, 'multi.json'), JSON.stringify({ ...fields, platforms: ['linux/amd64', 'linux/arm64'], output: 'oci:out' }));
+  const run = await runDockvm(['run-as-root', join(dir, 'multi.json'), '--json'], { env });
+  t.is(run.exitCode, 0, run.stderr);
+  t.is(qemu.bootsOf('amd64'), 1);
+  t.is(qemu.bootsOf('arm64'), 1);
+  const result = JSON.parse(run.stdout);
+  t.like(result, { imageName: 'localhost/dockvm-test/multi-spec', imageTag: '1', bootedVm: true });
+  t.deepEqual(result.platforms.map((p: { platform: string }) => p.platform), ['linux/amd64', 'linux/arm64/v8']);
+
+  const out = join(dir, 'out');
+  const raw = await peer('skopeo', ['inspect', '--raw', `oci:${out}:1`]);
+  t.is(sha256(Buffer.from(raw)), result.index.digest);
+  t.deepEqual(JSON.parse(raw).manifests.map((m: { digest: string; platform: unknown }) => [m.digest, m.platform]), [
+    [result.platforms[0].manifestDigest, { architecture: 'amd64', os: 'linux' }],
+    [result.platforms[1].manifestDigest, { architecture: 'arm64', os: 'linux', variant: 'v8' }],
+  ]);
+  for (const [i, [architecture, variant, machine, cpu]] of ([['amd64', undefined, 62, 'x86_64\namd64\n'], ['arm64', 'v8', 183, 'aarch64\narm64\n']] as const).entries()) {
+    const image = await openImage(`oci:${out}:1`, { platform: { os: 'linux', architecture } });
+    t.teardown(() => image.close());
+    t.is(image.configDigest, result.platforms[i].configDigest);
+    t.like(image.config, { os: 'linux', architecture });
+    t.is(image.config.variant, variant);
+    t.is((await layerFiles(image, 1, ['arch'])).files.get('arch')?.toString(), cpu);
+    const sh = shellPath((await layerFiles(image, 0, [])).links);
+    t.is(elfFacts((await layerFiles(image, 0, [sh])).files.get(sh)!)?.machine, machine);
+    // the same spec for this architecture alone: the same image (its layer from the cache: no VM)
+    writeFileSync(join(dir, `${architecture}.json`), JSON.stringify({ ...fields, architecture, output: `${architecture}.tar` }));
+    const alone = await runDockvm(['run-as-root', join(dir, `${architecture}.json`), '--json'], { env });
+    t.is(alone.exitCode, 0, alone.stderr);
+    t.like(JSON.parse(alone.stdout), { configDigest: image.configDigest, bootedVm: false });
+  }
+  t.is(qemu.boots(), 2);
+  // -o into a docker-archive: refused before any VM, nothing written
+  const archive = await runDockvm(['run-as-root', join(dir, 'multi.json'), '-o', join(dir, 'multi.tar')], { env });
+  t.is(archive.exitCode, 1);
+  t.regex(archive.stderr, /^dockvm: output: \S+multi\.tar is a docker-archive, which holds one platform's image; platforms lists 2: write an OCI layout \(oci:DIR\)$/m);
+  t.false(existsSync(join(dir, 'multi.tar')));
+  t.is(qemu.boots(), 2);
 });
 
 test('a docker-archive asked to hold several platforms: one line naming the outputs that can, before any VM boots, nothing written', async (t) => {
