@@ -5,7 +5,7 @@
 // config's os/architecture/variant, the ELF machine of each image's /bin/sh, what each RUN saw; that each
 // platform's image is what a single-platform build of it gives (its steps then come from the build
 // cache the multi-platform build filled: no VM); and the same build pushed as an index, pulled back by
-// its digest. Two VM boots, counted. A docker-archive asked for several platforms is refused up front.
+// its digest, and into an OCI archive. Two VM boots, counted. A docker-archive asked for several platforms is refused up front.
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -139,6 +139,13 @@ multiTest('build --platform linux/amd64,linux/arm64: an index of two images, eac
     t.deepEqual(aloneResult.layers.map((l: { diffId: string }) => l.diffId), image.layers.map((l) => l.diffId));
   }
   t.is(qemu.boots(), 2, 'the single-platform builds booted nothing');
+
+  // an OCI archive holds the same index (its steps from the cache)
+  const archive = join(dir, 'multi.oci.tar');
+  const archived = await runDockvm(['build', ...common, '--platform', 'linux/amd64,linux/arm64', '-o', `oci-archive:${archive}`, '--json', ctx], { env });
+  t.is(archived.exitCode, 0, archived.stderr);
+  t.is(JSON.parse(archived.stdout).index.digest, result.index.digest);
+  t.is(sha256(Buffer.from(await peer('skopeo', ['inspect', '--raw', `oci-archive:${archive}:1`]))), result.index.digest);
 
   // the same build pushed: the index with both manifests, pulled back by the index's digest
   const registry = await startRegistry(t);
