@@ -8,7 +8,7 @@ import { withTempDir } from '../cleanup.js';
 import { DEFAULT_DISK_SIZE } from '../spec/schema.js';
 import { openImage } from '../transport/index.js';
 import type { Platform } from '../image/config.js';
-import { withBuildVm } from './build-vm.js';
+import { checkLowerCount, withBuildVm } from './build-vm.js';
 import { lowersFor } from './lowers.js';
 import { scriptEnvironment } from './config.js';
 import { commandLaunch, interactiveShellLaunch, runStep } from './interpreter.js';
@@ -36,7 +36,9 @@ export async function shell(reference: string, options: ShellOptions): Promise<n
   const image = await openImage(reference, options.platform ? { platform: options.platform } : {});
   try {
     const row = runnableRow(platformOf(image.config), reference);
-    await requireGuestPieces(row); // what this host lacks for the VM is said before the lowers are made
+    // an input error (too many layers) first, then what this host lacks for the VM, both before any lower is made
+    checkLowerCount(image.layers.length, reference);
+    await requireGuestPieces(row);
     const lowers = await lowersFor(image, reference);
     return await withTempDir('shell', async (tmp) => {
       const scratch = join(tmp, 'scratch.ext4');

@@ -11,7 +11,7 @@ import { readUpperManifest } from '../layer/upper-manifest.js';
 import type { TarEntry } from '../layer/tar.js';
 import type { BuildSpec } from '../spec/load.js';
 import { createScratchDisk, qemuImgCreate } from '../vm/index.js';
-import { describeExit, withBuildVm, type BuildVm } from './build-vm.js';
+import { checkLowerCount, describeExit, withBuildVm, type BuildVm } from './build-vm.js';
 import { lowersFor } from './lowers.js';
 import { scriptEnvironment } from './config.js';
 import { rootChangeWarning } from './root-change.js';
@@ -49,7 +49,8 @@ export async function createUpperDisk(path: string, diskSizeMiB: number): Promis
 
 /** `copy`: the copyToRoot tar, each entry at the path it lands on (src/build/copy-over-base.ts). */
 export async function buildLayerInVm(spec: BuildSpec, base: Image | undefined, copy: string | undefined, tmp: string, clampMtime: number, options: VmBuildOptions): Promise<LayerFile> {
-  // what this host lacks for the VM is said before the lowers are made
+  // an input error (too many layers) first, then what this host lacks for the VM, both before any lower is made
+  checkLowerCount(base?.layers.length ?? 0, spec.fromImage ?? 'scratch');
   await requireGuestPieces(ARCHITECTURES[options.architecture ?? defaultArchitecture().architecture]);
   const lowers = await lowersFor(base, spec.fromImage ?? 'scratch');
   const scratch = join(tmp, 'scratch.ext4');

@@ -138,7 +138,7 @@ test.serial(`${LIMIT + 1} layers: run-as-root, export --engine vm and shell refu
   const tooMany = new RegExp(`^dockvm: .*has ${LIMIT + 1} layers; the build VM stacks at most ${LIMIT} .*\\n$`);
   for (const args of [['run-as-root', spec], ['export', reference, '-o', join(dir, 'export.tar'), '--engine', 'vm'], ['shell', reference, '--', 'true']]) {
     const run = await runDockvm(args, { env });
-    t.is(run.exitCode, 2, args[0]);
+    t.is(run.exitCode, 2, `${args[0]}: ${run.stderr}`);
     t.regex(run.stderr, tooMany, args[0]);
   }
   t.regex((await runDockvm(['export', reference, '-o', join(dir, 'export.tar'), '--engine', 'vm'], { env })).stderr, /use --engine native/);

@@ -26,13 +26,14 @@ export function memoryImage(layerTars: Buffer[], options: MemoryImageOptions = {
   let file: { name: string; removeCallback: () => void } | undefined;
   const offsets: number[] = [];
   if (options.inPlace) {
-    file = fileSync({ prefix: 'dockvm-memory-image-', postfix: '.tar' });
+    const made = fileSync({ prefix: 'dockvm-memory-image-', postfix: '.tar' });
+    file = made;
     let at = 0;
     for (const tar of layerTars) {
       offsets.push(at);
       at += tar.length;
     }
-    writeFileSync(file.name, Buffer.concat(layerTars));
+    writeFileSync(made.name, Buffer.concat(layerTars));
   }
   const layers: Layer[] = layerTars.map((tar, i) => ({
     diffId: diffIds[i]!,

@@ -97,7 +97,7 @@ test('--push REF with {name}/{tag}: each image pushed, recorded in the lock; a n
   t.regex(two.imageTag, /^[0-9a-f]{32}$/, 'a tag derived from the content');
   t.is(results[0]!.pushedTo, `docker://${registry.host}/mirror/dockvm-test/one:1`);
   t.is(results[1]!.pushedTo, `docker://${registry.host}/mirror/dockvm-test/two:${two.imageTag}`);
-  t.is(two.pushedTo, results[1]!.pushedTo);
+  t.is<string | null, string | null>(two.pushedTo, results[1]!.pushedTo);
   for (const result of results) {
     const { digest } = await resolveDigest(result.pushedTo!, { authFiles: noAuthFiles(dir) });
     t.is(result.pushedDigest, digest);

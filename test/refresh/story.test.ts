@@ -105,7 +105,7 @@ test('base v1 → rebuilt; again → up-to-date without a VM; base v2 under the 
   const lock2 = JSON.parse(await readFile(lockPath, 'utf8'));
   t.like(lock2, { baseDigest: v2.digest, configDigest: built2.configDigest, pushedTo: third.pushedTo, pushedDigest: third.pushedDigest });
   t.is(lock2.inputsHash, JSON.parse(lock1).inputsHash);
-  t.is((await resolveDigest(third.pushedTo!, { authFiles: noAuthFiles(dir) })).digest, third.pushedDigest);
+  t.is<string | null, string | null>((await resolveDigest(third.pushedTo!, { authFiles: noAuthFiles(dir) })).digest, third.pushedDigest);
 
   // Night 4: the same command again is a no-op.
   const fourth = await refreshCli(dir, ['--push', push]);

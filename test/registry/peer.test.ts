@@ -39,10 +39,10 @@ withSkopeo('an image skopeo pushed: dockvm reads the same manifest, config and l
 
   const image = await openRegistryImage(ref, isolated);
   t.teardown(() => image.close());
-  t.is(image.manifest.digest, view.digest);
-  t.is(image.manifest.digest, sha(view.rawManifest));
-  t.is(image.configDigest, sha(view.config));
-  t.deepEqual(await Promise.all(image.layers.map(async (layer) => (await layer.blob()).digest)), view.layers);
+  t.is<string, string>(image.manifest.digest, view.digest);
+  t.is<string, string>(image.manifest.digest, sha(view.rawManifest));
+  t.is<string, string>(image.configDigest, sha(view.config));
+  t.deepEqual<string[], string[]>(await Promise.all(image.layers.map(async (layer) => (await layer.blob()).digest)), view.layers);
   const original = await openImage(source);
   t.teardown(() => original.close());
   t.deepEqual(image.layers.map((layer) => layer.diffId), original.layers.map((layer) => layer.diffId));
@@ -72,5 +72,5 @@ withSkopeo('an image dockvm pushed: skopeo sees the same digests, and copies it 
   await peer('skopeo', ['copy', '--quiet', '--src-tls-verify=false', ref, `docker-archive:${join(dir, 'copy.tar')}:peer/app:1`]);
   const copied = await openImage(join(dir, 'copy.tar'));
   t.teardown(() => copied.close());
-  t.is(copied.configDigest, result.config.digest);
+  t.is<string, string>(copied.configDigest, result.config.digest);
 });

@@ -57,7 +57,7 @@ test('a kernel file replaced by another of the same size and mtime gets its own 
   const dir = await mkdtemp(join(tmpdir(), 'dockvm-boot-image-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const env = { ...process.env, DOCKVM_CACHE: join(dir, 'cache'), DOCKVM_BOOT_PROTOCOL: undefined };
-  const kernel = { kernel: join(dir, 'vmlinuz'), modulesDir: null, release: 'custom', source: 'DOCKVM_KERNEL' as const };
+  const kernel = { architecture: 'amd64' as const, kernel: join(dir, 'vmlinuz'), modulesDir: null, release: 'custom', source: 'DOCKVM_KERNEL' as const };
   const mtime = new Date('2026-01-01T00:00:00Z'); // whole seconds: utimes keeps them exactly
   await writeFile(kernel.kernel, fakeBzImage('kernel one'));
   await utimes(kernel.kernel, mtime, mtime);

@@ -20,7 +20,7 @@ async function parse(bytes: Buffer, sizes?: number[]): Promise<Frame[]> {
   return frames;
 }
 
-const big = Buffer.alloc(200_000, 0).map((_, i) => (i * 7919) % 251);
+const big = Buffer.from(Buffer.alloc(200_000, 0).map((_, i) => (i * 7919) % 251));
 const stream = Buffer.concat([
   encodeFrame(MessageType.hello, 0, Buffer.from('protocol=1\nagent=0.1.0\nkernel=6.1\ntransport=serial\n')),
   encodeFrame(MessageType.stdout, 3, Buffer.from('hello\n')),

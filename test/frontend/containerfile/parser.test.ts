@@ -17,10 +17,13 @@ function parseError(t: import('ava').ExecutionContext, text: string): Containerf
   return t.throws(() => parse(text), { instanceOf: ContainerfileError })!;
 }
 
-function only<K extends Instruction['kind']>(text: string, kind: K): Extract<Instruction, { kind: K }> {
+/** The instruction type whose kind union holds K (several kinds share a type, e.g. CMD and SHELL). */
+type InstructionOf<K extends Instruction['kind']> = Instruction extends infer I ? (I extends { kind: infer U } ? (K extends U ? I : never) : never) : never;
+
+function only<K extends Instruction['kind']>(text: string, kind: K): InstructionOf<K> {
   const found = parse(text).filter((i) => i.kind === kind);
   if (found.length !== 1) throw new Error(`expected one ${kind}, got ${found.length}`);
-  return found[0] as Extract<Instruction, { kind: K }>;
+  return found[0] as InstructionOf<K>;
 }
 
 test('a continuation joins lines, keeping the continued line\'s leading whitespace', (t) => {

@@ -1,6 +1,7 @@
 // Each instruction as a plan step: the layer or config change it makes and its history entry, written
 // as BuildKit writes it (dockerfile2llb/convert.go, dockerfile_history_test.go).
 import test from 'ava';
+import type { BaseRequest } from '../../../src/frontend/containerfile/planner.js';
 import { applyConfigChange, type ImageState } from '../../../src/plan/config-change.js';
 import type { ConfigStep, CopyStep, RunStep, Step, WorkdirStep } from '../../../src/plan/plan.js';
 import { BASE_PATH, plan, planError, targetSteps } from './helpers.js';
@@ -248,7 +249,7 @@ test('an invalid ONBUILD trigger in a base image is an error at the FROM', async
 });
 
 test('only the stages the target needs are planned and have their bases resolved', async (t) => {
-  const requests: { ref: string }[] = [];
+  const requests: BaseRequest[] = [];
   const p = await plan(t, 'FROM unused AS a\nFROM tools AS b\nFROM scratch AS c\nCOPY --from=b /x /x\nFROM final\n', { target: 'c', requests });
   t.deepEqual(p.stages.map((s) => s.name), ['b', 'c']);
   t.is(p.target, 1);
