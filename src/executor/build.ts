@@ -100,23 +100,30 @@ export async function buildContainerfile(options: BuildOptions): Promise<BuildRe
   const secrets = await secretFiles(options.secrets ?? {});
   try {
     return await withTempDir('containerfile', async (tmp) => {
-      // One plan and execution per platform: a thin loop over the single-platform build.
+      // One plan and execution per platform: a thin loop over the single-platform build. Every platform is
+      // planned first, so that a base without an image for one of them fails before any VM boots.
       const events = platforms.length > 1 ? new PlatformEvents(options.onEvent) : undefined;
+      const plans = [];
+      for (const platform of platforms) {
+        plans.push(
+          await planContainerfile({
+            contextDir: options.contextDir ?? '.',
+            ...(options.file !== undefined ? { file: options.file } : {}),
+            ...(options.buildArgs ? { buildArgs: options.buildArgs } : {}),
+            ...(options.target !== undefined ? { target: options.target } : {}),
+            ...(platform !== undefined ? { platform } : {}),
+            resolveBase: images.resolveBase,
+          }),
+        );
+      }
+      // the same Containerfile warns the same for every platform: once is enough
+      for (const message of plans[0]!.warnings) options.onEvent?.({ type: 'warning', message });
       const built: { platform: string | undefined; image: Image; steps: BuildResult['steps']; vmBoots: number; warnings: string[] }[] = [];
       for (const [i, platform] of platforms.entries()) {
+        const plan = plans[i]!;
         const onEvent = events ? events.for(platform!) : options.onEvent;
         const platformTmp = platforms.length > 1 ? join(tmp, `platform-${i}`) : tmp;
         if (platformTmp !== tmp) await mkdir(platformTmp);
-        const plan = await planContainerfile({
-          contextDir: options.contextDir ?? '.',
-          ...(options.file !== undefined ? { file: options.file } : {}),
-          ...(options.buildArgs ? { buildArgs: options.buildArgs } : {}),
-          ...(options.target !== undefined ? { target: options.target } : {}),
-          ...(platform !== undefined ? { platform } : {}),
-          resolveBase: images.resolveBase,
-        });
-        // the same Containerfile warns the same for every platform: once is enough
-        if (i === 0) for (const message of plan.warnings) onEvent?.({ type: 'warning', message });
         const result = await executePlan(plan, {
           images,
           cache,
@@ -129,7 +136,7 @@ export async function buildContainerfile(options: BuildOptions): Promise<BuildRe
           ...(options.signal ? { signal: options.signal } : {}),
           ...(onEvent ? { onEvent } : {}),
         });
-        const steps = platform === undefined || platforms.length === 1 ? result.steps : result.steps.map((step) => ({ ...step, platform: platform }));
+        const steps = platforms.length === 1 ? result.steps : result.steps.map((step) => ({ ...step, platform: platform! }));
         built.push({ platform, image: { ...result.image, repoTags: tags }, steps, vmBoots: result.vmBoots, warnings: plan.warnings });
       }
       const common = {

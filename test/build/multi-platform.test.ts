@@ -20,6 +20,7 @@ import { hasTool, peer, runDockvm } from '../helpers/peers.js';
 import { needs } from '../helpers/prerequisites.js';
 import { qemuCounter } from '../helpers/qemu-counter.js';
 import { startRegistry } from '../helpers/registry.js';
+import { layerTar, writeDockerArchive } from '../fixtures/assemble.js';
 
 const ready = hasDebianArm64Fixture() && hasTool('qemu-system-aarch64') && hasTool('skopeo') && hasTool('docker-registry');
 const multiTest = needs(ready, 'the arm64 Debian fixture, qemu-system-aarch64, skopeo or docker-registry is missing (scripts/setup installs and builds them)', test.serial);
@@ -227,4 +228,18 @@ test('a docker-archive asked to hold several platforms: one line naming the outp
   const twice = await runDockvm(['build', '--platform', 'linux/arm64,arm64', '-t', 'multi:1', '-o', `oci:${join(dir, 'oci')}`, dir], { env: qemu.env });
   t.is(twice.exitCode, 2);
   t.regex(twice.stderr, /^dockvm: --platform linux\/arm64,arm64: linux\/arm64 is given twice\n$/);
+});
+
+test('a base without an image for one of the platforms: that error, naming the base and the platform, before any platform\'s VM boots', async (t) => {
+  const dir = tempDir(t);
+  await writeDockerArchive(join(dir, 'base.tar'), [{ repoTag: 'localhost/amd64-only:1', layers: [await layerTar([{ path: 'etc/base', content: 'base\n' }])] }]);
+  writeFileSync(join(dir, 'hello'), 'hello\n');
+  writeFileSync(join(dir, 'Containerfile'), 'FROM localhost/amd64-only:1\nCOPY hello /hello\n');
+  const qemu = await qemuCounter(t);
+  const out = join(dir, 'oci');
+  const run = await runDockvm(['build', '--build-context', `localhost/amd64-only:1=docker-archive:${join(dir, 'base.tar')}`, '--platform', 'linux/amd64,linux/arm64', '-t', 'multi:1', '-o', `oci:${out}`, dir], { env: qemu.env });
+  t.is(run.exitCode, 1, run.stderr);
+  t.regex(run.stderr, /base\.tar is an image for linux\/amd64, not linux\/arm64/);
+  t.is(qemu.boots(), 0, 'the amd64 image was not built first');
+  t.false(existsSync(out));
 });
