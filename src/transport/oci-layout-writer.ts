@@ -53,7 +53,6 @@ export interface WrittenIndex {
 export async function writeOciIndex(images: readonly Image[], dir: string, options: WriteOciLayoutOptions = {}): Promise<WrittenIndex> {
   const manifests: Descriptor[] = [];
   const index = await writeLayout(dir, options, async (root) => {
-    manifests.length = 0;
     for (const image of images) manifests.push({ ...(await storeImage(root, image)), platform: platformOf(image) });
     const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.OciIndex, manifests } satisfies Index));
     const digest = sha256(bytes);

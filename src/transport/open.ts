@@ -48,6 +48,7 @@ export async function openImage(reference: string | ImageReference, options: Ope
 /**
  * The images of a multi-platform index in an OCI layout or archive (`oci:DIR[:REF]`, `oci-archive:PATH[:REF]`),
  * each with its platform; undefined when the reference names a single image (or is not an OCI layout).
+ * The images share the opened layout: close() releases it, once every image is no longer read.
  */
 export async function openIndex(reference: string | ImageReference): Promise<{ images: { platform: Platform; image: OpenedImage }[]; close(): Promise<void> } | undefined> {
   const ref = typeof reference === 'string' ? parseImageReference(reference) : reference;
