@@ -1,9 +1,11 @@
 // run-as-root for a spec's `platforms` (dockvm's field beside nixpkgs' `architecture`): the one-platform
 // build (run-as-root.ts) once per platform, each with that platform as its architecture (an index base
-// gives each its own image; runAsRoot runs in each platform's VM), each into a private OCI layout; then
-// the images as one OCI image index in the output (an OCI layout: a docker-archive holds one platform).
+// gives each its own image; runAsRoot runs in each platform's VM), each into an OCI layout; then the
+// images as one OCI image index in the output (an OCI layout: a docker-archive holds one platform).
 // A spec without `platforms`, or with one, is the one-platform build.
+import { readdir, rmdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeAtomically } from '../output.js';
 import { SpecError } from '../errors.js';
 import { canonicalJson } from '../cache/canonical-json.js';
 import { hex, sha256 } from '../image/digest.js';
@@ -49,37 +51,56 @@ export async function runAsRootPlatforms(spec: BuildSpec, options: RunAsRootOpti
   if (destination.kind !== 'oci') {
     throw new SpecError(`output: ${output} is a docker-archive, which holds one platform's image; platforms lists ${platforms.length}: write an OCI layout (oci:DIR)`, [], { field: 'output' });
   }
-  return withTempDir('platforms', async (tmp) => {
-    const layout = join(tmp, 'layout');
-    const built: RunAsRootResult[] = [];
-    for (const [i, platform] of platforms.entries()) {
-      // a fixed tag for now (the index's is known once every platform is built): the layout's ref, not part of any image
-      const one: BuildSpec = { ...spec, architecture: platform.split('/')[1]!, platforms: null, tag: spec.tag ?? 'platform' };
-      built.push(await runAsRoot(one, { ...options, output: `oci:${layout}:p${i}` }));
-    }
-    // nixpkgs derives the tag from the output's hash: here, from every platform's image
-    const imageTag = spec.tag ?? hex(sha256(canonicalJson(built.map((b) => b.configDigest)))).slice(0, 32);
-    const images: OpenedImage[] = [];
-    try {
-      for (const i of platforms.keys()) images.push(await openImage(`oci:${layout}:p${i}`));
-      const written = await writeOciIndex(images, destination.dir, { ref: destination.ref ?? imageTag });
-      return {
-        imageName: spec.name,
-        imageTag,
-        output,
-        index: { mediaType: written.index.mediaType, digest: written.index.digest },
-        platforms: built.map((b, i) => ({
-          platform: formatPlatform(written.manifests[i]!.platform!),
-          configDigest: b.configDigest,
-          manifestDigest: written.manifests[i]!.digest,
-          layers: b.layers,
-          bootedVm: b.bootedVm,
-          cache: b.cache,
-        })),
-        bootedVm: built.some((b) => b.bootedVm),
-      };
-    } finally {
-      await Promise.all(images.map((image) => image.close()));
-    }
-  });
+  // A new output directory is built where it will be (each platform's image, then their index into the
+  // same layout, renamed into place when complete: no blob copied twice); an existing layout gets the
+  // index added from a private one.
+  const state = await stat(destination.dir).then((info) => (info.isDirectory() ? readdir(destination.dir) : ['']), () => undefined);
+  if (state === undefined || state.length === 0) {
+    if (state) await rmdir(destination.dir);
+    return writeAtomically(destination.dir, (layout) => buildInto(spec, platforms, options, layout, destination.ref, output, true));
+  }
+  return withTempDir('platforms', (tmp) => buildInto(spec, platforms, options, join(tmp, 'layout'), destination.ref, output, false, destination.dir));
+}
+
+/** Each platform's image into the layout `layout` (refs p0, p1…), then their index into `into` (default: that layout, naming the index alone). */
+async function buildInto(
+  spec: BuildSpec,
+  platforms: readonly string[],
+  options: RunAsRootOptions,
+  layout: string,
+  ref: string | undefined,
+  output: string,
+  inPlace: boolean,
+  into = layout,
+): Promise<RunAsRootPlatformsResult> {
+  const built: RunAsRootResult[] = [];
+  for (const [i, platform] of platforms.entries()) {
+    // a fixed tag for now (the index's is known once every platform is built): the layout's ref, not part of any image
+    const one: BuildSpec = { ...spec, architecture: platform.split('/')[1]!, platforms: null, tag: spec.tag ?? 'platform' };
+    built.push(await runAsRoot(one, { ...options, output: `oci:${layout}:p${i}` }));
+  }
+  // nixpkgs derives the tag from the output's hash: here, from every platform's image
+  const imageTag = spec.tag ?? hex(sha256(canonicalJson(built.map((b) => b.configDigest)))).slice(0, 32);
+  const images: OpenedImage[] = [];
+  try {
+    for (const i of platforms.keys()) images.push(await openImage(`oci:${layout}:p${i}`));
+    const written = await writeOciIndex(images, into, { ref: ref ?? imageTag, ...(inPlace ? { alone: true } : {}) });
+    return {
+      imageName: spec.name,
+      imageTag,
+      output,
+      index: { mediaType: written.index.mediaType, digest: written.index.digest },
+      platforms: built.map((b, i) => ({
+        platform: formatPlatform(written.manifests[i]!.platform!),
+        configDigest: b.configDigest,
+        manifestDigest: written.manifests[i]!.digest,
+        layers: b.layers,
+        bootedVm: b.bootedVm,
+        cache: b.cache,
+      })),
+      bootedVm: built.some((b) => b.bootedVm),
+    };
+  } finally {
+    await Promise.all(images.map((image) => image.close()));
+  }
 }

@@ -27,6 +27,8 @@ import { chain, describeFailure } from './streams.js';
 export interface WriteOciLayoutOptions {
   /** the org.opencontainers.image.ref.name to give the image in index.json ("latest", "app:1.0") */
   ref?: string;
+  /** index.json names this image alone: the layout's other entries are dropped (their blobs stay) */
+  alone?: boolean;
 }
 
 const REF_RE = /^[A-Za-z0-9]+(?:[-._:@/+]+[A-Za-z0-9]+)*$/;
@@ -106,7 +108,7 @@ async function writeInto(root: string, store: (root: string) => Promise<Descript
   const stored = await store(root);
   const descriptor: Descriptor = { ...stored };
   if (options.ref !== undefined) descriptor.annotations = { [REF_NAME_ANNOTATION]: options.ref };
-  const kept = manifests.filter((entry) => options.ref === undefined || entry.annotations?.[REF_NAME_ANNOTATION] !== options.ref);
+  const kept = options.alone ? [] : manifests.filter((entry) => options.ref === undefined || entry.annotations?.[REF_NAME_ANNOTATION] !== options.ref);
   const index: Index = { schemaVersion: 2, mediaType: MediaType.OciIndex, manifests: [...kept, descriptor] };
   await writeFile(join(root, 'oci-layout'), `${JSON.stringify({ imageLayoutVersion: '1.0.0' })}`);
   await writeAtomically(join(root, 'index.json'), (temp) => writeFile(temp, JSON.stringify(index)));
