@@ -6,7 +6,7 @@
 import { readdir, rmdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeAtomically } from '../output.js';
-import { SpecError } from '../errors.js';
+import { DockvmError, SpecError } from '../errors.js';
 import { canonicalJson } from '../cache/canonical-json.js';
 import { hex, sha256 } from '../image/digest.js';
 import { withTempDir } from '../cleanup.js';
@@ -51,6 +51,7 @@ export async function runAsRootPlatforms(spec: BuildSpec, options: RunAsRootOpti
   if (destination.kind !== 'oci') {
     throw new SpecError(`output: ${output} is a docker-archive, which holds one platform's image; platforms lists ${platforms.length}: write an OCI layout (oci:DIR)`, [], { field: 'output' });
   }
+  await checkBase(spec, platforms);
   // A new output directory is built where it will be (each platform's image, then their index into the
   // same layout, renamed into place when complete: no blob copied twice); an existing layout gets the
   // index added from a private one.
@@ -102,5 +103,22 @@ async function buildInto(
     };
   } finally {
     await Promise.all(images.map((image) => image.close()));
+  }
+}
+
+/** Before anything is built: the base has an image for every platform (an index), or the spec names it as each. */
+async function checkBase(spec: BuildSpec, platforms: readonly string[]): Promise<void> {
+  if (spec.fromImage === null) return;
+  const pick = spec.fromImageName && spec.fromImageTag ? { name: spec.fromImageName, tag: spec.fromImageTag } : {};
+  for (const platform of platforms) {
+    const [os, architecture, variant] = platform.split('/') as [string, string, string | undefined];
+    const image = await openImage(spec.fromImage, { ...pick, platform: { os, architecture, ...(variant ? { variant } : {}) } }).catch((err: unknown) => {
+      // the transports' word for a base of other platforms only (a missing file, a registry down: as they are)
+      if (err instanceof DockvmError && /is an image for|no image for/.test(err.message)) {
+        throw new SpecError(`platforms: ${platform} cannot be built over fromImage: ${err.message}`, [], { field: 'platforms', cause: err });
+      }
+      throw err;
+    });
+    await image.close();
   }
 }

@@ -6,7 +6,7 @@
 // platform's image is what a single-platform build of it gives (its steps then come from the build
 // cache the multi-platform build filled: no VM); and the same build pushed as an index, pulled back by
 // its digest, and into an OCI archive. Two VM boots, counted. A docker-archive asked for several platforms is refused up front.
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
@@ -244,4 +244,19 @@ test('a base without an image for one of the platforms: that error, naming the b
   t.regex(run.stderr, /base\.tar is an image for linux\/amd64, not linux\/arm64/);
   t.is(qemu.boots(), 0, 'the amd64 image was not built first');
   t.false(existsSync(out));
+});
+
+test('run-as-root with platforms over a base that has only one of them: a spec error naming the platform and the base, before anything is built; no output nor temp layout left', async (t) => {
+  const dir = tempDir(t);
+  await writeDockerArchive(join(dir, 'base.tar'), [{ repoTag: 'localhost/amd64-only:1', layers: [await layerTar([{ path: 'etc/base', content: 'base\n' }])] }]);
+  mkdirSync(join(dir, 'root'));
+  writeFileSync(join(dir, 'root', 'app'), 'app\n');
+  // no runAsRoot: each platform's layer is made on the host, so this needs no VM
+  writeFileSync(join(dir, 'spec.json'), JSON.stringify({ name: 'localhost/dockvm-test/half', tag: '1', fromImage: 'base.tar', copyToRoot: 'root', platforms: ['linux/amd64', 'linux/arm64'], output: 'oci:out' }));
+  const qemu = await qemuCounter(t);
+  const run = await runDockvm(['run-as-root', join(dir, 'spec.json')], { env: qemu.env });
+  t.is(run.exitCode, 1, run.stderr);
+  t.regex(run.stderr, /^dockvm: platforms: linux\/arm64 cannot be built over fromImage: \S+base\.tar is an image for linux\/amd64, not linux\/arm64$/m);
+  t.deepEqual(readdirSync(dir).sort(), ['base.tar', 'root', 'spec.json'], 'no output, no temp layout beside it');
+  t.is(qemu.boots(), 0);
 });
