@@ -14,8 +14,8 @@ export function registerPush(program: Command): void {
         'skipped, blobs of another repository of the same registry are mounted; uncompressed layers are ' +
         'gzipped (deterministically; with igzip when isal is installed, else zlib). Credentials: --creds, ' +
         '$REGISTRY_AUTH_FILE or ~/.docker/config.json (and the credential helpers it names). An OCI layout ' +
-        '(or archive) whose REF names a multi-platform index is pushed as an index: every platform\'s manifest, ' +
-        'then the index, whose digest is printed.',
+        '(or archive) whose REF names a multi-platform index, or a registry tag naming one, is pushed as an index: ' +
+        'every platform\'s image and manifest, then the index, whose digest is printed.',
     )
     .argument('<image>', 'PATH, docker-archive:PATH[:NAME:TAG], oci:DIR[:REF], oci-archive:PATH[:REF] or docker://REF')
     .argument('<ref>', 'where to: [docker://]HOST/REPO[:TAG]')

@@ -1,6 +1,7 @@
 // Multi-platform images as an index: written into an OCI layout (skopeo reads it as one), pushed from
 // that layout (`dockvm push`: every platform's manifest, then the index), read back by the index's
-// digest for each platform (`dockvm pull --arch`) and by skopeo, which copies the whole list back out.
+// digest for each platform (`dockvm pull --arch`), pushed from that registry to another repository whole,
+// and read by skopeo, which copies the whole list back out.
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'ava';
@@ -55,7 +56,7 @@ withSkopeo('an OCI layout holding an index: one manifest per platform, labelled 
   t.is((await readdir(join(layout, 'blobs', 'sha256'))).length, 8);
 });
 
-withSkopeo('dockvm push of an index layout: every manifest, then the index; pulled back by the index digest, each platform is its image; skopeo copy --all keeps both', async (t) => {
+withSkopeo('dockvm push of an index layout: every manifest, then the index; pulled back by the index digest, each platform is its image; copied registry to registry whole; skopeo copy --all keeps both', async (t) => {
   const dir = await tempDir(t);
   const registry = await startRegistry(t);
   const { amd64, arm64 } = await twoPlatforms();
@@ -85,6 +86,13 @@ withSkopeo('dockvm push of an index layout: every manifest, then the index; pull
     t.deepEqual(pulled.layers.map((l) => l.diffId), image.layers.map((l) => l.diffId));
     await pulled.close();
   }
+
+  // registry to registry: the whole index, each manifest as it was (so the index too)
+  const copy = await runDockvm(['push', `docker://${target}`, `docker://${registry.host}/dockvm/copy:1`, '--json'], { env });
+  t.is(copy.exitCode, 0, copy.stderr);
+  const copied = JSON.parse(copy.stdout);
+  t.is(copied.digest, result.digest);
+  t.deepEqual(copied.manifests.map((m: { digest: string }) => m.digest), result.manifests.map((m: { digest: string }) => m.digest));
 
   // a peer copies the whole list back out (into OCI manifests): both platforms there, each its own config
   const back = `oci:${join(dir, 'back')}:1`;
