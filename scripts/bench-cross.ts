@@ -21,7 +21,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runAsRoot } from '../src/build/run-as-root.js';
-import { runAsRootPlatforms } from '../src/build/run-as-root-platforms.js';
+import { runAsRootPlatforms } from '../src/executor/run-as-root-platforms.js';
 import { openImage, writeOciIndex } from '../src/transport/index.js';
 import { checkSpec } from '../src/spec/load.js';
 import { defaultArchitecture, startVm, type Architecture } from '../src/vm/index.js';

@@ -32,7 +32,7 @@ export function registerRunAsRoot(program: Command): void {
       installSignalHandlers();
       // loaded on use: --help and other commands start faster
       const { loadSpec } = await import('../spec/load.js');
-      const { runAsRootPlatforms } = await import('../build/run-as-root-platforms.js');
+      const { runAsRootPlatforms } = await import('../executor/run-as-root-platforms.js');
       const { parseCacheRepository } = await import('../cache/registry-store.js');
       for (const ref of [...(options.cacheFrom ?? []), ...(options.cacheTo ?? [])]) usage(() => parseCacheRepository(ref));
       const spec = await loadSpec(specPath);

@@ -7,7 +7,7 @@ import { UsageError } from '../errors.js';
 import type { Descriptor } from '../image/descriptor.js';
 import type { Image } from '../image/image.js';
 import { parseImageReference, splitNameTag } from '../image/reference.js';
-import { formatPlatform, parsePlatform } from '../frontend/containerfile/platform.js';
+import { formatPlatform, parsePlatform } from '../image/platform.js';
 import { parseDestination, writeOciIndex } from '../transport/index.js';
 import { pushIndex } from '../transport/registry/push.js';
 import type { RegistryOptions } from '../transport/registry/index.js';

@@ -6,7 +6,7 @@ import { rename, rm, stat } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import { basename, dirname, join } from 'node:path';
 import type { RunAsRootResult } from '../build/run-as-root.js';
-import { runAsRootPlatforms, type RunAsRootPlatformsResult } from '../build/run-as-root-platforms.js';
+import { runAsRootPlatforms, type RunAsRootPlatformsResult } from '../executor/run-as-root-platforms.js';
 import type { VmBuildOptions } from '../build/vm-layer.js';
 import { withTempDir } from '../cleanup.js';
 import { pushSource } from '../transport/push-source.js';

@@ -7,7 +7,7 @@ import { SpecError } from '../errors.js';
 import { invalidRepositoryName, isValidTag } from '../image/names.js';
 import type { ContainerConfig } from '../image/config.js';
 import { specSchema, type ParsedSpec } from './schema.js';
-import { formatPlatform, parsePlatform } from '../frontend/containerfile/platform.js';
+import { formatPlatform, parsePlatform } from '../image/platform.js';
 
 /** A checked spec with defaults applied and paths made absolute. */
 export interface BuildSpec {
