@@ -20,7 +20,7 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runAsRoot } from '../src/build/run-as-root.js';
+import { runAsRoot } from '../src/executor/run-as-root.js';
 import { runAsRootPlatforms } from '../src/executor/run-as-root-platforms.js';
 import { openImage, writeOciIndex } from '../src/transport/index.js';
 import { checkSpec } from '../src/spec/load.js';

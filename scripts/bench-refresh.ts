@@ -10,7 +10,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { runAsRoot } from '../src/build/run-as-root.js';
+import { runAsRoot } from '../src/executor/run-as-root.js';
 import { push } from '../src/cli/push.js';
 import { refresh, type RefreshOptions } from '../src/refresh/refresh.js';
 import { checkSpec } from '../src/spec/load.js';

@@ -25,12 +25,14 @@
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <linux/capability.h>
 #include <linux/loop.h>
 #include <linux/vm_sockets.h>
 #include <grp.h>
@@ -643,13 +645,35 @@ static int mount_lowers(const char *dir, int count, char **specs) {
 
 int upper_manifest(int argc, char **argv); /* vm/upper-manifest.c */
 
+/* Docker's default capabilities (moby's oci/caps/defaults.go, containerd's the same), what a RUN keeps. */
+static const int DOCKER_CAPS[] = {
+  CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FSETID, CAP_FOWNER, CAP_MKNOD, CAP_NET_RAW, CAP_SETGID, CAP_SETUID,
+  CAP_SETFCAP, CAP_SETPCAP, CAP_NET_BIND_SERVICE, CAP_SYS_CHROOT, CAP_KILL, CAP_AUDIT_WRITE,
+};
+
+/* Every other capability out of the bounding set: the command's root then has only Docker's (exec gives
+ * root what the bounding set holds), and no program it runs gets another back, setuid or file caps. */
+static int drop_to_docker_caps(void) {
+  for (int cap = 0; prctl(PR_CAPBSET_READ, cap, 0, 0, 0) >= 0; cap++) {
+    int keep = 0;
+    for (size_t i = 0; i < sizeof DOCKER_CAPS / sizeof DOCKER_CAPS[0]; i++) keep |= DOCKER_CAPS[i] == cap;
+    if (!keep && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) return -1;
+  }
+  return 0;
+}
+
 /* `agent as-user UID GID GROUPS DIR COMMAND...`: become a Containerfile RUN step's process. Run chrooted
- * (the agent is static, so it works in any image): set the supplementary groups (GROUPS: comma-separated
- * gids, "-" for none), the gid and the uid (guest.sh resolved USER's names in the image's /etc/passwd and
- * /etc/group), change to DIR, and exec COMMAND found on the PATH of the environment, as Docker does.
- * Exits 127 when COMMAND cannot be run, 126 when it is not executable, as a shell would. */
+ * (the agent is static, so it works in any image): keep Docker's default capabilities only, set the
+ * supplementary groups (GROUPS: comma-separated gids, "-" for none), the gid and the uid (guest.sh resolved
+ * USER's names in the image's /etc/passwd and /etc/group), change to DIR, and exec COMMAND found on the
+ * PATH of the environment, as Docker does. Exits 127 when COMMAND cannot be run, 126 when it is not
+ * executable, as a shell would. */
 static int as_user(int argc, char **argv) {
   if (argc < 5) { fprintf(stderr, "dockvm-agent: usage: as-user UID GID GROUPS DIR COMMAND...\n"); return 125; }
+  if (drop_to_docker_caps() != 0) {
+    fprintf(stderr, "dockvm: cannot drop to Docker's default capabilities: %s\n", strerror(errno));
+    return 125;
+  }
   uid_t uid = (uid_t)strtoul(argv[0], NULL, 10);
   gid_t gid = (gid_t)strtoul(argv[1], NULL, 10);
   gid_t groups[256];

@@ -1,8 +1,7 @@
-// The new image's config: the base's config carried over as Docker's FROM does, the spec's config on top,
+// A spec's image config: the base's config carried over as Docker's FROM does, the spec's config on top,
 // Env merged with one entry per name (the later value wins: Kubernetes gives duplicates no meaning),
-// Labels, ExposedPorts and Volumes merged, history and diff_ids extended by the new layer.
-import type { ContainerConfig, ImageConfig } from '../image/config.js';
-import type { Digest } from '../image/digest.js';
+// Labels, ExposedPorts and Volumes merged (the executor writes the whole config: src/executor/image-config.ts).
+import type { ContainerConfig } from '../image/config.js';
 
 const DEFAULT_PATH = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
@@ -42,38 +41,4 @@ export function scriptEnvironment(imageEnv: readonly string[] | undefined, extra
 export function resolveCreated(created: string): string {
   const date = created === 'now' ? new Date() : new Date(created);
   return date.toISOString().replace(/\.\d{3}Z$/, 'Z');
-}
-
-export interface NewConfigInput {
-  base: ImageConfig | undefined;
-  config: ContainerConfig | null;
-  architecture: string;
-  /** the architecture's variant (arm64's v8), when it has one */
-  variant?: string;
-  created: string;
-  diffId: Digest;
-  createdBy: string;
-}
-
-/** The config of base + one new layer. Keys in a fixed order, so the JSON (and its digest) is reproducible. */
-export function newImageConfig(input: NewConfigInput): ImageConfig {
-  const { base } = input;
-  return {
-    created: input.created,
-    architecture: input.architecture,
-    os: base?.os ?? 'linux',
-    ...(input.variant !== undefined ? { variant: input.variant } : {}),
-    config: mergeContainerConfig(base?.config, input.config),
-    rootfs: { type: 'layers', diff_ids: [...(base?.rootfs.diff_ids ?? []), input.diffId] },
-    history: [...historyOf(base), { created: input.created, created_by: input.createdBy }],
-  };
-}
-
-/** A base's history, padded so that it names every layer (some images carry none). */
-function historyOf(base: ImageConfig | undefined): NonNullable<ImageConfig['history']> {
-  if (!base) return [];
-  const history = [...(base.history ?? [])];
-  const layered = history.filter((entry) => !entry.empty_layer).length;
-  for (let i = layered; i < base.rootfs.diff_ids.length; i++) history.push({ created: base.created ?? '1970-01-01T00:00:00Z' });
-  return history;
 }

@@ -10,11 +10,16 @@ import { MissingToolError, ScriptError, stderrTail } from '../errors.js';
 import { walkDirectory } from '../layer/directory.js';
 import { writeLayerFile, type LayerFile } from '../layer/layer-file.js';
 import { TarWriter } from '../layer/tar.js';
-import type { BuildSpec } from '../spec/load.js';
+import type { RootStep } from '../plan/plan.js';
 import { copyToRootTar } from './copy-to-root.js';
 
 /** `copy`: the copyToRoot tar, each entry at the path it lands on over the base (src/build/copy-over-base.ts). */
-export async function buildLayerOnHost(spec: BuildSpec, copy: string | undefined, tmp: string, clampMtime: number): Promise<LayerFile> {
+export async function buildLayerOnHost(
+  spec: Pick<RootStep, 'extraCommands' | 'uid' | 'gid' | 'keepContentsDirlinks'>,
+  copy: string | undefined,
+  tmp: string,
+  clampMtime: number,
+): Promise<LayerFile> {
   const copyTar = copy ?? join(tmp, 'copy-to-root.tar');
   if (copy === undefined) await pipeline(copyToRootTar([], spec), createWriteStream(copyTar));
   if (spec.extraCommands.trim() === '') {

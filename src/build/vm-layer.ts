@@ -1,28 +1,22 @@
-// The new layer made in the build VM (runAsRoot): base layers as squashfs lowers, an ext4 scratch disk for
-// the upper, copyToRoot unpacked over the root, the script run as root, extraCommands in the upper, and
-// the upper described onto an output disk — its metadata and where each file's bytes lie on the scratch
-// disk, which the host then reads (as untrusted input, the disk image too) to write the layer.
-import { join } from 'node:path';
+// spec.json's step in the build VM (runAsRoot), as the executor runs it (src/executor/stage-vm.ts): the base
+// layers as squashfs lowers, an ext4 scratch disk for the upper, copyToRoot unpacked over the root, the
+// script run as root, extraCommands in the upper; then the upper is described onto an output disk — its
+// metadata and where each file's bytes lie on the scratch disk, which the host then reads (as untrusted
+// input, the disk image too) to write the layer. Every step's layer, a Containerfile's too, is written so.
 import { DockvmError, PlatformError, ScriptError, SpecError, VmError, stderrTail } from '../errors.js';
-import type { Image } from '../image/image.js';
 import { writeLayerFile, writeLayerFromEntries, type LayerFile } from '../layer/layer-file.js';
 import { fromOverlayUpperEntry } from '../layer/overlay.js';
 import { readUpperManifest } from '../layer/upper-manifest.js';
+import { boundedEntries, layerContentProblem } from '../layer/layer-bound.js';
 import type { TarEntry } from '../layer/tar.js';
-import type { BuildSpec } from '../spec/load.js';
-import { createScratchDisk, qemuImgCreate } from '../vm/index.js';
-import { checkLowerCount, describeExit, withBuildVm, type BuildVm } from './build-vm.js';
-import { lowersFor } from './lowers.js';
-import { scriptEnvironment } from './config.js';
-import { rootChangeWarning } from './root-change.js';
+import type { RootStep } from '../plan/plan.js';
+import { createScratchDisk } from '../vm/index.js';
+import { describeExit, type BuildVm } from './build-vm.js';
 import { launchFailure, parseShebang, runStep, scriptLaunch, type LaunchFailure } from './interpreter.js';
 import { describePlatform } from './platform.js';
-import { guestPlatform, requireGuestPieces } from '../vm/guest-platform.js';
-import { ARCHITECTURES, type Architecture, defaultArchitecture } from '../vm/architectures.js';
+import { guestPlatform } from '../vm/guest-platform.js';
 
 export interface VmBuildOptions {
-  /** the build VM's architecture: the build platform's (default: the host's) */
-  architecture?: Architecture;
   /** give up after this long (the --timeout flag) */
   timeoutMs?: number;
   /** where the script's output goes (default: dockvm's stderr; stdout may carry JSON or data) */
@@ -47,48 +41,24 @@ export async function createUpperDisk(path: string, diskSizeMiB: number): Promis
   await createScratchDisk(path, diskSizeMiB * SCRATCH_FACTOR);
 }
 
-/** `copy`: the copyToRoot tar, each entry at the path it lands on (src/build/copy-over-base.ts). */
-export async function buildLayerInVm(spec: BuildSpec, base: Image | undefined, copy: string | undefined, tmp: string, clampMtime: number, options: VmBuildOptions): Promise<LayerFile> {
-  // an input error (too many layers) first, then what this host lacks for the VM, both before any lower is made
-  checkLowerCount(base?.layers.length ?? 0, spec.fromImage ?? 'scratch');
-  await requireGuestPieces(ARCHITECTURES[options.architecture ?? defaultArchitecture().architecture]);
-  const lowers = await lowersFor(base, spec.fromImage ?? 'scratch');
-  const scratch = join(tmp, 'scratch.ext4');
-  const out = join(tmp, 'upper.out.disk'); // the manifest (or a tar) the pack step writes
-  await createUpperDisk(scratch, spec.diskSize);
-  await qemuImgCreate(out, outDiskBytes(spec.diskSize), 'raw');
-  const signal = options.timeoutMs === undefined ? undefined : timeoutSignal(options.timeoutMs);
-  const output = options.onScriptOutput ?? ((chunk: Buffer) => void process.stderr.write(chunk));
+/**
+ * spec.json's step (src/plan/plan.ts RootStep) in a build VM whose overlay is mounted with copyToRoot
+ * unpacked over it: the runAsRoot script, then extraCommands in the upper (the new layer's root, the
+ * overlay unmounted). The executor's stage VM (src/executor/stage-vm.ts) commits the upper as its layer.
+ */
+export async function runRootScripts(vm: BuildVm, step: RootStep, output: (chunk: Buffer) => void): Promise<void> {
+  await runScript(vm, step, output);
+  if (step.extraCommands.trim() === '') return;
+  const extra = await vm.step('extra', { env: { DOCKVM_EXTRA: step.extraCommands }, onStdout: output, onStderr: output });
+  if (extra.exitCode !== 0) {
+    throw new ScriptError(`extraCommands failed (${describeExit(extra)})${stderrTail(extra.stderr)}`, { command: 'extraCommands' });
+  }
+}
 
-  const { packed, newDirs } = await withBuildVm(
-    { lowers, scratch, ...(copy ? { copy } : {}), out },
-    {
-      memoryMiB: spec.buildVMMemorySize,
-      network: spec.network,
-      ...(options.architecture !== undefined ? { architecture: options.architecture } : {}),
-      ...(signal ? { signal } : {}),
-    },
-    async (vm) => {
-      await vm.mustStep('mount', { env: { DOCKVM_KEEP_DIRLINKS: spec.keepContentsDirlinks ? '1' : '0' } });
-      await runScript(vm, spec, base, output);
-      if (spec.extraCommands.trim() !== '') {
-        const extra = await vm.step('extra', { env: { DOCKVM_EXTRA: spec.extraCommands }, onStdout: output, onStderr: output });
-        if (extra.exitCode !== 0) {
-          throw new ScriptError(`extraCommands failed (${describeExit(extra)})${stderrTail(extra.stderr)}`, { command: 'extraCommands' });
-        }
-      }
-      const newDirs = await newDirectories(vm);
-      const packed = await packUpper(vm);
-      const upperMiB = Math.ceil(packed.upperKiB / 1024);
-      if (upperMiB > spec.diskSize) throw diskTooSmall(spec.diskSize, `${upperMiB} MiB`, upperMiB);
-      return { packed, newDirs };
-    },
-  );
-  // read once QEMU has exited: every byte the guest wrote is in the disk images
-  const layer = await writePackedLayer(packed, { out, scratch }, join(tmp, 'layer.tar'), { clampMtime, newDirs, diskSize: spec.diskSize });
-  const warning = rootChangeWarning(layer.root);
-  if (warning) (options.onWarning ?? ((message) => void process.stderr.write(`dockvm: warning: ${message}\n`)))(warning);
-  return layer;
+/** A committed upper that outgrew diskSize: the error says how big it was (the scratch disk has room for twice that). */
+export function checkUpperSize(upperKiB: number, diskSize: number): void {
+  const upperMiB = Math.ceil(upperKiB / 1024);
+  if (upperMiB > diskSize) throw diskTooSmall(diskSize, `${upperMiB} MiB`, upperMiB);
 }
 
 /** The upper's directories the lowers lack: an opaque xattr on one of them means nothing. */
@@ -126,49 +96,65 @@ export async function packUpper(vm: BuildVm, way: PackWay = 'extents'): Promise<
 }
 
 /**
- * The layer from what packUpper left on `disks.out` (a manifest's file contents are on `disks.scratch`):
- * whiteouts into OCI form, an opaque xattr dropped on a directory the lowers lack (`newDirs`), normalised.
+ * The layer from what packUpper (or a stage's commit) left on `disks.out` (a manifest's file contents are
+ * on `disks.scratch`): whiteouts into OCI form, an opaque xattr dropped on a directory the lowers lack
+ * (`newDirs`), normalised. `diskSize`: spec.json's bound on the layer (none for a Containerfile's steps,
+ * whose scratch disk the executor sizes); `source` names the output in errors.
  */
 export async function writePackedLayer(
-  packed: PackedUpper,
+  packed: Pick<PackedUpper, 'format' | 'bytes'>,
   disks: { out: string; scratch: string },
   output: string,
-  options: { clampMtime: number; newDirs: ReadonlySet<string>; diskSize: number },
+  options: {
+    clampMtime: number;
+    newDirs: ReadonlySet<string>;
+    /** spec.json's diskSize: a layer's contents beyond it are the diskSize error */
+    diskSize?: number;
+    source?: string;
+    /** the scratch disk's inodes, read before the guest ran: a manifest listing more is forged (layer-bound.ts) */
+    maxEntries?: number;
+    /** the scratch disk's size: more file content than that is a sparse file's holes (layer-bound.ts) */
+    contentLimitBytes?: number;
+  },
 ): Promise<LayerFile> {
   const layerOptions = {
-    source: 'the build VM\'s output',
+    source: options.source ?? 'the build VM\'s output',
     clampMtime: options.clampMtime,
     convert: (entry: TarEntry) => fromOverlayUpperEntry(entry, (dir) => !options.newDirs.has(dir)),
   };
   if (packed.format === 'tar') return writeLayerFile(disks.out, output, { ...layerOptions, size: packed.bytes });
-  const entries = [...readUpperManifest({ path: disks.out, size: packed.bytes, disk: disks.scratch, source: layerOptions.source })];
+  const manifest = readUpperManifest({ path: disks.out, size: packed.bytes, disk: disks.scratch, source: layerOptions.source });
+  const entries = boundedEntries(manifest, options.maxEntries ?? Infinity);
+  if (typeof entries === 'string') throw new VmError(`${layerOptions.source}: ${entries}`);
   // A sparse file takes its full size in a layer (tar stores holes as zeros), however little it takes
   // on the scratch disk. The old way's tar had to fit the output disk; this layer's contents must too.
   const contentBytes = entries.reduce((sum, { entry }) => sum + entry.size, 0);
-  if (contentBytes > outDiskBytes(options.diskSize)) {
+  if (options.diskSize !== undefined && contentBytes > outDiskBytes(options.diskSize)) {
     const neededMiB = Math.ceil(contentBytes / 2 ** 20);
     throw diskTooSmall(options.diskSize, `${neededMiB} MiB (sparse files count their full size)`, neededMiB);
   }
+  const tooBig = options.contentLimitBytes === undefined ? undefined : layerContentProblem(entries, options.contentLimitBytes);
+  if (tooBig !== undefined) throw new VmError(`${layerOptions.source}: ${tooBig}`);
   return writeLayerFromEntries(entries, output, layerOptions);
 }
 
-async function runScript(vm: BuildVm, spec: BuildSpec, base: Image | undefined, output: (chunk: Buffer) => void): Promise<void> {
-  const env = scriptEnvironment(mergedEnvOf(base, spec), spec.env);
-  const run = await vm.step('run', { ...runStep(env, scriptLaunch(spec.runAsRoot ?? '')), onStdout: output, onStderr: output });
+async function runScript(vm: BuildVm, step: RootStep, output: (chunk: Buffer) => void): Promise<void> {
+  const script = step.runAsRoot ?? '';
+  const run = await vm.step('run', { ...runStep(step.env, scriptLaunch(script)), onStdout: output, onStderr: output });
   if (run.exitCode === 0) return;
   // guest.sh reports OOM kills in the script's memory cgroup
   if (/^dockvm-oom-kills=\d+$/m.test(run.stderr)) {
     throw new SpecError(
-      `runAsRoot ran out of memory: buildVMMemorySize ${spec.buildVMMemorySize} MiB was too small; set buildVMMemorySize to at least ${spec.buildVMMemorySize * 2}`,
+      `runAsRoot ran out of memory: buildVMMemorySize ${step.buildVMMemorySize} MiB was too small; set buildVMMemorySize to at least ${step.buildVMMemorySize * 2}`,
       [],
       { field: 'buildVMMemorySize' },
     );
   }
   if (/No space left on device/.test(run.stderr)) {
-    throw diskTooSmall(spec.diskSize, `more than ${spec.diskSize * SCRATCH_FACTOR} MiB`, spec.diskSize * SCRATCH_FACTOR * 2);
+    throw diskTooSmall(step.diskSize, `more than ${step.diskSize * SCRATCH_FACTOR} MiB`, step.diskSize * SCRATCH_FACTOR * 2);
   }
   const failure = launchFailure(run.stderr);
-  if (failure) throw interpreterError(failure, spec.runAsRoot ?? '', run.stderr, describePlatform(guestPlatform(vm.vm.architecture)));
+  if (failure) throw interpreterError(failure, script, run.stderr, describePlatform(guestPlatform(vm.vm.architecture)));
   throw new ScriptError(`runAsRoot failed (${describeExit(run)})${stderrTail(run.stderr)}`, {
     command: 'runAsRoot',
     ...(run.exitCode !== null ? { exitCode: run.exitCode } : {}),
@@ -191,20 +177,9 @@ function interpreterError(failure: LaunchFailure, script: string, stderr: string
   return new ScriptError(`${named}, ${why}${stderrTail(stderr, 3)}`, context);
 }
 
-/** The Env the script sees: the base's, with the spec's config.Env over it. */
-function mergedEnvOf(base: Image | undefined, spec: BuildSpec): string[] {
-  return [...(base?.config.config?.Env ?? []), ...(spec.config?.Env ?? [])];
-}
-
 function diskTooSmall(diskSize: number, needed: string, atLeastMiB: number): SpecError {
   const suggestion = Math.ceil((atLeastMiB * 1.25) / 256) * 256;
   return new SpecError(`diskSize ${diskSize} MiB was too small: the layer needed ${needed}; set diskSize to at least ${suggestion}`, [], { field: 'diskSize' });
-}
-
-function timeoutSignal(ms: number): AbortSignal {
-  const controller = new AbortController();
-  setTimeout(() => controller.abort(new VmError(`the build took longer than --timeout ${ms / 1000} s; the VM was stopped`)), ms).unref();
-  return controller.signal;
 }
 
 function parseNul(data: Buffer): Set<string> {

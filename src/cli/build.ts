@@ -2,7 +2,7 @@
 // layer per RUN/COPY/ADD/WORKDIR, through the build cache (src/executor/build.ts).
 import { Command, Option } from 'commander';
 import { installSignalHandlers } from '../cleanup.js';
-import { UsageError } from '../errors.js';
+import { UsageError, VmError } from '../errors.js';
 import { printJson, say } from './io.js';
 import { parseBool } from './pull.js';
 
@@ -21,6 +21,7 @@ interface BuildFlags {
   network: 'default' | 'none';
   timestamp?: number;
   memory?: number;
+  timeout?: number;
   tlsVerify: boolean;
   creds?: string;
   json?: boolean;
@@ -57,6 +58,7 @@ export function registerBuild(program: Command): void {
     .addOption(new Option('--network <mode>', 'default: RUN steps have the network; none: no step has it').choices(['default', 'none']).default('default'))
     .addOption(new Option('--timestamp <seconds>', 'the created time and the mtime clamp (default $SOURCE_DATE_EPOCH, else 1970-01-01T00:00:01Z)').argParser(nonNegativeInteger))
     .addOption(new Option('--memory <MiB>', 'build VM memory (default 1024)').argParser(positiveInteger))
+    .addOption(new Option('--timeout <seconds>', 'give up when the build runs longer than this (its VMs are stopped)').argParser(positiveSeconds))
     .option('--tls-verify [bool]', 'false: allow plain HTTP to registries (loopback registries may use it anyway)', parseBool, true)
     .option('--creds <user:pass>', 'registry credentials (else from $REGISTRY_AUTH_FILE or ~/.docker/config.json)')
     .option('--json', 'print the result as one JSON document: name, tags, output, image ID, layers, steps with their cache hits, VM boots; with several platforms the index digest and each platform\'s image ID, manifest digest and layers')
@@ -84,6 +86,7 @@ export function registerBuild(program: Command): void {
         network: flags.network,
         ...(flags.timestamp !== undefined ? { timestamp: flags.timestamp } : {}),
         ...(flags.memory !== undefined ? { memoryMiB: flags.memory } : {}),
+        ...(flags.timeout !== undefined ? { signal: timeoutSignal(flags.timeout) } : {}),
         cache: { noCache: !flags.cache, cacheFrom: flags.cacheFrom ?? [], cacheTo: flags.cacheTo ?? [], registry },
         registry,
         onEvent: progress.onEvent,
@@ -156,6 +159,18 @@ function usage(check: () => unknown): void {
 function nonNegativeInteger(value: string): number {
   if (!/^[0-9]+$/.test(value)) throw new UsageError(`--timestamp: "${value}" is not a number of seconds since the epoch`);
   return Number(value);
+}
+
+function positiveSeconds(value: string): number {
+  if (!/^[1-9][0-9]*$/.test(value)) throw new UsageError(`--timeout: "${value}" is not a whole number of seconds`);
+  return Number(value);
+}
+
+/** Aborted after `seconds` with the error the user gets (the VM's own error is replaced by it: build-vm.ts). */
+function timeoutSignal(seconds: number): AbortSignal {
+  const controller = new AbortController();
+  setTimeout(() => controller.abort(new VmError(`the build took longer than --timeout ${seconds} s; its VM was stopped`)), seconds * 1000).unref();
+  return controller.signal;
 }
 
 function positiveInteger(value: string): number {

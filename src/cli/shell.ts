@@ -19,7 +19,7 @@ export function registerShell(program: Command): void {
     )
     .argument('<image>', 'PATH, docker-archive:PATH[:NAME:TAG], oci:DIR[:REF], oci-archive:PATH[:REF] or docker://REF')
     .argument('[command...]', 'a command to run instead of a shell (put it after --)')
-    .option('--network', 'give the VM outbound network (QEMU user-mode networking)')
+    .option('--network', 'give the VM outbound network (user-mode, through passt: not the host\'s loopback unless DOCKVM_HOST_LOOPBACK=1)')
     .option('--memory <mib>', 'VM memory in MiB', (value) => Number(value), 512)
     .option('--platform <os/arch[/variant]>', "the image's platform to run (picked from a multi-platform index; default: the image's own, or this host's from an index)")
     .option('--json', 'with -- CMD: print {command, exitCode, stdout, stderr} as one JSON document instead of streaming')

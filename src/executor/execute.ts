@@ -4,7 +4,9 @@
 // platform, the mtime clamp, the guest's version); the steps up to the first miss reuse cached layers
 // without a VM; the rest of the stage runs in one boot (stage-vm.ts), each step its own layer, each new
 // layer stored in the cache. Config-only steps are already applied to the stage's config by the planner;
-// they add history entries. The executor never parses a Containerfile.
+// they add history entries. spec.json's one step (a RootStep) is keyed as run-as-root has always keyed it
+// (root-step.ts) and runs in the same stage VM, or on the host when it has no runAsRoot. The executor
+// never parses a Containerfile or a spec.
 import { link, mkdir } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import type { ImageConfig } from '../image/config.js';
@@ -18,7 +20,9 @@ import { BuildCache, type CacheHit } from '../cache/build-cache.js';
 import { canonicalJson } from '../cache/canonical-json.js';
 import { guestVersion } from '../cache/guest-version.js';
 import { stepKey } from '../cache/key.js';
-import { stepCacheInput, type CopyStep, type FileSource, type LayerStep, type Plan, type RunStep, type Stage, type Step } from '../plan/plan.js';
+import { stepCacheInput, type CopyStep, type FileSource, type LayerStep, type Plan, type RootStep, type RunStep, type Stage, type Step } from '../plan/plan.js';
+import { buildLayerOnHost } from '../build/host-layer.js';
+import { rootChangeWarning } from '../build/root-change.js';
 import { BuildContextReader } from '../frontend/containerfile/context.js';
 import { ignoreMatcher } from '../frontend/containerfile/dockerignore.js';
 import { contextItem, copyItems, copyLayout, selectInTree, treeItems, type CopyItem, type CopyLayout, type CopySources } from './copy-items.js';
@@ -26,14 +30,16 @@ import { writeItemsTar } from './copy-input.js';
 import { download, type Download } from './downloads.js';
 import { BuildStepError, notSupported, stepError } from './errors.js';
 import type { BuildEvent } from './events.js';
-import { stageImageConfig } from './image-config.js';
+import { nixpkgsImageConfig, stageImageConfig } from './image-config.js';
 import type { ImageSource } from './image-source.js';
 import { ImageTree } from './image-tree.js';
 import { InputsDisk } from './inputs-disk.js';
+import { rootStepKey } from './root-step.js';
 import { buildStageInVm, type VmJob } from './stage-vm.js';
 
 export interface ExecuteOptions {
-  images: ImageSource;
+  /** the images the plan names (run-as-root: its base, opened already) */
+  images: Pick<ImageSource, 'open'>;
   cache: BuildCache;
   /** the build's temp dir: layer files live there until the output is written */
   tmp: string;
@@ -58,7 +64,8 @@ export interface StepReport {
   stage: number;
   /** "[build 2/4] RUN make" */
   name: string;
-  key: Digest;
+  /** null: a step the cache does not keep (spec.json's without runAsRoot, or with created "now") */
+  key: Digest | null;
   diffId: Digest;
   /** where its layer came from: "local", "docker://REG/REPO", or null when it was built now */
   cache: string | null;
@@ -96,7 +103,8 @@ interface Prepared {
   step: LayerStep;
   /** index of the step in the stage (for the vertex label) */
   position: number;
-  key: Digest;
+  /** null: not cached (see StepReport.key) */
+  key: Digest | null;
   name: string;
   /** COPY/ADD: what it copies (built again onto the inputs disk when the step must run) */
   copy?: { sources: CopySources; layout: CopyLayout };
@@ -167,14 +175,14 @@ class PlanRun {
       }
       const item = await this.#prepare(step as LayerStep, parent, platform, stage.platform.architecture, name, position);
       prepared.push(item);
-      parent = item.key;
+      parent = item.key ?? parent;
     }
 
     // The steps up to the first miss come from the cache, without a VM.
     const layers: Layer[] = [...base.layers];
     let firstMiss = prepared.length;
     for (const [i, item] of prepared.entries()) {
-      const hit = await this.options.cache.lookup(item.key);
+      const hit = item.key === null ? undefined : await this.options.cache.lookup(item.key);
       if (!hit) {
         firstMiss = i;
         break;
@@ -183,15 +191,18 @@ class PlanRun {
       const id = ++this.#vertex;
       this.#emit({ type: 'vertex', id, name: item.name });
       this.#emit({ type: 'cached', id });
-      layers.push(await this.#held(hit, `cached-${hex12(item.key)}.tar`));
+      layers.push(await this.#held(hit, `cached-${hex12(item.key!)}.tar`));
       this.#reports.push({ stage: index, name: item.name, key: item.key, diffId: hit.entry.diffId, cache: hit.source });
     }
 
     const missing = prepared.slice(firstMiss);
-    if (missing.length > 0) layers.push(...(await this.#buildInVm(index, stage, missing, layers, platform, showEmptyBefore)));
+    const onHost = missing.length === 1 && missing[0]!.step.kind === 'root' && missing[0]!.step.runAsRoot === null;
+    if (onHost) layers.push(await this.#buildOnHost(index, missing[0]!));
+    else if (missing.length > 0) layers.push(...(await this.#buildInVm(index, stage, missing, layers, platform, showEmptyBefore)));
     showEmptyBefore(Infinity);
 
-    const config = stageImageConfig(stage, base.config, layers.map((l) => l.diffId), this.options.created);
+    const diffIds = layers.map((l) => l.diffId);
+    const config = stage.configStyle === 'nixpkgs' ? nixpkgsImageConfig(stage, base.config, diffIds, this.options.created) : stageImageConfig(stage, base.config, diffIds, this.options.created);
     const rawConfig = Buffer.from(JSON.stringify(config));
     return { image: { rawConfig, config, configDigest: sha256(rawConfig), layers, repoTags: [] } };
   }
@@ -221,6 +232,7 @@ class PlanRun {
 
   /** A layer step's key, and for COPY/ADD its sources and layout. */
   async #prepare(step: LayerStep, parent: Digest | { baseDiffIds: readonly Digest[] }, platform: string, architecture: string, name: string, position: number): Promise<Prepared> {
+    if (step.kind === 'root') return this.#prepareRoot(step, parent, platform, architecture, name, position);
     const network = step.kind === 'run' && this.options.network !== 'none' ? step.network : 'none';
     const inputs: Record<string, Digest> = {};
     let copy: Prepared['copy'];
@@ -249,6 +261,28 @@ class PlanRun {
       guest: await this.#guestVersion(architecture),
     });
     return { step, position, key, name, network, ...(copy ? { copy } : {}) };
+  }
+
+  /** spec.json's step: its key, unless nothing of it is cached (no runAsRoot: no VM to spare; created "now") */
+  async #prepareRoot(step: RootStep, parent: Digest | { baseDiffIds: readonly Digest[] }, platform: string, architecture: string, name: string, position: number): Promise<Prepared> {
+    if (typeof parent === 'string') throw new Error('a plan\'s root step must be its stage\'s first layer step');
+    const cached = step.runAsRoot !== null && step.cacheable;
+    const key = cached ? await rootStepKey(step, parent.baseDiffIds, this.options.clampMtime, platform, await this.#guestVersion(architecture)) : null;
+    return { step, position, key, name, network: step.network ? 'default' : 'none' };
+  }
+
+  /** spec.json's step without runAsRoot: copyToRoot and extraCommands need no root, so no VM. */
+  async #buildOnHost(index: number, item: Prepared): Promise<Layer> {
+    const step = item.step as RootStep;
+    const stageTmp = join(this.options.tmp, `stage-${index}`);
+    await mkdir(stageTmp, { recursive: true });
+    const id = ++this.#vertex;
+    const started = Date.now();
+    this.#emit({ type: 'vertex', id, name: item.name });
+    const file = await buildLayerOnHost(step, step.copyTar ?? undefined, stageTmp, this.options.clampMtime);
+    this.#emit({ type: 'done', id, seconds: (Date.now() - started) / 1000 });
+    this.#reports.push({ stage: index, name: item.name, key: null, diffId: file.diffId, cache: null });
+    return new FileLayer(file.path, file.diffId, file.size);
   }
 
   async #copySources(step: CopyStep): Promise<{ sources: CopySources; layout: CopyLayout }> {
@@ -380,6 +414,8 @@ class PlanRun {
         jobs.push({ kind: 'copy', step, text, range, layout });
       } else if (step.kind === 'workdir') {
         jobs.push({ kind: 'workdir', step, text });
+      } else if (step.kind === 'root') {
+        jobs.push({ kind: 'root', step, text });
       } else {
         const lines: string[] = [];
         const unpack: { dir: string; range: { offset: number; size: number } }[] = [];
@@ -429,6 +465,8 @@ class PlanRun {
     }
     await inputs.finish();
 
+    // spec.json's step brings its own VM size (buildVMMemorySize; diskSize sizes its disks in stage-vm.ts)
+    const root = missing.find((item) => item.step.kind === 'root')?.step as RootStep | undefined;
     const ids: number[] = [];
     const started: number[] = [];
     this.#emit({ type: 'boot', stage: stage.name ?? `stage-${stage.index}`, steps: jobs.length });
@@ -442,7 +480,7 @@ class PlanRun {
       secrets,
       tmp: stageTmp,
       clampMtime: this.options.clampMtime,
-      memoryMiB: this.options.memoryMiB ?? DEFAULT_MEMORY_MIB,
+      memoryMiB: root?.buildVMMemorySize ?? this.options.memoryMiB ?? DEFAULT_MEMORY_MIB,
       diskMiB: this.options.diskMiB ?? DEFAULT_DISK_MIB,
       ...(this.options.signal ? { signal: this.options.signal } : {}),
       onStart: (job) => {
@@ -458,7 +496,11 @@ class PlanRun {
     const layers: Layer[] = [];
     for (const [i, file] of built.entries()) {
       const item = missing[i]!;
-      await this.options.cache.store(item.key, file, { createdBy: item.step.createdBy ?? describeStep(item.step), platform });
+      if (item.step.kind === 'root') {
+        const warning = rootChangeWarning(file.root);
+        if (warning) this.#emit({ type: 'warning', message: warning });
+      }
+      if (item.key !== null) await this.options.cache.store(item.key, file, { createdBy: item.step.createdBy ?? describeStep(item.step), platform });
       layers.push(new FileLayer(file.path, file.diffId, file.size));
       this.#reports.push({ stage: index, name: item.name, key: item.key, diffId: file.diffId, cache: null });
     }

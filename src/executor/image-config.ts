@@ -31,6 +31,26 @@ export function stageImageConfig(stage: Stage, base: ImageConfig | undefined, di
   };
 }
 
+/**
+ * The image config as run-as-root has always written it (a stage of `configStyle` "nixpkgs"): the stage's
+ * config (the base's merged with the spec's), the base's history and one entry per step without a comment,
+ * keys in this order, so that a spec gives the bytes, config digest and derived tag it always gave.
+ */
+export function nixpkgsImageConfig(stage: Stage, base: ImageConfig | undefined, diffIds: readonly Digest[], created: string): ImageConfig {
+  const history: HistoryEntry[] = historyOf(base);
+  for (const step of stage.steps) if (step.createdBy !== null) history.push({ created, created_by: step.createdBy });
+  const { platform } = stage;
+  return {
+    created,
+    architecture: platform.architecture,
+    os: base?.os ?? platform.os,
+    ...(platform.variant !== undefined ? { variant: platform.variant } : {}),
+    config: stage.config,
+    rootfs: { type: 'layers', diff_ids: [...diffIds] },
+    history,
+  };
+}
+
 /** A base's history, padded so that it names every layer (some images carry none). */
 function historyOf(base: ImageConfig | undefined): HistoryEntry[] {
   if (!base) return [];

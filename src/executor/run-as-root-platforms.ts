@@ -13,7 +13,7 @@ import { withTempDir } from '../cleanup.js';
 import type { BuildSpec } from '../spec/load.js';
 import { openImage, parseDestination, writeOciIndex, type OpenedImage } from '../transport/index.js';
 import { formatPlatform } from '../transport/registry/platform.js';
-import { runAsRoot, type RunAsRootOptions, type RunAsRootResult } from '../build/run-as-root.js';
+import { runAsRoot, type RunAsRootOptions, type RunAsRootResult } from './run-as-root.js';
 
 export interface PlatformBuild {
   /** "linux/arm64/v8", as the index labels it */

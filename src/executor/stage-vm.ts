@@ -2,23 +2,25 @@
 // layers and the cached steps' layers are the overlay's lowers; each step runs (guest.sh run-step,
 // copy-step, workdir-step), then commits: its upper is described (the agent's upper-manifest, as
 // run-as-root's pack step does) onto the output disk and becomes a lower of the next step under a fresh
-// upper. After the VM is gone, each manifest is read as untrusted input, file contents from the scratch
-// disk's image, and made a layer exactly as run-as-root makes its own (whiteouts, opaque directories, new
-// directories).
+// upper. As soon as a step commits, before the next step (which could rewrite the disks) runs, its
+// manifest is read as untrusted input, file contents from the scratch disk's image, and made a layer
+// (whiteouts, opaque directories, new directories: writePackedLayer).
+// spec.json's one step (a root job) runs here too: copyToRoot unpacked as the stage mounts, its scripts
+// (src/build/vm-layer.ts), the same commit; its VM and disks sized by the spec's diskSize.
 import { createReadStream } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { VmError, stderrTail } from '../errors.js';
 import type { Layer } from '../image/image.js';
-import { writeLayerFromEntries, type LayerFile } from '../layer/layer-file.js';
-import { readUpperManifest } from '../layer/upper-manifest.js';
-import { fromOverlayUpperEntry } from '../layer/overlay.js';
+import type { LayerFile } from '../layer/layer-file.js';
 import { lowerForLayer } from '../build/lowers.js';
-import type { CopyStep, RunStep, StepLocation, WorkdirStep } from '../plan/plan.js';
+import { checkUpperSize, createUpperDisk, outDiskBytes, runRootScripts, writePackedLayer } from '../build/vm-layer.js';
+import type { CopyStep, RootStep, RunStep, StepLocation, WorkdirStep } from '../plan/plan.js';
 import { createScratchDisk, qemuImgCreate } from '../vm/index.js';
 import { EXT4_LOWER_SUFFIX, checkLowerCount, describeExit, withBuildVm, type BuildVm, type LowerImage, type StepResult } from '../build/build-vm.js';
 import type { CopyLayout } from './copy-items.js';
 import { stepError } from './errors.js';
+import { ext4InodeCount } from '../layer/layer-bound.js';
 import type { Architecture } from '../vm/architectures.js';
 import type { InputRange } from './inputs-disk.js';
 
@@ -35,7 +37,9 @@ export type VmJob =
       network: 'default' | 'none';
     }
   | { kind: 'copy'; step: CopyStep; text: string; range: InputRange; layout: CopyLayout }
-  | { kind: 'workdir'; step: WorkdirStep; text: string };
+  | { kind: 'workdir'; step: WorkdirStep; text: string }
+  /** spec.json's step: the stage's only job */
+  | { kind: 'root'; step: RootStep; text: string };
 
 export interface StageVmOptions {
   /** the VM's architecture: the stage's platform's */
@@ -66,6 +70,8 @@ export interface StageVmOptions {
 interface Committed {
   offset: number;
   bytes: number;
+  /** what the upper took on the scratch disk */
+  upperKiB: number;
   newDirs: Set<string>;
 }
 
@@ -78,47 +84,75 @@ export async function buildStageInVm(options: StageVmOptions): Promise<LayerFile
     const path = await lowerForLayer(layer, { source: options.source });
     lowers.push({ path, fsType: path.endsWith(EXT4_LOWER_SUFFIX) ? 'ext4' : 'squashfs' });
   }
+  const root = rootStepOf(jobs);
   const scratch = join(tmp, 'stage-scratch.ext4');
   const out = join(tmp, 'stage-out.disk');
-  await createScratchDisk(scratch, options.diskMiB);
-  // every step's packed upper, one after another: at most the scratch disk's contents, twice over (sparse)
-  await qemuImgCreate(out, 2 * options.diskMiB * 1024 * 1024, 'raw');
-  const network = jobs.some((job) => job.kind === 'run' && job.network === 'default');
+  if (root) {
+    // as spec.json's diskSize says: a layer up to diskSize, measured after the run
+    await createUpperDisk(scratch, root.diskSize);
+    await qemuImgCreate(out, outDiskBytes(root.diskSize), 'raw');
+  } else {
+    await createScratchDisk(scratch, options.diskMiB);
+    // every step's packed upper, one after another: at most the scratch disk's contents, twice over (sparse)
+    await qemuImgCreate(out, 2 * options.diskMiB * 1024 * 1024, 'raw');
+  }
+  const maxEntries = ext4InodeCount(scratch); // before the guest can touch it (src/layer/layer-bound.ts)
+  const network = jobs.some((job) => (job.kind === 'run' && job.network === 'default') || (job.kind === 'root' && job.step.network));
   const signal = options.signal;
+  const copy = root?.copyTar ?? undefined;
 
-  const committed = await withBuildVm(
-    { lowers, scratch, out, ...(options.inputs ? { inputs: options.inputs } : {}) },
+  // Each step's layer is read off the disks as soon as its commit returns, before the next step runs: a
+  // step is root in the VM and can write any disk raw (mknod, mount), so what an earlier step left there
+  // is the earlier step's only until a later one runs (test/security/guest-escape.test.ts).
+  const layers: LayerFile[] = [];
+  await withBuildVm(
+    { lowers, scratch, out, ...(options.inputs ? { inputs: options.inputs } : {}), ...(copy ? { copy } : {}) },
     { architecture: options.architecture, memoryMiB: options.memoryMiB, network, ...(signal ? { signal } : {}) },
     async (vm) => {
-      await vm.mustStep('stage-mount');
+      // copyToRoot (the copy disk) is unpacked over the root as the overlay is mounted
+      // spec.json's step needs none of the tools a Containerfile's steps run chrooted
+      const env: Record<string, string> = root ? { DOCKVM_KEEP_DIRLINKS: root.keepContentsDirlinks ? '1' : '0', DOCKVM_STAGE_TOOLS: '0' } : {};
+      await vm.mustStep('stage-mount', { env });
       for (const [id, path] of options.secrets) await vm.mustStep('secret', { args: [id], stdin: createReadStream(path) });
-      const done: Committed[] = [];
       for (const [index, job] of jobs.entries()) {
         options.onStart?.(index);
-        await runJob(vm, job, (chunk) => options.onOutput?.(index, chunk));
-        done.push(parseCommit(await vm.mustStep('commit')));
+        await runJob(vm, job, (chunk) => options.onOutput?.(index, chunk)).catch((err: unknown) => {
+          // the VM dying under a step (a guest kernel it crashed, an agent it killed) is that step's failure
+          throw err instanceof VmError && job.kind !== 'root' && !signal?.aborted ? stepError(job.step.location, job.text, err.message, { cause: err }) : err;
+        });
+        const commit = parseCommit(await vm.mustStep('commit'));
+        if (job.kind === 'root') checkUpperSize(commit.upperKiB, job.step.diskSize);
+        layers.push(await readLayer(job, index, commit));
         options.onCommitted?.(index);
       }
-      return done;
     },
   );
 
-  const layers: LayerFile[] = [];
-  for (const [index, { offset, bytes, newDirs }] of committed.entries()) {
-    const source = `the build VM's output for ${jobs[index]!.text}`;
+  /** The step's layer: its manifest read as untrusted input, file contents from the scratch disk's image. */
+  async function readLayer(job: VmJob, index: number, { offset, bytes, newDirs }: Committed): Promise<LayerFile> {
     // the manifest on a file of its own (the reader takes a file's first bytes); contents stay on the scratch disk
     const manifest = join(tmp, `stage-manifest-${index}`);
     await copyRange(out, offset, bytes, manifest);
-    const entries = [...readUpperManifest({ path: manifest, size: bytes, disk: scratch, source })];
-    layers.push(
-      await writeLayerFromEntries(entries, join(tmp, `stage-layer-${index}.tar`), {
-        source,
-        clampMtime: options.clampMtime,
-        convert: (entry) => fromOverlayUpperEntry(entry, (dir) => !newDirs.has(dir)),
-      }),
-    );
+    const bounds = { clampMtime: options.clampMtime, newDirs, maxEntries };
+    if (job.kind === 'root') {
+      return writePackedLayer({ format: 'manifest', bytes }, { out: manifest, scratch }, join(tmp, `stage-layer-${index}.tar`), { ...bounds, diskSize: job.step.diskSize });
+    }
+    return writePackedLayer({ format: 'manifest', bytes }, { out: manifest, scratch }, join(tmp, `stage-layer-${index}.tar`), {
+      ...bounds,
+      source: `the build VM's output for ${job.text}`,
+      contentLimitBytes: options.diskMiB * 1024 * 1024,
+    }).catch((err: unknown) => {
+      throw err instanceof VmError ? stepError(job.step.location, job.text, err.message, { cause: err }) : err;
+    });
   }
   return layers;
+}
+
+/** The stage's spec.json step, which must then be its only job (copyToRoot is unpacked before any job runs). */
+function rootStepOf(jobs: readonly VmJob[]): RootStep | undefined {
+  const root = jobs.find((job) => job.kind === 'root');
+  if (root && jobs.length > 1) throw new Error('a plan\'s root step must be its stage\'s only layer step');
+  return root?.step as RootStep | undefined;
 }
 
 async function runJob(vm: BuildVm, job: VmJob, output: (chunk: Buffer) => void): Promise<void> {
@@ -156,6 +190,9 @@ async function runJob(vm: BuildVm, job: VmJob, output: (chunk: Buffer) => void):
       if (result.exitCode !== 0) throw stepError(step.location, job.text, `the files could not be written at ${step.dest}${stderrTail(result.stderr)}`);
       return;
     }
+    case 'root':
+      await runRootScripts(vm, job.step, output);
+      return;
     case 'workdir': {
       const { step } = job;
       const result = await vm.step('workdir-step', { env: { DOCKVM_WORKDIR_PATH: step.path, DOCKVM_WORKDIR_USER: step.user } });
@@ -186,7 +223,8 @@ function parseCommit(result: StepResult): Committed {
   }
   const offset = Number(fields['dockvm-manifest-offset']);
   const bytes = Number(fields['dockvm-manifest-bytes']);
-  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || bytes <= 0) {
+  const upperKiB = Number(fields['dockvm-upper-kib']);
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || bytes <= 0 || !Number.isSafeInteger(upperKiB) || upperKiB < 0) {
     throw new VmError(`the build VM did not report where a step's layer is${stderrTail(result.stderr)}`);
   }
   const newDirs = new Set(
@@ -195,7 +233,7 @@ function parseCommit(result: StepResult): Committed {
       .split('\0')
       .filter((path) => path !== ''),
   );
-  return { offset, bytes, newDirs };
+  return { offset, bytes, upperKiB, newDirs };
 }
 
 /** `size` bytes at `offset` of `from`, as the file `to`. */

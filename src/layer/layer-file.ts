@@ -1,13 +1,13 @@
 // An untrusted tar (a copyToRoot tar, the guest's upperdir) or list of entries (the guest's upper
 // manifest, upper-manifest.ts) turned into a normalised layer file: read with strict paths, converted
 // entry by entry (whiteouts into OCI form), checked so that nothing lies under a non-directory, sorted
-// and written reproducibly, its diff_id computed while it is written.
-import { createReadStream, createWriteStream } from 'node:fs';
-import { pipeline } from 'node:stream/promises';
+// and written reproducibly (layer-tar.ts), its diff_id computed while it is written.
+import { createReadStream } from 'node:fs';
 import { UnsafeTarEntryError } from '../errors.js';
-import { DigestingStream, type Digest } from '../image/digest.js';
-import { normalizeEntries, writeEntries, type LayerEntry } from './normalize.js';
-import { printable, readTar, TarWriter, type TarEntry } from './tar.js';
+import type { Digest } from '../image/digest.js';
+import { writeLayerTar } from './layer-tar.js';
+import { normalizeEntries, type LayerEntry } from './normalize.js';
+import { printable, readTar, type TarEntry } from './tar.js';
 
 export interface LayerFileOptions {
   /** names the input in errors ("guest output", "copyToRoot") */
@@ -62,19 +62,8 @@ export async function writeLayerFromEntries(input: AsyncIterable<LayerEntry> | I
   }
   checkNoEntryUnderNonDirectory(collected, options.source);
   const entries = normalizeEntries([...collected.values()], { source: options.source, ...(options.clampMtime === undefined ? {} : { clampMtime: options.clampMtime }) });
-  const writer = new TarWriter();
-  const digest = new DigestingStream();
-  const writing = pipeline(writer.stream, digest, createWriteStream(output));
-  try {
-    await writeEntries(entries, writer);
-    writer.finish();
-  } catch (err) {
-    writer.destroy(err as Error);
-    await writing.catch(() => undefined);
-    throw err;
-  }
-  await writing;
-  return { path: output, diffId: digest.digest, size: digest.size, entries: entries.length, ...(root ? { root } : {}) };
+  const { digest, size } = await writeLayerTar(entries, output);
+  return { path: output, diffId: digest, size, entries: entries.length, ...(root ? { root } : {}) };
 }
 
 /** A layer where "a" is a symlink or file and "a/b" exists would make extractors write through "a". */

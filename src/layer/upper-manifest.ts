@@ -31,6 +31,8 @@ const MAX_PATH = 1 << 16;
 const MAX_XATTRS = 1 << 12;
 const MAX_XATTR_NAME = 255;
 const MAX_XATTR_VALUE = 1 << 16;
+/** a path's components: no Linux filesystem names a file longer (NAME_MAX), so only a forged manifest does */
+const MAX_NAME = 255;
 const EXTENT_UNWRITTEN = 1;
 
 export interface UpperManifestSource {
@@ -163,6 +165,10 @@ function checkedPath(raw: string, source: string): string {
   const path = normalizePath(raw, { source });
   if (path !== raw || path === '' || path.includes('\0')) {
     throw new UnsafeTarEntryError(`${source}: entry ${printable(raw)} is not a plain relative path`, { source, entry: raw });
+  }
+  const long = path.split('/').find((name) => name.length > MAX_NAME);
+  if (long !== undefined) {
+    throw new UnsafeTarEntryError(`${source}: entry ${printable(path.slice(0, 64))}… has a name of ${long.length} bytes (Linux allows ${MAX_NAME})`, { source, entry: path });
   }
   return path;
 }

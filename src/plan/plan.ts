@@ -1,9 +1,9 @@
-// The build plan: what a front end (a Containerfile, later spec.json) turns into, and what the executor
+// The build plan: what a front end (a Containerfile, a spec.json) turns into, and what the executor
 // runs. It is plain data (JSON-serialisable, no functions, no class instances) so the build cache can
 // hash a step and tests can snapshot a plan. Front ends never touch the VM; the executor never parses.
 //
 // A plan is stages of steps. A step either makes a layer (RUN, COPY/ADD, WORKDIR's mkdir; spec.json's
-// copyToRoot + runAsRoot + extraCommands step will be one more kind) or only edits the image config
+// copyToRoot + runAsRoot + extraCommands step) or only edits the image config
 // (ENV, LABEL, CMD, …). Every step carries its image history entry (`createdBy`, as BuildKit writes it)
 // and the text its cache key hashes. Everything a step needs is resolved: variables expanded, paths
 // made absolute, context files selected, the config it runs under (env, user, workdir) spelled out.
@@ -56,6 +56,12 @@ export interface Stage {
   config: ContainerConfig;
   /** the image's top-level `author` (MAINTAINER), when set here or inherited */
   author?: string;
+  /**
+   * How the image config is written: as BuildKit writes a Dockerfile's (the default), or as dockvm's
+   * buildImage has always written a spec's (its own key order, history entries without a comment), so
+   * that a spec gives the bytes it gave before it became a plan.
+   */
+  configStyle?: 'buildkit' | 'nixpkgs';
 }
 
 export type StageBase =
@@ -86,8 +92,8 @@ interface StepCommon {
   cacheText: string;
 }
 
-export type Step = RunStep | CopyStep | WorkdirStep | ConfigStep;
-export type LayerStep = RunStep | CopyStep | WorkdirStep;
+export type Step = RunStep | CopyStep | WorkdirStep | RootStep | ConfigStep;
+export type LayerStep = RunStep | CopyStep | WorkdirStep | RootStep;
 
 /** RUN: a command run in the VM over the stage's filesystem; what it changes becomes one layer. */
 export interface RunStep extends StepCommon {
@@ -233,6 +239,37 @@ export interface WorkdirStep extends StepCommon {
   /** the USER in force: owner of the directories it creates */
   user: string;
   change: ConfigChange & { op: 'workdir' };
+}
+
+/**
+ * spec.json's one step, nixpkgs buildImage's: copyToRoot unpacked over the base, the runAsRoot script run
+ * as root (a bash script: src/build/interpreter.ts), extraCommands run in the new layer's root; what they
+ * change is one layer. Without runAsRoot nothing needs root, and the layer is made on the host. It is its
+ * stage's only layer step (copyToRoot is unpacked as the VM mounts the base).
+ */
+export interface RootStep extends StepCommon {
+  kind: 'root';
+  /** the copyToRoot tar, each entry at the path it lands on over the base (src/build/copy-over-base.ts); null: none */
+  copyTar: string | null;
+  /** copyToRoot's sources (absolute host paths, later ones winning): what the key hashes */
+  copyToRoot: string[];
+  /** owner of the copied files */
+  uid: number;
+  gid: number;
+  keepContentsDirlinks: boolean;
+  /** null: no script (no VM) */
+  runAsRoot: string | null;
+  extraCommands: string;
+  /** the script's environment, NAME=value (src/build/config.ts scriptEnvironment) */
+  env: string[];
+  /** outbound network for the script (QEMU user-mode networking) */
+  network: boolean;
+  /** MiB the new layer may take (spec.json's diskSize: the scratch disk is twice that, sparse) */
+  diskSize: number;
+  /** MiB of build VM memory */
+  buildVMMemorySize: number;
+  /** false: the layer differs on every build (created "now"), so the cache is neither asked nor filled */
+  cacheable: boolean;
 }
 
 /** An instruction that only edits the image config (and writes an empty_layer history entry). */

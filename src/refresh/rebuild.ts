@@ -5,7 +5,7 @@ import { createReadStream, rmSync } from 'node:fs';
 import { rename, rm, stat } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import { basename, dirname, join } from 'node:path';
-import type { RunAsRootResult } from '../build/run-as-root.js';
+import type { RunAsRootResult } from '../executor/run-as-root.js';
 import { runAsRootPlatforms, type RunAsRootPlatformsResult } from '../executor/run-as-root-platforms.js';
 import type { VmBuildOptions } from '../build/vm-layer.js';
 import { withTempDir } from '../cleanup.js';

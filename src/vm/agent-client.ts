@@ -193,15 +193,19 @@ export class AgentClient {
             case MessageType.stderr:
               return options.onStderr?.(frame.payload);
             case MessageType.stdinAck:
+              if (frame.payload.length !== 4) throw new VmError('the agent sent a malformed stdin window');
               window += frame.payload.readUInt32BE(0);
               windowOpened?.();
               return;
-            case MessageType.exit:
+            case MessageType.exit: {
+              // decoded first: a malformed exit closes the channel, which fails this command while it is still pending
+              const status = decodeExit(frame.payload);
               this.pending.delete(id);
               stdinDone = true;
               windowOpened?.();
-              resolve(decodeExit(frame.payload));
+              resolve(status);
               return;
+            }
             case MessageType.error:
               this.pending.delete(id);
               stdinDone = true;

@@ -22,6 +22,7 @@ import { PROTOCOL_VERSION, type Hello } from './protocol.js';
 import { type Accel, type AgentChannel, type Machine, findQemu, hostTscKhz, machineRow, qemuArgs } from './qemu.js';
 import { type Architecture, type ArchitectureRow, ARCHITECTURES, archEnv, defaultArchitecture, hostRow } from './architectures.js';
 import { requireGuestPieces } from './guest-platform.js';
+import { type NetworkBackend, networkBackend, startPasst } from './network.js';
 
 export type Transport = 'serial' | 'vsock';
 
@@ -34,7 +35,7 @@ export interface VmOptions {
   readonly cpus?: number;
   /** virtio-blk disks (the guest finds them by serial) */
   readonly disks?: readonly VmDisk[];
-  /** QEMU user-mode networking with DNS (default false: no network) */
+  /** user-mode networking with DNS, through passt (network.ts; default false: no network) */
   readonly network?: boolean;
   /** boot deadline: the agent must say hello by then (default 10 s under KVM, 30 s under TCG) */
   readonly timeoutMs?: number;
@@ -66,6 +67,8 @@ export interface BootPlan {
   readonly initrd: string;
   readonly disks: readonly VmDisk[];
   readonly network: boolean;
+  /** with network: passt (default, the host's loopback closed) or QEMU's user networking (DOCKVM_HOST_LOOPBACK=1) */
+  readonly networkBackend?: NetworkBackend;
   readonly timeoutMs: number;
   /** the host's own compiled agent, the host side of the vsock bridge (only with vsock) */
   readonly bridgeBinary?: string;
@@ -150,6 +153,7 @@ export async function startVm(options: VmOptions = {}): Promise<Vm> {
     cpus: options.cpus ?? 1,
     disks: options.disks ?? [],
     network: options.network ?? false,
+    networkBackend: networkBackend(env),
     timeoutMs: options.timeoutMs ?? bootTimeoutFromEnv(env) ?? (accel === 'kvm' ? 10_000 : 30_000),
     signal: options.signal,
     extraCmdline: env.DOCKVM_KERNEL_ARGS || undefined,
@@ -194,6 +198,7 @@ export class Vm {
 
   private qemu: ChildProcess | undefined;
   private bridge: ChildProcess | undefined;
+  private passt: ChildProcess | undefined;
   private server: Server | undefined;
   private client: AgentClient | undefined;
   private console: Buffer[] = [];
@@ -227,6 +232,7 @@ export class Vm {
   private livePid(): number | undefined {
     const child = this.qemu;
     if (this.bridge?.pid !== undefined && this.bridge.exitCode === null) this.bridge.kill('SIGKILL');
+    if (this.passt?.pid !== undefined && this.passt.exitCode === null) this.passt.kill('SIGKILL');
     return child && child.exitCode === null && child.signalCode === null ? child.pid : undefined;
   }
 
@@ -263,7 +269,13 @@ export class Vm {
         return { path: descriptor, readOnly: true, serial, format: 'vmdk' as const };
       }),
     );
-    const args = qemuArgs({ ...plan, disks, agent: channel, hostTscKhz: hostTsc(), extraCmdline: plan.extraCmdline });
+    let networkSocket: string | undefined;
+    if (plan.network && (plan.networkBackend ?? 'passt') === 'passt') {
+      const passt = await startPasst(this.tempDir, (chunk) => (this.qemuStderr = (this.qemuStderr + chunk.toString()).slice(-4096)));
+      this.passt = passt.process;
+      networkSocket = passt.socketPath;
+    }
+    const args = qemuArgs({ ...plan, disks, agent: channel, networkSocket, hostTscKhz: hostTsc(), extraCmdline: plan.extraCmdline });
     const started = Date.now();
     // node's spawn rather than execa: a long-lived child whose exit is an event, not an outcome
     const qemu = spawn(plan.qemu, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -437,6 +449,7 @@ export class Vm {
     this.cleaned ??= (async () => {
       this.server?.close();
       this.bridge?.kill('SIGKILL');
+      this.passt?.kill('SIGKILL');
       const qemu = this.qemu;
       if (qemu && qemu.exitCode === null && qemu.signalCode === null) qemu.kill('SIGKILL');
       await Promise.race([this.qemuExited, sleep(2000)]);

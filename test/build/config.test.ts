@@ -1,6 +1,10 @@
 import test from 'ava';
-import { mergeEnv, newImageConfig, resolveCreated, scriptEnvironment } from '../../src/build/config.js';
+import { mergeEnv, resolveCreated, scriptEnvironment } from '../../src/build/config.js';
 import { sha256 } from '../../src/image/digest.js';
+import type { ImageConfig } from '../../src/image/config.js';
+import { nixpkgsImageConfig } from '../../src/executor/image-config.js';
+import { planSpec } from '../../src/frontend/spec/plan.js';
+import { checkSpec } from '../../src/spec/load.js';
 
 test('Env merges to one entry per name, the later value winning', (t) => {
   t.deepEqual(mergeEnv(['PATH=/bin', 'A=1', 'B=2'], ['A=3', 'C=4', 'A=5']), ['PATH=/bin', 'A=5', 'B=2', 'C=4']);
@@ -19,23 +23,21 @@ test('the script gets the image Env, then the spec env, PATH defaulted, HOME=/ro
 test('the new config carries the base over, merges, and names the new layer', (t) => {
   const base = sha256('base');
   const layer = sha256('layer');
-  const config = newImageConfig({
-    base: {
-      architecture: 'amd64',
-      os: 'linux',
-      created: '2020-01-01T00:00:00Z',
-      config: { Env: ['PATH=/bin', 'A=1'], Cmd: ['bash'], Labels: { a: '1' } },
-      rootfs: { type: 'layers', diff_ids: [base] },
-    },
-    config: { Env: ['A=2'], Cmd: ['/app'], Labels: { b: '2' } },
+  const baseConfig: ImageConfig = {
     architecture: 'amd64',
-    created: '1970-01-01T00:00:01Z',
-    diffId: layer,
-    createdBy: 'dockvm run-as-root',
-  });
+    os: 'linux',
+    created: '2020-01-01T00:00:00Z',
+    config: { Env: ['PATH=/bin', 'A=1'], Cmd: ['bash'], Labels: { a: '1' } },
+    rootfs: { type: 'layers', diff_ids: [base] },
+  };
+  const spec = checkSpec({ name: 'x', fromImage: 'docker://example.test/base:1', runAsRoot: 'true', config: { Env: ['A=2'], Cmd: ['/app'], Labels: { b: '2' } } }, '/specs/spec.json');
+  const plan = planSpec(spec, { base: baseConfig, platform: { os: 'linux', architecture: 'amd64' }, copyTar: undefined });
+  const config = nixpkgsImageConfig(plan.stages[0]!, baseConfig, [base, layer], '1970-01-01T00:00:01Z');
   t.deepEqual(config.config, { Env: ['PATH=/bin', 'A=2'], Cmd: ['/app'], Labels: { a: '1', b: '2' } });
   t.deepEqual(config.rootfs.diff_ids, [base, layer]);
   t.deepEqual(config.history, [{ created: '2020-01-01T00:00:00Z' }, { created: '1970-01-01T00:00:01Z', created_by: 'dockvm run-as-root' }]);
+  // the key order run-as-root has always written (the config digest, and a derived tag, depend on it)
+  t.deepEqual(Object.keys(config), ['created', 'architecture', 'os', 'config', 'rootfs', 'history']);
 });
 
 test('created: an ISO time is kept, "now" is the current time', (t) => {

@@ -4,8 +4,10 @@
 // guest (the way before). All three must give the same layer bytes, for a change list with every kind of
 // entry: sparse, preallocated and unwritten extents, hard links of every type, devices, fifos, a socket,
 // xattrs of every namespace (ACLs, capabilities, overlay's own), odd mtimes and names, a deep path,
-// whiteouts and opaque directories.
-import test from 'ava';
+// whiteouts and opaque directories; and a mid-size file (20 MiB) of several extents, holes and an
+// unwritten range, which the host reads piece by piece (the path big layers take).
+import test, { type ExecutionContext } from 'ava';
+import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,6 +17,7 @@ import { runStep, scriptLaunch } from '../../src/build/interpreter.js';
 import { lowersFor } from '../../src/build/lowers.js';
 import { createUpperDisk, newDirectories, outDiskBytes, packUpper, writePackedLayer, type PackWay, type PackedUpper } from '../../src/build/vm-layer.js';
 import { readTar, TarWriter, type TarEntry } from '../../src/layer/tar.js';
+import { readUpperManifest } from '../../src/layer/upper-manifest.js';
 import { openImage } from '../../src/transport/index.js';
 import { qemuImgCreate } from '../../src/vm/index.js';
 import { debianFixture } from '../fixtures/debian.js';
@@ -85,9 +88,22 @@ rm -rf /var/cache/debconf && mkdir /var/cache/debconf && echo fresh > /var/cache
 rm /etc/host.conf && mkdir /etc/host.conf
 mv /usr/share/base-files /usr/share/base-files.moved
 chmod 600 /etc/os-release && ln /etc/os-release /srv/os-release.hard
+# 20 MiB: a hole, 3 MiB of data, 2 MiB more written after another file took the blocks that follow (a
+# second extent with no hole between), a hole with 2 MiB unwritten in it, 1500001 bytes at an offset no
+# block boundary, and a hole to the end
+truncate -s 20M mid
+head -c 3145728 /dev/urandom | dd of=mid bs=1M seek=1 conv=notrunc iflag=fullblock status=none
+sync && head -c 1048576 /dev/urandom > spacer && sync
+head -c 2097152 /dev/urandom | dd of=mid bs=1M seek=4 conv=notrunc iflag=fullblock status=none
+fallocate -o 8M -l 2M mid
+head -c 1500001 /dev/urandom | dd of=mid bs=1M seek=12000000 oflag=seek_bytes conv=notrunc iflag=fullblock status=none
+sync
+sha256sum mid
 `;
+const MID_SIZE = 20 * 2 ** 20;
+const ways: PackWay[] = ['extents', 'inline', 'tar'];
 
-function tempDir(t: { teardown(fn: () => void): void }): string {
+function tempDir(t: ExecutionContext): string {
   const dir = mkdtempSync(join(tmpdir(), 'dockvm-upper-manifest-test-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   return dir;
@@ -108,10 +124,34 @@ async function fileContent(layer: string, path: string): Promise<Buffer> {
   throw new Error(`${path} is not in ${layer}`);
 }
 
-test('the upper manifest, with extents or inline contents, gives the layer bytes GNU tar in the guest gave, for every kind of entry', async (t) => {
-  const dir = tempDir(t);
+interface Packed {
+  dir: string;
+  layers: Map<PackWay, string>;
+  packs: { way: PackWay; packed: PackedUpper; file: string }[];
+  scratch: string;
+  /** sha256 of srv/mid, as the guest computed it */
+  midSha256: string;
+}
+
+/** One boot for both tests: the script run, the upper packed each way, a layer written from each. */
+let booted: Promise<Packed> | undefined;
+const packedOnce = (): Promise<Packed> => (booted ??= bootAndPack());
+test.after.always(async () => {
+  const packed = await booted?.catch(() => undefined);
+  if (packed) rmSync(packed.dir, { recursive: true, force: true });
+});
+
+async function bootAndPack(): Promise<Packed> {
+  const dir = mkdtempSync(join(tmpdir(), 'dockvm-upper-manifest-test-'));
   const image = await openImage(debianFixture());
-  t.teardown(() => image.close());
+  try {
+    return { dir, ...(await packEachWay(dir, image)) };
+  } finally {
+    await image.close();
+  }
+}
+
+async function packEachWay(dir: string, image: Awaited<ReturnType<typeof openImage>>): Promise<Omit<Packed, 'dir'>> {
   const lowers = await lowersFor(image, 'debian');
   const scratch = join(dir, 'scratch.ext4');
   const out = join(dir, 'out.disk');
@@ -120,11 +160,12 @@ test('the upper manifest, with extents or inline contents, gives the layer bytes
   await qemuImgCreate(out, outDiskBytes(128), 'raw');
   await writeCopyTar(copy);
 
-  const ways: PackWay[] = ['extents', 'inline', 'tar'];
-  const { packs, newDirs } = await withBuildVm({ lowers, scratch, copy, out }, {}, async (vm) => {
+  const { packs, newDirs, midSha256 } = await withBuildVm({ lowers, scratch, copy, out }, {}, async (vm) => {
     await vm.mustStep('mount');
     const run = await vm.step('run', runStep(['PATH=/usr/sbin:/usr/bin:/sbin:/bin'], scriptLaunch(SCRIPT)));
-    t.is(run.exitCode, 0, run.stderr);
+    if (run.exitCode !== 0) throw new Error(`the script failed: ${run.stderr}`);
+    const midSha256 = /^([0-9a-f]{64}) {2}mid$/m.exec(run.stdout.toString())?.[1];
+    if (!midSha256) throw new Error(`no sha256sum of mid in the script's output: ${run.stdout.toString()}`);
     const newDirs = await newDirectories(vm);
     const packs: { way: PackWay; packed: PackedUpper; file: string }[] = [];
     for (const way of ways) {
@@ -133,7 +174,7 @@ test('the upper manifest, with extents or inline contents, gives the layer bytes
       await copyHead(out, file, packed.bytes);
       packs.push({ way, packed, file });
     }
-    return { packs, newDirs };
+    return { packs, newDirs, midSha256 };
   });
 
   const layers = new Map<PackWay, string>();
@@ -144,8 +185,13 @@ test('the upper manifest, with extents or inline contents, gives the layer bytes
     await writePackedLayer(packed, { out: file, scratch }, layer, { clampMtime, newDirs, diskSize: 128 });
     layers.set(way, layer);
   }
+  return { layers, packs, scratch, midSha256 };
+}
+
+test('the upper manifest, with extents or inline contents, gives the layer bytes GNU tar in the guest gave, for every kind of entry', async (t) => {
+  const { layers, packs } = await packedOnce();
   const [extents, inline, tar] = ways.map((way) => packs.find((p) => p.way === way)!.packed);
-  const contentBytes = 3_000_000 + 7_000_001 + 2 * 2 ** 20;
+  const contentBytes = 3_000_000 + 7_000_001 + 2 * 2 ** 20 + MID_SIZE;
   t.true(extents!.bytes < 100_000, `the extents manifest holds no contents (${extents!.bytes} bytes)`);
   t.true(inline!.bytes > contentBytes, `the inline manifest holds them all (${inline!.bytes} bytes)`);
   t.is(extents!.upperKiB, tar!.upperKiB, 'the upper\'s size agrees with du -sk');
@@ -205,4 +251,21 @@ test('a sparse file bigger than the output disk: the diskSize error, and no laye
   t.is(run.exitCode, 1, run.stderr);
   t.regex(run.stderr, /^dockvm: diskSize 16 MiB was too small: the layer needed 3072 MiB \(sparse files count their full size\); set diskSize to at least 3840\n/m);
   t.false(existsSync(join(dir, 'out.tar')), 'no partial output');
+});
+
+test('a 20 MiB file of several extents, holes and an unwritten range: the same bytes from the scratch disk, inline and through GNU tar', async (t) => {
+  const { layers, packs, scratch, midSha256 } = await packedOnce();
+  // what the host reads it from: the extents the guest reported, the holes and unwritten range as zeros
+  const manifest = packs.find((p) => p.way === 'extents')!;
+  const mid = [...readUpperManifest({ path: manifest.file, size: manifest.packed.bytes, disk: scratch, source: 'test' })].find(({ entry }) => entry.path === 'srv/mid');
+  const pieces = mid?.body && 'pieces' in mid.body ? mid.body.pieces : [];
+  const data = pieces.filter((piece) => 'file' in piece);
+  t.true(data.length >= 3, `several extents on the scratch disk (${data.length})`);
+  t.true(pieces.filter((piece) => 'zeros' in piece).length >= 3, 'holes before, between and after them');
+  t.true(pieces.some((piece) => 'zeros' in piece && piece.zeros >= 4 * 2 ** 20), 'the hole and the unwritten range between read as one run of zeros');
+  const contents = await Promise.all(ways.map(async (way) => fileContent(layers.get(way)!, 'srv/mid')));
+  for (const [i, way] of ways.entries()) {
+    t.is(contents[i]!.length, MID_SIZE, `${way}: its full size`);
+    t.is(createHash('sha256').update(contents[i]!).digest('hex'), midSha256, `${way}: the bytes the guest wrote`);
+  }
 });

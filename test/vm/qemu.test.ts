@@ -33,7 +33,7 @@ function values(args: string[], flag: string): string[] {
 
 /** What each row must produce, as a person reading the row would expect it. */
 const expected = {
-  amd64: { machine: 'microvm,x-option-roms=off,rtc=on,acpi=on', tcgCpu: 'max', console: 'ttyS0', bus: 'mmio', suffix: '-device', tsc: true },
+  amd64: { machine: 'microvm,x-option-roms=off,rtc=on,acpi=on', tcgCpu: 'max,erms=off,fsrm=off', console: 'ttyS0', bus: 'mmio', suffix: '-device', tsc: true },
   arm64: { machine: 'virt,gic-version=max', tcgCpu: 'max,pauth=off', console: 'ttyAMA0', bus: 'mmio', suffix: '-device', tsc: false },
 } as const;
 
@@ -60,6 +60,7 @@ for (const name of ARCHITECTURE_NAMES) {
       // the host's TSC rate means something to an x86 guest under TCG only
       t.is(cmdline.includes('tsc_early_khz=2100000'), want.tsc && accel === 'tcg');
       t.is(cmdline.includes('reboot=t'), name === 'amd64', 'reboot by triple fault is an x86 thing');
+      t.true(cmdline.includes('init_on_alloc=0'), 'pages are not zeroed at allocation: emulated work on every page a script writes');
     });
   }
 }

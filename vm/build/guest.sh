@@ -15,7 +15,8 @@
 #           form (the copy disk) unpacked onto an empty ext4 disk (the out disk), which the host caches
 #   unpack-reference  (benchmark only) the nixpkgs way instead of mount: layer tars unpacked in the guest
 #
-# Containerfile builds (src/executor/): a stage's layer steps in one boot, each step's changes its own layer.
+# Plans (src/executor/): a stage's layer steps in one boot, each step's changes its own layer; spec.json's
+# one step is stage-mount (copyToRoot unpacked), run, extra, commit.
 #   stage-mount  step_mount, then the tools the steps run chrooted (/.dockvm: busybox, the agent, GNU tar)
 #   run-step     a RUN: argv as planned, its env, user, workdir, mounts and network, chrooted
 #   copy-step    a COPY/ADD: a tar from the inputs disk unpacked at its destination, by Docker's rules
@@ -334,6 +335,9 @@ step_stage_mount() {
   echo 0 > $S/offset
   # The tools a chrooted step needs, whatever the image has: static busybox and agent; GNU tar with its
   # libraries, run through their own loader (the image's /lib may hold another libc, or none).
+  # DOCKVM_STAGE_TOOLS=0 (spec.json's step, whose script gets the bundled shell at /.dockvm): none, and
+  # all of a small VM's memory stays the script's (/run is RAM).
+  [ "${DOCKVM_STAGE_TOOLS:-1}" = 1 ] || return 0
   mkdir -p $T/lib
   cp /bin/busybox /bin/dockvm-agent $T/
   cp "$GNU_TAR" $T/tar
@@ -679,9 +683,10 @@ step_run_step() {
 # reads after the VM is gone; an upper that is a lower from now on is never written again, so those
 # extents stay valid), the manifest written onto the output disk at the next free MiB; its new directories
 # listed; then the upper becomes the top lower under a fresh upper. Prints dockvm-manifest-offset=,
-# dockvm-manifest-bytes=, a line "--", then the new directories (the ones the lowers lack), NUL-separated.
+# dockvm-manifest-bytes=, dockvm-upper-kib= (what the upper takes, as du -sk counts), a line "--", then the
+# new directories (the ones the lowers lack), NUL-separated. (extraCommands left the overlay unmounted.)
 step_commit() {
-  umount $R
+  if grep -q " $R " /proc/mounts; then umount $R; fi
   count=$(cat $S/count)
   lowers=$(cat $S/lowers)
   offset=$(cat $S/offset)
@@ -694,6 +699,7 @@ step_commit() {
   rm $manifest
   echo "dockvm-manifest-offset=$((offset * 1048576))"
   echo "dockvm-manifest-bytes=$bytes"
+  grep '^dockvm-upper-kib=' $B/manifest.out || true
   echo "$((offset + bytes / 1048576 + 1))" > $S/offset
   echo --
   cd $upper

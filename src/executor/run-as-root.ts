@@ -1,25 +1,27 @@
 // run-as-root: nixpkgs buildImage with runAsRoot. Base image + copyToRoot + the script run as root in a
 // throwaway VM + extraCommands → one new reproducible layer on top of the base → an image archive.
-// (DESIGN.md "Data flow of run-as-root".)
+// (DESIGN.md "Data flow of run-as-root".) The spec is a plan of one step (src/frontend/spec/), which the
+// executor runs as it runs a Containerfile's (build.ts): through the build cache, in the stage VM.
 import { createWriteStream } from 'node:fs';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { hex, sha256 } from '../image/digest.js';
-import { FileLayer } from '../image/file-layer.js';
+import { VmError } from '../errors.js';
+import { hex } from '../image/digest.js';
 import type { Image } from '../image/image.js';
 import { beginDockerArchive, openImage, parseDestination, writeImage, type OpenedImage } from '../transport/index.js';
 import { withTempDir } from '../cleanup.js';
 import type { TarEntry } from '../layer/tar.js';
 import type { BuildSpec } from '../spec/load.js';
-import { newImageConfig, resolveCreated } from './config.js';
-import { baseTree, CopyPlacement, hiddenShellError, replacedLinkWarnings } from './copy-over-base.js';
-import { copyToRootTar } from './copy-to-root.js';
-import { imageShells } from './interpreter.js';
-import { buildPlatform, runnableRow } from './platform.js';
-import { buildLayerOnHost } from './host-layer.js';
-import type { VmBuildOptions } from './vm-layer.js';
-import type { BuildCacheOptions } from '../cache/build-cache.js';
-import { vmLayerThroughCache } from './cached-vm-layer.js';
+import { BuildCache, type BuildCacheOptions } from '../cache/build-cache.js';
+import { executePlan } from './execute.js';
+import { planSpec } from '../frontend/spec/plan.js';
+import { checkLowerCount } from '../build/build-vm.js';
+import { resolveCreated } from '../build/config.js';
+import { baseTree, CopyPlacement, hiddenShellError, replacedLinkWarnings } from '../build/copy-over-base.js';
+import { copyToRootTar } from '../build/copy-to-root.js';
+import { imageShells } from '../build/interpreter.js';
+import { buildPlatform, runnableRow } from '../build/platform.js';
+import type { VmBuildOptions } from '../build/vm-layer.js';
 
 export interface RunAsRootOptions extends VmBuildOptions {
   /** overrides the spec's `output` */
@@ -44,48 +46,47 @@ export async function runAsRoot(spec: BuildSpec, options: RunAsRootOptions = {})
   const output = options.output ?? spec.output;
   const destination = parseDestination(output);
   const warn = options.onWarning ?? ((message: string) => void process.stderr.write(`dockvm: warning: ${message}\n`));
+  const scriptOutput = options.onScriptOutput ?? ((chunk: Buffer) => void process.stderr.write(chunk));
   const base = spec.fromImage ? await openBase(spec) : undefined;
   try {
-    // Refused before anything is written or booted: a platform the build VM cannot run the script on.
+    // Refused before anything is written or booted: a platform the build VM cannot run the script on,
+    // a base with more layers than it stacks.
     const platform = buildPlatform(spec.architecture, base?.config, spec.fromImage);
-    const row = spec.runAsRoot !== null ? runnableRow(platform, spec.fromImage ? `fromImage ${spec.fromImage}` : `the spec's architecture`) : undefined;
+    if (spec.runAsRoot !== null) {
+      runnableRow(platform, spec.fromImage ? `fromImage ${spec.fromImage}` : `the spec's architecture`);
+      checkLowerCount(base?.layers.length ?? 0, spec.fromImage ?? 'scratch');
+    }
     return await withTempDir('build', async (tmp) => {
       const copy = await writeCopyToRoot(spec, base, tmp, warn);
+      const plan = planSpec(spec, { base: base?.config, platform, copyTar: copy });
       // An archive file gets the base layers while the VM builds the new one (they come first in it).
       const archive = base && spec.runAsRoot && destination.kind === 'docker-archive' && destination.path !== '-'
         ? beginDockerArchive(destination.path, base.layers, { gzip: destination.gzip })
         : undefined;
       try {
         const created = resolveCreated(spec.created);
-        const clampMtime = sourceDateEpoch() ?? Math.floor(Date.parse(created) / 1000);
-        const layerFile = spec.runAsRoot
-          ? await vmLayerThroughCache(spec, base, copy, platform, tmp, clampMtime, { ...options, architecture: row!.architecture })
-          : { ...(await buildLayerOnHost(spec, copy, tmp, clampMtime)), cache: null };
-        const config = newImageConfig({
-          base: base?.config,
-          config: spec.config,
-          architecture: platform.architecture,
-          ...(platform.variant !== undefined ? { variant: platform.variant } : {}),
+        const built = await executePlan(plan, {
+          // the plan names one image, its base, opened already (fromImageName/fromImageTag picked it)
+          images: { open: async () => base! },
+          cache: new BuildCache(options.cache),
+          tmp,
+          clampMtime: sourceDateEpoch() ?? Math.floor(Date.parse(created) / 1000),
           created,
-          diffId: layerFile.diffId,
-          createdBy: spec.runAsRoot ? 'dockvm run-as-root' : 'dockvm copyToRoot',
+          ...(options.timeoutMs !== undefined ? { signal: timeoutSignal(options.timeoutMs) } : {}),
+          onEvent: (event) => {
+            if (event.type === 'output') scriptOutput(event.chunk);
+            else if (event.type === 'warning') warn(event.message);
+          },
         });
-        const rawConfig = Buffer.from(JSON.stringify(config));
-        const configDigest = sha256(rawConfig);
+        const step = built.steps[0]!;
         // nixpkgs derives the tag from the output's hash; the config digest names the content the same way.
-        const imageTag = spec.tag ?? hex(configDigest).slice(0, 32);
-        const image: Image = {
-          rawConfig,
-          config,
-          configDigest,
-          layers: [...(base?.layers ?? []), new FileLayer(layerFile.path, layerFile.diffId, layerFile.size)],
-          repoTags: [`${spec.name}:${imageTag}`],
-        };
+        const imageTag = spec.tag ?? hex(built.image.configDigest).slice(0, 32);
+        const image: Image = { ...built.image, repoTags: [`${spec.name}:${imageTag}`] };
         if (archive) await archive.finish([{ image, tags: image.repoTags }]);
         else await writeImage(image, output, { tags: image.repoTags });
         const layers = await writtenLayers(output, image);
-        const bootedVm = spec.runAsRoot !== null && !layerFile.cache?.hit;
-        return { imageName: spec.name, imageTag, output, configDigest, layers, bootedVm, cache: layerFile.cache };
+        const cache = step.key === null ? null : { key: step.key, hit: step.cache };
+        return { imageName: spec.name, imageTag, output, configDigest: image.configDigest, layers, bootedVm: built.vmBoots > 0, cache };
       } catch (err) {
         await archive?.abort();
         throw err;
@@ -124,6 +125,13 @@ async function openBase(spec: BuildSpec): Promise<OpenedImage> {
   if (!chosen) return base;
   await base.close();
   return chosen;
+}
+
+/** --timeout: the VM is stopped, and the build fails saying why. */
+function timeoutSignal(ms: number): AbortSignal {
+  const controller = new AbortController();
+  setTimeout(() => controller.abort(new VmError(`the build took longer than --timeout ${ms / 1000} s; the VM was stopped`)), ms).unref();
+  return controller.signal;
 }
 
 /** SOURCE_DATE_EPOCH, when set, clamps every mtime (reproducible-builds.org). */

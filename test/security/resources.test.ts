@@ -1,0 +1,127 @@
+// Issue 13, resources: a runAsRoot script that forks without end, takes all memory, fills the disk or
+// prints without end. Each is stopped or bounded and reported as what it was, within --timeout; the
+// host keeps no QEMU, passt or temp dir of the build, and dockvm's own memory stays bounded while the
+// guest floods it. One boot each (each ends its build); serial, since each loads the machine.
+import test from 'ava';
+import { closeSync, existsSync, openSync, readFileSync, readSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
+import { debianBaseFixture } from '../fixtures/debian.js';
+import { qemuCounter } from '../helpers/qemu-counter.js';
+import { runDockvm } from '../helpers/peers.js';
+import { BASE, alive, baseContext, buildDir, tempRoot } from './helpers.js';
+
+const CLI = fileURLToPath(new URL('../../bin/dockvm.js', import.meta.url));
+const TIMEOUT_S = 120; // generous: a build that should fail on its own fails long before
+
+interface Outcome {
+  exitCode: number;
+  /** dockvm's error lines */
+  errors: string[];
+  /** bytes of the script's output dockvm passed on */
+  outputBytes: number;
+  /** dockvm's own peak RSS, KiB (its VmHWM, sampled while it runs; QEMU's is not counted) */
+  maxRssKiB: number;
+  /** from the start to dockvm's exit, ms */
+  elapsedMs: number;
+}
+
+/** run-as-root of `script` (over the Debian base), its stderr into a file. */
+async function runAsRoot(t: Parameters<typeof buildDir>[0], script: string, spec: Record<string, unknown> = {}, timeoutS = TIMEOUT_S): Promise<Outcome & { qemu: Awaited<ReturnType<typeof qemuCounter>>; temp: ReturnType<typeof tempRoot>; out: string }> {
+  const { dir } = buildDir(t, '');
+  const out = join(dir, 'out.tar');
+  writeFileSync(join(dir, 'spec.json'), JSON.stringify({ name: 'hostile', fromImage: debianBaseFixture(), runAsRoot: script, output: out, ...spec }));
+  const qemu = await qemuCounter(t);
+  const temp = tempRoot(t);
+  const stderrPath = join(dir, 'stderr');
+  const started = Date.now();
+  const child = execa('node', [CLI, 'run-as-root', join(dir, 'spec.json'), '--timeout', String(timeoutS)], {
+    env: { ...qemu.env, ...temp.env, DEBUG: '' },
+    reject: false,
+    stdout: 'ignore',
+    stderr: { file: stderrPath },
+    buffer: false, // else execa stops it at maxBuffer (100 MB), which endless output reaches
+  });
+  let maxRssKiB = 0;
+  const sampler = setInterval(() => {
+    try {
+      maxRssKiB = Number(/^VmHWM:\s+(\d+)/m.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1] ?? maxRssKiB);
+    } catch {
+      // gone
+    }
+  }, 200);
+  const run = await child.finally(() => clearInterval(sampler));
+  const elapsedMs = Date.now() - started;
+  const stderr = tail(stderrPath, 64 * 1024); // the error is at the end; the output before it may be GiBs
+  const errors = stderr.split('\n').filter((line) => line.startsWith('dockvm: ') && !line.startsWith('dockvm: warning'));
+  if (errors.length !== 1) t.log(`stderr ends with: ${stderr.slice(-300)}`);
+  return { exitCode: run.exitCode ?? -1, errors, outputBytes: statSync(stderrPath).size, maxRssKiB, elapsedMs, qemu, temp, out };
+}
+
+/** The last `bytes` of a file, as text. */
+function tail(path: string, bytes: number): string {
+  const size = statSync(path).size;
+  const fd = openSync(path, 'r');
+  try {
+    const buffer = Buffer.alloc(Math.min(size, bytes));
+    readSync(fd, buffer, 0, buffer.length, size - buffer.length);
+    return buffer.toString('latin1');
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** What every attack must leave: exit 1, one error line, no output, nothing of the build running or on disk. */
+async function leftNothing(t: Parameters<typeof buildDir>[0], r: Awaited<ReturnType<typeof runAsRoot>>, error: RegExp): Promise<void> {
+  t.log(`exit ${r.exitCode} after ${(r.elapsedMs / 1000).toFixed(1)} s; dockvm peak RSS ${Math.round(r.maxRssKiB / 1024)} MiB; ${r.outputBytes} bytes of output; ${r.errors.join(' / ')}`);
+  t.is(r.exitCode, 1);
+  t.is(r.errors.length, 1, r.errors.join('\n'));
+  t.regex(r.errors[0] ?? '', error);
+  t.false(existsSync(r.out), 'no output');
+  t.is(r.qemu.boots(), 1);
+  t.false(r.qemu.starts().some(({ pid }) => alive(pid)), 'no QEMU left');
+  t.deepEqual(await r.temp.processes(), [], 'no process of the build left');
+  t.deepEqual(r.temp.left(), [], 'no temp dir left');
+}
+
+// The guest cannot tell a fork bomb from a slow build (the script's memory cgroup keeps the agent alive
+// through it: the bomb's children are OOM-killed); --timeout stops it, and the error names the timeout.
+test.serial('a fork bomb: stopped at --timeout, the error naming the timeout, nothing left', async (t) => {
+  const r = await runAsRoot(t, 'bomb() { bomb | bomb & }; bomb; sleep 600', { buildVMMemorySize: 512 }, 60);
+  await leftNothing(t, r, /^dockvm: the build took longer than --timeout 60 s; the VM was stopped$/);
+  t.true(r.elapsedMs < (60 + 30) * 1000, 'within --timeout');
+});
+
+test.serial('all of the VM\'s memory: the script is OOM-killed and the error says so', async (t) => {
+  const r = await runAsRoot(t, 'head -c 2G /dev/zero | tail -c 2G > /dev/null', { buildVMMemorySize: 256 });
+  await leftNothing(t, r, /^dockvm: runAsRoot ran out of memory: buildVMMemorySize 256 MiB was too small; set buildVMMemorySize to at least 512$/);
+});
+
+test.serial('all of its disk: the diskSize error, naming what to set', async (t) => {
+  const r = await runAsRoot(t, 'dd if=/dev/zero of=/fill bs=1M', { diskSize: 64 });
+  await leftNothing(t, r, /^dockvm: diskSize 64 MiB was too small: the layer needed .*; set diskSize to at least \d+$/);
+});
+
+test.serial('endless output: stopped at --timeout, dockvm\'s memory bounded while it streams', async (t) => {
+  const r = await runAsRoot(t, 'yes "endless output from a hostile script"', {}, 40);
+  await leftNothing(t, r, /^dockvm: the build took longer than --timeout 40 s; the VM was stopped$/);
+  t.true(r.outputBytes > 1 << 20, 'the output streamed');
+  t.true(r.maxRssKiB < 512 * 1024, `dockvm's peak RSS ${r.maxRssKiB} KiB`);
+});
+
+test.serial('dockvm build: a RUN step that never ends is stopped at --timeout, the error naming it, nothing left', async (t) => {
+  const { dir, ctx, out } = buildDir(t, `FROM ${BASE}\nRUN while :; do :; done\n`);
+  const qemu = await qemuCounter(t);
+  const temp = tempRoot(t);
+  const started = Date.now();
+  const run = await runDockvm(['build', '--timeout', '30', '--network=none', '--build-context', baseContext(), '-t', 'localhost/dockvm-test/forever:1', '-o', out, ctx], { env: { ...qemu.env, ...temp.env } });
+  t.log(`exit ${run.exitCode} after ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  t.is(run.exitCode, 1, run.stderr);
+  const errors = run.stderr.split('\n').filter((line) => line.startsWith('dockvm: '));
+  t.deepEqual(errors, ['dockvm: the build took longer than --timeout 30 s; its VM was stopped']);
+  t.deepEqual(readdirSync(dir), ['ctx'], 'no output');
+  t.false(qemu.starts().some(({ pid }) => alive(pid)), 'no QEMU left');
+  t.deepEqual(await temp.processes(), [], 'no process of this build left');
+  t.deepEqual(temp.left(), [], 'no temp dir left');
+});
