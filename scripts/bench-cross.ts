@@ -7,6 +7,10 @@
 //   apt-get    with BENCH_APT=1: run-as-root `apt-get update && apt-get install -y PACKAGES` over the
 //              arm64 base with network: true (the machine's Debian mirror), against the same over the
 //              amd64 base — what a foreign RUN step costs beyond a native one on the same emulator
+//   platforms  with BENCH_MULTI=1: run-as-root of the useradd spec with platforms [linux/amd64,
+//              linux/arm64] over an index of both bases, written as an index, against the two
+//              single-architecture builds of the same spec over the same index (their sum): what
+//              building several platforms in one run adds (goal: nothing beyond noise)
 //
 // Goal: the arm64 useradd build at most 1.5x the amd64 one. The qemu-user way (a chroot with
 // qemu-aarch64-static through binfmt_misc) is not measured here: it needs binfmt_misc registered on the
@@ -17,6 +21,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runAsRoot } from '../src/executor/run-as-root.js';
+import { runAsRootPlatforms } from '../src/executor/run-as-root-platforms.js';
+import { openImage, writeOciIndex } from '../src/transport/index.js';
 import { checkSpec } from '../src/spec/load.js';
 import { defaultArchitecture, startVm, type Architecture } from '../src/vm/index.js';
 import { packageRoot } from '../src/vm/paths.js';
@@ -40,6 +46,28 @@ async function build(architecture: Architecture, script: string, out: string, ne
   return timedCall(() => runAsRoot(spec, { onScriptOutput: () => {}, cache: { noCache: true } }));
 }
 
+/** The useradd spec over an index base: for every platform (an index) or one architecture. */
+async function platformsBuild(base: string, out: string, architecture?: Architecture): Promise<number> {
+  const fields = architecture ? { architecture } : { platforms: ['linux/amd64', 'linux/arm64'] };
+  const spec = checkSpec({ name: 'localhost/bench/platforms', tag: 'bench', fromImage: base, runAsRoot: USERADD, output: `oci:${out}`, ...fields }, join(tmpdir(), 'bench-spec.json'));
+  try {
+    return await timedCall(() => runAsRootPlatforms(spec, { onScriptOutput: () => {}, cache: { noCache: true } }));
+  } finally {
+    await rm(out, { recursive: true, force: true });
+  }
+}
+
+/** Both fixtures in one OCI layout, named "bookworm" by an index of the two. */
+async function indexBase(dir: string): Promise<string> {
+  const images = await Promise.all(Object.values(BASES).map((path) => openImage(path)));
+  try {
+    await writeOciIndex(images, dir, { ref: 'bookworm' });
+  } finally {
+    await Promise.all(images.map((image) => image.close()));
+  }
+  return `oci:${dir}:bookworm`;
+}
+
 const accels = new Map<Architecture, string>();
 
 async function bareBoot(architecture: Architecture): Promise<number> {
@@ -57,15 +85,22 @@ async function main(): Promise<void> {
   const work = await mkdtemp(join(tmpdir(), 'dockvm-bench-cross-'));
   const out = join(work, 'out.tar');
   const apt = process.env.BENCH_APT === '1';
+  const multi = process.env.BENCH_MULTI === '1';
   try {
     console.error('warming up (kernels, initramfs, agents, squashfs images of both bases)…');
     for (const architecture of architectures) await build(architecture, 'true', out);
+    const index = multi ? await indexBase(join(work, 'index')) : '';
+    const platformTimes = { both: [] as number[], sum: [] as number[] };
     const times = Object.fromEntries(architectures.map((a) => [a, { boot: [] as number[], useradd: [] as number[], apt: [] as number[] }])) as Record<Architecture, { boot: number[]; useradd: number[]; apt: number[] }>;
     for (let run = 0; run < RUNS; run++) {
       for (const architecture of architectures) {
         times[architecture].boot.push(await bareBoot(architecture));
         times[architecture].useradd.push(await build(architecture, USERADD, out));
         if (apt) times[architecture].apt.push(await build(architecture, APT, out, true));
+      }
+      if (multi) {
+        platformTimes.both.push(await platformsBuild(index, join(work, 'multi')));
+        platformTimes.sum.push((await platformsBuild(index, join(work, 'one'), 'amd64')) + (await platformsBuild(index, join(work, 'one'), 'arm64')));
       }
     }
     const line = (label: string, seconds: number, note = '') => console.log(`  ${label.padEnd(40)} ${seconds.toFixed(2).padStart(7)} s${note}`);
@@ -80,6 +115,10 @@ async function main(): Promise<void> {
     if (apt) {
       line(`apt-get install ${APT_PACKAGES}, amd64`, median(amd64.apt));
       line(`apt-get install ${APT_PACKAGES}, arm64`, median(arm64.apt), `   ${(median(arm64.apt) / median(amd64.apt)).toFixed(2)}x amd64`);
+    }
+    if (multi) {
+      line('useradd, amd64 + arm64 built one by one', median(platformTimes.sum));
+      line('useradd, platforms [amd64, arm64]: an index', median(platformTimes.both), `   ${(median(platformTimes.both) / median(platformTimes.sum)).toFixed(2)}x one by one`);
     }
   } finally {
     await rm(work, { recursive: true, force: true });

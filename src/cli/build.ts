@@ -44,7 +44,12 @@ export function registerBuild(program: Command): void {
     .option('-o, --output <out>', 'where the image goes: .tar, .tar.gz, oci:DIR, oci-archive:PATH or docker://REF (default: NAME.tar from the first -t)')
     .addOption(new Option('--build-arg <arg>', 'K=V for an ARG (repeatable; K alone takes the value from the environment)').argParser(collect))
     .option('--target <stage>', 'build this stage (by name) instead of the last')
-    .option('--platform <platform>', 'os/arch to build for: linux/amd64 or linux/arm64, each stage in a VM of its platform (default: each base image\'s own)')
+    .option(
+      '--platform <platforms>',
+      'os/arch to build for: linux/amd64 or linux/arm64, each stage in a VM of its platform (default: each base image\'s own); ' +
+        'several, comma-separated (linux/amd64,linux/arm64): one image each, every RUN on its own CPU, written as an OCI image index ' +
+        '(to oci:DIR, oci-archive:PATH or docker://REF; a docker-archive holds one platform); a base that is an index gives each platform its image',
+    )
     .addOption(new Option('--build-context <name=image>', 'NAME=IMAGE: use IMAGE (any dockvm IMAGE form) wherever FROM or --from names NAME (repeatable)').argParser(collect))
     .option('--no-cache', 'build every step even when the build cache has it (what is built is still stored)')
     .addOption(new Option('--cache-from <ref>', 'look for cached steps in this registry too, after the local cache: docker://HOST/REPO (repeatable)').argParser(collect))
@@ -56,7 +61,7 @@ export function registerBuild(program: Command): void {
     .addOption(new Option('--timeout <seconds>', 'give up when the build runs longer than this (its VMs are stopped)').argParser(positiveSeconds))
     .option('--tls-verify [bool]', 'false: allow plain HTTP to registries (loopback registries may use it anyway)', parseBool, true)
     .option('--creds <user:pass>', 'registry credentials (else from $REGISTRY_AUTH_FILE or ~/.docker/config.json)')
-    .option('--json', 'print the result as one JSON document: name, tags, output, image ID, layers, steps with their cache hits, VM boots')
+    .option('--json', 'print the result as one JSON document: name, tags, output, image ID, layers, steps with their cache hits, VM boots; with several platforms the index digest and each platform\'s image ID, manifest digest and layers')
     .action(async (context: string, flags: BuildFlags) => {
       installSignalHandlers();
       // loaded on use: --help and other commands start faster
@@ -89,7 +94,8 @@ export function registerBuild(program: Command): void {
       if (flags.json) printJson(result);
       else {
         const cached = result.steps.filter((s) => s.cache !== null).length;
-        say(`dockvm: wrote ${result.tags.join(', ') || 'the image'} to ${result.output} (${result.imageId}; ${cached}/${result.steps.length} steps from the cache, ${result.vmBoots} VM boot${result.vmBoots === 1 ? '' : 's'})`);
+        const what = result.index ? `an index of ${result.platforms!.map((p) => p.platform).join(', ')}: ${result.index.digest}` : result.imageId;
+        say(`dockvm: wrote ${result.tags.join(', ') || 'the image'} to ${result.output} (${what}; ${cached}/${result.steps.length} steps from the cache, ${result.vmBoots} VM boot${result.vmBoots === 1 ? '' : 's'})`);
       }
     });
 }

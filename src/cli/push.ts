@@ -1,7 +1,8 @@
 // dockvm push IMAGE REF: upload an image (any IMAGE form) to a registry and print the manifest digest.
 import type { Command } from 'commander';
-import type { PushResult, RegistryOptions } from '../transport/registry/index.js';
+import type { PushIndexResult, PushResult, RegistryOptions } from '../transport/registry/index.js';
 import { printJson, say } from './io.js';
+import { formatPlatform } from '../transport/registry/platform.js';
 import { registryOptions } from '../transport/registry/registry-options.js';
 import { parseBool, registryReference, transferBars } from './pull.js';
 
@@ -12,7 +13,9 @@ export function registerPush(program: Command): void {
       'Push an image to a registry and print its manifest digest on stdout. Blobs the repository has are ' +
         'skipped, blobs of another repository of the same registry are mounted; uncompressed layers are ' +
         'gzipped (deterministically; with igzip when isal is installed, else zlib). Credentials: --creds, ' +
-        '$REGISTRY_AUTH_FILE or ~/.docker/config.json (and the credential helpers it names).',
+        '$REGISTRY_AUTH_FILE or ~/.docker/config.json (and the credential helpers it names). An OCI layout ' +
+        '(or archive) whose REF names a multi-platform index, or a registry tag naming one, is pushed as an index: ' +
+        'every platform\'s image and manifest, then the index, whose digest is printed.',
     )
     .argument('<image>', 'PATH, docker-archive:PATH[:NAME:TAG], oci:DIR[:REF], oci-archive:PATH[:REF] or docker://REF')
     .argument('<ref>', 'where to: [docker://]HOST/REPO[:TAG]')
@@ -31,7 +34,7 @@ export function registerPush(program: Command): void {
     });
 }
 
-export async function push(source: string, target: string, options: RegistryOptions & { progress?: boolean } = {}): Promise<PushResult> {
+export async function push(source: string, target: string, options: RegistryOptions & { progress?: boolean } = {}): Promise<PushResult | PushIndexResult> {
   // loaded on use, so that every other command starts faster
   const { pushSource } = await import('../transport/push-source.js');
   const destination = registryReference(target);
@@ -55,10 +58,12 @@ export async function push(source: string, target: string, options: RegistryOpti
   }
 }
 
-function describeBlobs(result: PushResult): string {
-  const count = (status: string) => result.layers.filter((layer) => layer.status === status).length;
+function describeBlobs(result: PushResult | PushIndexResult): string {
+  const layers = 'manifests' in result ? result.manifests.flatMap((manifest) => manifest.layers) : result.layers;
+  const count = (status: string) => layers.filter((layer) => layer.status === status).length;
   const parts = [`${count('uploaded')} layer(s) uploaded`];
   if (count('exists')) parts.push(`${count('exists')} already there`);
   if (count('mounted')) parts.push(`${count('mounted')} mounted`);
+  if ('manifests' in result) parts.unshift(`an index of ${result.manifests.map((manifest) => formatPlatform(manifest.platform)).join(', ')}`);
   return parts.join(', ');
 }

@@ -16,7 +16,10 @@ export function registerRunAsRoot(program: Command): void {
         'runAsRoot runs in a VM of the base\'s platform (linux/amd64 or linux/arm64: an arm64 base in an emulated ' +
         'arm64 machine on an amd64 host, and the other way round). The new layer is kept in the build cache (by a key of ' +
         'the base, the scripts, copyToRoot\'s contents, the environment and the guest): an unchanged spec ' +
-        'boots no VM. Writes a docker-archive (.tar, .tar.gz) or an OCI layout (oci:DIR).',
+        'boots no VM. Writes a docker-archive (.tar, .tar.gz) or an OCI layout (oci:DIR). A spec that lists ' +
+        'platforms (["linux/amd64", "linux/arm64"]) gets one image per platform, each script run in its own ' +
+        'platform\'s VM over that platform\'s base (a base that is an index gives each its image), written as an ' +
+        'OCI image index into an OCI layout.',
     )
     .argument('<spec>', 'spec.json (fields as nixpkgs buildImage; paths relative to the spec file)')
     .option('-o, --output <out>', 'where the image goes (overrides the spec\'s output): .tar, .tar.gz or oci:DIR')
@@ -24,17 +27,17 @@ export function registerRunAsRoot(program: Command): void {
     .option('--no-cache', 'build the layer in the VM even when the build cache has it (the result is still stored)')
     .addOption(new Option('--cache-from <ref>', 'look for the layer in this registry too, after the local cache: docker://HOST/REPO (repeatable)').argParser(collect))
     .addOption(new Option('--cache-to <ref>', 'push the layer\'s cache entry to this registry: docker://HOST/REPO (repeatable)').argParser(collect))
-    .option('--json', 'print imageName, imageTag, output, config digest, layers, bootedVm and the build cache\'s verdict as one JSON document')
+    .option('--json', 'print imageName, imageTag, output, config digest, layers, bootedVm and the build cache\'s verdict as one JSON document (with platforms: the index digest and each platform\'s)')
     .action(async (specPath: string, options: { output?: string; timeout?: number; cache: boolean; cacheFrom?: string[]; cacheTo?: string[]; json?: boolean }) => {
       installSignalHandlers();
       // loaded on use: --help and other commands start faster
       const { loadSpec } = await import('../spec/load.js');
-      const { runAsRoot } = await import('../executor/run-as-root.js');
+      const { runAsRootPlatforms } = await import('../executor/run-as-root-platforms.js');
       const { parseCacheRepository } = await import('../cache/registry-store.js');
       for (const ref of [...(options.cacheFrom ?? []), ...(options.cacheTo ?? [])]) usage(() => parseCacheRepository(ref));
       const spec = await loadSpec(specPath);
       for (const warning of spec.warnings) say(`dockvm: warning: ${warning}`);
-      const result = await runAsRoot(spec, {
+      const result = await runAsRootPlatforms(spec, {
         onWarning: (warning) => say(`dockvm: warning: ${warning}`),
         ...(options.output !== undefined ? { output: options.output } : {}),
         ...(options.timeout !== undefined ? { timeoutMs: options.timeout * 1000 } : {}),
@@ -42,6 +45,8 @@ export function registerRunAsRoot(program: Command): void {
       });
       if (options.json) {
         printJson(result);
+      } else if ('platforms' in result) {
+        say(`dockvm: wrote ${result.imageName}:${result.imageTag} to ${result.output} (an index of ${result.platforms.map((p) => p.platform).join(', ')}: ${result.index.digest})`);
       } else {
         const cached = result.cache?.hit ? ` (layer from the build cache${result.cache.hit === 'local' ? '' : ` in ${result.cache.hit}`}: no VM booted)` : '';
         say(`dockvm: wrote ${result.imageName}:${result.imageTag} to ${result.output}${cached}`);

@@ -1,16 +1,15 @@
 // `dockvm build` as a library call: a Containerfile and its context planned (src/frontend/containerfile/),
 // the plan executed (execute.ts), the target stage's image written where the output says: a
 // docker-archive (.tar, .tar.gz), an OCI layout (oci:DIR), an OCI archive (oci-archive:PATH) or a
-// registry (docker://REF). Nothing is written when the build fails; every temp file goes with it.
-import { createReadStream } from 'node:fs';
+// registry (docker://REF). With several platforms (--platform linux/amd64,linux/arm64) the plan is made
+// and executed once per platform, each in VMs of that platform, and the images are written as one index
+// (platforms.ts). Nothing is written when the build fails; every temp file goes with it.
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { UsageError, ImageReferenceError } from '../errors.js';
 import type { Image } from '../image/image.js';
 import { parseImageReference, splitNameTag } from '../image/reference.js';
-import { walkDirectory } from '../layer/directory.js';
-import { TarWriter } from '../layer/tar.js';
 import { withTempDir } from '../cleanup.js';
-import { writeOutput } from '../output.js';
 import { BuildCache, type BuildCacheOptions } from '../cache/build-cache.js';
 import { planContainerfile } from '../frontend/containerfile/index.js';
 import { parseDestination, writeImage } from '../transport/index.js';
@@ -18,6 +17,9 @@ import { pushImage } from '../transport/registry/push.js';
 import type { RegistryOptions } from '../transport/registry/index.js';
 import type { BuildEvent } from './events.js';
 import { executePlan, type StepReport } from './execute.js';
+import { checkIndexOutput, parsePlatforms, PlatformEvents, writeIndex } from './platforms.js';
+import { writeOciArchive } from '../transport/oci-archive-writer.js';
+import { formatPlatform } from '../transport/registry/platform.js';
 import { ImageSource } from './image-source.js';
 
 export interface BuildOptions {
@@ -31,7 +33,10 @@ export interface BuildOptions {
   output?: string;
   buildArgs?: Readonly<Record<string, string>>;
   target?: string;
-  /** the platform to build for ("linux/arm64"); default: each base's own */
+  /**
+   * the platform to build for ("linux/arm64"), or several, comma-separated ("linux/amd64,linux/arm64"):
+   * one image each, written as an index; default: each base's own
+   */
   platform?: string;
   /** --build-context NAME=IMAGE: an image that stands in for a FROM / --from name */
   buildContexts?: Readonly<Record<string, string>>;
@@ -52,15 +57,31 @@ export interface BuildResult {
   name: string;
   tags: string[];
   output: string;
-  /** sha256 of the image config: the image ID */
-  imageId: string;
+  /** sha256 of the image config: the image ID (one platform; see `platforms` for several) */
+  imageId?: string;
   /** the manifest's digest, when pushed */
   manifestDigest?: string;
   /** each layer's diff_id and, where the build has it at hand, the size of its uncompressed tar */
-  layers: { diffId: string; size?: number }[];
-  steps: StepReport[];
+  layers?: LayerReport[];
+  /** several platforms: each one's image, in the order asked for */
+  platforms?: PlatformReport[];
+  /** several platforms: the index that names their manifests */
+  index?: { mediaType: string; digest: string };
+  /** every step of every platform (with several, each names its platform) */
+  steps: (StepReport & { platform?: string })[];
   vmBoots: number;
   warnings: string[];
+}
+
+type LayerReport = { diffId: string; size?: number };
+
+export interface PlatformReport {
+  /** "linux/arm64/v8", as the index labels it */
+  platform: string;
+  imageId: string;
+  /** the platform's manifest in the index */
+  manifestDigest: string;
+  layers: LayerReport[];
 }
 
 /** The fixed time of an unstamped build: reproducible, and the same as run-as-root's default. */
@@ -70,6 +91,8 @@ export async function buildContainerfile(options: BuildOptions): Promise<BuildRe
   const tags = (options.tags ?? []).map(normalizeTag);
   const output = options.output ?? defaultOutput(tags);
   checkOutput(output);
+  const platforms = parsePlatforms(options.platform);
+  if (platforms.length > 1) checkIndexOutput(output, platforms);
   const { created, clampMtime } = buildTime(options.timestamp);
   const cache = new BuildCache(options.cache);
   const pushedTo = [output, ...(options.cache?.cacheFrom ?? []), ...(options.cache?.cacheTo ?? [])].filter((ref) => ref.startsWith('docker://'));
@@ -77,39 +100,70 @@ export async function buildContainerfile(options: BuildOptions): Promise<BuildRe
   const secrets = await secretFiles(options.secrets ?? {});
   try {
     return await withTempDir('containerfile', async (tmp) => {
-      const plan = await planContainerfile({
-        contextDir: options.contextDir ?? '.',
-        ...(options.file !== undefined ? { file: options.file } : {}),
-        ...(options.buildArgs ? { buildArgs: options.buildArgs } : {}),
-        ...(options.target !== undefined ? { target: options.target } : {}),
-        ...(options.platform !== undefined ? { platform: options.platform } : {}),
-        resolveBase: images.resolveBase,
-      });
-      for (const message of plan.warnings) options.onEvent?.({ type: 'warning', message });
-      const result = await executePlan(plan, {
-        images,
-        cache,
-        tmp,
-        clampMtime,
-        created,
-        secrets,
-        ...(options.network ? { network: options.network } : {}),
-        ...(options.memoryMiB ? { memoryMiB: options.memoryMiB } : {}),
-        ...(options.signal ? { signal: options.signal } : {}),
-        ...(options.onEvent ? { onEvent: options.onEvent } : {}),
-      });
-      const image: Image = { ...result.image, repoTags: tags };
-      const manifestDigest = await writeResult(image, output, tags, tmp, options.registry ?? {});
-      return {
+      // One plan and execution per platform: a thin loop over the single-platform build. Every platform is
+      // planned first, so that a base without an image for one of them fails before any VM boots.
+      const events = platforms.length > 1 ? new PlatformEvents(options.onEvent) : undefined;
+      const plans = [];
+      for (const platform of platforms) {
+        plans.push(
+          await planContainerfile({
+            contextDir: options.contextDir ?? '.',
+            ...(options.file !== undefined ? { file: options.file } : {}),
+            ...(options.buildArgs ? { buildArgs: options.buildArgs } : {}),
+            ...(options.target !== undefined ? { target: options.target } : {}),
+            ...(platform !== undefined ? { platform } : {}),
+            resolveBase: images.resolveBase,
+          }),
+        );
+      }
+      // the same Containerfile warns the same for every platform: once is enough
+      for (const message of plans[0]!.warnings) options.onEvent?.({ type: 'warning', message });
+      const built: { platform: string | undefined; image: Image; steps: BuildResult['steps']; vmBoots: number; warnings: string[] }[] = [];
+      for (const [i, platform] of platforms.entries()) {
+        const plan = plans[i]!;
+        const onEvent = events ? events.for(platform!) : options.onEvent;
+        const platformTmp = platforms.length > 1 ? join(tmp, `platform-${i}`) : tmp;
+        if (platformTmp !== tmp) await mkdir(platformTmp);
+        const result = await executePlan(plan, {
+          images,
+          cache,
+          tmp: platformTmp,
+          clampMtime,
+          created,
+          secrets,
+          ...(options.network ? { network: options.network } : {}),
+          ...(options.memoryMiB ? { memoryMiB: options.memoryMiB } : {}),
+          ...(options.signal ? { signal: options.signal } : {}),
+          ...(onEvent ? { onEvent } : {}),
+        });
+        const steps = platforms.length === 1 ? result.steps : result.steps.map((step) => ({ ...step, platform: platform! }));
+        built.push({ platform, image: { ...result.image, repoTags: tags }, steps, vmBoots: result.vmBoots, warnings: plan.warnings });
+      }
+      const common = {
         name: tags[0] ? splitNameTag(tags[0], tags[0]).name : '',
         tags,
         output,
+        steps: built.flatMap((b) => b.steps),
+        vmBoots: built.reduce((sum, b) => sum + b.vmBoots, 0),
+        warnings: built[0]!.warnings,
+      };
+      if (built.length > 1) {
+        const index = await writeIndex(built.map((b) => b.image), output, tags, tmp, options.registry ?? {});
+        return {
+          ...common,
+          index: index.index,
+          platforms: await Promise.all(
+            built.map(async (b, i) => ({ platform: formatPlatform(index.manifests[i]!.platform), imageId: b.image.configDigest, manifestDigest: index.manifests[i]!.digest, layers: await Promise.all(b.image.layers.map(layerReport)) })),
+          ),
+        };
+      }
+      const { image } = built[0]!;
+      const manifestDigest = await writeResult(image, output, tags, tmp, options.registry ?? {});
+      return {
+        ...common,
         imageId: image.configDigest,
         ...(manifestDigest ? { manifestDigest } : {}),
         layers: await Promise.all(image.layers.map(layerReport)),
-        steps: result.steps,
-        vmBoots: result.vmBoots,
-        warnings: plan.warnings,
       };
     });
   } finally {
@@ -127,7 +181,7 @@ function registryHost(ref: string): string {
 }
 
 /** A layer for the result, without hashing it again (its blob's digest would read a base's whole tar). */
-async function layerReport(layer: Image['layers'][number]): Promise<{ diffId: string; size?: number }> {
+async function layerReport(layer: Image['layers'][number]): Promise<LayerReport> {
   const local = await layer.localTar?.();
   return local ? { diffId: layer.diffId, size: local.size } : { diffId: layer.diffId };
 }
@@ -199,21 +253,9 @@ async function writeResult(image: Image, output: string, tags: string[], tmp: st
     const layout = join(tmp, 'oci-layout');
     const first = tags[0];
     await writeImage(image, `oci:${layout}${first ? `:${splitNameTag(first, first).tag ?? 'latest'}` : ''}`, { tags });
-    await writeOutput(output.slice('oci-archive:'.length), () => directoryTar(layout));
+    await writeOciArchive(output, layout);
     return undefined;
   }
   await writeImage(image, output, { tags });
   return undefined;
-}
-
-/** A directory as a reproducible tar: sorted, root-owned, mtime 0 (an OCI archive of a layout). */
-function directoryTar(dir: string) {
-  const writer = new TarWriter();
-  void (async () => {
-    for await (const { entry, file } of walkDirectory(dir, { uid: 0, gid: 0, followDirSymlinks: false })) {
-      await writer.add({ ...entry, mtime: 0 }, file && entry.size > 0 ? createReadStream(file) : undefined);
-    }
-    writer.finish();
-  })().catch((err: Error) => writer.destroy(err));
-  return writer.stream;
 }

@@ -117,7 +117,14 @@ async function writeCopyToRoot(spec: BuildSpec, base: Image | undefined, tmp: st
 
 async function openBase(spec: BuildSpec): Promise<OpenedImage> {
   const options = spec.fromImageName && spec.fromImageTag ? { name: spec.fromImageName, tag: spec.fromImageTag } : {};
-  return openImage(spec.fromImage!, options);
+  const base = await openImage(spec.fromImage!, options);
+  if (spec.architecture === null || base.config.architecture === spec.architecture) return base;
+  // An index's image for the spec's architecture (a platform of `platforms`); a single image of another
+  // (or an index without it) stays what was opened, which buildPlatform refuses by name.
+  const chosen = await openImage(spec.fromImage!, { ...options, platform: { os: 'linux', architecture: spec.architecture } }).catch(() => undefined);
+  if (!chosen) return base;
+  await base.close();
+  return chosen;
 }
 
 /** --timeout: the VM is stopped, and the build fails saying why. */

@@ -30,6 +30,7 @@ export interface Lock {
   outputSha256: string | null;
   imageName: string;
   imageTag: string;
+  /** the image's config digest; for a spec with several platforms, the digest of their index */
   configDigest: string;
   /** where the image was pushed (the expanded --push REF), or null */
   pushedTo: string | null;

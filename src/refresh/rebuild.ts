@@ -1,16 +1,18 @@
 // One rebuild: run-as-root into a temporary output, push it when asked, and only then put it in the
 // output's place. A build or push that fails leaves the previous output (and the lock) as they were.
+// A spec with several platforms builds each (run-as-root-platforms.ts) and pushes their index.
 import { createReadStream, rmSync } from 'node:fs';
 import { rename, rm, stat } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import { basename, dirname, join } from 'node:path';
-import { runAsRoot, type RunAsRootResult } from '../executor/run-as-root.js';
+import type { RunAsRootResult } from '../executor/run-as-root.js';
+import { runAsRootPlatforms, type RunAsRootPlatformsResult } from '../executor/run-as-root-platforms.js';
 import type { VmBuildOptions } from '../build/vm-layer.js';
 import { withTempDir } from '../cleanup.js';
 import { pushSource } from '../transport/push-source.js';
 import type { BuildSpec } from '../spec/load.js';
-import { openImage, parseDestination, writeImage } from '../transport/index.js';
-import { openRegistryImage, type PushResult, type RegistryOptions } from '../transport/registry/index.js';
+import { openImage, openIndex, parseDestination, writeImage, writeOciIndex } from '../transport/index.js';
+import { openRegistryImage, type PushIndexResult, type PushResult, type RegistryOptions } from '../transport/registry/index.js';
 
 export interface RebuildOptions extends VmBuildOptions {
   /** fromImage for the build (the pinned base), null for scratch */
@@ -25,11 +27,11 @@ export interface RebuildOptions extends VmBuildOptions {
 }
 
 export interface Rebuilt {
-  build: RunAsRootResult;
+  build: RunAsRootResult | RunAsRootPlatformsResult;
   /** bytes and sha256 (hex) of the archive; null for an OCI layout */
   outputSize: number | null;
   outputSha256: string | null;
-  pushed: PushResult | null;
+  pushed: PushResult | PushIndexResult | null;
 }
 
 export async function rebuild(spec: BuildSpec, options: RebuildOptions): Promise<Rebuilt> {
@@ -37,11 +39,17 @@ export async function rebuild(spec: BuildSpec, options: RebuildOptions): Promise
     const pinned = options.fromImage;
     const baseRegistry = options.baseRegistry;
     return withTempDir('refresh-base', async (tmp) => {
-      const image = await openRegistryImage(pinned, baseRegistry);
+      // every platform the spec builds (an index base gives each its image), else the one the build picks
+      const platforms = spec.platforms && spec.platforms.length > 1 ? spec.platforms : undefined;
+      const images = [];
       try {
-        await writeImage(image, `oci:${join(tmp, 'base')}`, { tags: [] });
+        for (const platform of platforms ?? [undefined]) {
+          images.push(await openRegistryImage(pinned, { ...baseRegistry, ...(platform ? { platform: { os: 'linux', architecture: platform.split('/')[1]! } } : {}) }));
+        }
+        if (platforms) await writeOciIndex(images, join(tmp, 'base'));
+        else await writeImage(images[0]!, `oci:${join(tmp, 'base')}`, { tags: [] });
       } finally {
-        await image.close();
+        await Promise.all(images.map((image) => image.close()));
       }
       return buildAndPublish(spec, { ...options, fromImage: `oci:${join(tmp, 'base')}` });
     });
@@ -60,13 +68,22 @@ async function buildAndPublish(spec: BuildSpec, options: RebuildOptions): Promis
     // A layout may hold other images: build into a private one, then add the image to the real one.
     return withTempDir('refresh-out', async (tmp) => {
       const layout = `oci:${join(tmp, 'layout')}${destination.ref !== undefined ? `:${destination.ref}` : ''}`;
-      const build = await runAsRoot(buildSpec, { ...vmOptions, output: layout });
+      const build = await runAsRootPlatforms(buildSpec, { ...vmOptions, output: layout });
       const pushed = await pushIfAsked(layout, build, options);
-      const image = await openImage(layout);
-      try {
-        await writeImage(image, spec.output, { tags: [`${build.imageName}:${build.imageTag}`] });
-      } finally {
-        await image.close();
+      const index = await openIndex(layout);
+      if (index) {
+        try {
+          await writeOciIndex(index.images.map((entry) => entry.image), destination.dir, { ref: destination.ref ?? build.imageTag });
+        } finally {
+          await index.close();
+        }
+      } else {
+        const image = await openImage(layout);
+        try {
+          await writeImage(image, spec.output, { tags: [`${build.imageName}:${build.imageTag}`] });
+        } finally {
+          await image.close();
+        }
       }
       return { build: { ...build, output: spec.output }, outputSize: null, outputSha256: null, pushed };
     });
@@ -76,7 +93,7 @@ async function buildAndPublish(spec: BuildSpec, options: RebuildOptions): Promis
   const removeTemp = () => rmSync(temp, { force: true });
   process.once('exit', removeTemp);
   try {
-    const build = await runAsRoot(buildSpec, { ...vmOptions, output: temp });
+    const build = await runAsRootPlatforms(buildSpec, { ...vmOptions, output: temp });
     const outputSize = (await stat(temp)).size;
     const outputSha256 = await sha256File(temp);
     const pushed = await pushIfAsked(temp, build, options);
@@ -88,7 +105,7 @@ async function buildAndPublish(spec: BuildSpec, options: RebuildOptions): Promis
   }
 }
 
-async function pushIfAsked(source: string, build: RunAsRootResult, options: RebuildOptions): Promise<PushResult | null> {
+async function pushIfAsked(source: string, build: RunAsRootResult | RunAsRootPlatformsResult, options: RebuildOptions): Promise<PushResult | PushIndexResult | null> {
   const target = options.pushTo?.(build.imageName, build.imageTag);
   if (!target) return null;
   return pushSource(source, target.reference, target.options);

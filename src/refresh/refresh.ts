@@ -153,7 +153,7 @@ class RefreshContext {
       outputSha256: rebuilt.outputSha256,
       imageName: rebuilt.build.imageName,
       imageTag: rebuilt.build.imageTag,
-      configDigest: rebuilt.build.configDigest,
+      configDigest: 'index' in rebuilt.build ? rebuilt.build.index.digest : rebuilt.build.configDigest,
       pushedTo: rebuilt.pushed?.reference ?? null,
       pushedDigest: rebuilt.pushed?.digest ?? null,
       dockvmVersion: VERSION,

@@ -7,6 +7,7 @@ import { SpecError } from '../errors.js';
 import { invalidRepositoryName, isValidTag } from '../image/names.js';
 import type { ContainerConfig } from '../image/config.js';
 import { specSchema, type ParsedSpec } from './schema.js';
+import { formatPlatform, parsePlatform } from '../image/platform.js';
 
 /** A checked spec with defaults applied and paths made absolute. */
 export interface BuildSpec {
@@ -27,6 +28,11 @@ export interface BuildSpec {
   readonly config: ContainerConfig | null;
   /** null: the base's (the host's for FROM scratch); see src/build/platform.ts */
   readonly architecture: string | null;
+  /**
+   * dockvm's: the platforms to build, each "linux/ARCH[/VARIANT]" (normalised: "linux/arm64"), one image
+   * each, written as an index (src/build/run-as-root-platforms.ts); null: one image, as `architecture` says
+   */
+  readonly platforms: readonly string[] | null;
   readonly diskSize: number;
   readonly buildVMMemorySize: number;
   /** an ISO-8601 time, or "now" */
@@ -119,6 +125,34 @@ function crossFieldProblems(spec: Record<string, unknown>): string[] {
   if (typeof spec.output === 'string' && !/(\.tar|\.tar\.gz)$/.test(spec.output) && !spec.output.startsWith('oci:')) {
     problems.push(`output: "${spec.output}" must end in .tar or .tar.gz, or be oci:DIR`);
   }
+  problems.push(...platformProblems(spec));
+  return problems;
+}
+
+/** `platforms`: each one a linux platform, none twice, agreeing with `architecture`; several need an output that holds an index. */
+function platformProblems(spec: Record<string, unknown>): string[] {
+  if (!Array.isArray(spec.platforms) || !spec.platforms.every((p) => typeof p === 'string')) return [];
+  const problems: string[] = [];
+  const names: string[] = [];
+  for (const [i, text] of (spec.platforms as string[]).entries()) {
+    const platform = parsePlatform(text);
+    if (!platform || platform.os !== 'linux' || !ARCHITECTURES.has(platform.architecture)) {
+      problems.push(`platforms.${i}: "${text}" is not a linux platform; write linux/ARCH[/VARIANT], e.g. linux/arm64`);
+      continue;
+    }
+    const name = formatPlatform(platform);
+    if (names.includes(name)) problems.push(`platforms.${i}: ${name} is listed twice`);
+    names.push(name);
+  }
+  if (problems.length > 0) return problems;
+  const architectures = [...new Set(names.map((name) => name.split('/')[1]!))];
+  if (typeof spec.architecture === 'string' && architectures.some((architecture) => architecture !== spec.architecture)) {
+    problems.push(`architecture: "${spec.architecture}" disagrees with platforms (${names.join(', ')}); drop architecture (platforms says what to build) or list only ${spec.architecture}`);
+  }
+  const output = typeof spec.output === 'string' ? spec.output : '';
+  if (names.length > 1 && !output.startsWith('oci:')) {
+    problems.push(`output: ${output ? `"${output}" is` : 'the default (NAME.tar.gz) is'} a docker-archive, which holds one platform's image; platforms lists ${names.length}: set output to oci:DIR (an OCI layout holding their index)`);
+  }
   return problems;
 }
 
@@ -145,6 +179,7 @@ function normalize(spec: ParsedSpec, specPath: string): BuildSpec {
     extraCommands: spec.extraCommands,
     config: spec.config as ContainerConfig | null,
     architecture: spec.architecture ?? null,
+    platforms: spec.platforms ? spec.platforms.map((text) => formatPlatform(parsePlatform(text)!)) : null,
     diskSize: spec.diskSize,
     buildVMMemorySize: spec.buildVMMemorySize,
     created: spec.created,

@@ -40,6 +40,7 @@ export const specSchema = z.strictObject({
   extraCommands: z.string().default(''),
   config: containerConfigSchema.nullable().default(null),
   architecture: z.string().min(1).optional(),
+  platforms: z.array(z.string().min(1)).min(1, 'list at least one platform, e.g. ["linux/amd64", "linux/arm64"]').optional(),
   diskSize: mebibytes.default(DEFAULT_DISK_SIZE),
   buildVMMemorySize: mebibytes.min(64, 'the VM needs at least 64 MiB').default(512),
   created: z.string().default('1970-01-01T00:00:01Z'),

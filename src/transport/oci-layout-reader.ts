@@ -9,6 +9,7 @@ import { checkLayerCount, loadConfig, loadedImage, type LoadedImage } from './lo
 import { check, indexSchema, manifestSchema, type CheckedDescriptor } from './schemas.js';
 import { parseJson, readFile, readJsonFile, type FileStore } from './store.js';
 import { StoredLayer } from './stored-layer.js';
+import type { Platform } from '../image/config.js';
 import { hostArchitecture } from '../image/platform.js';
 import { platformMatches, formatPlatform, type PlatformChoice } from './registry/platform.js';
 
@@ -105,6 +106,23 @@ export class OciLayoutReader {
       throw new ImageReferenceError(`${this.store.source}: no image for ${formatPlatform(platform)}${offered.length ? ` (it has: ${offered.join(', ')})` : ''}`, { source: this.store.source });
     }
     return this.load(first);
+  }
+
+  /**
+   * The images of the index that `ref` names (as image() selects the entry: the only one, else by ref), each
+   * with the platform its index entry gives; undefined when that entry is a single image manifest.
+   */
+  async indexImages(ref?: string): Promise<{ platform: Platform; image: LoadedImage }[] | undefined> {
+    const entries = ref === undefined ? this.entries : this.entries.filter((entry) => entry.refName !== undefined && refMatches(entry.refName, ref));
+    if (entries.length !== 1 || !isIndex(entries[0]!.descriptor.mediaType)) return undefined;
+    const result: { platform: Platform; image: LoadedImage }[] = [];
+    for (const candidate of await this.expand(entries[0]!, 0)) {
+      const image = await this.load(candidate);
+      const given = candidate.descriptor.platform;
+      const platform = given ? { os: given.os, architecture: given.architecture, ...(given.variant ? { variant: given.variant } : {}) } : { os: image.config.os || 'linux', architecture: image.config.architecture, ...(image.config.variant ? { variant: image.config.variant } : {}) };
+      result.push({ platform, image });
+    }
+    return result;
   }
 
   /** Every top-level entry as one image (an index resolved to this host's platform, as image() does). */

@@ -45,6 +45,29 @@ export async function openImage(reference: string | ImageReference, options: Ope
   }
 }
 
+/**
+ * The images of a multi-platform index in an OCI layout or archive (`oci:DIR[:REF]`, `oci-archive:PATH[:REF]`),
+ * each with its platform; undefined when the reference names a single image (or is not an OCI layout).
+ * The images share the opened layout: close() releases it, once every image is no longer read.
+ */
+export async function openIndex(reference: string | ImageReference): Promise<{ images: { platform: Platform; image: OpenedImage }[]; close(): Promise<void> } | undefined> {
+  const ref = typeof reference === 'string' ? parseImageReference(reference) : reference;
+  if (ref.transport !== 'oci' && ref.transport !== 'oci-archive') return undefined;
+  const store = await openStore(ref);
+  try {
+    const found = await (await OciLayoutReader.open(store)).indexImages(ref.ref);
+    if (!found) {
+      await store.close();
+      return undefined;
+    }
+    const close = once(() => store.close());
+    return { images: found.map(({ platform, image }) => ({ platform, image: opened(image, ref, async () => undefined) })), close };
+  } catch (err) {
+    await store.close();
+    throw err;
+  }
+}
+
 /** Open every image of an archive or layout (what merge copies). */
 export async function openImages(reference: string | ImageReference): Promise<{ images: OpenedImage[]; close(): Promise<void> }> {
   const ref = typeof reference === 'string' ? parseImageReference(reference) : reference;

@@ -6,7 +6,9 @@ import { createHash } from 'node:crypto';
 import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openImage } from '../../src/transport/index.js';
-import { pushImage, resolveDigest } from '../../src/transport/registry/index.js';
+import { pushImage, pushIndex, resolveDigest } from '../../src/transport/registry/index.js';
+import { MediaType } from '../../src/image/media-types.js';
+import { fileLayer, testImage } from '../registry/images.js';
 import { refresh, type RefreshResult } from '../../src/refresh/refresh.js';
 import { runDockvm } from '../helpers/peers.js';
 import { countQemuInProcess, type QemuCounter } from '../helpers/qemu-counter.js';
@@ -197,4 +199,46 @@ test('a base behind basic auth: --creds reach both the tag lookup and the build\
   const built = await openImage(join(dir, 'app.tar'));
   t.teardown(() => built.close());
   t.deepEqual(built.layers.slice(0, -1).map((layer) => layer.diffId), image.layers.map((layer) => layer.diffId));
+});
+
+test('platforms: every platform rebuilt over its own image of an index base, written and pushed as an index; up-to-date until the index moves', async (t) => {
+  const registry = await startRegistry(t);
+  const dir = await tempDir(t);
+  const base = `docker://${registry.host}/dockvm/multi-base:stable`;
+  const pushBases = async (version: string) => {
+    const layer = (architecture: string) => fileLayer('etc/base', `${version} ${architecture}\n`);
+    const images = [testImage([await layer('amd64')], { architecture: 'amd64', marker: version }), testImage([await layer('arm64')], { architecture: 'arm64', variant: 'v8', marker: version })];
+    return { images, index: await pushIndex(images, base, { authFiles: noAuthFiles(dir) }) };
+  };
+  const v1 = await pushBases('v1');
+  await appRoot(dir);
+  const spec = await writeSpec(dir, 'multi', { fromImage: base, copyToRoot: 'root', platforms: ['linux/amd64', 'linux/arm64'], output: 'oci:out' });
+  const options = { authFiles: noAuthFiles(dir), push: `${registry.host}/mirror/{name}:{tag}` };
+
+  const [first] = await refresh([spec], options);
+  t.like(first, { status: 'rebuilt', baseDigest: v1.index.digest, bootedVm: false, pushedTo: `docker://${registry.host}/mirror/dockvm-test/multi:1` });
+  t.is(qemu.boots(), 0);
+  // the layout's index: each platform's image over that platform's base, labelled with its platform
+  const layoutIndex = JSON.parse(await readFile(join(dir, 'out', 'index.json'), 'utf8'));
+  t.deepEqual(layoutIndex.manifests.map((m: { mediaType: string; annotations: unknown }) => [m.mediaType, m.annotations]), [[MediaType.OciIndex, { 'org.opencontainers.image.ref.name': '1' }]]);
+  const lock = JSON.parse(await readFile(join(dir, 'multi.lock.json'), 'utf8'));
+  t.is(lock.configDigest, layoutIndex.manifests[0].digest, 'the lock records the index');
+  for (const [i, architecture] of ['amd64', 'arm64'].entries()) {
+    for (const source of [`oci:${join(dir, 'out')}:1`, `docker://${registry.host}/mirror/dockvm-test/multi@${first!.pushedDigest}`]) {
+      const image = await openImage(source, { platform: { os: 'linux', architecture }, registry: { authFiles: noAuthFiles(dir) } });
+      t.teardown(() => image.close());
+      t.is(image.config.architecture, architecture, source);
+      t.is(image.layers[0]!.diffId, v1.images[i]!.layers[0]!.diffId, `${source}: the ${architecture} base`);
+      t.is(image.layers.length, 2);
+    }
+  }
+  // the pushed tag names an index of both platforms
+  const pushed = await resolveDigest(`docker://${registry.host}/mirror/dockvm-test/multi:1`, { authFiles: noAuthFiles(dir) });
+  t.deepEqual(pushed, { digest: first!.pushedDigest, mediaType: MediaType.DockerManifestList });
+
+  t.like((await refresh([spec], options))[0], { status: 'up-to-date' });
+  const v2 = await pushBases('v2');
+  const [moved] = await refresh([spec], options);
+  t.like(moved, { status: 'rebuilt', reason: `the base moved: ${v1.index.digest} → ${v2.index.digest}` });
+  t.not(moved!.pushedDigest, first!.pushedDigest);
 });

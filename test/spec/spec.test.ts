@@ -101,3 +101,25 @@ test('image references keep their transport while their path becomes absolute', 
   t.is(resolveImagePath('docker://localhost:5000/a:b', '/s'), 'docker://localhost:5000/a:b');
   t.is(resolveImagePath('/abs/base.tar.gz', '/s'), '/abs/base.tar.gz');
 });
+
+test('platforms: normalised linux platforms; a bad, repeated or empty list, an architecture that disagrees, several into a docker-archive: each named', (t) => {
+  const spec = checkSpec({ name: 'multi', platforms: ['linux/amd64', 'linux/arm64/v8'], output: 'oci:out' }, '/specs/spec.json');
+  t.deepEqual(spec.platforms, ['linux/amd64', 'linux/arm64']);
+  t.is(checkSpec({ name: 'one' }, '/specs/spec.json').platforms, null);
+  t.deepEqual(checkSpec({ name: 'one', platforms: ['linux/arm64'], architecture: 'arm64' }, '/specs/spec.json').platforms, ['linux/arm64'], 'one platform into an archive, agreeing with architecture');
+  t.deepEqual(problemsOf({ name: 'multi', platforms: ['windows/amd64', 'linux/nonsense', 'linux/arm64', 'arm64'], output: 'oci:out' }), [
+    'platforms.0: "windows/amd64" is not a linux platform; write linux/ARCH[/VARIANT], e.g. linux/arm64',
+    'platforms.1: "linux/nonsense" is not a linux platform; write linux/ARCH[/VARIANT], e.g. linux/arm64',
+    'platforms.3: linux/arm64 is listed twice',
+  ]);
+  t.deepEqual(problemsOf({ name: 'multi', platforms: [] }), ['platforms: list at least one platform, e.g. ["linux/amd64", "linux/arm64"]']);
+  t.deepEqual(problemsOf({ name: 'multi', platforms: ['linux/amd64', 'linux/arm64'], architecture: 'amd64', output: 'oci:out' }), [
+    'architecture: "amd64" disagrees with platforms (linux/amd64, linux/arm64); drop architecture (platforms says what to build) or list only amd64',
+  ]);
+  t.deepEqual(problemsOf({ name: 'multi', platforms: ['linux/amd64', 'linux/arm64'] }), [
+    'output: the default (NAME.tar.gz) is a docker-archive, which holds one platform\'s image; platforms lists 2: set output to oci:DIR (an OCI layout holding their index)',
+  ]);
+  t.deepEqual(problemsOf({ name: 'multi', platforms: ['linux/amd64', 'linux/arm64'], output: 'multi.tar' }), [
+    'output: "multi.tar" is a docker-archive, which holds one platform\'s image; platforms lists 2: set output to oci:DIR (an OCI layout holding their index)',
+  ]);
+});

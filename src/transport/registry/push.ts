@@ -4,8 +4,10 @@
 // way, deterministically (layer-gzip.ts: igzip, else zlib on every core; what they gzip to is remembered,
 // to skip them next time). An
 // image read from a registry keeps its manifest bytes, so the pushed manifest has the digest it had there.
+// Several platforms' images go as one index: each manifest pushed by its digest, then the index.
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { DigestMismatchError, ImageReferenceError, RegistryError } from '../../errors.js';
+import type { Platform } from '../../image/config.js';
 import { sha256, type Digest } from '../../image/digest.js';
 import { distinctLayers, type Image, type Layer } from '../../image/image.js';
 import { MediaType, layerCompression } from '../../image/media-types.js';
@@ -49,16 +51,113 @@ export interface PushResult {
 type Format = 'docker' | 'oci';
 
 export async function pushImage(image: Image, destination: string | ImageReference, options: PushOptions = {}): Promise<PushResult> {
+  const ref = registryDestination(destination);
+  const client = new RegistryClient(ref.registry!, ref.repository!, options);
+  const progress = options.onProgress;
+  const sizes = await Promise.all(image.layers.map(async (layer) => (await describeBlob(layer)).size));
+  progress?.({ total: sizes.reduce((a, b) => a + b, 0) + image.rawConfig.length });
+  const uploaded = await uploadImage(client, image, options);
+  const digest = sha256(uploaded.manifest.bytes);
+  if (ref.digest !== undefined && ref.digest !== digest) {
+    throw new DigestMismatchError(`${ref.text}: the image's manifest is ${digest}, not the digest the reference names`, { source: ref.text, digest: ref.digest });
+  }
+  const target = ref.digest ?? ref.tag ?? 'latest';
+  await putManifest(client, target, uploaded.manifest, digest);
+  const result: PushResult = {
+    reference: `docker://${client.name}${ref.digest ? `@${ref.digest}` : `:${target}`}`,
+    registry: client.registry,
+    repository: client.repository,
+    digest,
+    mediaType: uploaded.manifest.mediaType,
+    size: uploaded.manifest.bytes.length,
+    config: uploaded.config,
+    layers: uploaded.layers,
+  };
+  if (!ref.digest) result.tag = target;
+  return result;
+}
+
+export interface PushIndexResult {
+  /** docker://HOST/REPO:TAG (or @DIGEST) as pushed */
+  reference: string;
+  registry: string;
+  repository: string;
+  tag?: string;
+  /** the index's digest: what to pin */
+  digest: Digest;
+  mediaType: string;
+  size: number;
+  /** each image's manifest, pushed by its digest, in the order given */
+  manifests: (Omit<PushResult, 'reference' | 'tag'> & { platform: Platform })[];
+}
+
+/**
+ * Push several platforms' images as one index: every image's blobs and manifest (by its digest), then
+ * the index naming them, each with its config's platform, at the tag. A Docker manifest list when every
+ * manifest is Docker's (what skopeo and Docker push), else an OCI index.
+ */
+export async function pushIndex(images: readonly Image[], destination: string | ImageReference, options: PushOptions = {}): Promise<PushIndexResult> {
+  const ref = registryDestination(destination);
+  const client = new RegistryClient(ref.registry!, ref.repository!, options);
+  const progress = options.onProgress;
+  const sizes = await Promise.all(images.flatMap((image) => image.layers.map(async (layer) => (await describeBlob(layer)).size)));
+  progress?.({ total: sizes.reduce((a, b) => a + b, 0) + images.reduce((sum, image) => sum + image.rawConfig.length, 0) });
+  const manifests: PushIndexResult['manifests'] = [];
+  // one image at a time: a layer two platforms share (a scratch COPY) is uploaded once, then found
+  for (const image of images) {
+    const uploaded = await uploadImage(client, image, options);
+    const digest = sha256(uploaded.manifest.bytes);
+    await putManifest(client, digest, uploaded.manifest, digest);
+    const { os, architecture, variant } = image.config;
+    manifests.push({
+      registry: client.registry,
+      repository: client.repository,
+      digest,
+      mediaType: uploaded.manifest.mediaType,
+      size: uploaded.manifest.bytes.length,
+      config: uploaded.config,
+      layers: uploaded.layers,
+      platform: { architecture, os: os || 'linux', ...(variant ? { variant } : {}) },
+    });
+  }
+  const mediaType = manifests.every((m) => m.mediaType === MediaType.DockerManifest) ? MediaType.DockerManifestList : MediaType.OciIndex;
+  // Key order as Docker and skopeo write it.
+  const index = {
+    schemaVersion: 2,
+    mediaType,
+    manifests: manifests.map((m) => ({ mediaType: m.mediaType, size: m.size, digest: m.digest, platform: m.platform })),
+  };
+  const bytes = Buffer.from(JSON.stringify(index));
+  const digest = sha256(bytes);
+  if (ref.digest !== undefined && ref.digest !== digest) {
+    throw new DigestMismatchError(`${ref.text}: the index is ${digest}, not the digest the reference names`, { source: ref.text, digest: ref.digest });
+  }
+  const target = ref.digest ?? ref.tag ?? 'latest';
+  await putManifest(client, target, { bytes, mediaType }, digest);
+  return {
+    reference: `docker://${client.name}${ref.digest ? `@${ref.digest}` : `:${target}`}`,
+    registry: client.registry,
+    repository: client.repository,
+    ...(ref.digest ? {} : { tag: target }),
+    digest,
+    mediaType,
+    size: bytes.length,
+    manifests,
+  };
+}
+
+function registryDestination(destination: string | ImageReference): ImageReference {
   const ref = typeof destination === 'string' ? parseImageReference(destination) : destination;
   if (ref.transport !== 'docker' || !ref.registry || !ref.repository) {
     throw new ImageReferenceError(`${ref.text}: push needs a registry reference, docker://HOST/REPO:TAG`, { source: ref.text });
   }
-  const client = new RegistryClient(ref.registry, ref.repository, options);
+  return ref;
+}
+
+/** Every layer and the config of `image` in the repository (a bounded number at a time); its manifest, not yet put. */
+async function uploadImage(client: RegistryClient, image: Image, options: PushOptions): Promise<{ manifest: { bytes: Buffer; mediaType: string }; config: PushedBlob; layers: PushedBlob[] }> {
   const format = manifestFormat(image);
   const progress = options.onProgress;
-  const sizes = await Promise.all(image.layers.map(async (layer) => (await describeBlob(layer)).size));
-  progress?.({ total: sizes.reduce((a, b) => a + b, 0) + image.rawConfig.length });
-
   // Each distinct layer once; the same layer twice in an image is one blob.
   const pushed = new Map<Digest, PushedBlob>();
   const jobs: (() => Promise<void>)[] = distinctLayers(image.layers).map((layer) => async () => {
@@ -72,14 +171,12 @@ export async function pushImage(image: Image, destination: string | ImageReferen
     config = { mediaType: format === 'oci' ? MediaType.OciConfig : MediaType.DockerConfig, ...blob, status };
   });
   await bounded(jobs, options.concurrency ?? 3);
-
   const layers = image.layers.map((layer) => pushed.get(layer.diffId)!);
-  const manifest = manifestBytes(image, format, config!, layers);
-  const digest = sha256(manifest.bytes);
-  if (ref.digest !== undefined && ref.digest !== digest) {
-    throw new DigestMismatchError(`${ref.text}: the image's manifest is ${digest}, not the digest the reference names`, { source: ref.text, digest: ref.digest });
-  }
-  const target = ref.digest ?? ref.tag ?? 'latest';
+  return { manifest: manifestBytes(image, format, config!, layers), config: config!, layers };
+}
+
+/** PUT a manifest (or index) at a tag or digest; the registry must store it under the digest its bytes have. */
+async function putManifest(client: RegistryClient, target: string, manifest: { bytes: Buffer; mediaType: string }, digest: Digest): Promise<void> {
   const response = await client.request('PUT', `/v2/${client.repository}/manifests/${target}`, {
     scopes: [client.pushScope()],
     headers: { 'content-type': manifest.mediaType },
@@ -92,18 +189,6 @@ export async function pushImage(image: Image, destination: string | ImageReferen
   if (claimed && claimed !== digest) {
     throw new RegistryError(`${client.name}: the registry stored the manifest as ${claimed}, but its bytes hash to ${digest}`, { source: client.name });
   }
-  const result: PushResult = {
-    reference: `docker://${client.name}${ref.digest ? `@${ref.digest}` : `:${target}`}`,
-    registry: client.registry,
-    repository: client.repository,
-    digest,
-    mediaType: manifest.mediaType,
-    size: manifest.bytes.length,
-    config: config!,
-    layers,
-  };
-  if (!ref.digest) result.tag = target;
-  return result;
 }
 
 /**
