@@ -96,8 +96,8 @@ multiTest('build --platform linux/amd64,linux/arm64: an index of two images, eac
   const out = join(dir, 'out');
   const run = await runDockvm(['build', ...common, '--platform', 'linux/amd64,linux/arm64', '-o', `oci:${out}`, '--json', ctx], { env });
   t.is(run.exitCode, 0, run.stderr);
-  t.is(qemu.bootsOf('amd64'), 1, 'one amd64 VM');
-  t.is(qemu.bootsOf('arm64'), 1, 'one arm64 VM');
+  t.is(qemu.vmsOf('amd64'), 1, 'one amd64 VM');
+  t.is(qemu.vmsOf('arm64'), 1, 'one arm64 VM');
   t.regex(run.stderr, /^#\d+ \[linux\/arm64 2\/3\] RUN uname -m/m, 'progress names the platform of each step');
   const result = JSON.parse(run.stdout);
   t.deepEqual(result.platforms.map((p: { platform: string }) => p.platform), ['linux/amd64', 'linux/arm64/v8']);
@@ -139,7 +139,7 @@ multiTest('build --platform linux/amd64,linux/arm64: an index of two images, eac
     t.is(aloneResult.imageId, image.configDigest);
     t.deepEqual(aloneResult.layers.map((l: { diffId: string }) => l.diffId), image.layers.map((l) => l.diffId));
   }
-  t.is(qemu.boots(), 2, 'the single-platform builds booted nothing');
+  t.is(qemu.vms(), 2, 'the single-platform builds booted nothing');
 
   // an OCI archive holds the same index (its steps from the cache)
   const archive = join(dir, 'multi.oci.tar');
@@ -154,7 +154,7 @@ multiTest('build --platform linux/amd64,linux/arm64: an index of two images, eac
   const pushed = await runDockvm(['build', ...common, '--platform', 'linux/amd64,linux/arm64', '-o', `docker://${target}`, '--json', ctx], { env });
   t.is(pushed.exitCode, 0, pushed.stderr);
   const pushResult = JSON.parse(pushed.stdout);
-  t.is(qemu.boots(), 2);
+  t.is(qemu.vms(), 2);
   const remote = await peer('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${target}`]);
   t.is(sha256(Buffer.from(remote)), pushResult.index.digest);
   t.deepEqual(JSON.parse(remote).manifests.map((m: { digest: string }) => m.digest), pushResult.platforms.map((p: { manifestDigest: string }) => p.manifestDigest));
@@ -175,8 +175,8 @@ multiTest('run-as-root of a spec with platforms: the script run in an amd64 and 
   writeFileSync(join(dir, 'multi.json'), JSON.stringify({ ...fields, platforms: ['linux/amd64', 'linux/arm64'], output: 'oci:out' }));
   const run = await runDockvm(['run-as-root', join(dir, 'multi.json'), '--json'], { env });
   t.is(run.exitCode, 0, run.stderr);
-  t.is(qemu.bootsOf('amd64'), 1);
-  t.is(qemu.bootsOf('arm64'), 1);
+  t.is(qemu.vmsOf('amd64'), 1);
+  t.is(qemu.vmsOf('arm64'), 1);
   const result = JSON.parse(run.stdout);
   t.like(result, { imageName: 'localhost/dockvm-test/multi-spec', imageTag: '1', bootedVm: true });
   t.deepEqual(result.platforms.map((p: { platform: string }) => p.platform), ['linux/amd64', 'linux/arm64/v8']);
@@ -205,13 +205,13 @@ multiTest('run-as-root of a spec with platforms: the script run in an amd64 and 
     t.is(alone.exitCode, 0, alone.stderr);
     t.like(JSON.parse(alone.stdout), { configDigest: image.configDigest, bootedVm: false });
   }
-  t.is(qemu.boots(), 2);
+  t.is(qemu.vms(), 2);
   // -o into a docker-archive: refused before any VM, nothing written
   const archive = await runDockvm(['run-as-root', join(dir, 'multi.json'), '-o', join(dir, 'multi.tar')], { env });
   t.is(archive.exitCode, 1);
   t.regex(archive.stderr, /^dockvm: output: \S+multi\.tar is a docker-archive, which holds one platform's image; platforms lists 2: write an OCI layout \(oci:DIR\)$/m);
   t.false(existsSync(join(dir, 'multi.tar')));
-  t.is(qemu.boots(), 2);
+  t.is(qemu.vms(), 2);
 });
 
 test('a docker-archive asked to hold several platforms: one line naming the outputs that can, before any VM boots, nothing written', async (t) => {
@@ -226,7 +226,7 @@ test('a docker-archive asked to hold several platforms: one line naming the outp
     `dockvm: -o ${out}: a docker-archive holds one image per name, not the 2 platforms asked for (linux/amd64, linux/arm64); write an OCI layout (oci:DIR), an OCI archive (oci-archive:PATH) or push (docker://REF), or build one platform\n`,
   );
   t.false(existsSync(out));
-  t.is(qemu.boots(), 0);
+  t.is(qemu.starts().length, 0);
   const twice = await runDockvm(['build', '--platform', 'linux/arm64,arm64', '-t', 'multi:1', '-o', `oci:${join(dir, 'oci')}`, dir], { env: qemu.env });
   t.is(twice.exitCode, 2);
   t.regex(twice.stderr, /^dockvm: --platform linux\/arm64,arm64: linux\/arm64 is given twice\n$/);
@@ -242,7 +242,7 @@ test('a base without an image for one of the platforms: that error, naming the b
   const run = await runDockvm(['build', '--build-context', `localhost/amd64-only:1=docker-archive:${join(dir, 'base.tar')}`, '--platform', 'linux/amd64,linux/arm64', '-t', 'multi:1', '-o', `oci:${out}`, dir], { env: qemu.env });
   t.is(run.exitCode, 1, run.stderr);
   t.regex(run.stderr, /base\.tar is an image for linux\/amd64, not linux\/arm64/);
-  t.is(qemu.boots(), 0, 'the amd64 image was not built first');
+  t.is(qemu.starts().length, 0, 'the amd64 image was not built first');
   t.false(existsSync(out));
 });
 
@@ -258,5 +258,5 @@ test('run-as-root with platforms over a base that has only one of them: a spec e
   t.is(run.exitCode, 1, run.stderr);
   t.regex(run.stderr, /^dockvm: platforms: linux\/arm64 cannot be built over fromImage: \S+base\.tar is an image for linux\/amd64, not linux\/arm64$/m);
   t.deepEqual(readdirSync(dir).sort(), ['base.tar', 'root', 'spec.json'], 'no output, no temp layout beside it');
-  t.is(qemu.boots(), 0);
+  t.is(qemu.starts().length, 0);
 });
