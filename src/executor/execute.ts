@@ -7,7 +7,10 @@
 // they add history entries. spec.json's one step (a RootStep) is keyed as run-as-root has always keyed it
 // (root-step.ts) and runs in the same stage VM, or on the host when it has no runAsRoot. The executor
 // never parses a Containerfile or a spec.
+import { createReadStream } from 'node:fs';
 import { link, mkdir } from 'node:fs/promises';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { join, posix } from 'node:path';
 import type { ImageConfig } from '../image/config.js';
 import { sha256, type Digest } from '../image/digest.js';
@@ -20,6 +23,7 @@ import { BuildCache, type CacheHit } from '../cache/build-cache.js';
 import { canonicalJson } from '../cache/canonical-json.js';
 import { guestVersion } from '../cache/guest-version.js';
 import { stepKey } from '../cache/key.js';
+import { CacheMountStore, type CacheMountLock } from '../cache/cache-mounts.js';
 import { stepCacheInput, type CopyStep, type FileSource, type LayerStep, type Plan, type RootStep, type RunStep, type Stage, type Step } from '../plan/plan.js';
 import { buildLayerOnHost } from '../build/host-layer.js';
 import { rootChangeWarning } from '../build/root-change.js';
@@ -51,6 +55,8 @@ export interface ExecuteOptions {
   network?: 'default' | 'none';
   /** --secret id → host file */
   secrets?: ReadonlyMap<string, string>;
+  /** where RUN --mount=type=cache content is kept between builds (default: CACHE/cache-mounts) */
+  cacheMounts?: CacheMountStore;
   /** build VM memory (MiB, default 1024) */
   memoryMiB?: number;
   /** scratch disk (MiB, sparse; default 8192): every step's changes and the cache mounts */
@@ -81,6 +87,9 @@ export interface ExecuteResult {
 
 const DEFAULT_MEMORY_MIB = 1024;
 const DEFAULT_DISK_MIB = 8192;
+
+/** A cache mount's directory on the scratch disk, shared by the stage's steps that mount its id. */
+const cacheDirOf = (id: string) => `/build/scratch/caches/${sha256(id).slice(7, 23)}`;
 
 /** Where a secret mount's file appears when the mount names no target (BuildKit's default). */
 const secretTarget = (id: string) => `/run/secrets/${id}`;
@@ -118,6 +127,7 @@ class PlanRun {
   #vertex = 0;
   #boots = 0;
   #downloads = 0;
+  #cacheMountStore: CacheMountStore | undefined;
   /** guestVersion() per architecture: each has its own guest */
   #guest = new Map<Architecture, Promise<string>>();
 
@@ -405,107 +415,187 @@ class PlanRun {
     const jobs: VmJob[] = [];
     const secrets = new Map<string, string>();
     let unpackCount = 0;
-    for (const item of missing) {
-      const { step } = item;
-      const text = describeStep(step);
-      if (step.kind === 'copy') {
-        const { sources, layout } = item.copy!;
-        const range = await inputs.append((sink) => writeItemsTar(copyItems(step, sources, layout), { ...chmodOf(step), clampMtime: this.options.clampMtime, sink }));
-        jobs.push({ kind: 'copy', step, text, range, layout });
-      } else if (step.kind === 'workdir') {
-        jobs.push({ kind: 'workdir', step, text });
-      } else if (step.kind === 'root') {
-        jobs.push({ kind: 'root', step, text });
-      } else {
-        const lines: string[] = [];
-        const unpack: { dir: string; range: { offset: number; size: number } }[] = [];
-        for (const mount of step.mounts) {
-          switch (mount.type) {
-            case 'cache':
-              lines.push(['cache', mount.target, `/build/scratch/caches/${sha256(mount.id).slice(7, 23)}`, mount.mode.toString(8), mount.uid, mount.gid, mount.readonly ? 'ro' : 'rw'].join('\t'));
-              break;
-            case 'tmpfs':
-              lines.push(['tmpfs', mount.target, mount.size].join('\t'));
-              break;
-            case 'secret': {
-              const path = this.options.secrets?.get(mount.id);
-              if (path === undefined) break; // not required (checked when the step was prepared)
-              secrets.set(mount.id, path);
-              if (mount.target !== undefined || mount.env === undefined) {
-                lines.push(['secret', mount.target ?? secretTarget(mount.id), mount.id, mount.mode.toString(8), mount.uid, mount.gid].join('\t'));
+    const caches = cacheMountUses(missing);
+    const locks: CacheMountLock[] = [];
+    try {
+      for (const item of missing) {
+        const { step } = item;
+        const text = describeStep(step);
+        if (step.kind === 'copy') {
+          const { sources, layout } = item.copy!;
+          const range = await inputs.append((sink) => writeItemsTar(copyItems(step, sources, layout), { ...chmodOf(step), clampMtime: this.options.clampMtime, sink }));
+          jobs.push({ kind: 'copy', step, text, range, layout });
+        } else if (step.kind === 'workdir') {
+          jobs.push({ kind: 'workdir', step, text });
+        } else if (step.kind === 'root') {
+          jobs.push({ kind: 'root', step, text });
+        } else {
+          const lines: string[] = [];
+          const unpack: { dir: string; range: { offset: number; size: number } }[] = [];
+          for (const mount of step.mounts) {
+            switch (mount.type) {
+              case 'cache': {
+                const use = caches.get(mount.id)!;
+                if (!use.opened) {
+                  // before the first step that mounts it: what earlier builds left, unpacked where the steps mount it
+                  use.opened = true;
+                  const stored = await this.#openCacheMount(mount.id, use, platform, locks);
+                  if (stored !== undefined) unpack.push({ dir: use.dir, range: await inputs.append((sink) => pipeline(createReadStream(stored), sink)) });
+                }
+                lines.push(['cache', mount.target, use.dir, mount.mode.toString(8), mount.uid, mount.gid, mount.readonly ? 'ro' : 'rw'].join('\t'));
+                break;
               }
-              if (mount.env !== undefined) lines.push(['env', mount.env, mount.id].join('\t'));
-              break;
-            }
-            case 'bind': {
-              const dir = `/build/scratch/inputs/${unpackCount++}`;
-              const items = await this.#bindItems(mount.from, mount.source, step);
-              const collected: CopyItem[] = [];
-              for await (const it of items) collected.push(it);
-              const range = await inputs.append((sink) => writeItemsTar(listOf(collected), { clampMtime: this.options.clampMtime, sink }));
-              unpack.push({ dir, range });
-              const single = collected.length === 1 && collected[0]!.entry.type !== 'directory' ? collected[0]!.target : undefined;
-              lines.push(['bind', mount.target, single ? `${dir}/${single}` : dir, mount.readwrite ? 'rw' : 'ro'].join('\t'));
-              break;
+              case 'tmpfs':
+                lines.push(['tmpfs', mount.target, mount.size].join('\t'));
+                break;
+              case 'secret': {
+                const path = this.options.secrets?.get(mount.id);
+                if (path === undefined) break; // not required (checked when the step was prepared)
+                secrets.set(mount.id, path);
+                if (mount.target !== undefined || mount.env === undefined) {
+                  lines.push(['secret', mount.target ?? secretTarget(mount.id), mount.id, mount.mode.toString(8), mount.uid, mount.gid].join('\t'));
+                }
+                if (mount.env !== undefined) lines.push(['env', mount.env, mount.id].join('\t'));
+                break;
+              }
+              case 'bind': {
+                const dir = `/build/scratch/inputs/${unpackCount++}`;
+                const items = await this.#bindItems(mount.from, mount.source, step);
+                const collected: CopyItem[] = [];
+                for await (const it of items) collected.push(it);
+                const range = await inputs.append((sink) => writeItemsTar(listOf(collected), { clampMtime: this.options.clampMtime, sink }));
+                unpack.push({ dir, range });
+                const single = collected.length === 1 && collected[0]!.entry.type !== 'directory' ? collected[0]!.target : undefined;
+                lines.push(['bind', mount.target, single ? `${dir}/${single}` : dir, mount.readwrite ? 'rw' : 'ro'].join('\t'));
+                break;
+              }
             }
           }
+          if (step.inlineFiles.length > 0) {
+            const dir = `/build/scratch/inputs/${unpackCount++}`;
+            const files = step.inlineFiles.map((file) => {
+              const data = Buffer.from(file.data);
+              return { target: posix.basename(file.path), entry: { type: 'file' as const, mode: file.mode, uid: 0, gid: 0, size: data.length, mtime: 0 }, content: () => data };
+            });
+            const range = await inputs.append((sink) => writeItemsTar(listOf(files), { clampMtime: this.options.clampMtime, sink }));
+            unpack.push({ dir, range });
+            for (const file of step.inlineFiles) lines.push(['inline', file.path, `${dir}/${posix.basename(file.path)}`].join('\t'));
+          }
+          jobs.push({ kind: 'run', step, text, mounts: lines.join('\n'), unpack, network: item.network });
         }
-        if (step.inlineFiles.length > 0) {
-          const dir = `/build/scratch/inputs/${unpackCount++}`;
-          const files = step.inlineFiles.map((file) => {
-            const data = Buffer.from(file.data);
-            return { target: posix.basename(file.path), entry: { type: 'file' as const, mode: file.mode, uid: 0, gid: 0, size: data.length, mtime: 0 }, content: () => data };
-          });
-          const range = await inputs.append((sink) => writeItemsTar(listOf(files), { clampMtime: this.options.clampMtime, sink }));
-          unpack.push({ dir, range });
-          for (const file of step.inlineFiles) lines.push(['inline', file.path, `${dir}/${posix.basename(file.path)}`].join('\t'));
-        }
-        jobs.push({ kind: 'run', step, text, mounts: lines.join('\n'), unpack, network: item.network });
       }
-    }
-    await inputs.finish();
+      await inputs.finish();
 
-    // spec.json's step brings its own VM size (buildVMMemorySize; diskSize sizes its disks in stage-vm.ts)
-    const root = missing.find((item) => item.step.kind === 'root')?.step as RootStep | undefined;
-    const ids: number[] = [];
-    const started: number[] = [];
-    this.#emit({ type: 'boot', stage: stage.name ?? `stage-${stage.index}`, steps: jobs.length });
-    this.#boots++;
-    const built = await buildStageInVm({
-      architecture,
-      lowers,
-      source: describeBase(this.plan, stage),
-      jobs,
-      ...(inputs.used ? { inputs: inputs.path } : {}),
-      secrets,
-      tmp: stageTmp,
-      clampMtime: this.options.clampMtime,
-      memoryMiB: root?.buildVMMemorySize ?? this.options.memoryMiB ?? DEFAULT_MEMORY_MIB,
-      diskMiB: this.options.diskMiB ?? DEFAULT_DISK_MIB,
-      ...(this.options.signal ? { signal: this.options.signal } : {}),
-      onStart: (job) => {
-        showEmptyBefore(missing[job]!.position);
-        const id = ++this.#vertex;
-        ids[job] = id;
-        started[job] = Date.now();
-        this.#emit({ type: 'vertex', id, name: missing[job]!.name });
-      },
-      onOutput: (job, chunk) => this.#emit({ type: 'output', id: ids[job]!, chunk }),
-      onCommitted: (job) => this.#emit({ type: 'done', id: ids[job]!, seconds: (Date.now() - started[job]!) / 1000 }),
-    });
-    const layers: Layer[] = [];
-    for (const [i, file] of built.entries()) {
-      const item = missing[i]!;
-      if (item.step.kind === 'root') {
-        const warning = rootChangeWarning(file.root);
-        if (warning) this.#emit({ type: 'warning', message: warning });
+      // written back after the last step: the ids some step may change, unless private found them in use
+      const kept = [...caches].filter(([, use]) => use.keep);
+      // spec.json's step brings its own VM size (buildVMMemorySize; diskSize sizes its disks in stage-vm.ts)
+      const root = missing.find((item) => item.step.kind === 'root')?.step as RootStep | undefined;
+      const ids: number[] = [];
+      const started: number[] = [];
+      this.#emit({ type: 'boot', stage: stage.name ?? `stage-${stage.index}`, steps: jobs.length });
+      this.#boots++;
+      const built = await buildStageInVm({
+        architecture,
+        lowers,
+        source: describeBase(this.plan, stage),
+        jobs,
+        ...(inputs.used ? { inputs: inputs.path } : {}),
+        secrets,
+        tmp: stageTmp,
+        clampMtime: this.options.clampMtime,
+        memoryMiB: root?.buildVMMemorySize ?? this.options.memoryMiB ?? DEFAULT_MEMORY_MIB,
+        diskMiB: this.options.diskMiB ?? DEFAULT_DISK_MIB,
+        ...(this.options.signal ? { signal: this.options.signal } : {}),
+        onStart: (job) => {
+          showEmptyBefore(missing[job]!.position);
+          const id = ++this.#vertex;
+          ids[job] = id;
+          started[job] = Date.now();
+          this.#emit({ type: 'vertex', id, name: missing[job]!.name });
+        },
+        onOutput: (job, chunk) => this.#emit({ type: 'output', id: ids[job]!, chunk }),
+        onCommitted: (job) => this.#emit({ type: 'done', id: ids[job]!, seconds: (Date.now() - started[job]!) / 1000 }),
+        saveCaches: kept.map(([, use]) => use.dir),
+        onCacheSaved: (i, tar) => this.#keepCacheMount(kept[i]![0], platform, tar),
+      });
+      const layers: Layer[] = [];
+      for (const [i, file] of built.entries()) {
+        const item = missing[i]!;
+        if (item.step.kind === 'root') {
+          const warning = rootChangeWarning(file.root);
+          if (warning) this.#emit({ type: 'warning', message: warning });
+        }
+        if (item.key !== null) await this.options.cache.store(item.key, file, { createdBy: item.step.createdBy ?? describeStep(item.step), platform });
+        layers.push(new FileLayer(file.path, file.diffId, file.size));
+        this.#reports.push({ stage: index, name: item.name, key: item.key, diffId: file.diffId, cache: null });
       }
-      if (item.key !== null) await this.options.cache.store(item.key, file, { createdBy: item.step.createdBy ?? describeStep(item.step), platform });
-      layers.push(new FileLayer(file.path, file.diffId, file.size));
-      this.#reports.push({ stage: index, name: item.name, key: item.key, diffId: file.diffId, cache: null });
+      return layers;
+    } finally {
+      for (const lock of locks) await lock.release();
     }
-    return layers;
   }
+
+  /**
+   * The stored content of a cache mount for this stage, undefined when it starts empty: sharing=locked
+   * waits for the lock, sharing=private takes it when free and otherwise starts empty and keeps nothing.
+   */
+  async #openCacheMount(id: string, use: CacheMountUse, platform: string, locks: CacheMountLock[]): Promise<string | undefined> {
+    const store = this.#cacheMounts();
+    if (use.sharing !== 'shared') {
+      const lock = await store.lock(id, platform, {
+        wait: use.sharing === 'locked',
+        ...(this.options.signal ? { signal: this.options.signal } : {}),
+        onWait: (pid) => this.#emit({ type: 'warning', message: `waiting for the cache mount id=${id} (sharing=locked), which another build (pid ${pid}) holds` }),
+      });
+      if (!lock) {
+        use.keep = false;
+        return undefined;
+      }
+      locks.push(lock);
+    }
+    return store.open(id, platform);
+  }
+
+  /** A cache mount's tar from the VM kept for the next build; when it cannot be, the build goes on with a warning. */
+  async #keepCacheMount(id: string, platform: string, tar: () => Readable): Promise<void> {
+    try {
+      await this.#cacheMounts().keep(id, platform, tar);
+    } catch (err) {
+      this.#emit({ type: 'warning', message: `the cache mount id=${id} was not kept for the next build: ${(err as Error).message}` });
+    }
+  }
+
+  #cacheMounts(): CacheMountStore {
+    return (this.#cacheMountStore ??= this.options.cacheMounts ?? new CacheMountStore());
+  }
+}
+
+interface CacheMountUse {
+  /** its directory on the scratch disk */
+  dir: string;
+  /** locked if any step of the stage mounts it so, else private if one does, else shared */
+  sharing: 'shared' | 'private' | 'locked';
+  /** written back after the stage: some step mounts it read-write (and private got the lock) */
+  keep: boolean;
+  /** its stored content is already on the inputs disk */
+  opened: boolean;
+}
+
+/** The cache mounts the steps use, by id, in the order they are first mounted. */
+function cacheMountUses(items: readonly Prepared[]): Map<string, CacheMountUse> {
+  const uses = new Map<string, CacheMountUse>();
+  const rank = { shared: 0, private: 1, locked: 2 } as const;
+  for (const { step } of items) {
+    if (step.kind !== 'run') continue;
+    for (const mount of step.mounts) {
+      if (mount.type !== 'cache') continue;
+      const use = uses.get(mount.id) ?? { dir: cacheDirOf(mount.id), sharing: mount.sharing, keep: false, opened: false };
+      if (rank[mount.sharing] > rank[use.sharing]) use.sharing = mount.sharing;
+      use.keep ||= !mount.readonly;
+      uses.set(mount.id, use);
+    }
+  }
+  return uses;
 }
 
 async function* listOf<T>(items: readonly T[]): AsyncGenerator<T> {
