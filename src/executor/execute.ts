@@ -12,7 +12,8 @@ import { link, mkdir } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { join, posix } from 'node:path';
-import type { ImageConfig } from '../image/config.js';
+import type { ImageConfig, Platform } from '../image/config.js';
+import { formatPlatform } from '../image/platform.js';
 import { sha256, type Digest } from '../image/digest.js';
 import { FileLayer } from '../image/file-layer.js';
 import type { Image, Layer } from '../image/image.js';
@@ -183,7 +184,7 @@ class PlanRun {
         empty.push({ position, name });
         continue;
       }
-      const item = await this.#prepare(step as LayerStep, parent, platform, stage.platform.architecture, name, position);
+      const item = await this.#prepare(step as LayerStep, parent, stage.platform, platform, name, position);
       prepared.push(item);
       parent = item.key ?? parent;
     }
@@ -241,24 +242,25 @@ class PlanRun {
   }
 
   /** A layer step's key, and for COPY/ADD its sources and layout. */
-  async #prepare(step: LayerStep, parent: Digest | { baseDiffIds: readonly Digest[] }, platform: string, architecture: string, name: string, position: number): Promise<Prepared> {
+  async #prepare(step: LayerStep, parent: Digest | { baseDiffIds: readonly Digest[] }, stagePlatform: Platform, platform: string, name: string, position: number): Promise<Prepared> {
+    const architecture = stagePlatform.architecture;
     if (step.kind === 'root') return this.#prepareRoot(step, parent, platform, architecture, name, position);
     const network = step.kind === 'run' && this.options.network !== 'none' ? step.network : 'none';
     const inputs: Record<string, Digest> = {};
     let copy: Prepared['copy'];
     if (step.kind === 'copy') {
-      copy = await this.#copySources(step);
+      copy = await this.#copySources(step, stagePlatform);
       if (step.from.kind === 'context') {
         // the files as the layer would get them: changed content, mode or name changes the key
         inputs.files = (await writeItemsTar(copyItems(step, copy.sources, copy.layout), { ...chmodOf(step), clampMtime: this.options.clampMtime })).digest;
       } else {
-        inputs.from = await this.#sourceDigest(step.from);
+        inputs.from = await this.#sourceDigest(step.from, stagePlatform);
       }
     }
     if (step.kind === 'run') {
       this.#checkRun(step);
       for (const [i, mount] of step.mounts.entries()) {
-        if (mount.type === 'bind') inputs[`bind${i}`] = await this.#bindDigest(mount.from, mount.source, step);
+        if (mount.type === 'bind') inputs[`bind${i}`] = await this.#bindDigest(mount.from, mount.source, step, stagePlatform);
       }
     }
     const key = stepKey({
@@ -295,10 +297,10 @@ class PlanRun {
     return new FileLayer(file.path, file.diffId, file.size);
   }
 
-  async #copySources(step: CopyStep): Promise<{ sources: CopySources; layout: CopyLayout }> {
+  async #copySources(step: CopyStep, platform: Platform): Promise<{ sources: CopySources; layout: CopyLayout }> {
     const downloads: Download[] = [];
     for (const url of step.urls) downloads.push(await this.#download(step, url));
-    const sources: CopySources = { contextDir: this.plan.context.dir, downloads, ...(step.from.kind !== 'context' ? { tree: await this.#tree(step.from) } : {}) };
+    const sources: CopySources = { contextDir: this.plan.context.dir, downloads, ...(step.from.kind !== 'context' ? { tree: await this.#tree(step.from, platform) } : {}) };
     try {
       return { sources, layout: await copyLayout(step, sources) };
     } catch (err) {
@@ -314,13 +316,13 @@ class PlanRun {
     }
   }
 
-  /** The merged filesystem of the stage or image a --from or from= names, indexed once per build. */
-  #tree(from: FileSource): Promise<ImageTree> {
-    const key = from.kind === 'stage' ? `stage:${from.stage}` : from.kind === 'image' ? `image:${from.ref}` : 'context';
+  /** The merged filesystem of the stage or image a --from or from= names (an image: for the stage's platform), indexed once per build. */
+  #tree(from: FileSource, platform: Platform): Promise<ImageTree> {
+    const key = from.kind === 'stage' ? `stage:${from.stage}` : from.kind === 'image' ? `image:${formatPlatform(platform)}:${from.ref}` : 'context';
     let tree = this.#trees.get(key);
     if (!tree) {
       tree = (async () => {
-        const image = await this.#sourceImage(from);
+        const image = await this.#sourceImage(from, platform);
         return ImageTree.open(image, key, this.options.tmp);
       })();
       this.#trees.set(key, tree);
@@ -328,25 +330,26 @@ class PlanRun {
     return tree;
   }
 
-  async #sourceImage(from: FileSource): Promise<Image> {
+  /** A stage's image, or an image opened for the platform of the stage that reads it (an index's entry of that platform). */
+  async #sourceImage(from: FileSource, platform: Platform): Promise<Image> {
     if (from.kind === 'stage') return this.#results[from.stage]!.image;
-    if (from.kind === 'image') return this.options.images.open(from.ref);
+    if (from.kind === 'image') return this.options.images.open(from.ref, platform);
     throw new Error('the context is not an image');
   }
 
   /** A --from source's identity for the key: its layers (the patterns are in the step itself). */
-  async #sourceDigest(from: FileSource): Promise<Digest> {
-    const image = await this.#sourceImage(from);
+  async #sourceDigest(from: FileSource, platform: Platform): Promise<Digest> {
+    const image = await this.#sourceImage(from, platform);
     return sha256(canonicalJson(image.layers.map((l) => l.diffId)));
   }
 
-  async #bindDigest(from: FileSource, source: string, step: RunStep): Promise<Digest> {
-    if (from.kind !== 'context') return this.#sourceDigest(from);
-    return (await writeItemsTar(await this.#bindItems(from, source, step), { clampMtime: this.options.clampMtime })).digest;
+  async #bindDigest(from: FileSource, source: string, step: RunStep, platform: Platform): Promise<Digest> {
+    if (from.kind !== 'context') return this.#sourceDigest(from, platform);
+    return (await writeItemsTar(await this.#bindItems(from, source, step, platform), { clampMtime: this.options.clampMtime })).digest;
   }
 
   /** A bind mount's source as items: a directory's contents (and its own metadata), or one file. */
-  async #bindItems(from: FileSource, source: string, step: RunStep): Promise<AsyncIterable<CopyItem>> {
+  async #bindItems(from: FileSource, source: string, step: RunStep, platform: Platform): Promise<AsyncIterable<CopyItem>> {
     if (from.kind === 'context') {
       const reader = new BuildContextReader(this.plan.context.dir, ignoreMatcher(this.plan.context.ignore));
       let selection;
@@ -360,7 +363,7 @@ class PlanRun {
         for (const entry of selection.entries) yield await contextItem(join(dir, entry.source), entry.target === '' && entry.type !== 'directory' ? posix.basename(entry.source) : entry.target);
       })();
     }
-    const tree = await this.#tree(from);
+    const tree = await this.#tree(from, platform);
     const request = { patterns: [posix.join('/', source)], label: `RUN --mount=type=bind,from=…,source=${source}` };
     const [match] = selectInTree(tree, request);
     const single = match && !tree.isDirectory(match.real) ? posix.basename(match.real) : undefined;
@@ -460,7 +463,7 @@ class PlanRun {
               }
               case 'bind': {
                 const dir = `/build/scratch/inputs/${unpackCount++}`;
-                const items = await this.#bindItems(mount.from, mount.source, step);
+                const items = await this.#bindItems(mount.from, mount.source, step, stage.platform);
                 const collected: CopyItem[] = [];
                 for await (const it of items) collected.push(it);
                 const range = await inputs.append((sink) => writeItemsTar(listOf(collected), { clampMtime: this.options.clampMtime, sink }));
