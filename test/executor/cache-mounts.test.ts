@@ -2,7 +2,8 @@
 // sees what the first left in the cache, with its directory's owner and mode; no layer of either holds
 // it; another id starts empty; the content is not in the build cache key (the first Containerfile, built
 // again after the cache changed, is a hit without a VM); a locked mount leaves no lock behind; `dockvm
-// cache prune --all` removes the kept tars.
+// cache prune --all` removes the kept tars. Two builds at once over a sharing=locked mount take turns:
+// each sees what the other appended.
 import test from 'ava';
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
@@ -37,7 +38,7 @@ async function layers(archive: string): Promise<Map<string, { mode: number; uid:
   return result;
 }
 
-test('a cache mount keeps its content between builds, in no layer and no cache key; another id is empty; prune removes them', async (t) => {
+test.serial('a cache mount keeps its content between builds, in no layer and no cache key; another id is empty; prune removes them', async (t) => {
   const mountsDir = join(scratch, 'cache-mounts');
   const env = {
     DOCKVM_CACHE_MOUNTS_DIR: mountsDir,
@@ -93,4 +94,27 @@ test('a cache mount keeps its content between builds, in no layer and no cache k
   t.is(prune.exitCode, 0, prune.stderr);
   t.regex(prune.stderr, /cache mounts: 2,/);
   t.deepEqual(readdirSync(mountsDir), [], 'prune --all removes the kept cache mounts');
+});
+
+test.serial('sharing=locked: two builds at once take turns (one waits for the other), so neither loses what the other kept', async (t) => {
+  const dir = mkdtempSync(join(scratch, 'locked-'));
+  const env = { DOCKVM_CACHE_MOUNTS_DIR: join(dir, 'cache-mounts'), DOCKVM_BUILD_CACHE: 'off' };
+  const context = `${DEBIAN_BASE_REPO_TAG}=docker-archive:${debianBaseFixture()}`;
+  const step = (name: string) => `RUN --mount=type=cache,target=/c,sharing=locked cat /c/log > /seen 2>/dev/null; sleep 3; echo ${name} >> /c/log`;
+  const qemu = await qemuCounter(t);
+  const build = async (name: string, lines: string[]) => {
+    await mkdir(join(dir, name));
+    writeFileSync(join(dir, name, 'Containerfile'), [`FROM ${DEBIAN_BASE_REPO_TAG}`, ...lines, ''].join('\n'));
+    return runDockvm(['build', '--build-context', context, '-o', join(dir, `${name}.tar`), join(dir, name)], { env: { ...env, ...qemu.env } });
+  };
+  const [a, b] = await Promise.all([build('a', [step('a')]), build('b', [step('b')])]);
+  t.is(a.exitCode, 0, a.stderr);
+  t.is(b.exitCode, 0, b.stderr);
+  const waited = [a, b].filter((run) => /warning: waiting for the cache mount id=\/c \(sharing=locked\), which another build \(pid \d+\) holds/.test(run.stderr));
+  t.is(waited.length, 1, 'one build waited for the other');
+  const read = await build('read', ['RUN --mount=type=cache,target=/c cat /c/log > /log']);
+  t.is(read.exitCode, 0, read.stderr);
+  const log = (await layers(join(dir, 'read.tar'))).at(-1)?.get('log')?.text;
+  t.deepEqual(log?.split('\n').filter(Boolean).sort(), ['a', 'b'], 'the cache holds what both appended');
+  t.is(qemu.vms(), 3);
 });
