@@ -5,8 +5,9 @@
 // without a VM; the rest of the stage runs in one boot (stage-vm.ts), each step its own layer, each new
 // layer stored in the cache. Config-only steps are already applied to the stage's config by the planner;
 // they add history entries. spec.json's one step (a RootStep) is keyed as run-as-root has always keyed it
-// (root-step.ts) and runs in the same stage VM, or on the host when it has no runAsRoot. The executor
-// never parses a Containerfile or a spec.
+// (root-step.ts) and runs in the same stage VM, or on the host when it has no runAsRoot. A RUN's cache
+// mounts start from what earlier builds kept (src/cache/cache-mounts.ts) and are kept again after the
+// stage's VM, outside every layer and key. The executor never parses a Containerfile or a spec.
 import { createReadStream } from 'node:fs';
 import { link, mkdir } from 'node:fs/promises';
 import type { Readable } from 'node:stream';

@@ -5,6 +5,8 @@
 // upper. As soon as a step commits, before the next step (which could rewrite the disks) runs, its
 // manifest is read as untrusted input, file contents from the scratch disk's image, and made a layer
 // (whiteouts, opaque directories, new directories: writePackedLayer).
+// After the last step, the cache mounts to keep are tarred onto the output disk (guest.sh cache-save) and
+// handed to the caller once the VM is gone.
 // spec.json's one step (a root job) runs here too: copyToRoot unpacked as the stage mounts, its scripts
 // (src/build/vm-layer.ts), the same commit; its VM and disks sized by the spec's diskSize.
 import { createReadStream } from 'node:fs';
