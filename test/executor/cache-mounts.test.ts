@@ -3,17 +3,21 @@
 // it; another id starts empty; the content is not in the build cache key (the first Containerfile, built
 // again after the cache changed, is a hit without a VM); a locked mount leaves no lock behind; `dockvm
 // cache prune --all` removes the kept tars. Two builds at once over a sharing=locked mount take turns:
-// each sees what the other appended.
+// each sees what the other appended. While another build holds the lock, sharing=private starts empty and
+// keeps nothing, and sharing=shared does not wait.
 import test from 'ava';
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { CacheMountStore } from '../../src/cache/cache-mounts.js';
 import { readTar } from '../../src/layer/tar.js';
 import { openImage } from '../../src/transport/open.js';
 import { DEBIAN_BASE_REPO_TAG, debianBaseFixture } from '../fixtures/debian.js';
 import { runDockvm } from '../helpers/peers.js';
 import { qemuCounter } from '../helpers/qemu-counter.js';
+import { writeTar } from '../helpers/tar.js';
 
 const scratch = mkdtempSync(join(tmpdir(), 'dockvm-cache-mounts-'));
 test.after.always(() => rmSync(scratch, { recursive: true, force: true }));
@@ -117,4 +121,41 @@ test.serial('sharing=locked: two builds at once take turns (one waits for the ot
   const log = (await layers(join(dir, 'read.tar'))).at(-1)?.get('log')?.text;
   t.deepEqual(log?.split('\n').filter(Boolean).sort(), ['a', 'b'], 'the cache holds what both appended');
   t.is(qemu.vms(), 3);
+});
+
+test.serial('while another build holds the lock: sharing=private starts empty and keeps nothing, sharing=shared sees the content and does not wait', async (t) => {
+  const dir = mkdtempSync(join(scratch, 'private-'));
+  const store = new CacheMountStore(join(dir, 'cache-mounts'));
+  const seeded = await writeTar([
+    [{ path: '', type: 'directory', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 1 }],
+    [{ path: 'kept', type: 'file', mode: 0o644, uid: 0, gid: 0, size: 3, mtime: 1 }, Buffer.from('old')],
+  ]);
+  for (const id of ['p', 's']) {
+    await store.keep(id, 'linux/amd64', () => Readable.from(seeded));
+    writeFileSync(`${store.path(id, 'linux/amd64')}.lock`, `${process.pid}\n`); // held by this (live) process
+  }
+  const before = readFileSync(store.path('p', 'linux/amd64'));
+  await mkdir(join(dir, 'ctx'));
+  writeFileSync(
+    join(dir, 'ctx', 'Containerfile'),
+    [
+      `FROM ${DEBIAN_BASE_REPO_TAG}`,
+      'RUN --mount=type=cache,target=/p,id=p,sharing=private ls -A /p > /private.txt && echo new > /p/new',
+      'RUN --mount=type=cache,target=/s,id=s ls -A /s > /shared.txt',
+      '',
+    ].join('\n'),
+  );
+  const qemu = await qemuCounter(t);
+  const out = join(dir, 'out.tar');
+  const run = await runDockvm(['build', '--build-context', `${DEBIAN_BASE_REPO_TAG}=docker-archive:${debianBaseFixture()}`, '-o', out, join(dir, 'ctx')], {
+    env: { DOCKVM_CACHE_MOUNTS_DIR: store.dir, DOCKVM_BUILD_CACHE: 'off', ...qemu.env },
+  });
+  t.is(run.exitCode, 0, run.stderr);
+  const [privateLayer, sharedLayer] = (await layers(out)).slice(-2);
+  t.is(privateLayer?.get('private.txt')?.text, '', 'private: starts empty while the lock is held');
+  t.is(sharedLayer?.get('shared.txt')?.text, 'kept\n', 'shared: the kept content, no waiting');
+  t.deepEqual(readFileSync(store.path('p', 'linux/amd64')), before, 'private kept nothing');
+  for (const id of ['p', 's']) t.is(readFileSync(`${store.path(id, 'linux/amd64')}.lock`, 'utf8'), `${process.pid}\n`, `the holder's lock of ${id} stays`);
+  t.notRegex(run.stderr, /waiting for the cache mount/);
+  t.is(qemu.vms(), 1);
 });
