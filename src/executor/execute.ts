@@ -210,7 +210,15 @@ class PlanRun {
     const missing = prepared.slice(firstMiss);
     const onHost = missing.length === 1 && missing[0]!.step.kind === 'root' && missing[0]!.step.runAsRoot === null;
     if (onHost) layers.push(await this.#buildOnHost(index, missing[0]!));
-    else if (missing.length > 0) layers.push(...(await this.#buildInVm(index, stage, missing, layers, platform, showEmptyBefore)));
+    else if (missing.length > 0) {
+      // a cache mount's lock is held from before the VM starts until its content is kept again
+      const locks: CacheMountLock[] = [];
+      try {
+        layers.push(...(await this.#buildInVm(index, stage, missing, layers, platform, showEmptyBefore, locks)));
+      } finally {
+        for (const lock of locks) await lock.release();
+      }
+    }
     showEmptyBefore(Infinity);
 
     const diffIds = layers.map((l) => l.diffId);
@@ -400,7 +408,8 @@ class PlanRun {
     return new FileLayer(path, hit.entry.diffId, hit.entry.size);
   }
 
-  async #buildInVm(index: number, stage: Stage, missing: Prepared[], lowers: readonly Layer[], platform: string, showEmptyBefore: (position: number) => void): Promise<Layer[]> {
+  /** `locks`: the cache mount locks the stage takes, for the caller to release once it returns */
+  async #buildInVm(index: number, stage: Stage, missing: Prepared[], lowers: readonly Layer[], platform: string, showEmptyBefore: (position: number) => void, locks: CacheMountLock[]): Promise<Layer[]> {
     const first = missing[0]!;
     // the stage runs in a VM of its platform (an arm64 stage in an emulated arm64 machine on an amd64 host)
     let architecture: Architecture;
@@ -420,123 +429,118 @@ class PlanRun {
     const secrets = new Map<string, string>();
     let unpackCount = 0;
     const caches = cacheMountUses(missing);
-    const locks: CacheMountLock[] = [];
-    try {
-      for (const item of missing) {
-        const { step } = item;
-        const text = describeStep(step);
-        if (step.kind === 'copy') {
-          const { sources, layout } = item.copy!;
-          const range = await inputs.append((sink) => writeItemsTar(copyItems(step, sources, layout), { ...chmodOf(step), clampMtime: this.options.clampMtime, sink }));
-          jobs.push({ kind: 'copy', step, text, range, layout });
-        } else if (step.kind === 'workdir') {
-          jobs.push({ kind: 'workdir', step, text });
-        } else if (step.kind === 'root') {
-          jobs.push({ kind: 'root', step, text });
-        } else {
-          const lines: string[] = [];
-          const unpack: { dir: string; range: { offset: number; size: number } }[] = [];
-          for (const mount of step.mounts) {
-            switch (mount.type) {
-              case 'cache': {
-                const use = caches.get(mount.id)!;
-                if (!use.opened) {
-                  // before the first step that mounts it: what earlier builds left, unpacked where the steps mount it
-                  use.opened = true;
-                  const stored = await this.#openCacheMount(mount.id, use, platform, locks);
-                  if (stored !== undefined) unpack.push({ dir: use.dir, range: await inputs.append((sink) => pipeline(createReadStream(stored), sink)) });
-                }
-                lines.push(['cache', mount.target, use.dir, mount.mode.toString(8), mount.uid, mount.gid, mount.readonly ? 'ro' : 'rw'].join('\t'));
-                break;
+    for (const item of missing) {
+      const { step } = item;
+      const text = describeStep(step);
+      if (step.kind === 'copy') {
+        const { sources, layout } = item.copy!;
+        const range = await inputs.append((sink) => writeItemsTar(copyItems(step, sources, layout), { ...chmodOf(step), clampMtime: this.options.clampMtime, sink }));
+        jobs.push({ kind: 'copy', step, text, range, layout });
+      } else if (step.kind === 'workdir') {
+        jobs.push({ kind: 'workdir', step, text });
+      } else if (step.kind === 'root') {
+        jobs.push({ kind: 'root', step, text });
+      } else {
+        const lines: string[] = [];
+        const unpack: { dir: string; range: { offset: number; size: number } }[] = [];
+        for (const mount of step.mounts) {
+          switch (mount.type) {
+            case 'cache': {
+              const use = caches.get(mount.id)!;
+              if (!use.opened) {
+                // before the first step that mounts it: what earlier builds left, unpacked where the steps mount it
+                use.opened = true;
+                const stored = await this.#openCacheMount(mount.id, use, platform, locks);
+                if (stored !== undefined) unpack.push({ dir: use.dir, range: await inputs.append((sink) => pipeline(createReadStream(stored), sink)) });
               }
-              case 'tmpfs':
-                lines.push(['tmpfs', mount.target, mount.size].join('\t'));
-                break;
-              case 'secret': {
-                const path = this.options.secrets?.get(mount.id);
-                if (path === undefined) break; // not required (checked when the step was prepared)
-                secrets.set(mount.id, path);
-                if (mount.target !== undefined || mount.env === undefined) {
-                  lines.push(['secret', mount.target ?? secretTarget(mount.id), mount.id, mount.mode.toString(8), mount.uid, mount.gid].join('\t'));
-                }
-                if (mount.env !== undefined) lines.push(['env', mount.env, mount.id].join('\t'));
-                break;
+              lines.push(['cache', mount.target, use.dir, mount.mode.toString(8), mount.uid, mount.gid, mount.readonly ? 'ro' : 'rw'].join('\t'));
+              break;
+            }
+            case 'tmpfs':
+              lines.push(['tmpfs', mount.target, mount.size].join('\t'));
+              break;
+            case 'secret': {
+              const path = this.options.secrets?.get(mount.id);
+              if (path === undefined) break; // not required (checked when the step was prepared)
+              secrets.set(mount.id, path);
+              if (mount.target !== undefined || mount.env === undefined) {
+                lines.push(['secret', mount.target ?? secretTarget(mount.id), mount.id, mount.mode.toString(8), mount.uid, mount.gid].join('\t'));
               }
-              case 'bind': {
-                const dir = `/build/scratch/inputs/${unpackCount++}`;
-                const items = await this.#bindItems(mount.from, mount.source, step, stage.platform);
-                const collected: CopyItem[] = [];
-                for await (const it of items) collected.push(it);
-                const range = await inputs.append((sink) => writeItemsTar(listOf(collected), { clampMtime: this.options.clampMtime, sink }));
-                unpack.push({ dir, range });
-                const single = collected.length === 1 && collected[0]!.entry.type !== 'directory' ? collected[0]!.target : undefined;
-                lines.push(['bind', mount.target, single ? `${dir}/${single}` : dir, mount.readwrite ? 'rw' : 'ro'].join('\t'));
-                break;
-              }
+              if (mount.env !== undefined) lines.push(['env', mount.env, mount.id].join('\t'));
+              break;
+            }
+            case 'bind': {
+              const dir = `/build/scratch/inputs/${unpackCount++}`;
+              const items = await this.#bindItems(mount.from, mount.source, step, stage.platform);
+              const collected: CopyItem[] = [];
+              for await (const it of items) collected.push(it);
+              const range = await inputs.append((sink) => writeItemsTar(listOf(collected), { clampMtime: this.options.clampMtime, sink }));
+              unpack.push({ dir, range });
+              const single = collected.length === 1 && collected[0]!.entry.type !== 'directory' ? collected[0]!.target : undefined;
+              lines.push(['bind', mount.target, single ? `${dir}/${single}` : dir, mount.readwrite ? 'rw' : 'ro'].join('\t'));
+              break;
             }
           }
-          if (step.inlineFiles.length > 0) {
-            const dir = `/build/scratch/inputs/${unpackCount++}`;
-            const files = step.inlineFiles.map((file) => {
-              const data = Buffer.from(file.data);
-              return { target: posix.basename(file.path), entry: { type: 'file' as const, mode: file.mode, uid: 0, gid: 0, size: data.length, mtime: 0 }, content: () => data };
-            });
-            const range = await inputs.append((sink) => writeItemsTar(listOf(files), { clampMtime: this.options.clampMtime, sink }));
-            unpack.push({ dir, range });
-            for (const file of step.inlineFiles) lines.push(['inline', file.path, `${dir}/${posix.basename(file.path)}`].join('\t'));
-          }
-          jobs.push({ kind: 'run', step, text, mounts: lines.join('\n'), unpack, network: item.network });
         }
-      }
-      await inputs.finish();
-
-      // written back after the last step: the ids some step may change, unless private found them in use
-      const kept = [...caches].filter(([, use]) => use.keep);
-      // spec.json's step brings its own VM size (buildVMMemorySize; diskSize sizes its disks in stage-vm.ts)
-      const root = missing.find((item) => item.step.kind === 'root')?.step as RootStep | undefined;
-      const ids: number[] = [];
-      const started: number[] = [];
-      this.#emit({ type: 'boot', stage: stage.name ?? `stage-${stage.index}`, steps: jobs.length });
-      this.#boots++;
-      const built = await buildStageInVm({
-        architecture,
-        lowers,
-        source: describeBase(this.plan, stage),
-        jobs,
-        ...(inputs.used ? { inputs: inputs.path } : {}),
-        secrets,
-        tmp: stageTmp,
-        clampMtime: this.options.clampMtime,
-        memoryMiB: root?.buildVMMemorySize ?? this.options.memoryMiB ?? DEFAULT_MEMORY_MIB,
-        diskMiB: this.options.diskMiB ?? DEFAULT_DISK_MIB,
-        ...(this.options.signal ? { signal: this.options.signal } : {}),
-        onStart: (job) => {
-          showEmptyBefore(missing[job]!.position);
-          const id = ++this.#vertex;
-          ids[job] = id;
-          started[job] = Date.now();
-          this.#emit({ type: 'vertex', id, name: missing[job]!.name });
-        },
-        onOutput: (job, chunk) => this.#emit({ type: 'output', id: ids[job]!, chunk }),
-        onCommitted: (job) => this.#emit({ type: 'done', id: ids[job]!, seconds: (Date.now() - started[job]!) / 1000 }),
-        saveCaches: kept.map(([, use]) => use.dir),
-        onCacheSaved: (i, tar) => this.#keepCacheMount(kept[i]![0], platform, tar),
-      });
-      const layers: Layer[] = [];
-      for (const [i, file] of built.entries()) {
-        const item = missing[i]!;
-        if (item.step.kind === 'root') {
-          const warning = rootChangeWarning(file.root);
-          if (warning) this.#emit({ type: 'warning', message: warning });
+        if (step.inlineFiles.length > 0) {
+          const dir = `/build/scratch/inputs/${unpackCount++}`;
+          const files = step.inlineFiles.map((file) => {
+            const data = Buffer.from(file.data);
+            return { target: posix.basename(file.path), entry: { type: 'file' as const, mode: file.mode, uid: 0, gid: 0, size: data.length, mtime: 0 }, content: () => data };
+          });
+          const range = await inputs.append((sink) => writeItemsTar(listOf(files), { clampMtime: this.options.clampMtime, sink }));
+          unpack.push({ dir, range });
+          for (const file of step.inlineFiles) lines.push(['inline', file.path, `${dir}/${posix.basename(file.path)}`].join('\t'));
         }
-        if (item.key !== null) await this.options.cache.store(item.key, file, { createdBy: item.step.createdBy ?? describeStep(item.step), platform });
-        layers.push(new FileLayer(file.path, file.diffId, file.size));
-        this.#reports.push({ stage: index, name: item.name, key: item.key, diffId: file.diffId, cache: null });
+        jobs.push({ kind: 'run', step, text, mounts: lines.join('\n'), unpack, network: item.network });
       }
-      return layers;
-    } finally {
-      for (const lock of locks) await lock.release();
     }
+    await inputs.finish();
+
+    // written back after the last step: the ids some step may change, unless private found them in use
+    const kept = [...caches].filter(([, use]) => use.keep);
+    // spec.json's step brings its own VM size (buildVMMemorySize; diskSize sizes its disks in stage-vm.ts)
+    const root = missing.find((item) => item.step.kind === 'root')?.step as RootStep | undefined;
+    const ids: number[] = [];
+    const started: number[] = [];
+    this.#emit({ type: 'boot', stage: stage.name ?? `stage-${stage.index}`, steps: jobs.length });
+    this.#boots++;
+    const built = await buildStageInVm({
+      architecture,
+      lowers,
+      source: describeBase(this.plan, stage),
+      jobs,
+      ...(inputs.used ? { inputs: inputs.path } : {}),
+      secrets,
+      tmp: stageTmp,
+      clampMtime: this.options.clampMtime,
+      memoryMiB: root?.buildVMMemorySize ?? this.options.memoryMiB ?? DEFAULT_MEMORY_MIB,
+      diskMiB: this.options.diskMiB ?? DEFAULT_DISK_MIB,
+      ...(this.options.signal ? { signal: this.options.signal } : {}),
+      onStart: (job) => {
+        showEmptyBefore(missing[job]!.position);
+        const id = ++this.#vertex;
+        ids[job] = id;
+        started[job] = Date.now();
+        this.#emit({ type: 'vertex', id, name: missing[job]!.name });
+      },
+      onOutput: (job, chunk) => this.#emit({ type: 'output', id: ids[job]!, chunk }),
+      onCommitted: (job) => this.#emit({ type: 'done', id: ids[job]!, seconds: (Date.now() - started[job]!) / 1000 }),
+      saveCaches: kept.map(([, use]) => use.dir),
+      onCacheSaved: (i, tar) => this.#keepCacheMount(kept[i]![0], platform, tar),
+    });
+    const layers: Layer[] = [];
+    for (const [i, file] of built.entries()) {
+      const item = missing[i]!;
+      if (item.step.kind === 'root') {
+        const warning = rootChangeWarning(file.root);
+        if (warning) this.#emit({ type: 'warning', message: warning });
+      }
+      if (item.key !== null) await this.options.cache.store(item.key, file, { createdBy: item.step.createdBy ?? describeStep(item.step), platform });
+      layers.push(new FileLayer(file.path, file.diffId, file.size));
+      this.#reports.push({ stage: index, name: item.name, key: item.key, diffId: file.diffId, cache: null });
+    }
+    return layers;
   }
 
   /**
