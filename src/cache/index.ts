@@ -9,3 +9,4 @@ export { LocalStore, buildCacheDir, type CacheEntry, type CachedLayer } from './
 export { parseCacheRepository, PoisonedEntryError, type CacheRepository } from './registry-store.js';
 export { pruneCaches, describePrune, configuredMaxSize, DEFAULT_MAX_SIZE, type PruneOptions, type PruneResult, type PrunedArea, type CacheArea } from './prune.js';
 export { parseSize, formatSize } from './size.js';
+export { CacheMountStore, cacheMountsDir, type CacheMountLock } from './cache-mounts.js';

@@ -1,8 +1,10 @@
 // Bounding dockvm's cache (`dockvm cache prune`, and the build cache after each entry it stores): what can
 // be dropped because dockvm makes it again when needed — build cache entries with their layers, squashfs
 // images of layers (CACHE/lowers), layer tars downloaded from registries (CACHE/tars), what push
-// remembered about gzip (CACHE/push-gzip) and snapshots of the booted VM (CACHE/snapshots, counted by
-// the disk space their sparse memory files take) — goes least recently used first until the rest fits the bound.
+// remembered about gzip (CACHE/push-gzip), snapshots of the booted VM (CACHE/snapshots, counted by
+// the disk space their sparse memory files take) and RUN --mount=type=cache content (CACHE/cache-mounts,
+// one tar each; a build's use touches it) — goes least recently used first until the rest fits the bound.
+// A cache mount's lock file is its build's, never pruned (the build removes it; a dead build's is taken over).
 // Never the guest kernels, initramfs, agents, a foreign guest's tools and apt lists (CACHE/guest-tools, CACHE/apt)
 // or the KVM verdict: those are what every boot needs.
 // Anything touched in the last IN_USE_GRACE_MS is kept (unless --all): a build running now may be about to
@@ -16,13 +18,14 @@ import { buildCacheDir, parseEntry } from './local-store.js';
 import { formatSize, parseSize } from './size.js';
 import { lowerImagesDir } from '../layer/squashfs.js';
 import { snapshotsDir } from '../vm/snapshot.js';
+import { cacheMountsDir } from './cache-mounts.js';
 
 export const DEFAULT_MAX_SIZE = 10 * 1024 ** 3;
 /** Files used this recently are never pruned by size: a build running now may hold or be about to open them. */
 export const IN_USE_GRACE_MS = 10 * 60 * 1000;
 
-export type CacheArea = 'build-cache' | 'layer-images' | 'layer-tars' | 'push-gzip' | 'snapshots';
-const AREAS: readonly CacheArea[] = ['build-cache', 'layer-images', 'layer-tars', 'push-gzip', 'snapshots'];
+export type CacheArea = 'build-cache' | 'layer-images' | 'layer-tars' | 'push-gzip' | 'snapshots' | 'cache-mounts';
+const AREAS: readonly CacheArea[] = ['build-cache', 'layer-images', 'layer-tars', 'push-gzip', 'snapshots', 'cache-mounts'];
 
 export interface PruneOptions {
   /** bytes the prunable caches may keep (default: DOCKVM_CACHE_MAX_SIZE, else 10 GiB) */
@@ -122,7 +125,7 @@ export async function pruneCaches(options: PruneOptions = {}): Promise<PruneResu
 
 /** "freed 1.20 GiB (build cache: 3 entries, 800 MiB; layer images: 2, 400 MiB); 9.80 GiB kept of 10.0 GiB" */
 export function describePrune(result: PruneResult): string {
-  const names: Record<CacheArea, string> = { 'build-cache': 'build cache', 'layer-images': 'layer images', 'layer-tars': 'layer tars', 'push-gzip': 'push gzip notes', snapshots: 'VM snapshots' };
+  const names: Record<CacheArea, string> = { 'build-cache': 'build cache', 'layer-images': 'layer images', 'layer-tars': 'layer tars', 'push-gzip': 'push gzip notes', snapshots: 'VM snapshots', 'cache-mounts': 'cache mounts' };
   const parts = result.areas
     .filter((area) => area.removed > 0 || area.freedBytes > 0)
     .map((area) => `${names[area.area]}: ${area.area === 'build-cache' ? `${area.removed} entr${area.removed === 1 ? 'y' : 'ies'}` : area.removed}, ${formatSize(area.freedBytes)}`);
@@ -132,7 +135,7 @@ export function describePrune(result: PruneResult): string {
 
 function areaDirs(env: NodeJS.ProcessEnv): Record<CacheArea, string> {
   const root = cacheDir(env);
-  return { 'build-cache': buildCacheDir(env), 'layer-images': lowerImagesDir(root), 'layer-tars': join(root, 'tars'), 'push-gzip': join(root, 'push-gzip'), snapshots: snapshotsDir(env) };
+  return { 'build-cache': buildCacheDir(env), 'layer-images': lowerImagesDir(root), 'layer-tars': join(root, 'tars'), 'push-gzip': join(root, 'push-gzip'), snapshots: snapshotsDir(env), 'cache-mounts': cacheMountsDir(env) };
 }
 
 interface FileInfo {
@@ -182,8 +185,9 @@ async function scan(dirs: Record<CacheArea, string>): Promise<Item[]> {
   const seen = new Set<string>();
   const items = await scanBuildCache(dirs['build-cache'], seen);
   items.push(...(await scanSnapshots(dirs.snapshots)));
-  for (const area of ['layer-images', 'layer-tars', 'push-gzip'] as const) {
+  for (const area of ['layer-images', 'layer-tars', 'push-gzip', 'cache-mounts'] as const) {
     for (const file of await files(dirs[area], seen)) {
+      if (area === 'cache-mounts' && file.name.endsWith('.lock')) continue;
       // Reading a squashfs image or a tar does not touch its mtime; its atime says when it was last read.
       const used = Math.max(file.mtime, file.atime);
       items.push({ area, paths: [file.path], bytes: file.bytes, count: 1, lastUsed: used, touched: used, garbage: isTemp(file.name) });

@@ -7,12 +7,12 @@ import { printJson, say } from './io.js';
 export function registerCache(program: Command): void {
   const cache = program
     .command('cache')
-    .description('Manage dockvm\'s cache (DOCKVM_CACHE): the build cache, squashfs images of layers, layer tars from registries, snapshots of the booted VM.');
+    .description('Manage dockvm\'s cache (DOCKVM_CACHE): the build cache, squashfs images of layers, layer tars from registries, snapshots of the booted VM, RUN --mount=type=cache content.');
   cache
     .command('prune')
     .description(
       'Drop what dockvm makes again when needed — build cache entries and their layers, squashfs images of ' +
-        'layers, layer tars downloaded from registries, snapshots of the booted VM — least recently used first, until the rest fits ' +
+        'layers, layer tars downloaded from registries, snapshots of the booted VM, RUN --mount=type=cache content — least recently used first, until the rest fits ' +
         '--max-size (default DOCKVM_CACHE_MAX_SIZE, else 10G). Anything used in the last 10 minutes is kept ' +
         '(a build may be running). Never the guest kernel, initramfs or agent. Prints what it freed.',
     )

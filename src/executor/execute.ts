@@ -5,11 +5,16 @@
 // without a VM; the rest of the stage runs in one boot (stage-vm.ts), each step its own layer, each new
 // layer stored in the cache. Config-only steps are already applied to the stage's config by the planner;
 // they add history entries. spec.json's one step (a RootStep) is keyed as run-as-root has always keyed it
-// (root-step.ts) and runs in the same stage VM, or on the host when it has no runAsRoot. The executor
-// never parses a Containerfile or a spec.
+// (root-step.ts) and runs in the same stage VM, or on the host when it has no runAsRoot. A RUN's cache
+// mounts start from what earlier builds kept (src/cache/cache-mounts.ts) and are kept again after the
+// stage's VM, outside every layer and key. The executor never parses a Containerfile or a spec.
+import { createReadStream } from 'node:fs';
 import { link, mkdir } from 'node:fs/promises';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { join, posix } from 'node:path';
-import type { ImageConfig } from '../image/config.js';
+import type { ImageConfig, Platform } from '../image/config.js';
+import { formatPlatform } from '../image/platform.js';
 import { sha256, type Digest } from '../image/digest.js';
 import { FileLayer } from '../image/file-layer.js';
 import type { Image, Layer } from '../image/image.js';
@@ -20,6 +25,7 @@ import { BuildCache, type CacheHit } from '../cache/build-cache.js';
 import { canonicalJson } from '../cache/canonical-json.js';
 import { guestVersion } from '../cache/guest-version.js';
 import { stepKey } from '../cache/key.js';
+import { CacheMountStore, type CacheMountLock } from '../cache/cache-mounts.js';
 import { stepCacheInput, type CopyStep, type FileSource, type LayerStep, type Plan, type RootStep, type RunStep, type Stage, type Step } from '../plan/plan.js';
 import { buildLayerOnHost } from '../build/host-layer.js';
 import { rootChangeWarning } from '../build/root-change.js';
@@ -51,6 +57,8 @@ export interface ExecuteOptions {
   network?: 'default' | 'none';
   /** --secret id → host file */
   secrets?: ReadonlyMap<string, string>;
+  /** where RUN --mount=type=cache content is kept between builds (default: CACHE/cache-mounts) */
+  cacheMounts?: CacheMountStore;
   /** build VM memory (MiB, default 1024) */
   memoryMiB?: number;
   /** scratch disk (MiB, sparse; default 8192): every step's changes and the cache mounts */
@@ -81,6 +89,9 @@ export interface ExecuteResult {
 
 const DEFAULT_MEMORY_MIB = 1024;
 const DEFAULT_DISK_MIB = 8192;
+
+/** A cache mount's directory on the scratch disk, shared by the stage's steps that mount its id. */
+const cacheDirOf = (id: string) => `/build/scratch/caches/${sha256(id).slice(7, 23)}`;
 
 /** Where a secret mount's file appears when the mount names no target (BuildKit's default). */
 const secretTarget = (id: string) => `/run/secrets/${id}`;
@@ -118,6 +129,7 @@ class PlanRun {
   #vertex = 0;
   #boots = 0;
   #downloads = 0;
+  #cacheMountStore: CacheMountStore | undefined;
   /** guestVersion() per architecture: each has its own guest */
   #guest = new Map<Architecture, Promise<string>>();
 
@@ -173,7 +185,7 @@ class PlanRun {
         empty.push({ position, name });
         continue;
       }
-      const item = await this.#prepare(step as LayerStep, parent, platform, stage.platform.architecture, name, position);
+      const item = await this.#prepare(step as LayerStep, parent, stage.platform, platform, name, position);
       prepared.push(item);
       parent = item.key ?? parent;
     }
@@ -198,7 +210,15 @@ class PlanRun {
     const missing = prepared.slice(firstMiss);
     const onHost = missing.length === 1 && missing[0]!.step.kind === 'root' && missing[0]!.step.runAsRoot === null;
     if (onHost) layers.push(await this.#buildOnHost(index, missing[0]!));
-    else if (missing.length > 0) layers.push(...(await this.#buildInVm(index, stage, missing, layers, platform, showEmptyBefore)));
+    else if (missing.length > 0) {
+      // a cache mount's lock is held from before the VM starts until its content is kept again
+      const locks: CacheMountLock[] = [];
+      try {
+        layers.push(...(await this.#buildInVm(index, stage, missing, layers, platform, showEmptyBefore, locks)));
+      } finally {
+        for (const lock of locks) await lock.release();
+      }
+    }
     showEmptyBefore(Infinity);
 
     const diffIds = layers.map((l) => l.diffId);
@@ -231,24 +251,25 @@ class PlanRun {
   }
 
   /** A layer step's key, and for COPY/ADD its sources and layout. */
-  async #prepare(step: LayerStep, parent: Digest | { baseDiffIds: readonly Digest[] }, platform: string, architecture: string, name: string, position: number): Promise<Prepared> {
+  async #prepare(step: LayerStep, parent: Digest | { baseDiffIds: readonly Digest[] }, stagePlatform: Platform, platform: string, name: string, position: number): Promise<Prepared> {
+    const architecture = stagePlatform.architecture;
     if (step.kind === 'root') return this.#prepareRoot(step, parent, platform, architecture, name, position);
     const network = step.kind === 'run' && this.options.network !== 'none' ? step.network : 'none';
     const inputs: Record<string, Digest> = {};
     let copy: Prepared['copy'];
     if (step.kind === 'copy') {
-      copy = await this.#copySources(step);
+      copy = await this.#copySources(step, stagePlatform);
       if (step.from.kind === 'context') {
         // the files as the layer would get them: changed content, mode or name changes the key
         inputs.files = (await writeItemsTar(copyItems(step, copy.sources, copy.layout), { ...chmodOf(step), clampMtime: this.options.clampMtime })).digest;
       } else {
-        inputs.from = await this.#sourceDigest(step.from);
+        inputs.from = await this.#sourceDigest(step.from, stagePlatform);
       }
     }
     if (step.kind === 'run') {
       this.#checkRun(step);
       for (const [i, mount] of step.mounts.entries()) {
-        if (mount.type === 'bind') inputs[`bind${i}`] = await this.#bindDigest(mount.from, mount.source, step);
+        if (mount.type === 'bind') inputs[`bind${i}`] = await this.#bindDigest(mount.from, mount.source, step, stagePlatform);
       }
     }
     const key = stepKey({
@@ -285,10 +306,10 @@ class PlanRun {
     return new FileLayer(file.path, file.diffId, file.size);
   }
 
-  async #copySources(step: CopyStep): Promise<{ sources: CopySources; layout: CopyLayout }> {
+  async #copySources(step: CopyStep, platform: Platform): Promise<{ sources: CopySources; layout: CopyLayout }> {
     const downloads: Download[] = [];
     for (const url of step.urls) downloads.push(await this.#download(step, url));
-    const sources: CopySources = { contextDir: this.plan.context.dir, downloads, ...(step.from.kind !== 'context' ? { tree: await this.#tree(step.from) } : {}) };
+    const sources: CopySources = { contextDir: this.plan.context.dir, downloads, ...(step.from.kind !== 'context' ? { tree: await this.#tree(step.from, platform) } : {}) };
     try {
       return { sources, layout: await copyLayout(step, sources) };
     } catch (err) {
@@ -304,13 +325,13 @@ class PlanRun {
     }
   }
 
-  /** The merged filesystem of the stage or image a --from or from= names, indexed once per build. */
-  #tree(from: FileSource): Promise<ImageTree> {
-    const key = from.kind === 'stage' ? `stage:${from.stage}` : from.kind === 'image' ? `image:${from.ref}` : 'context';
+  /** The merged filesystem of the stage or image a --from or from= names (an image: for the stage's platform), indexed once per build. */
+  #tree(from: FileSource, platform: Platform): Promise<ImageTree> {
+    const key = from.kind === 'stage' ? `stage:${from.stage}` : from.kind === 'image' ? `image:${formatPlatform(platform)}:${from.ref}` : 'context';
     let tree = this.#trees.get(key);
     if (!tree) {
       tree = (async () => {
-        const image = await this.#sourceImage(from);
+        const image = await this.#sourceImage(from, platform);
         return ImageTree.open(image, key, this.options.tmp);
       })();
       this.#trees.set(key, tree);
@@ -318,25 +339,26 @@ class PlanRun {
     return tree;
   }
 
-  async #sourceImage(from: FileSource): Promise<Image> {
+  /** A stage's image, or an image opened for the platform of the stage that reads it (an index's entry of that platform). */
+  async #sourceImage(from: FileSource, platform: Platform): Promise<Image> {
     if (from.kind === 'stage') return this.#results[from.stage]!.image;
-    if (from.kind === 'image') return this.options.images.open(from.ref);
+    if (from.kind === 'image') return this.options.images.open(from.ref, platform);
     throw new Error('the context is not an image');
   }
 
   /** A --from source's identity for the key: its layers (the patterns are in the step itself). */
-  async #sourceDigest(from: FileSource): Promise<Digest> {
-    const image = await this.#sourceImage(from);
+  async #sourceDigest(from: FileSource, platform: Platform): Promise<Digest> {
+    const image = await this.#sourceImage(from, platform);
     return sha256(canonicalJson(image.layers.map((l) => l.diffId)));
   }
 
-  async #bindDigest(from: FileSource, source: string, step: RunStep): Promise<Digest> {
-    if (from.kind !== 'context') return this.#sourceDigest(from);
-    return (await writeItemsTar(await this.#bindItems(from, source, step), { clampMtime: this.options.clampMtime })).digest;
+  async #bindDigest(from: FileSource, source: string, step: RunStep, platform: Platform): Promise<Digest> {
+    if (from.kind !== 'context') return this.#sourceDigest(from, platform);
+    return (await writeItemsTar(await this.#bindItems(from, source, step, platform), { clampMtime: this.options.clampMtime })).digest;
   }
 
   /** A bind mount's source as items: a directory's contents (and its own metadata), or one file. */
-  async #bindItems(from: FileSource, source: string, step: RunStep): Promise<AsyncIterable<CopyItem>> {
+  async #bindItems(from: FileSource, source: string, step: RunStep, platform: Platform): Promise<AsyncIterable<CopyItem>> {
     if (from.kind === 'context') {
       const reader = new BuildContextReader(this.plan.context.dir, ignoreMatcher(this.plan.context.ignore));
       let selection;
@@ -350,7 +372,7 @@ class PlanRun {
         for (const entry of selection.entries) yield await contextItem(join(dir, entry.source), entry.target === '' && entry.type !== 'directory' ? posix.basename(entry.source) : entry.target);
       })();
     }
-    const tree = await this.#tree(from);
+    const tree = await this.#tree(from, platform);
     const request = { patterns: [posix.join('/', source)], label: `RUN --mount=type=bind,from=…,source=${source}` };
     const [match] = selectInTree(tree, request);
     const single = match && !tree.isDirectory(match.real) ? posix.basename(match.real) : undefined;
@@ -386,7 +408,8 @@ class PlanRun {
     return new FileLayer(path, hit.entry.diffId, hit.entry.size);
   }
 
-  async #buildInVm(index: number, stage: Stage, missing: Prepared[], lowers: readonly Layer[], platform: string, showEmptyBefore: (position: number) => void): Promise<Layer[]> {
+  /** `locks`: the cache mount locks the stage takes, for the caller to release once it returns */
+  async #buildInVm(index: number, stage: Stage, missing: Prepared[], lowers: readonly Layer[], platform: string, showEmptyBefore: (position: number) => void, locks: CacheMountLock[]): Promise<Layer[]> {
     const first = missing[0]!;
     // the stage runs in a VM of its platform (an arm64 stage in an emulated arm64 machine on an amd64 host)
     let architecture: Architecture;
@@ -405,6 +428,7 @@ class PlanRun {
     const jobs: VmJob[] = [];
     const secrets = new Map<string, string>();
     let unpackCount = 0;
+    const caches = cacheMountUses(missing);
     for (const item of missing) {
       const { step } = item;
       const text = describeStep(step);
@@ -421,9 +445,17 @@ class PlanRun {
         const unpack: { dir: string; range: { offset: number; size: number } }[] = [];
         for (const mount of step.mounts) {
           switch (mount.type) {
-            case 'cache':
-              lines.push(['cache', mount.target, `/build/scratch/caches/${sha256(mount.id).slice(7, 23)}`, mount.mode.toString(8), mount.uid, mount.gid, mount.readonly ? 'ro' : 'rw'].join('\t'));
+            case 'cache': {
+              const use = caches.get(mount.id)!;
+              if (!use.opened) {
+                // before the first step that mounts it: what earlier builds left, unpacked where the steps mount it
+                use.opened = true;
+                const stored = await this.#openCacheMount(mount.id, use, platform, locks);
+                if (stored !== undefined) unpack.push({ dir: use.dir, range: await inputs.append((sink) => pipeline(createReadStream(stored), sink)) });
+              }
+              lines.push(['cache', mount.target, use.dir, mount.mode.toString(8), mount.uid, mount.gid, mount.readonly ? 'ro' : 'rw'].join('\t'));
               break;
+            }
             case 'tmpfs':
               lines.push(['tmpfs', mount.target, mount.size].join('\t'));
               break;
@@ -439,7 +471,7 @@ class PlanRun {
             }
             case 'bind': {
               const dir = `/build/scratch/inputs/${unpackCount++}`;
-              const items = await this.#bindItems(mount.from, mount.source, step);
+              const items = await this.#bindItems(mount.from, mount.source, step, stage.platform);
               const collected: CopyItem[] = [];
               for await (const it of items) collected.push(it);
               const range = await inputs.append((sink) => writeItemsTar(listOf(collected), { clampMtime: this.options.clampMtime, sink }));
@@ -465,6 +497,8 @@ class PlanRun {
     }
     await inputs.finish();
 
+    // written back after the last step: the ids some step may change, unless private found them in use
+    const kept = [...caches].filter(([, use]) => use.keep);
     // spec.json's step brings its own VM size (buildVMMemorySize; diskSize sizes its disks in stage-vm.ts)
     const root = missing.find((item) => item.step.kind === 'root')?.step as RootStep | undefined;
     const ids: number[] = [];
@@ -492,6 +526,8 @@ class PlanRun {
       },
       onOutput: (job, chunk) => this.#emit({ type: 'output', id: ids[job]!, chunk }),
       onCommitted: (job) => this.#emit({ type: 'done', id: ids[job]!, seconds: (Date.now() - started[job]!) / 1000 }),
+      saveCaches: kept.map(([, use]) => use.dir),
+      onCacheSaved: (i, tar) => this.#keepCacheMount(kept[i]![0], platform, tar),
     });
     const layers: Layer[] = [];
     for (const [i, file] of built.entries()) {
@@ -506,6 +542,68 @@ class PlanRun {
     }
     return layers;
   }
+
+  /**
+   * The stored content of a cache mount for this stage, undefined when it starts empty: sharing=locked
+   * waits for the lock, sharing=private takes it when free and otherwise starts empty and keeps nothing.
+   */
+  async #openCacheMount(id: string, use: CacheMountUse, platform: string, locks: CacheMountLock[]): Promise<string | undefined> {
+    const store = this.#cacheMounts();
+    if (use.sharing !== 'shared') {
+      const lock = await store.lock(id, platform, {
+        wait: use.sharing === 'locked',
+        ...(this.options.signal ? { signal: this.options.signal } : {}),
+        onWait: (pid) => this.#emit({ type: 'warning', message: `waiting for the cache mount id=${id} (sharing=locked), which another build (pid ${pid}) holds` }),
+      });
+      if (!lock) {
+        use.keep = false;
+        return undefined;
+      }
+      locks.push(lock);
+    }
+    return store.open(id, platform);
+  }
+
+  /** A cache mount's tar from the VM kept for the next build; when it cannot be, the build goes on with a warning. */
+  async #keepCacheMount(id: string, platform: string, tar: () => Readable): Promise<void> {
+    try {
+      await this.#cacheMounts().keep(id, platform, tar);
+    } catch (err) {
+      this.#emit({ type: 'warning', message: `the cache mount id=${id} was not kept for the next build: ${(err as Error).message}` });
+    }
+  }
+
+  #cacheMounts(): CacheMountStore {
+    return (this.#cacheMountStore ??= this.options.cacheMounts ?? new CacheMountStore());
+  }
+}
+
+interface CacheMountUse {
+  /** its directory on the scratch disk */
+  dir: string;
+  /** locked if any step of the stage mounts it so, else private if one does, else shared */
+  sharing: 'shared' | 'private' | 'locked';
+  /** written back after the stage: some step mounts it read-write (and private got the lock) */
+  keep: boolean;
+  /** its stored content is already on the inputs disk */
+  opened: boolean;
+}
+
+/** The cache mounts the steps use, by id, in the order they are first mounted. */
+function cacheMountUses(items: readonly Prepared[]): Map<string, CacheMountUse> {
+  const uses = new Map<string, CacheMountUse>();
+  const rank = { shared: 0, private: 1, locked: 2 } as const;
+  for (const { step } of items) {
+    if (step.kind !== 'run') continue;
+    for (const mount of step.mounts) {
+      if (mount.type !== 'cache') continue;
+      const use = uses.get(mount.id) ?? { dir: cacheDirOf(mount.id), sharing: mount.sharing, keep: false, opened: false };
+      if (rank[mount.sharing] > rank[use.sharing]) use.sharing = mount.sharing;
+      use.keep ||= !mount.readonly;
+      uses.set(mount.id, use);
+    }
+  }
+  return uses;
 }
 
 async function* listOf<T>(items: readonly T[]): AsyncGenerator<T> {

@@ -5,11 +5,14 @@
 // upper. As soon as a step commits, before the next step (which could rewrite the disks) runs, its
 // manifest is read as untrusted input, file contents from the scratch disk's image, and made a layer
 // (whiteouts, opaque directories, new directories: writePackedLayer).
+// After the last step, the cache mounts to keep are tarred onto the output disk (guest.sh cache-save) and
+// handed to the caller once the VM is gone.
 // spec.json's one step (a root job) runs here too: copyToRoot unpacked as the stage mounts, its scripts
 // (src/build/vm-layer.ts), the same commit; its VM and disks sized by the spec's diskSize.
 import { createReadStream } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { Readable } from 'node:stream';
 import { VmError, stderrTail } from '../errors.js';
 import type { Layer } from '../image/image.js';
 import type { LayerFile } from '../layer/layer-file.js';
@@ -65,6 +68,10 @@ export interface StageVmOptions {
   onOutput?: (job: number, chunk: Buffer) => void;
   /** a job has committed its layer (the layer file is made after the VM is gone) */
   onCommitted?: (job: number) => void;
+  /** cache mount directories (on the scratch disk) the guest tars onto the output disk after the last job */
+  saveCaches?: readonly string[];
+  /** the tar of saveCaches[index], read off the output disk once the VM is gone (untrusted: the guest wrote it) */
+  onCacheSaved?: (index: number, tar: () => Readable) => Promise<void>;
 }
 
 interface Committed {
@@ -87,15 +94,13 @@ export async function buildStageInVm(options: StageVmOptions): Promise<LayerFile
   const root = rootStepOf(jobs);
   const scratch = join(tmp, 'stage-scratch.ext4');
   const out = join(tmp, 'stage-out.disk');
-  if (root) {
-    // as spec.json's diskSize says: a layer up to diskSize, measured after the run
-    await createUpperDisk(scratch, root.diskSize);
-    await qemuImgCreate(out, outDiskBytes(root.diskSize), 'raw');
-  } else {
-    await createScratchDisk(scratch, options.diskMiB);
-    // every step's packed upper, one after another: at most the scratch disk's contents, twice over (sparse)
-    await qemuImgCreate(out, 2 * options.diskMiB * 1024 * 1024, 'raw');
-  }
+  // as spec.json's diskSize says: a layer up to diskSize, measured after the run; otherwise every step's
+  // packed upper and the cache mounts' tars, one after another: at most the scratch disk's contents,
+  // twice over (sparse)
+  const outBytes = root ? outDiskBytes(root.diskSize) : 2 * options.diskMiB * 1024 * 1024;
+  if (root) await createUpperDisk(scratch, root.diskSize);
+  else await createScratchDisk(scratch, options.diskMiB);
+  await qemuImgCreate(out, outBytes, 'raw');
   const maxEntries = ext4InodeCount(scratch); // before the guest can touch it (src/layer/layer-bound.ts)
   const network = jobs.some((job) => (job.kind === 'run' && job.network === 'default') || (job.kind === 'root' && job.step.network));
   const signal = options.signal;
@@ -105,6 +110,7 @@ export async function buildStageInVm(options: StageVmOptions): Promise<LayerFile
   // step is root in the VM and can write any disk raw (mknod, mount), so what an earlier step left there
   // is the earlier step's only until a later one runs (test/security/guest-escape.test.ts).
   const layers: LayerFile[] = [];
+  let saved: { offset: number; bytes: number }[] = [];
   await withBuildVm(
     { lowers, scratch, out, ...(options.inputs ? { inputs: options.inputs } : {}), ...(copy ? { copy } : {}) },
     { architecture: options.architecture, memoryMiB: options.memoryMiB, network, ...(signal ? { signal } : {}) },
@@ -125,8 +131,14 @@ export async function buildStageInVm(options: StageVmOptions): Promise<LayerFile
         layers.push(await readLayer(job, index, commit));
         options.onCommitted?.(index);
       }
+      const caches = options.saveCaches ?? [];
+      if (caches.length > 0) saved = parseCacheSave(await vm.mustStep('cache-save', { args: [...caches] }), caches.length, outBytes);
     },
   );
+  // read after the VM is gone: nothing writes the output disk any more
+  for (const [index, { offset, bytes }] of saved.entries()) {
+    await options.onCacheSaved?.(index, () => createReadStream(out, { start: offset, end: offset + bytes - 1 }));
+  }
 
   /** The step's layer: its manifest read as untrusted input, file contents from the scratch disk's image. */
   async function readLayer(job: VmJob, index: number, { offset, bytes, newDirs }: Committed): Promise<LayerFile> {
@@ -210,6 +222,15 @@ function runFailure(location: StepLocation, text: string, result: StepResult) {
   const code = result.exitCode === null ? describeExit(result) : `exit code ${result.exitCode}`;
   const tail = stderrTail(result.stderr.replace(/^dockvm-oom-kills=.*\n?/gm, ''));
   return stepError(location, text, `the command failed (${code})${tail}`, result.exitCode === null ? {} : { exitCode: result.exitCode });
+}
+
+/** cache-save's "dockvm-cache=OFFSET BYTES" lines, one per directory, each inside the output disk. */
+function parseCacheSave(result: StepResult, count: number, diskBytes: number): { offset: number; bytes: number }[] {
+  const ranges = [...result.stdout.toString('latin1').matchAll(/^dockvm-cache=(\d+) (\d+)$/gm)].map((m) => ({ offset: Number(m[1]), bytes: Number(m[2]) }));
+  if (ranges.length !== count || ranges.some(({ offset, bytes }) => !Number.isSafeInteger(offset) || bytes <= 0 || offset + bytes > diskBytes)) {
+    throw new VmError(`the build VM did not report where its cache mounts' tars are${stderrTail(result.stderr)}`);
+  }
+  return ranges;
 }
 
 function parseCommit(result: StepResult): Committed {

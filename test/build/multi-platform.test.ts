@@ -260,3 +260,27 @@ test('run-as-root with platforms over a base that has only one of them: a spec e
   t.deepEqual(readdirSync(dir).sort(), ['base.tar', 'root', 'spec.json'], 'no output, no temp layout beside it');
   t.is(qemu.starts().length, 0);
 });
+
+const hostTest = needs(hasDebianArm64Fixture() && hasTool('skopeo'), 'the arm64 Debian fixture or skopeo is missing (scripts/setup installs and builds them)', test);
+
+hostTest('COPY --from=IMAGE reads the index\'s image of the stage\'s platform, not the host\'s (no VM: the last step fails on the host)', async (t) => {
+  const base = await indexOfFixtures();
+  const dir = tempDir(t);
+  const qemu = await qemuCounter(t);
+  for (const [architecture, triplet] of [['amd64', 'x86_64-linux-gnu'], ['arm64', 'aarch64-linux-gnu']] as const) {
+    // each source exists only in that platform's image; the last step's does in neither, so nothing boots
+    writeFileSync(
+      join(dir, 'Containerfile'),
+      [
+        'FROM scratch',
+        `COPY --from=${BASE} /usr/lib/${triplet}/libc.so.6 /libc`,
+        `COPY --from=${BASE} /no-such-file /`,
+        '',
+      ].join('\n'),
+    );
+    const run = await runDockvm(['build', '--build-context', `${BASE}=${base}`, '--platform', `linux/${architecture}`, '-t', 'from-image:1', '-o', join(dir, 'out.tar'), dir], { env: qemu.env });
+    t.is(run.exitCode, 1, run.stderr);
+    t.regex(run.stderr, /Containerfile:3: COPY \/no-such-file \/: COPY --from \(\S+\): "\/no-such-file" not found/, `linux/${architecture}: the ${triplet} sources were found`);
+  }
+  t.is(qemu.starts().length, 0);
+});

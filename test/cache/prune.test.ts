@@ -1,5 +1,5 @@
 // dockvm cache prune: drops the least recently used of what dockvm makes again (build cache entries with
-// their layers, squashfs images, layer tars, push's gzip notes, VM snapshots) until the rest fits --max-size; a hit makes
+// their layers, squashfs images, layer tars, push's gzip notes, VM snapshots, cache mounts) until the rest fits --max-size; a hit makes
 // an entry recent; --all drops everything prunable; the kernel, initramfs, agent and KVM verdict stay.
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
@@ -7,6 +7,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, open, rm, stat, truncate, utimes, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { LocalStore } from '../../src/cache/local-store.js';
+import { CacheMountStore } from '../../src/cache/cache-mounts.js';
 import { sha256 } from '../../src/image/digest.js';
 import { runDockvm } from '../helpers/peers.js';
 import { tempDir } from '../transport/archives.js';
@@ -151,4 +152,22 @@ test('VM snapshots: by the space they take (their memory is sparse), least recen
 
   t.is((await prune(cache, ['--all'])).exitCode, 0);
   t.false(existsSync(recent) || existsSync(marker));
+});
+
+test('cache mounts: least recently used first, a use makes one recent; a lock file (its build\'s) is never pruned', async (t) => {
+  const cache = join(await tempDir(t), 'cache');
+  const mounts = new CacheMountStore(join(cache, 'cache-mounts'));
+  const older = await file(mounts.path('/var/cache/apt', 'linux/amd64'), 100_000, 3 * HOUR);
+  const newer = await file(mounts.path('/root/.cache/pip', 'linux/amd64'), 100_000, 2 * HOUR);
+  const lock = await file(`${older}.lock`, 6, 4 * HOUR);
+  t.is(await mounts.open('/var/cache/apt', 'linux/amd64'), older, 'a build uses the older one (open touches it)');
+  const run = await prune(cache, ['--max-size', '150000', '--json'], { DOCKVM_CACHE_MOUNTS_DIR: '' });
+  t.is(run.exitCode, 0, run.stderr);
+  t.like(JSON.parse(run.stdout).areas.find((area: { area: string }) => area.area === 'cache-mounts'), { removed: 1, freedBytes: 100_000 });
+  t.true(existsSync(older), 'used last: kept');
+  t.false(existsSync(newer), 'the least recently used goes');
+  const all = await prune(cache, ['--all'], { DOCKVM_CACHE_MOUNTS_DIR: '' });
+  t.regex(all.stderr, /cache mounts: 1, 97\.7 KiB/);
+  t.false(existsSync(older));
+  t.true(existsSync(lock), 'the lock stays');
 });

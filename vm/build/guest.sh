@@ -23,6 +23,7 @@
 #   workdir-step WORKDIR: the directory made, owned by the USER
 #   secret       stdin → a file on a tmpfs, for a RUN --mount=type=secret (never on a disk)
 #   commit       the step's upper packed onto the output disk at the next free MiB, then made a lower
+#   cache-save   after the last step: cache mount directories as tars onto the output disk, for the host to keep
 set -eu
 
 B=/build
@@ -677,6 +678,25 @@ step_commit() {
     -o "lowerdir=$lowers,upperdir=$upper,workdir=$B/scratch/work,redirect_dir=off,index=off,metacopy=off,xino=off" $R
 }
 
+# After a stage's last step: each cache mount directory ($@, on the scratch disk) as a tar onto the output
+# disk, one after another from the next free MiB, for the host to keep until the next build (its content
+# never enters a layer). Prints "dockvm-cache=OFFSET BYTES" per directory, in order. No xattrs: a cache
+# needs none; numeric owners, as run-step's extraction restores them.
+step_cache_save() {
+  offset=$(cat $S/offset)
+  disk_dev "$DOCKVM_OUT"
+  for dir; do
+    [ -d "$dir" ] || die "no cache mount directory $dir"
+    { "$GNU_TAR" -C "$dir" --format=gnu --numeric-owner --sort=name --totals -cf - . || echo dockvm-tar-failed >&2; } 2> $B/cache-save.err |
+      dd of="$dev" bs=1M seek="$offset" conv=notrunc 2>/dev/null || die "cannot write the cache mount $dir"
+    bytes=$(sed -n 's/^Total bytes written: \([0-9]*\).*/\1/p' $B/cache-save.err)
+    if [ -z "$bytes" ] || grep -q '^dockvm-tar-failed$' $B/cache-save.err; then die "cannot tar the cache mount $dir: $(cat $B/cache-save.err)"; fi
+    echo "dockvm-cache=$((offset * 1048576)) $bytes"
+    offset=$((offset + bytes / 1048576 + 1))
+  done
+  echo "$offset" > $S/offset
+}
+
 step=$1
 shift
 case "$step" in
@@ -694,6 +714,7 @@ case "$step" in
   workdir-step) step_workdir_step ;;
   secret) step_secret "$1" ;;
   commit) step_commit ;;
+  cache-save) step_cache_save "$@" ;;
   fill-lower) step_fill_lower ;;
   *) die "unknown step $step" ;;
 esac
