@@ -11,8 +11,11 @@ import { fileURLToPath } from 'node:url';
 import { cacheDir } from '../cache-dir.js';
 import { writeAtomically } from '../output.js';
 
-/** How many values one memo file keeps (different keys: another DOCKVM_KERNEL, another cache): newest first. */
-const KEEP = 16;
+/**
+ * How many values one memo file keeps (different keys: another DOCKVM_KERNEL, another architecture,
+ * another checkout of dockvm sharing the cache, its sources and its build each one): newest first.
+ */
+const KEEP = 64;
 
 interface Entry<T> {
   readonly key: string;
