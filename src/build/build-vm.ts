@@ -73,6 +73,8 @@ export interface StepResult {
 }
 
 const GUEST_PATH = 'PATH=/usr/sbin:/usr/bin:/sbin:/bin';
+/** the line guest.sh's mount-run ends stderr with when its mount fails */
+const MOUNT_FAILED = 'dockvm-guest: the mount step failed';
 /** how the lower images of layers with POSIX ACLs are named (the others are squashfs) */
 export const EXT4_LOWER_SUFFIX = '.ext4';
 /** how much of a step's output is kept for results and error messages */
@@ -155,6 +157,18 @@ export class BuildVm {
       },
     });
     return { exitCode: result.exitCode, ...(result.signal ? { signal: result.signal } : {}), stdout: Buffer.concat(stdout), stderr };
+  }
+
+  /**
+   * guest.sh's mount step, then its run step with `options`, in one exec (one fewer for dockvm shell -- CMD):
+   * a mount that fails is the VmError mustStep('mount') gives; the command's own failure is its result.
+   */
+  async mountAndRun(options: StepOptions): Promise<StepResult> {
+    const result = await this.step('mount-run', options);
+    if (result.exitCode !== 0 && result.stderr.endsWith(`${MOUNT_FAILED}\n`)) {
+      throw new VmError(`build VM step "mount" failed (${describeExit(result)})${stderrTail(result.stderr.slice(0, -MOUNT_FAILED.length - 1))}`);
+    }
+    return result;
   }
 
   /** Start a step on a terminal (dockvm shell): output comes through `onStdout`, the caller owns the pty. */

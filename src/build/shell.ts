@@ -45,16 +45,16 @@ export async function shell(reference: string, options: ShellOptions): Promise<n
       await createUpperDisk(scratch, DEFAULT_DISK_SIZE);
       const vmOptions = { architecture: row.architecture, ...(options.memoryMiB ? { memoryMiB: options.memoryMiB } : {}), network: options.network ?? false, discard: true };
       return withBuildVm({ lowers, scratch }, vmOptions, async (vm) => {
-        await vm.mustStep('mount');
         const launch = options.command.length > 0 ? commandLaunch(options.command) : interactiveShellLaunch();
         const { args } = runStep(scriptEnvironment(image.config.config?.Env, options.env ?? {}), launch);
         const write = (stream: Writable) => (chunk: Buffer) => void stream.write(chunk);
         if (options.tty) {
+          await vm.mustStep('mount');
           const running = vm.spawnStep('run', { args, tty: options.tty, stdin: options.stdin, onStdout: write(options.stdout) });
           options.tty.onResize((rows, cols) => running.resize(rows, cols));
           return exitStatus(await running.result);
         }
-        const result = await vm.step('run', { args, stdin: options.stdin, onStdout: write(options.stdout), onStderr: write(options.stderr) });
+        const result = await vm.mountAndRun({ args, stdin: options.stdin, onStdout: write(options.stdout), onStderr: write(options.stderr) });
         return exitStatus(result);
       });
     });

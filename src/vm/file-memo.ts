@@ -11,8 +11,11 @@ import { fileURLToPath } from 'node:url';
 import { cacheDir } from '../cache-dir.js';
 import { writeAtomically } from '../output.js';
 
-/** How many values one memo file keeps (different keys: another DOCKVM_KERNEL, another cache): newest first. */
-const KEEP = 16;
+/**
+ * How many values one memo file keeps (different keys: another DOCKVM_KERNEL, another architecture,
+ * another checkout of dockvm sharing the cache, its sources and its build each one): newest first.
+ */
+const KEEP = 64;
 
 interface Entry<T> {
   readonly key: string;
@@ -49,7 +52,9 @@ export interface MemoOptions<T> {
  */
 export async function memoized<T>(name: string, key: unknown, compute: () => Promise<{ value: T; files: readonly string[] }>, options: MemoOptions<T> = {}): Promise<T> {
   const file = join(cacheDir(options.env), 'memo', `${name}.json`);
-  const id = createHash('sha256').update(JSON.stringify(key)).digest('hex');
+  // keyed by this code's own path too: another dockvm (another checkout, sharing the cache) computes its
+  // values from its own files, and its entry, valid for its files, must never be taken for this one's
+  const id = createHash('sha256').update(JSON.stringify([fileURLToPath(import.meta.url), key])).digest('hex');
   const entries = await readFile(file, 'utf8').then((text) => JSON.parse(text) as Entry<T>[], () => [] as Entry<T>[]);
   const known = Array.isArray(entries) ? entries.find((entry) => entry.key === id) : undefined;
   if (known && (options.usable?.(known.value) ?? true)) {

@@ -1,5 +1,5 @@
 // The VM runtime: boot a throwaway QEMU microVM, run commands in it through the guest agent, stop it.
-export { startVm, bootVm, Vm, chooseMachine, chooseTransport, vsockUsable, type VmOptions, type BootPlan, type Transport } from './vm.js';
+export { startVm, bootVm, snapshotsSaved, Vm, chooseMachine, chooseTransport, vsockUsable, type VmOptions, type BootPlan, type Transport } from './vm.js';
 export { ARCHITECTURES, ARCHITECTURE_NAMES, architectureRow, defaultArchitecture, hostRow, isNative, type Architecture, type ArchitectureRow } from './architectures.js';
 export { fetchGuestTools } from './guest-tools.js';
 export type { ExecOptions, ExecResult, RunningCommand } from './agent-client.js';

@@ -1,8 +1,9 @@
 // Start a throwaway build VM and talk to its agent. A VM is restored from a snapshot of a booted, idle
-// guest when there is one for its settings (snapshot.ts), and booted otherwise; the first boot for a
-// setting is saved as that snapshot. Either way its disks are attached once the guest runs, and the
-// guest is told the time and a fresh random seed (the agent's begin). Every start has a deadline; a VM
-// that misses it, or whose QEMU dies, becomes a VmError carrying the last lines of the guest console.
+// guest when there is one for its settings (snapshot.ts), and booted otherwise; while the first booted
+// VM for a setting does its work, a second, disk-less VM is booted and saved as that snapshot. Either
+// way its disks are attached once the guest runs, and the guest is told the time and a fresh random seed
+// (the agent's begin). Every start has a deadline; a VM that misses it, or whose QEMU dies, becomes a
+// VmError carrying the last lines of the guest console.
 // QEMU and the VM's temp dir (sockets) are gone when the VM is shut down, when it fails, and when dockvm
 // exits.
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -26,7 +27,7 @@ import { type GuestKernel, resolveKernel } from './kernel.js';
 import { PROTOCOL_VERSION, type Hello } from './protocol.js';
 import { Qmp, type QmpEvent } from './qmp.js';
 import { type Accel, type AgentChannel, type Machine, type QemuBinary, type QemuConfig, type QemuDisk, blockdevOptions, findQemu, hostTscKhz, machineRow, qemuArgs, scsiDiskDevice } from './qemu.js';
-import { type SnapshotFiles, draftSnapshot, findSnapshot, refuseSnapshot, removeSnapshot, snapshotKey } from './snapshot.js';
+import { type SnapshotDraft, type SnapshotFiles, draftSnapshot, findSnapshot, refuseSnapshot, removeSnapshot, snapshotKey } from './snapshot.js';
 import { type Architecture, type ArchitectureRow, ARCHITECTURES, archEnv, defaultArchitecture, hostRow } from './architectures.js';
 import { requireGuestPieces } from './guest-platform.js';
 import { type NetworkBackend, networkBackend, startPasst } from './network.js';
@@ -240,10 +241,11 @@ export function planSnapshotKey(plan: BootPlan, context: Pick<SnapshotContext, '
 }
 
 /**
- * Restore `plan` from its snapshot. None yet, or one that fails its checks: boot, save that guest before
- * it saw anything of a build, and restore from what was saved (so the first run costs a save and a
- * restore more than a boot, well under a second, instead of a second boot). One that QEMU refuses: boot,
- * and remember not to try again for these settings.
+ * Restore `plan` from its snapshot. None yet, or one that fails its checks: boot, and once that VM is up
+ * (its work going on), save a snapshot in the background from a second, disk-less VM that never saw any
+ * of a build (snapshotsSaved() waits for it; so does the process, whose child its QEMU is). Its first
+ * check is the next run's restore, which falls back to a boot as below. One that QEMU refuses: boot, and
+ * remember not to try again for these settings.
  */
 async function startFromSnapshot(plan: BootPlan, context: SnapshotContext): Promise<Vm> {
   const { env, notice } = context;
@@ -255,25 +257,49 @@ async function startFromSnapshot(plan: BootPlan, context: SnapshotContext): Prom
     return bootVm(plan);
   }
   if (found.kind === 'unusable') {
-    notice(`dockvm: notice: the VM's snapshot ${found.dir} is not usable (${found.reason}); booting and saving a new one`);
+    notice(`dockvm: notice: the VM's snapshot ${found.dir} is not usable (${found.reason}); booting, and saving a new one in the background`);
     await removeSnapshot(found.dir);
   } else {
-    notice('dockvm: notice: no snapshot of the VM for these settings yet: booting and saving one (once), later runs restore it');
+    notice('dockvm: notice: no snapshot of the VM for these settings yet: booting, and saving one in the background (once), later runs restore it');
   }
-  const draft = await draftSnapshot(env);
+  const vm = await bootVm(plan);
+  const saving = saveSnapshot(plan, key, context).finally(() => backgroundSaves.delete(saving));
+  backgroundSaves.add(saving);
+  return vm;
+}
+
+/** Snapshots being saved in the background (startFromSnapshot). */
+const backgroundSaves = new Set<Promise<void>>();
+
+/** Resolves when every snapshot this process is saving in the background is saved (or given up). */
+export async function snapshotsSaved(): Promise<void> {
+  await Promise.all([...backgroundSaves]);
+}
+
+/**
+ * Boot a disk-less VM for `plan`'s settings and save it as the snapshot `key`. Never throws: a snapshot
+ * is an optimisation, and the run it started beside has its own VM. QEMU unable to save is remembered
+ * (refuseSnapshot) as for a refused restore; anything else (a boot too slow on a busy host) is left for
+ * a later run to try again.
+ */
+async function saveSnapshot(plan: BootPlan, key: string, context: SnapshotContext): Promise<void> {
+  let draft: SnapshotDraft | undefined;
   try {
+    draft = await draftSnapshot(context.env);
     const template = await launchVm({ ...plan, disks: [] }, { kind: 'save', memory: draft.memory });
     try {
       await template.save(draft.state);
     } catch (err) {
-      if (plan.signal?.aborted) throw err;
-      return await refuseAndBoot(plan, key, context, 'QEMU could not save the VM', err);
+      if (plan.signal?.aborted) return;
+      const marker = await refuseSnapshot(key, reason(err), context.env);
+      context.notice(`dockvm: notice: QEMU could not save the VM (${reason(err)}); later runs boot (${marker} says so)`);
+      return;
     }
-    const vm = await restoreOrBoot(plan, draft, key, context, 'the VM just saved');
-    if (vm.restored) await draft.commit(key, plan.memoryMiB); // the restored QEMU holds the files: renaming them is safe
-    return vm;
+    await draft.commit(key, plan.memoryMiB);
+  } catch (err) {
+    if (!plan.signal?.aborted) context.notice(`dockvm: notice: the VM's snapshot was not saved (${reason(err)}); a later run tries again`);
   } finally {
-    await draft.discard();
+    await draft?.discard();
   }
 }
 

@@ -1,10 +1,13 @@
 // What VM starts remember across processes (file-memo.ts): a value stays remembered while its files are
-// unchanged, and is computed again when one changes, even to the same size and mtime.
-import { mkdtemp, rm, utimes, writeFile, stat } from 'node:fs/promises';
+// unchanged, and is computed again when one changes, even to the same size and mtime; each copy of dockvm
+// sharing a cache remembers its own.
+import { copyFile, mkdir, mkdtemp, rm, utimes, writeFile, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import test from 'ava';
 import { memoized } from '../../src/vm/file-memo.js';
+import { packageRoot } from '../../src/vm/paths.js';
 
 test('a value is remembered while its files are unchanged; a rewrite, even keeping size and mtime, computes it again', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'dockvm-file-memo-'));
@@ -33,4 +36,24 @@ test('a value is remembered while its files are unchanged; a rewrite, even keepi
   await utimes(input, before.atime, before.mtime);
   t.is(await memoized('test', 'key', compute, { env }), '5');
   t.is(await memoized('test', 'key', compute, { env, usable: () => false }), '6', 'a value its caller cannot use');
+});
+
+test('dockvm never takes a value remembered by another copy of it (another checkout) sharing its cache', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'dockvm-file-memo-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const env = { DOCKVM_CACHE: join(dir, 'cache') };
+  // another checkout's build of file-memo.ts (and what it imports), beside this one's
+  const built = join(packageRoot(), 'dist', 'src');
+  for (const file of ['vm/file-memo.js', 'cache-dir.js', 'output.js', 'cleanup.js']) {
+    await mkdir(join(dir, 'other', 'src', file, '..'), { recursive: true });
+    await copyFile(join(built, file), join(dir, 'other', 'src', file));
+  }
+  const other = (await import(pathToFileURL(join(dir, 'other', 'src', 'vm', 'file-memo.js')).href)) as typeof import('../../src/vm/file-memo.js');
+  const input = join(dir, 'input');
+  await writeFile(input, 'one');
+  // files changed in the last 2 s are not remembered: the copy's own code among them
+  await new Promise((resolve) => setTimeout(resolve, 2100));
+  t.is(await other.memoized('test', 'key', async () => ({ value: 'the other copy\'s', files: [input] }), { env }), 'the other copy\'s');
+  t.is(await other.memoized('test', 'key', async () => ({ value: 'computed again', files: [input] }), { env }), 'the other copy\'s', 'the copy remembers its own');
+  t.is(await memoized('test', 'key', async () => ({ value: 'this one\'s', files: [input] }), { env }), 'this one\'s');
 });

@@ -1,5 +1,5 @@
-// VMs restored from a snapshot, in a snapshot folder of this file's own: the first start boots and saves,
-// later ones restore (QEMU starts counted, not taken from dockvm's word); a restored VM is as isolated as
+// VMs restored from a snapshot, in a snapshot folder of this file's own: the first start boots and does
+// its work while a second, disk-less VM is saved in the background; later ones restore (QEMU starts counted, not taken from dockvm's word); a restored VM is as isolated as
 // a booted one (its own random numbers, nothing of another build's files) and reads the disks of its own
 // build, which no saved guest ever saw; a damaged snapshot, and one QEMU refuses, fall back to a boot
 // with a notice.
@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import test from 'ava';
 import { execa } from 'execa';
 import { createScratchDisk } from '../../src/vm/disks.js';
-import { type Vm, type VmOptions, startVm } from '../../src/vm/vm.js';
+import { type Vm, type VmOptions, snapshotsSaved, startVm } from '../../src/vm/vm.js';
 import { qemuCounter } from '../helpers/qemu-counter.js';
 
 let dir: string;
@@ -54,7 +54,7 @@ function options(env: NodeJS.ProcessEnv, snapshots: string, notices: string[], d
   return { env: { ...process.env, ...env, DOCKVM_SNAPSHOT_DIR: snapshots }, memoryMiB: 256, disks: [{ path: disk, name: 'build' }], onNotice: (line) => void notices.push(line) };
 }
 
-test.serial('the first start boots and saves, the next ones restore; each restored VM has its own random numbers, disks and files', async (t) => {
+test.serial('the first start boots and works while a disk-less VM is saved in the background; the next ones restore; each has its own random numbers, disks and files', async (t) => {
   const qemu = await qemuCounter(t);
   const snapshots = join(dir, 'snapshots');
   const notices: string[] = [];
@@ -62,18 +62,23 @@ test.serial('the first start boots and saves, the next ones restore; each restor
   for (const [i, mib] of [24, 40, 56].entries()) {
     const vm = await startVm(options(qemu.env, snapshots, notices, await diskWith(`build${i}`, mib, `build-${i}`)));
     try {
-      t.true(vm.restored, `start ${i} was restored`);
+      t.is(vm.restored, i > 0, `start ${i} was ${i > 0 ? 'restored' : 'booted'}`);
+      if (i === 0) {
+        // the work's VM is there before any snapshot is: the save is not in front of it
+        t.deepEqual((await readdir(snapshots).catch(() => [])).filter((name) => !name.startsWith('.')), [], 'no snapshot yet when the first VM is ready');
+      }
       seen.push(await sh(vm, LOOK));
     } finally {
       await vm.shutdown();
     }
+    if (i === 0) await snapshotsSaved();
   }
-  t.is(qemu.boots(), 1, 'one boot, to save the snapshot');
+  t.is(qemu.boots(), 2, 'the first run\'s VM, and the disk-less one saved as the snapshot');
   t.is(qemu.saves(), 1);
-  t.is(qemu.restores(), 3);
+  t.is(qemu.restores(), 2);
   t.is(qemu.vms(), 3);
   t.is(notices.length, 1, notices.join('\n'));
-  t.regex(notices[0]!, /no snapshot of the VM for these settings yet: booting and saving one/);
+  t.regex(notices[0]!, /no snapshot of the VM for these settings yet: booting, and saving one in the background/);
   // each guest's disk is its own build's: the size and the file it was made with, none of them known when the snapshot was saved
   t.deepEqual(seen.map((text) => /size=(\d+) id=(\S+) model=(\S+)/.exec(text)!.slice(1)), [
     [`${24 * 2048}`, 'build-0', 'build'],
@@ -104,9 +109,11 @@ test.serial('a damaged snapshot is not used: a notice, a boot, and a new snapsho
     await vm.shutdown();
   }
   t.is(notices.length, 1, notices.join('\n'));
-  t.regex(notices[0]!, /snapshot .* is not usable \(its device state does not match the digest it was saved with\); booting and saving a new one/);
-  t.is(qemu.boots(), 1);
-  t.is(qemu.restores(), 1);
+  t.regex(notices[0]!, /snapshot .* is not usable \(its device state does not match the digest it was saved with\); booting, and saving a new one in the background/);
+  await snapshotsSaved();
+  t.is(qemu.boots(), 2, 'the work\'s VM and the one saved');
+  t.is(qemu.saves(), 1);
+  t.is(qemu.restores(), 0);
   t.not((await readFile(state)).compare(bytes), 0, 'a new state was saved');
 });
 
@@ -141,6 +148,7 @@ test.serial('a snapshot QEMU refuses: a notice, a boot; later starts boot withou
   // one saved again first (the test before removed the damaged one)
   const first = await startVm(options(qemu.env, snapshots, [], await diskWith('saved-again', 24, 'saved-again')));
   await first.shutdown();
+  await snapshotsSaved();
   const [key] = (await readdir(snapshots)).filter((name) => !name.startsWith('.'));
   // a state that passes dockvm's checks (its description describes it) but is no migration stream
   const description = JSON.parse(await readFile(join(snapshots, key!, 'snapshot.json'), 'utf8')) as Record<string, unknown>;
@@ -158,8 +166,8 @@ test.serial('a snapshot QEMU refuses: a notice, a boot; later starts boot withou
       await vm.shutdown();
     }
   }
-  t.is(qemu.restores(), 2, 'the one saved again, then the refused one, once');
-  t.is(qemu.boots(), 3);
+  t.is(qemu.restores(), 1, 'the refused one, once');
+  t.is(qemu.boots(), 4, 'the first start and the snapshot saved beside it, then the two refused');
   t.is(notices.length, 2, notices.join('\n'));
   t.regex(notices[0]!, /QEMU could not restore the saved VM \(.*\); booting instead \(.*\.refused says so for later runs\)/);
   t.regex(notices[1]!, /booting the VM: QEMU refused its snapshot before \(.*\); remove .*\.refused to try again/);

@@ -1,0 +1,32 @@
+// dockvm shell -- CMD mounts and runs in one guest exec (guest.sh mount-run): the command's own failure is
+// its exit code and its stderr; a mount that fails is still dockvm's error, naming the mount step.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import test from 'ava';
+import { withBuildVm } from '../../src/build/build-vm.js';
+import { commandLaunch, runStep } from '../../src/build/interpreter.js';
+import { createUpperDisk } from '../../src/build/vm-layer.js';
+
+test('a lower that is no filesystem fails the mount step, not the command; one VM: a command that fails is its own result', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'dockvm-mount-run-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const scratch = join(dir, 'scratch.ext4');
+  await createUpperDisk(scratch, 64);
+  const junk = join(dir, 'junk.squashfs');
+  writeFileSync(junk, Buffer.alloc(1024 * 1024, 0x5a));
+  const { args } = runStep(['PATH=/bin'], commandLaunch(['/.dockvm/bash', '-c', 'echo out; echo err >&2; exit 9']));
+  const failed = await withBuildVm({ lowers: [{ path: junk, fsType: 'squashfs' }], scratch }, { discard: true }, (vm) => vm.mountAndRun({ args })).then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  t.truthy(failed, 'the run did not succeed');
+  t.regex((failed as Error).message, /^build VM step "mount" failed \(exit code \d+\): .*squashfs|lower/s);
+  t.notRegex((failed as Error).message, /the mount step failed/, 'the marker line is not part of the message');
+
+  // FROM scratch (no lower): the bundled bash runs the command; its failure is the result, not an error
+  const result = await withBuildVm({ lowers: [], scratch }, { discard: true }, (vm) => vm.mountAndRun({ args }));
+  t.is(result.exitCode, 9);
+  t.is(result.stdout.toString(), 'out\n');
+  t.is(result.stderr, 'err\n');
+});
