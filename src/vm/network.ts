@@ -37,7 +37,9 @@ export function passtArgs(socketPath: string, uid: number, gid: number): string[
     '--socket', socketPath,
     '--ipv4-only', // the guest configures IPv4 only; no IPv6 path to the host's ::1 either
     '--address', '10.0.2.15', '--netmask', '24', '--gateway', '10.0.2.2',
-    '--dns-forward', '10.0.2.3', '--dns', '10.0.2.3', // DNS asked of 10.0.2.3 goes to the host's resolver
+    // DNS asked of 10.0.2.3 goes to the host's first resolver (its /etc/resolv.conf). Not `--dns 10.0.2.3`:
+    // that names the resolver passt forwards to, and every lookup went round in a circle and timed out
+    '--dns-forward', '10.0.2.3',
     '--no-map-gw', // THE point: the gateway address is not the host's loopback
     '--tcp-ports', 'none', '--udp-ports', 'none', // nothing on the host forwards into the guest
   ];

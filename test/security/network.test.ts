@@ -6,6 +6,7 @@
 import test from 'ava';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { lookup } from 'node:dns/promises';
 import { networkInterfaces } from 'node:os';
 import { runDockvm } from '../helpers/peers.js';
 import { qemuCounter } from '../helpers/qemu-counter.js';
@@ -31,12 +32,16 @@ for target in "$@"; do
 done
 `;
 
-(hostAddress ? test : test.skip)(`a RUN step with the network reaches the host's address but not a service on its 127.0.0.1${hostAddress ? '' : ' (skipped: this host has no non-loopback IPv4 address for the control)'}`, async (t) => {
+/** A name this host's resolver answers (what apt needs of the guest's DNS), or undefined when it answers none. */
+const NAME = 'deb.debian.org';
+const resolvable = await lookup(NAME, { family: 4 }).then(() => true, () => false);
+
+(hostAddress ? test : test.skip)(`a RUN step with the network reaches the host's address${resolvable ? ` and resolves ${NAME} through the host's resolver,` : ''} but not a service on its 127.0.0.1${hostAddress ? '' : ' (skipped: this host has no non-loopback IPv4 address for the control)'}`, async (t) => {
   const loopback = await serve('127.0.0.1', 'loopback service');
   const open = await serve(hostAddress!, 'network service');
   t.teardown(() => void (loopback.server.close(), open.server.close()));
   const targets = [`10.0.2.2:${loopback.port}`, `10.0.2.3:${loopback.port}`, `127.0.0.1:${loopback.port}`, `${hostAddress}:${open.port}`];
-  const { ctx, out } = buildDir(t, `FROM ${BASE}\nCOPY probe.sh /probe.sh\nRUN ls /sys/class/net > /devices.txt && bash /probe.sh ${targets.join(' ')} > /reach.txt\n`, { 'probe.sh': probe });
+  const { ctx, out } = buildDir(t, `FROM ${BASE}\nCOPY probe.sh /probe.sh\nRUN ls /sys/class/net > /devices.txt && bash /probe.sh ${targets.join(' ')} > /reach.txt${resolvable ? ` && (timeout 20 getent ahostsv4 ${NAME} >/dev/null && echo resolved || echo unresolved) > /dns.txt` : ''}\n`, { 'probe.sh': probe });
   const qemu = await qemuCounter(t);
   const temp = tempRoot(t);
   const run = await runDockvm(['build', '--build-context', baseContext(), '-t', 'localhost/dockvm-test/net:1', '-o', out, ctx], { env: { ...qemu.env, ...temp.env } });
@@ -50,6 +55,8 @@ done
     `${hostAddress}:${open.port} reached: network service`, // the network itself works
     '',
   ]);
+  // names are looked up through passt's forwarder at 10.0.2.3 (a loop once, when passt was told 10.0.2.3 was the resolver)
+  if (resolvable) t.is(text(top, 'dns.txt'), 'resolved\n', `the guest resolves ${NAME}, as this host does`);
   t.is(qemu.vms(), 1);
   const boot = qemu.starts().find(({ argv }) => argv.includes('-kernel'))!.argv;
   t.is(boot[boot.indexOf('-sandbox') + 1], 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny', 'the VM booted under QEMU\'s seccomp sandbox');

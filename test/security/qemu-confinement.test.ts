@@ -58,6 +58,9 @@ test("passt: the gateway is not the host's loopback, nothing forwarded inward, I
   t.deepEqual(values(args, '--tcp-ports'), ['none']);
   t.deepEqual(values(args, '--udp-ports'), ['none']);
   t.true(args.includes('--ipv4-only'));
+  // DNS asked of 10.0.2.3 is forwarded to the host's resolver; `--dns` would make 10.0.2.3 that resolver (a loop)
+  t.deepEqual(values(args, '--dns-forward'), ['10.0.2.3']);
+  t.false(args.includes('--dns'));
   t.deepEqual(values(args, '--runas'), ['1000:1000']);
   t.deepEqual(values(args, '--socket'), ['/run/net.sock']);
 });
