@@ -35,6 +35,8 @@ export type VmJob =
       /** inputs to unpack on the scratch disk first: a bind mount's source, a heredoc file */
       unpack: { dir: string; range: InputRange }[];
       network: 'default' | 'none';
+      /** secret id → host file, for the secrets this step mounts: in the guest for this step only */
+      secrets: ReadonlyMap<string, string>;
     }
   | { kind: 'copy'; step: CopyStep; text: string; range: InputRange; layout: CopyLayout }
   | { kind: 'workdir'; step: WorkdirStep; text: string }
@@ -51,8 +53,6 @@ export interface StageVmOptions {
   jobs: readonly VmJob[];
   /** the inputs disk, when a job reads one */
   inputs?: string;
-  /** secret id → host file, for the RUN steps' secret mounts */
-  secrets: ReadonlyMap<string, string>;
   tmp: string;
   clampMtime: number;
   memoryMiB: number;
@@ -113,7 +113,6 @@ export async function buildStageInVm(options: StageVmOptions): Promise<LayerFile
       // spec.json's step needs none of the tools a Containerfile's steps run chrooted
       const env: Record<string, string> = root ? { DOCKVM_KEEP_DIRLINKS: root.keepContentsDirlinks ? '1' : '0', DOCKVM_STAGE_TOOLS: '0' } : {};
       await vm.mustStep('stage-mount', { env });
-      for (const [id, path] of options.secrets) await vm.mustStep('secret', { args: [id], stdin: createReadStream(path) });
       for (const [index, job] of jobs.entries()) {
         options.onStart?.(index);
         await runJob(vm, job, (chunk) => options.onOutput?.(index, chunk)).catch((err: unknown) => {
@@ -161,6 +160,9 @@ async function runJob(vm: BuildVm, job: VmJob, output: (chunk: Buffer) => void):
       for (const input of job.unpack) {
         await vm.mustStep('unpack-input', { args: [input.dir], env: { DOCKVM_INPUT_AT: `${input.range.offset} ${input.range.size}` } });
       }
+      // a secret reaches the guest (a tmpfs, over the agent channel) only for the step that mounts it,
+      // and run-step removes it when the step ends: a later step, root in the VM, finds it nowhere
+      for (const [id, path] of job.secrets) await vm.mustStep('secret', { args: [id], stdin: createReadStream(path) });
       const { step } = job;
       const result = await vm.step('run-step', {
         args: [...step.env, ...step.proxyEnv, '--', ...step.argv],

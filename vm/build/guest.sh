@@ -21,7 +21,8 @@
 #   run-step     a RUN: argv as planned, its env, user, workdir, mounts and network, chrooted
 #   copy-step    a COPY/ADD: a tar from the inputs disk unpacked at its destination, by Docker's rules
 #   workdir-step WORKDIR: the directory made, owned by the USER
-#   secret       stdin → a file on a tmpfs, for a RUN --mount=type=secret (never on a disk)
+#   secret       stdin → a file on a tmpfs, for the next RUN, which mounts it (never on a disk; the
+#                run-step removes it when it ends)
 #   commit       the step's upper packed onto the output disk at the next free MiB, then made a lower
 set -eu
 
@@ -483,7 +484,9 @@ step_unpack_input() {
     "$GNU_TAR" -C "$dir" $TAR_XATTRS --same-owner --numeric-owner --same-permissions -xf - || die "cannot read the RUN input"
 }
 
-# stdin → $SECRETS/ID on the guest's /run tmpfs, readable by root only until a RUN mounts it.
+# stdin → $SECRETS/ID on the guest's /run tmpfs, readable by root only, for the next run-step, which
+# mounts it and removes $SECRETS when it ends: a later step (root in the VM, out of its chroot) finds it
+# in no file (test/security/secrets.test.ts).
 SECRETS=/run/dockvm-secrets
 step_secret() {
   mkdir -p -m 700 $SECRETS
@@ -544,7 +547,7 @@ step_run_step() {
     done < $B/mounts.in
   fi
   unmount_tools
-  if [ $status != 0 ]; then remove_created; return $status; fi
+  if [ $status != 0 ]; then remove_created; rm -rf $SECRETS; return $status; fi
   netns=""
   [ "${DOCKVM_RUN_NETWORK:-default}" = none ] && netns=--net
   limit_memory
@@ -628,6 +631,7 @@ step_run_step() {
     ' dockvm-ns "$R" "$@"
   status=$?
   set -e
+  rm -rf $SECRETS  # this step's secrets: its mounts of them died with its namespace
   report_oom
   remove_created
   return $status
