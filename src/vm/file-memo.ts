@@ -49,7 +49,8 @@ export interface MemoOptions<T> {
  */
 export async function memoized<T>(name: string, key: unknown, compute: () => Promise<{ value: T; files: readonly string[] }>, options: MemoOptions<T> = {}): Promise<T> {
   const file = join(cacheDir(options.env), 'memo', `${name}.json`);
-  const id = createHash('sha256').update(JSON.stringify(key)).digest('hex');
+  // this code's own path in the id: another checkout's entry (its own vm/ sources, unchanged) is not this one's
+  const id = createHash('sha256').update(JSON.stringify([fileURLToPath(import.meta.url), key])).digest('hex');
   const entries = await readFile(file, 'utf8').then((text) => JSON.parse(text) as Entry<T>[], () => [] as Entry<T>[]);
   const known = Array.isArray(entries) ? entries.find((entry) => entry.key === id) : undefined;
   if (known && (options.usable?.(known.value) ?? true)) {
