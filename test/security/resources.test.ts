@@ -85,12 +85,12 @@ async function leftNothing(t: Parameters<typeof buildDir>[0], r: Awaited<ReturnT
   t.deepEqual(r.temp.left(), [], 'no temp dir left');
 }
 
-// The guest cannot tell a fork bomb from a slow build (the script's memory cgroup keeps the agent alive
-// through it: the bomb's children are OOM-killed); --timeout stops it, and the error names the timeout.
-test.serial('a fork bomb: stopped at --timeout, the error naming the timeout, nothing left', async (t) => {
-  const r = await runAsRoot(t, 'bomb() { bomb | bomb & }; bomb; sleep 600', { buildVMMemorySize: 512 }, 60);
-  await leftNothing(t, r, /^dockvm: the build took longer than --timeout 60 s; the VM was stopped$/);
-  t.true(r.elapsedMs < (60 + 30) * 1000, 'within --timeout');
+// A fork bomb meets the step's process limit in the guest (a pids cgroup: one process per 2 MiB of its memory, or DOCKVM_MAX_PROCESSES) long
+// before --timeout: the guest stops it there, and the error says what it was and how to raise the limit.
+test.serial('a fork bomb: stopped at the process limit before --timeout, the error saying so, nothing left', async (t) => {
+  const r = await runAsRoot(t, 'bomb() { bomb | bomb & }; bomb; sleep 600', { buildVMMemorySize: 512 });
+  await leftNothing(t, r, /^dockvm: runAsRoot hit the build VM's limit of \d+ processes \(a fork bomb\?\) and was stopped; set DOCKVM_MAX_PROCESSES to raise it \(or give the VM more memory\)$/);
+  t.true(r.elapsedMs < TIMEOUT_S * 1000, 'before --timeout');
 });
 
 test.serial('all of the VM\'s memory: the script is OOM-killed and the error says so', async (t) => {
