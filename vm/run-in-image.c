@@ -149,6 +149,68 @@ static int mount_at(const char *root, const char *what, const char *where, const
   return 0;
 }
 
+/* Waits for `pid` (into *wstatus); when the script's cgroup meets its process limit first, calls stop(pid)
+ * and returns 1. A command that meets the limit is a fork bomb, not a slow build: a refused fork only
+ * makes bash retry, so it is stopped here, instead of running until --timeout. Woken by the child's
+ * exit (its pidfd) or by the kernel's notice that pids.events changed: no polling, no delay. */
+static int wait_guarded(pid_t pid, int *wstatus, void (*stop)(pid_t)) {
+  int bomb = 0;
+#ifdef SYS_pidfd_open
+  int pidfd = (int)syscall(SYS_pidfd_open, pid, 0), events = open(CGROUP "/script/pids.events", O_RDONLY | O_CLOEXEC);
+  char scratch[256];
+  if (pidfd >= 0 && events >= 0 && pread(events, scratch, sizeof scratch, 0) >= 0) {
+    for (;;) {
+      struct pollfd fds[2] = { { pidfd, POLLIN, 0 }, { events, POLLPRI, 0 } };
+      if (poll(fds, 2, -1) < 0 && errno != EINTR) break;
+      if (fds[0].revents) break;
+      if (fds[1].revents) {
+        if (pread(events, scratch, sizeof scratch, 0) < 0) break; /* rearms the notice */
+        if (pids_max_events() > 0) { bomb = 1; stop(pid); break; }
+      }
+    }
+  }
+  if (pidfd >= 0) close(pidfd);
+  if (events >= 0) close(events);
+#endif
+  while (waitpid(pid, wstatus, 0) < 0 && errno == EINTR) {}
+  return bomb;
+}
+
+/* run-in-image's child is PID 1 of its namespace: killing it kills every process in it */
+static void stop_namespace(pid_t pid) { kill(pid, SIGKILL); }
+
+/* pids-guard's child is not (guest.sh's unshare, whose child is): every process of the cgroup, which
+ * pids-guard itself has stayed out of */
+static void stop_cgroup(pid_t pid) { (void)pid; write_file(CGROUP "/script/cgroup.kill", "1"); }
+
+/*
+ * `dockvm-agent pids-guard COMMAND ARG...`: COMMAND run in the script's cgroup (guest.sh limit_memory
+ * made it), stopped as a fork bomb when the cgroup meets its process limit ("dockvm-pids-max=N" on
+ * stderr, as run-in-image does). Exits with COMMAND's status (128 + N for signal N).
+ */
+int pids_guard(int argc, char **argv) {
+  if (argc < 1) { fprintf(stderr, "dockvm-guest: usage: pids-guard COMMAND ARG...\n"); return 70; }
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid < 0) return fail("fork for", argv[0]);
+  if (pid == 0) {
+    char text[32];
+    snprintf(text, sizeof text, "%d", (int)getpid());
+    if (write_file(CGROUP "/script/cgroup.procs", text)) _exit(fail("enter", CGROUP "/script"));
+    execvp(argv[0], argv);
+    _exit(fail("run", argv[0]));
+  }
+  int wstatus, bomb = wait_guarded(pid, &wstatus, stop_cgroup);
+  if (bomb) {
+    char limit[32] = "";
+    FILE *max = fopen(CGROUP "/script/pids.max", "re");
+    if (max && fgets(limit, sizeof limit, max)) limit[strcspn(limit, "\n")] = 0;
+    if (max) fclose(max);
+    fprintf(stderr, "dockvm-pids-max=%s\n", limit);
+  }
+  return WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
+}
+
 /* In the new namespaces (PID 1 of its own): the image's /proc, /sys, /dev and /.dockvm, then the command. */
 static int enter(const char *root, const char *tools, const char *launch, int argc, char **argv) {
   char path[4200];
@@ -232,29 +294,7 @@ int run_in_image(int argc, char **argv) {
     if (pid < 0) status = fail("make the namespaces for", root);
     else if (pid == 0) _exit(enter(root, tools, launch, argc - 3, argv + 3));
     else {
-      /* A command that meets the process limit is a fork bomb, not a slow build: a refused fork only
-       * makes bash retry, so it is stopped here (its PID 1 killed, its namespace with it) and reported
-       * ("dockvm-pids-max=N" on stderr), instead of running until --timeout. Woken by the child's exit
-       * (its pidfd) or by the kernel's notice that pids.events changed: no polling, no delay. */
-      int bomb = 0, wstatus;
-#ifdef SYS_pidfd_open
-      int pidfd = (int)syscall(SYS_pidfd_open, pid, 0), events = open(CGROUP "/script/pids.events", O_RDONLY | O_CLOEXEC);
-      char scratch[256];
-      if (pidfd >= 0 && events >= 0 && pread(events, scratch, sizeof scratch, 0) >= 0) {
-        for (;;) {
-          struct pollfd fds[2] = { { pidfd, POLLIN, 0 }, { events, POLLPRI, 0 } };
-          if (poll(fds, 2, -1) < 0 && errno != EINTR) break;
-          if (fds[0].revents) break;
-          if (fds[1].revents) {
-            pread(events, scratch, sizeof scratch, 0); /* rearms the notice */
-            if (pids_max_events() > 0) { bomb = 1; kill(pid, SIGKILL); break; }
-          }
-        }
-      }
-      if (pidfd >= 0) close(pidfd);
-      if (events >= 0) close(events);
-#endif
-      while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {}
+      int wstatus, bomb = wait_guarded(pid, &wstatus, stop_namespace);
       status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
       if (bomb) fprintf(stderr, "dockvm-pids-max=%s\n", max_processes());
       report_oom();

@@ -14,7 +14,7 @@ import { VmError, stderrTail } from '../errors.js';
 import type { Layer } from '../image/image.js';
 import type { LayerFile } from '../layer/layer-file.js';
 import { lowerForLayer } from '../build/lowers.js';
-import { checkUpperSize, createUpperDisk, outDiskBytes, runRootScripts, writePackedLayer } from '../build/vm-layer.js';
+import { checkUpperSize, createUpperDisk, maxProcessesEnv, outDiskBytes, processLimitHit, runRootScripts, writePackedLayer } from '../build/vm-layer.js';
 import type { CopyStep, RootStep, RunStep, StepLocation, WorkdirStep } from '../plan/plan.js';
 import { createScratchDisk, qemuImgCreate } from '../vm/index.js';
 import { EXT4_LOWER_SUFFIX, checkLowerCount, describeExit, withBuildVm, type BuildVm, type LowerImage, type StepResult } from '../build/build-vm.js';
@@ -171,6 +171,7 @@ async function runJob(vm: BuildVm, job: VmJob, output: (chunk: Buffer) => void):
           DOCKVM_RUN_WORKDIR: step.workdir,
           DOCKVM_RUN_NETWORK: job.network,
           DOCKVM_RUN_MOUNTS: job.mounts,
+          ...maxProcessesEnv(),
         },
         onStdout: output,
         onStderr: output,
@@ -206,6 +207,8 @@ async function runJob(vm: BuildVm, job: VmJob, output: (chunk: Buffer) => void):
 
 /** A failing RUN: its line, instruction, exit code and the end of its output; an OOM kill said as such. */
 function runFailure(location: StepLocation, text: string, result: StepResult) {
+  const bomb = processLimitHit(result.stderr);
+  if (bomb) return stepError(location, text, bomb);
   if (/^dockvm-oom-kills=\d+$/m.test(result.stderr)) {
     return stepError(location, text, 'ran out of memory in the build VM (it was killed); give the VM more with --memory');
   }

@@ -125,3 +125,22 @@ test.serial('dockvm build: a RUN step that never ends is stopped at --timeout, t
   t.deepEqual(await temp.processes(), [], 'no process of this build left');
   t.deepEqual(temp.left(), [], 'no temp dir left');
 });
+
+test.serial('dockvm build: a RUN fork bomb is stopped at the process limit before --timeout, the error naming the step and the limit, nothing left', async (t) => {
+  const { dir, ctx, out } = buildDir(t, `FROM ${BASE}\nRUN bomb() { bomb | bomb & }; bomb; sleep 600\n`);
+  const qemu = await qemuCounter(t);
+  const temp = tempRoot(t);
+  const started = Date.now();
+  const run = await runDockvm(['build', '--timeout', String(TIMEOUT_S), '--network=none', '--build-context', baseContext(), '-t', 'localhost/dockvm-test/bomb:1', '-o', out, ctx], { env: { ...qemu.env, ...temp.env } });
+  const elapsedMs = Date.now() - started;
+  t.log(`exit ${run.exitCode} after ${(elapsedMs / 1000).toFixed(1)} s`);
+  t.is(run.exitCode, 1, run.stderr);
+  const errors = errorLines(run.stderr);
+  t.is(errors.length, 1, run.stderr);
+  t.regex(errors[0]!, /^dockvm: \S+Containerfile:2: RUN bomb\(\) .*: hit the build VM's limit of \d+ processes \(a fork bomb\?\) and was stopped; set DOCKVM_MAX_PROCESSES to raise it \(or give the VM more memory\)$/);
+  t.true(elapsedMs < TIMEOUT_S * 1000, 'before --timeout');
+  t.deepEqual(readdirSync(dir), ['ctx'], 'no output');
+  t.false(qemu.starts().some(({ pid }) => alive(pid)), 'no QEMU left');
+  t.deepEqual(await temp.processes(), [], 'no process of this build left');
+  t.deepEqual(temp.left(), [], 'no temp dir left');
+});

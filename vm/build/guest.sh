@@ -117,7 +117,7 @@ make_mount_point() {
 CG=/sys/fs/cgroup
 limit_memory() {
   grep -q " $CG cgroup2 " /proc/mounts || mount -t cgroup2 cgroup2 $CG
-  echo +memory > $CG/cgroup.subtree_control
+  echo "+memory +pids" > $CG/cgroup.subtree_control
   mkdir -p $CG/script
   while read -r name kib _; do
     case $name in MemTotal:) total_kib=$kib ;; MemAvailable:) available_kib=$kib; break ;; esac
@@ -132,7 +132,11 @@ limit_memory() {
   [ $limit -le $((available_kib - 24576)) ] || limit=$((available_kib - 24576))
   [ $limit -ge 16384 ] || limit=16384
   echo $((limit * 1024)) > $CG/script/memory.max
-  echo $$ > $CG/script/cgroup.procs
+  # and its processes, as vm/run-in-image.c does: one per 2 MiB of memory, or DOCKVM_MAX_PROCESSES; the
+  # step enters the cgroup through `dockvm-agent pids-guard`, which stops a fork bomb at the limit
+  max=$((total_kib / 2048))
+  [ $max -ge 64 ] || max=64
+  echo "${DOCKVM_MAX_PROCESSES:-$max}" > $CG/script/pids.max
 }
 
 report_oom() {
@@ -174,7 +178,7 @@ exit 127
 # The command's environment and what runs come as arguments (NAME=VALUE… -- ALTERNATIVES…, see LAUNCH);
 # a script to run (DOCKVM_SCRIPT) is written to /dev/pipes/$DOCKVM_SCRIPT_NAME, on the /dev of this run.
 # Chrooted in fresh mount/pid/uts/ipc namespaces with /proc /sys /dev and the bundled tools (/.dockvm)
-# mounted, in the memory cgroup limit_memory describes, mount points the image lacks made and removed
+# mounted, in the memory and pids cgroup limit_memory describes, mount points the image lacks made and removed
 # again, OOM kills reported: all in one process (vm/run-in-image.c), where this shell took ~25 forks.
 step_run() {
   /bin/dockvm-agent run-in-image "$R" "$TOOLS" "$LAUNCH" "$@"
@@ -554,7 +558,7 @@ step_run_step() {
   set +e
   # shellcheck disable=SC2086
   DOCKVM_IDS="$uid $gid $groups" DOCKVM_HOME=$home DOCKVM_TOOLS=$T DOCKVM_SECRETS=$SECRETS \
-    unshare --mount --uts --ipc --pid --fork $netns --propagation private /bin/sh -c '
+    /bin/dockvm-agent pids-guard unshare --mount --uts --ipc --pid --fork $netns --propagation private /bin/sh -c '
       # (Single-quoted: no apostrophes in it, comments included.)
       set -e
       R=$1; shift
