@@ -28,7 +28,7 @@ interface Outcome {
 }
 
 /** run-as-root of `script` (over the Debian base), its stderr into a file. */
-async function runAsRoot(t: Parameters<typeof buildDir>[0], script: string, spec: Record<string, unknown> = {}, timeoutS = TIMEOUT_S): Promise<Outcome & { qemu: Awaited<ReturnType<typeof qemuCounter>>; temp: ReturnType<typeof tempRoot>; out: string }> {
+async function runAsRoot(t: Parameters<typeof buildDir>[0], script: string, spec: Record<string, unknown> = {}, timeoutS = TIMEOUT_S, env: Record<string, string> = {}): Promise<Outcome & { qemu: Awaited<ReturnType<typeof qemuCounter>>; temp: ReturnType<typeof tempRoot>; out: string }> {
   const { dir } = buildDir(t, '');
   const out = join(dir, 'out.tar');
   writeFileSync(join(dir, 'spec.json'), JSON.stringify({ name: 'hostile', fromImage: debianBaseFixture(), runAsRoot: script, output: out, ...spec }));
@@ -37,7 +37,7 @@ async function runAsRoot(t: Parameters<typeof buildDir>[0], script: string, spec
   const stderrPath = join(dir, 'stderr');
   const started = Date.now();
   const child = execa('node', [CLI, 'run-as-root', join(dir, 'spec.json'), '--timeout', String(timeoutS)], {
-    env: { ...qemu.env, ...temp.env, DEBUG: '' },
+    env: { ...qemu.env, ...temp.env, DEBUG: '', ...env },
     reject: false,
     stdout: 'ignore',
     stderr: { file: stderrPath },
@@ -91,6 +91,13 @@ test.serial('a fork bomb: stopped at the process limit before --timeout, the err
   const r = await runAsRoot(t, 'bomb() { bomb | bomb & }; bomb; sleep 600', { buildVMMemorySize: 512 });
   await leftNothing(t, r, /^dockvm: runAsRoot hit the build VM's limit of \d+ processes \(a fork bomb\?\) and was stopped; set DOCKVM_MAX_PROCESSES to raise it \(or give the VM more memory\)$/);
   t.true(r.elapsedMs < TIMEOUT_S * 1000, 'before --timeout');
+});
+
+test.serial('DOCKVM_MAX_PROCESSES sets the limit: 40 allows 20 sleeps at once and stops 60', async (t) => {
+  const few = await runAsRoot(t, 'for i in $(seq 20); do sleep 2 & done; wait', {}, TIMEOUT_S, { DOCKVM_MAX_PROCESSES: '40' });
+  t.is(few.exitCode, 0, few.errors.join('\n'));
+  const many = await runAsRoot(t, 'for i in $(seq 60); do sleep 30 & done; wait', {}, TIMEOUT_S, { DOCKVM_MAX_PROCESSES: '40' });
+  await leftNothing(t, many, /^dockvm: runAsRoot hit the build VM's limit of 40 processes \(a fork bomb\?\) and was stopped; set DOCKVM_MAX_PROCESSES to raise it \(or give the VM more memory\)$/);
 });
 
 test.serial('all of the VM\'s memory: the script is OOM-killed and the error says so', async (t) => {
