@@ -710,6 +710,7 @@ static int mount_lowers(const char *dir, int count, char **specs) {
 
 int upper_manifest(int argc, char **argv); /* vm/upper-manifest.c */
 int run_in_image(int argc, char **argv); /* vm/run-in-image.c */
+int pids_guard(int argc, char **argv); /* vm/run-in-image.c */
 
 /* Docker's default capabilities (moby's oci/caps/defaults.go, containerd's the same), what a RUN keeps. */
 static const int DOCKER_CAPS[] = {
@@ -770,6 +771,7 @@ int main(int argc, char **argv) {
   if (argc >= 3 && strcmp(argv[1], "mount-lowers") == 0) return mount_lowers(argv[2], argc - 3, argv + 3);
   if (argc >= 2 && strcmp(argv[1], "upper-manifest") == 0) return upper_manifest(argc - 2, argv + 2);
   if (argc >= 2 && strcmp(argv[1], "run-in-image") == 0) return run_in_image(argc - 2, argv + 2);
+  if (argc >= 2 && strcmp(argv[1], "pids-guard") == 0) return pids_guard(argc - 2, argv + 2);
   if (argc == 4 && strcmp(argv[1], "bridge-vsock") == 0)
     return bridge_vsock((unsigned)strtoul(argv[2], NULL, 10), (unsigned)strtoul(argv[3], NULL, 10));
 

@@ -2,7 +2,8 @@
  * `dockvm-agent run-in-image ROOT TOOLS LAUNCH NAME=VALUE... -- ALTERNATIVES...`: run a command in the
  * image mounted at ROOT, as guest.sh's step_run describes: chrooted, in fresh mount, pid, uts and ipc
  * namespaces, with /proc, /sys, a /dev of its own and the bundled tools (TOOLS, read-only at /.dockvm)
- * mounted, in a memory cgroup a little smaller than the VM; the environment is exactly NAME=VALUE...;
+ * mounted, in a memory cgroup a little smaller than the VM and a process limit (DOCKVM_MAX_PROCESSES,
+ * else one per 2 MiB of memory; met, the command is killed and "dockvm-pids-max=N" reported); the environment is exactly NAME=VALUE...;
  * what runs is the bundled bash with LAUNCH (guest.sh), which picks the first of ALTERNATIVES the image
  * can run. The mount points this makes and the image lacks are removed afterwards, and OOM kills
  * reported ("dockvm-oom-kills=N" on stderr). Exits with the command's status (128 + N for signal N).
@@ -19,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -86,9 +88,16 @@ static void remove_mount_points(void) {
  * has little available beyond the headroom. A script that wants more is OOM-killed at once, instead of
  * the whole guest thrashing (no swap: it would evict every process's code pages and crawl under TCG). */
 #define RESERVE_KIB (24 * 1024)
+/* The command's process limit: DOCKVM_MAX_PROCESSES when the user set it (src/build/vm-layer.ts), else
+ * one per 2 MiB of the VM's memory (256 in 512 MiB): a fork bomb meets it before its memory runs out. */
+static char max_text[32];
+static const char *max_processes(void) {
+  const char *max = getenv("DOCKVM_MAX_PROCESSES");
+  return max && *max ? max : max_text;
+}
 static int limit_memory(void) {
   if (mount("cgroup2", CGROUP, "cgroup2", 0, NULL) && errno != EBUSY) return fail("mount cgroup2 on", CGROUP);
-  if (write_file(CGROUP "/cgroup.subtree_control", "+memory")) return fail("enable the memory controller in", CGROUP);
+  if (write_file(CGROUP "/cgroup.subtree_control", "+memory +pids")) return fail("enable the memory and pids controllers in", CGROUP);
   if (mkdir(CGROUP "/script", 0755) && errno != EEXIST) return fail("make the cgroup", CGROUP "/script");
   long long total_kib = -1, available_kib = -1, value;
   char line[128];
@@ -104,6 +113,9 @@ static int limit_memory(void) {
   char text[64];
   snprintf(text, sizeof text, "%lld", (limit_kib < 16384 ? 16384 : limit_kib) * 1024);
   if (write_file(CGROUP "/script/memory.max", text)) return fail("limit the memory of", CGROUP "/script");
+  /* and its processes (threads count): a fork bomb meets this long before its memory runs out */
+  snprintf(max_text, sizeof max_text, "%lld", total_kib / 2048 < 64 ? 64 : total_kib / 2048);
+  if (write_file(CGROUP "/script/pids.max", max_processes())) return fail("limit the processes of", CGROUP "/script");
   snprintf(text, sizeof text, "%d", (int)getpid());
   if (write_file(CGROUP "/script/cgroup.procs", text)) return fail("enter", CGROUP "/script");
   return 0;
@@ -119,11 +131,84 @@ static void report_oom(void) {
   if (kills > 0) fprintf(stderr, "dockvm-oom-kills=%lld\n", kills);
 }
 
+/* How often the script's cgroup met its pids.max ("max N" in pids.events). */
+static long long pids_max_events(void) {
+  FILE *events = fopen(CGROUP "/script/pids.events", "re");
+  char line[128];
+  long long hits = 0;
+  while (events && fgets(line, sizeof line, events))
+    if (sscanf(line, "max %lld", &hits) == 1) break;
+  if (events) fclose(events);
+  return hits;
+}
+
 static int mount_at(const char *root, const char *what, const char *where, const char *type, unsigned long flags, const char *options) {
   char path[4200];
   snprintf(path, sizeof path, "%s%s", root, where);
   if (mount(what, path, type, flags, options)) return fail("mount on", path);
   return 0;
+}
+
+/* Waits for `pid` (into *wstatus); when the script's cgroup meets its process limit first, calls stop(pid)
+ * and returns 1. A command that meets the limit is a fork bomb, not a slow build: a refused fork only
+ * makes bash retry, so it is stopped here, instead of running until --timeout. Woken by the child's
+ * exit (its pidfd) or by the kernel's notice that pids.events changed: no polling, no delay. */
+static int wait_guarded(pid_t pid, int *wstatus, void (*stop)(pid_t)) {
+  int bomb = 0;
+#ifdef SYS_pidfd_open
+  int pidfd = (int)syscall(SYS_pidfd_open, pid, 0), events = open(CGROUP "/script/pids.events", O_RDONLY | O_CLOEXEC);
+  char scratch[256];
+  if (pidfd >= 0 && events >= 0 && pread(events, scratch, sizeof scratch, 0) >= 0) {
+    for (;;) {
+      struct pollfd fds[2] = { { pidfd, POLLIN, 0 }, { events, POLLPRI, 0 } };
+      if (poll(fds, 2, -1) < 0 && errno != EINTR) break;
+      if (fds[0].revents) break;
+      if (fds[1].revents) {
+        if (pread(events, scratch, sizeof scratch, 0) < 0) break; /* rearms the notice */
+        if (pids_max_events() > 0) { bomb = 1; stop(pid); break; }
+      }
+    }
+  }
+  if (pidfd >= 0) close(pidfd);
+  if (events >= 0) close(events);
+#endif
+  while (waitpid(pid, wstatus, 0) < 0 && errno == EINTR) {}
+  return bomb;
+}
+
+/* run-in-image's child is PID 1 of its namespace: killing it kills every process in it */
+static void stop_namespace(pid_t pid) { kill(pid, SIGKILL); }
+
+/* pids-guard's child is not (guest.sh's unshare, whose child is): every process of the cgroup, which
+ * pids-guard itself has stayed out of */
+static void stop_cgroup(pid_t pid) { (void)pid; write_file(CGROUP "/script/cgroup.kill", "1"); }
+
+/*
+ * `dockvm-agent pids-guard COMMAND ARG...`: COMMAND run in the script's cgroup (guest.sh limit_memory
+ * made it), stopped as a fork bomb when the cgroup meets its process limit ("dockvm-pids-max=N" on
+ * stderr, as run-in-image does). Exits with COMMAND's status (128 + N for signal N).
+ */
+int pids_guard(int argc, char **argv) {
+  if (argc < 1) { fprintf(stderr, "dockvm-guest: usage: pids-guard COMMAND ARG...\n"); return 70; }
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid < 0) return fail("fork for", argv[0]);
+  if (pid == 0) {
+    char text[32];
+    snprintf(text, sizeof text, "%d", (int)getpid());
+    if (write_file(CGROUP "/script/cgroup.procs", text)) _exit(fail("enter", CGROUP "/script"));
+    execvp(argv[0], argv);
+    _exit(fail("run", argv[0]));
+  }
+  int wstatus, bomb = wait_guarded(pid, &wstatus, stop_cgroup);
+  if (bomb) {
+    char limit[32] = "";
+    FILE *max = fopen(CGROUP "/script/pids.max", "re");
+    if (max && fgets(limit, sizeof limit, max)) limit[strcspn(limit, "\n")] = 0;
+    if (max) fclose(max);
+    fprintf(stderr, "dockvm-pids-max=%s\n", limit);
+  }
+  return WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
 }
 
 /* In the new namespaces (PID 1 of its own): the image's /proc, /sys, /dev and /.dockvm, then the command. */
@@ -209,9 +294,9 @@ int run_in_image(int argc, char **argv) {
     if (pid < 0) status = fail("make the namespaces for", root);
     else if (pid == 0) _exit(enter(root, tools, launch, argc - 3, argv + 3));
     else {
-      int wstatus;
-      while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {}
+      int wstatus, bomb = wait_guarded(pid, &wstatus, stop_namespace);
       status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
+      if (bomb) fprintf(stderr, "dockvm-pids-max=%s\n", max_processes());
       report_oom();
     }
   }

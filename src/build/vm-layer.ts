@@ -3,7 +3,7 @@
 // script run as root, extraCommands in the upper; then the upper is described onto an output disk — its
 // metadata and where each file's bytes lie on the scratch disk, which the host then reads (as untrusted
 // input, the disk image too) to write the layer. Every step's layer, a Containerfile's too, is written so.
-import { DockvmError, PlatformError, ScriptError, SpecError, VmError, stderrTail } from '../errors.js';
+import { DockvmError, PlatformError, ScriptError, SpecError, UsageError, VmError, stderrTail } from '../errors.js';
 import { writeLayerFile, writeLayerFromEntries, type LayerFile } from '../layer/layer-file.js';
 import { fromOverlayUpperEntry } from '../layer/overlay.js';
 import { readUpperManifest } from '../layer/upper-manifest.js';
@@ -143,10 +143,30 @@ export async function writePackedLayer(
   return writeLayerFromEntries(entries, output, layerOptions);
 }
 
+/**
+ * DOCKVM_MAX_PROCESSES, for the guest: how many processes (threads count) a step may have at once in the
+ * build VM; unset, the guest allows one per 2 MiB of its memory (vm/run-in-image.c).
+ */
+export function maxProcessesEnv(): Record<string, string> {
+  const value = process.env.DOCKVM_MAX_PROCESSES ?? '';
+  if (value === '') return {};
+  if (!/^[1-9]\d{0,6}$/.test(value)) throw new UsageError(`DOCKVM_MAX_PROCESSES=${value} is not a number of processes: give a whole number from 1, or unset it (one per 2 MiB of the VM's memory)`);
+  return { DOCKVM_MAX_PROCESSES: value };
+}
+
+/** The guest stopped a step at its process limit (vm/run-in-image.c says dockvm-pids-max=N): a fork bomb, most likely. */
+export function processLimitHit(stderr: string): string | undefined {
+  const limit = /^dockvm-pids-max=(\d+)$/m.exec(stderr)?.[1];
+  return limit === undefined ? undefined : `hit the build VM's limit of ${limit} processes (a fork bomb?) and was stopped; set DOCKVM_MAX_PROCESSES to raise it (or give the VM more memory)`;
+}
+
 async function runScript(vm: BuildVm, step: RootStep, output: (chunk: Buffer) => void): Promise<void> {
   const script = step.runAsRoot ?? '';
-  const run = await vm.step('run', { ...runStep(step.env, scriptLaunch(script)), onStdout: output, onStderr: output });
+  const launch = runStep(step.env, scriptLaunch(script));
+  const run = await vm.step('run', { ...launch, env: { ...launch.env, ...maxProcessesEnv() }, onStdout: output, onStderr: output });
   if (run.exitCode === 0) return;
+  const bomb = processLimitHit(run.stderr);
+  if (bomb) throw new ScriptError(`runAsRoot ${bomb}`, { command: 'runAsRoot' });
   // guest.sh reports OOM kills in the script's memory cgroup
   if (/^dockvm-oom-kills=\d+$/m.test(run.stderr)) {
     throw new SpecError(

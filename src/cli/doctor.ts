@@ -10,7 +10,7 @@ export function registerDoctor(program: Command): void {
     .description(
       "Check the host for build VMs of its own architecture: QEMU and its version, the guest kernel and its " +
         'modules, the initramfs (built into the cache if missing), whether KVM works (a real short boot, cached ' +
-        'per host) or TCG is used, the agent transport (vsock or virtio-serial), and the cache; then, for every ' +
+        'per host) or TCG is used, the agent transport (vsock or virtio-serial), passt for builds with network, and the cache; then, for every ' +
         'architecture dockvm has a build VM for (amd64, arm64), whether this host can build for it and what to ' +
         'install if not. Exits 1 when a VM of the host\'s architecture cannot boot.',
     )
@@ -43,6 +43,13 @@ export function formatReport(r: DoctorReport): string {
   lines.push(`/dev/kvm:  ${r.kvm.device ? 'present' : 'absent'}; KVM ${r.kvm.usable === null ? 'not probed' : r.kvm.usable ? 'works' : 'does not work here'}`);
   lines.push(`accel:     ${r.accel ?? 'none'}${r.accelReason ? ` (${r.accelReason})` : ''}`);
   lines.push(`transport: ${r.transport}${r.transport === 'serial' ? ' (virtio-serial; no usable /dev/vhost-vsock)' : ' (virtio-vsock)'}`);
+  const net = r.network;
+  lines.push(
+    `network:   ${
+      net.problem ??
+      (net.backend === 'passt' ? `passt ${net.passt} (the host's loopback closed to builds)` : `QEMU user networking (DOCKVM_HOST_LOOPBACK=1: builds reach the host's loopback)${net.passt ? `; passt ${net.passt}` : ''}`)
+    }`,
+  );
   lines.push(`cache:     ${r.cache.dir} (${bytes(r.cache.bytes)})`);
   for (const m of r.missing) lines.push(`problem:   ${m}`);
   for (const a of r.architectures) {

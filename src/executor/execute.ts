@@ -426,7 +426,6 @@ class PlanRun {
     await mkdir(stageTmp, { recursive: true });
     const inputs = new InputsDisk(join(stageTmp, 'inputs.disk'));
     const jobs: VmJob[] = [];
-    const secrets = new Map<string, string>();
     let unpackCount = 0;
     const caches = cacheMountUses(missing);
     for (const item of missing) {
@@ -442,6 +441,7 @@ class PlanRun {
         jobs.push({ kind: 'root', step, text });
       } else {
         const lines: string[] = [];
+        const secrets = new Map<string, string>();
         const unpack: { dir: string; range: { offset: number; size: number } }[] = [];
         for (const mount of step.mounts) {
           switch (mount.type) {
@@ -492,7 +492,7 @@ class PlanRun {
           unpack.push({ dir, range });
           for (const file of step.inlineFiles) lines.push(['inline', file.path, `${dir}/${posix.basename(file.path)}`].join('\t'));
         }
-        jobs.push({ kind: 'run', step, text, mounts: lines.join('\n'), unpack, network: item.network });
+        jobs.push({ kind: 'run', step, text, mounts: lines.join('\n'), unpack, network: item.network, secrets });
       }
     }
     await inputs.finish();
@@ -511,7 +511,6 @@ class PlanRun {
       source: describeBase(this.plan, stage),
       jobs,
       ...(inputs.used ? { inputs: inputs.path } : {}),
-      secrets,
       tmp: stageTmp,
       clampMtime: this.options.clampMtime,
       memoryMiB: root?.buildVMMemorySize ?? this.options.memoryMiB ?? DEFAULT_MEMORY_MIB,

@@ -17,7 +17,7 @@ import { VmError, stderrTail } from '../errors.js';
 import type { Layer } from '../image/image.js';
 import type { LayerFile } from '../layer/layer-file.js';
 import { lowerForLayer } from '../build/lowers.js';
-import { checkUpperSize, createUpperDisk, outDiskBytes, runRootScripts, writePackedLayer } from '../build/vm-layer.js';
+import { checkUpperSize, createUpperDisk, maxProcessesEnv, outDiskBytes, processLimitHit, runRootScripts, writePackedLayer } from '../build/vm-layer.js';
 import type { CopyStep, RootStep, RunStep, StepLocation, WorkdirStep } from '../plan/plan.js';
 import { createScratchDisk, qemuImgCreate } from '../vm/index.js';
 import { EXT4_LOWER_SUFFIX, checkLowerCount, describeExit, withBuildVm, type BuildVm, type LowerImage, type StepResult } from '../build/build-vm.js';
@@ -38,6 +38,8 @@ export type VmJob =
       /** inputs to unpack on the scratch disk first: a bind mount's source, a heredoc file */
       unpack: { dir: string; range: InputRange }[];
       network: 'default' | 'none';
+      /** secret id → host file, for the secrets this step mounts: in the guest for this step only */
+      secrets: ReadonlyMap<string, string>;
     }
   | { kind: 'copy'; step: CopyStep; text: string; range: InputRange; layout: CopyLayout }
   | { kind: 'workdir'; step: WorkdirStep; text: string }
@@ -54,8 +56,6 @@ export interface StageVmOptions {
   jobs: readonly VmJob[];
   /** the inputs disk, when a job reads one */
   inputs?: string;
-  /** secret id → host file, for the RUN steps' secret mounts */
-  secrets: ReadonlyMap<string, string>;
   tmp: string;
   clampMtime: number;
   memoryMiB: number;
@@ -119,7 +119,6 @@ export async function buildStageInVm(options: StageVmOptions): Promise<LayerFile
       // spec.json's step needs none of the tools a Containerfile's steps run chrooted
       const env: Record<string, string> = root ? { DOCKVM_KEEP_DIRLINKS: root.keepContentsDirlinks ? '1' : '0', DOCKVM_STAGE_TOOLS: '0' } : {};
       await vm.mustStep('stage-mount', { env });
-      for (const [id, path] of options.secrets) await vm.mustStep('secret', { args: [id], stdin: createReadStream(path) });
       for (const [index, job] of jobs.entries()) {
         options.onStart?.(index);
         await runJob(vm, job, (chunk) => options.onOutput?.(index, chunk)).catch((err: unknown) => {
@@ -173,6 +172,9 @@ async function runJob(vm: BuildVm, job: VmJob, output: (chunk: Buffer) => void):
       for (const input of job.unpack) {
         await vm.mustStep('unpack-input', { args: [input.dir], env: { DOCKVM_INPUT_AT: `${input.range.offset} ${input.range.size}` } });
       }
+      // a secret reaches the guest (a tmpfs, over the agent channel) only for the step that mounts it,
+      // and run-step removes it when the step ends: a later step, root in the VM, finds it nowhere
+      for (const [id, path] of job.secrets) await vm.mustStep('secret', { args: [id], stdin: createReadStream(path) });
       const { step } = job;
       const result = await vm.step('run-step', {
         args: [...step.env, ...step.proxyEnv, '--', ...step.argv],
@@ -181,6 +183,7 @@ async function runJob(vm: BuildVm, job: VmJob, output: (chunk: Buffer) => void):
           DOCKVM_RUN_WORKDIR: step.workdir,
           DOCKVM_RUN_NETWORK: job.network,
           DOCKVM_RUN_MOUNTS: job.mounts,
+          ...maxProcessesEnv(),
         },
         onStdout: output,
         onStderr: output,
@@ -216,6 +219,8 @@ async function runJob(vm: BuildVm, job: VmJob, output: (chunk: Buffer) => void):
 
 /** A failing RUN: its line, instruction, exit code and the end of its output; an OOM kill said as such. */
 function runFailure(location: StepLocation, text: string, result: StepResult) {
+  const bomb = processLimitHit(result.stderr);
+  if (bomb) return stepError(location, text, bomb);
   if (/^dockvm-oom-kills=\d+$/m.test(result.stderr)) {
     return stepError(location, text, 'ran out of memory in the build VM (it was killed); give the VM more with --memory');
   }

@@ -18,6 +18,7 @@ import { cacheDir } from '../cache-dir.js';
 import { assetPath } from './paths.js';
 import { type Accel, type QemuBinary, findQemu, machineRow } from './qemu.js';
 import { bootVm, chooseMachine, chooseTransport, type Transport } from './vm.js';
+import { PASST_MISSING, findPasst, networkBackend, type NetworkBackend } from './network.js';
 
 /** Whether this host can build for one architecture. */
 export interface ArchitectureReport {
@@ -62,6 +63,12 @@ export interface DoctorReport {
   /** why that accel: DOCKVM_ACCEL, no /dev/kvm, probe, cached probe */
   accelReason: string | null;
   transport: Transport;
+  /**
+   * A build's network (RUN steps by default, `network: true`): passt (the host's loopback closed) or,
+   * with DOCKVM_HOST_LOOPBACK=1, QEMU's user networking. `problem` says what to install; builds without
+   * network do not need it, so it is not one of `missing`.
+   */
+  network: { backend: NetworkBackend; passt: string | null; problem: string | null };
   cache: { dir: string; bytes: number };
   /** one line per problem, each saying what to do */
   missing: string[];
@@ -81,6 +88,18 @@ async function du(path: string): Promise<number> {
   };
   await walk(path);
   return total;
+}
+
+/** What a build's network would run on, and what to install for it. */
+export function networkReport(env: NodeJS.ProcessEnv): DoctorReport['network'] {
+  let backend: NetworkBackend;
+  try {
+    backend = networkBackend(env);
+  } catch (err) {
+    return { backend: 'passt', passt: findPasst(env) ?? null, problem: problem(err) };
+  }
+  const passt = findPasst(env) ?? null;
+  return { backend, passt, problem: backend === 'passt' && passt === null ? PASST_MISSING : null };
 }
 
 function problem(err: unknown): string {
@@ -245,6 +264,7 @@ export async function doctor(options: DoctorOptions = {}): Promise<DoctorReport>
     accel,
     accelReason,
     transport,
+    network: networkReport(env),
     cache: { dir, bytes: await du(dir) },
     missing,
     ok: missing.length === 0,

@@ -1,5 +1,5 @@
 // dockvm doctor: what the host has for build VMs, as a person or a script would read it.
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync, symlinkSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -28,6 +28,7 @@ interface Report {
   accel: string | null;
   accelReason: string | null;
   transport: string;
+  network: { backend: string; passt: string | null; problem: string | null };
   cache: { dir: string; bytes: number };
   missing: string[];
   ok: boolean;
@@ -60,6 +61,25 @@ test('doctor --json: qemu and its version, kernel and modules, initramfs, accel,
     ['linux/arm64/v8', true, 'tcg'],
   ]);
   t.is(report.architectures[1]!.qemu?.path, 'qemu-system-aarch64');
+  // passt, which builds with network run on (scripts/setup installs it)
+  const { stdout: passt } = await execa('sh', ['-c', 'command -v passt']);
+  t.deepEqual(report.network, { backend: 'passt', passt, problem: null });
+});
+
+test('doctor without passt on PATH: the network line says what to install, and the VMs can still boot (a build without network needs no passt)', async (t) => {
+  // PATH: one directory holding every program of this PATH but passt
+  const bin = await mkdtemp(join(tmpdir(), 'dockvm-doctor-path-'));
+  t.teardown(() => rm(bin, { recursive: true, force: true }));
+  for (const dir of (process.env.PATH ?? '').split(':').filter(Boolean)) {
+    for (const name of existsSync(dir) ? readdirSync(dir) : []) {
+      if (name !== 'passt' && !existsSync(join(bin, name))) symlinkSync(join(dir, name), join(bin, name));
+    }
+  }
+  t.false(existsSync(join(bin, 'passt')));
+  const run = await runDockvm(['doctor'], { env: { DOCKVM_ACCEL: 'tcg', PATH: bin } });
+  t.is(run.exitCode, 0, run.stderr);
+  t.regex(run.stdout, /^network: +the build VM's network needs passt, which keeps the host's loopback out of its reach: install passt \(apt-get install passt\), or set DOCKVM_HOST_LOOPBACK=1 to use QEMU's user networking, which lets the build reach services on 127\.0\.0\.1$/m);
+  t.regex(run.stdout, /^ok: build VMs can boot/m);
 });
 
 test('doctor names an architecture it cannot build for and what to install, and still exits 0 for the host\'s own', async (t) => {

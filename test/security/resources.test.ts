@@ -28,7 +28,7 @@ interface Outcome {
 }
 
 /** run-as-root of `script` (over the Debian base), its stderr into a file. */
-async function runAsRoot(t: Parameters<typeof buildDir>[0], script: string, spec: Record<string, unknown> = {}, timeoutS = TIMEOUT_S): Promise<Outcome & { qemu: Awaited<ReturnType<typeof qemuCounter>>; temp: ReturnType<typeof tempRoot>; out: string }> {
+async function runAsRoot(t: Parameters<typeof buildDir>[0], script: string, spec: Record<string, unknown> = {}, timeoutS = TIMEOUT_S, env: Record<string, string> = {}): Promise<Outcome & { qemu: Awaited<ReturnType<typeof qemuCounter>>; temp: ReturnType<typeof tempRoot>; out: string }> {
   const { dir } = buildDir(t, '');
   const out = join(dir, 'out.tar');
   writeFileSync(join(dir, 'spec.json'), JSON.stringify({ name: 'hostile', fromImage: debianBaseFixture(), runAsRoot: script, output: out, ...spec }));
@@ -37,7 +37,7 @@ async function runAsRoot(t: Parameters<typeof buildDir>[0], script: string, spec
   const stderrPath = join(dir, 'stderr');
   const started = Date.now();
   const child = execa('node', [CLI, 'run-as-root', join(dir, 'spec.json'), '--timeout', String(timeoutS)], {
-    env: { ...qemu.env, ...temp.env, DEBUG: '' },
+    env: { ...qemu.env, ...temp.env, DEBUG: '', ...env },
     reject: false,
     stdout: 'ignore',
     stderr: { file: stderrPath },
@@ -85,12 +85,19 @@ async function leftNothing(t: Parameters<typeof buildDir>[0], r: Awaited<ReturnT
   t.deepEqual(r.temp.left(), [], 'no temp dir left');
 }
 
-// The guest cannot tell a fork bomb from a slow build (the script's memory cgroup keeps the agent alive
-// through it: the bomb's children are OOM-killed); --timeout stops it, and the error names the timeout.
-test.serial('a fork bomb: stopped at --timeout, the error naming the timeout, nothing left', async (t) => {
-  const r = await runAsRoot(t, 'bomb() { bomb | bomb & }; bomb; sleep 600', { buildVMMemorySize: 512 }, 60);
-  await leftNothing(t, r, /^dockvm: the build took longer than --timeout 60 s; the VM was stopped$/);
-  t.true(r.elapsedMs < (60 + 30) * 1000, 'within --timeout');
+// A fork bomb meets the step's process limit in the guest (a pids cgroup: one process per 2 MiB of its memory, or DOCKVM_MAX_PROCESSES) long
+// before --timeout: the guest stops it there, and the error says what it was and how to raise the limit.
+test.serial('a fork bomb: stopped at the process limit before --timeout, the error saying so, nothing left', async (t) => {
+  const r = await runAsRoot(t, 'bomb() { bomb | bomb & }; bomb; sleep 600', { buildVMMemorySize: 512 });
+  await leftNothing(t, r, /^dockvm: runAsRoot hit the build VM's limit of \d+ processes \(a fork bomb\?\) and was stopped; set DOCKVM_MAX_PROCESSES to raise it \(or give the VM more memory\)$/);
+  t.true(r.elapsedMs < TIMEOUT_S * 1000, 'before --timeout');
+});
+
+test.serial('DOCKVM_MAX_PROCESSES sets the limit: 40 allows 20 sleeps at once and stops 60', async (t) => {
+  const few = await runAsRoot(t, 'for i in $(seq 20); do sleep 2 & done; wait', {}, TIMEOUT_S, { DOCKVM_MAX_PROCESSES: '40' });
+  t.is(few.exitCode, 0, few.errors.join('\n'));
+  const many = await runAsRoot(t, 'for i in $(seq 60); do sleep 30 & done; wait', {}, TIMEOUT_S, { DOCKVM_MAX_PROCESSES: '40' });
+  await leftNothing(t, many, /^dockvm: runAsRoot hit the build VM's limit of 40 processes \(a fork bomb\?\) and was stopped; set DOCKVM_MAX_PROCESSES to raise it \(or give the VM more memory\)$/);
 });
 
 test.serial('all of the VM\'s memory: the script is OOM-killed and the error says so', async (t) => {
@@ -120,6 +127,25 @@ test.serial('dockvm build: a RUN step that never ends is stopped at --timeout, t
   t.is(run.exitCode, 1, run.stderr);
   const errors = errorLines(run.stderr);
   t.deepEqual(errors, ['dockvm: the build took longer than --timeout 30 s; its VM was stopped']);
+  t.deepEqual(readdirSync(dir), ['ctx'], 'no output');
+  t.false(qemu.starts().some(({ pid }) => alive(pid)), 'no QEMU left');
+  t.deepEqual(await temp.processes(), [], 'no process of this build left');
+  t.deepEqual(temp.left(), [], 'no temp dir left');
+});
+
+test.serial('dockvm build: a RUN fork bomb is stopped at the process limit before --timeout, the error naming the step and the limit, nothing left', async (t) => {
+  const { dir, ctx, out } = buildDir(t, `FROM ${BASE}\nRUN bomb() { bomb | bomb & }; bomb; sleep 600\n`);
+  const qemu = await qemuCounter(t);
+  const temp = tempRoot(t);
+  const started = Date.now();
+  const run = await runDockvm(['build', '--timeout', String(TIMEOUT_S), '--network=none', '--build-context', baseContext(), '-t', 'localhost/dockvm-test/bomb:1', '-o', out, ctx], { env: { ...qemu.env, ...temp.env } });
+  const elapsedMs = Date.now() - started;
+  t.log(`exit ${run.exitCode} after ${(elapsedMs / 1000).toFixed(1)} s`);
+  t.is(run.exitCode, 1, run.stderr);
+  const errors = errorLines(run.stderr);
+  t.is(errors.length, 1, run.stderr);
+  t.regex(errors[0]!, /^dockvm: \S+Containerfile:2: RUN bomb\(\) .*: hit the build VM's limit of \d+ processes \(a fork bomb\?\) and was stopped; set DOCKVM_MAX_PROCESSES to raise it \(or give the VM more memory\)$/);
+  t.true(elapsedMs < TIMEOUT_S * 1000, 'before --timeout');
   t.deepEqual(readdirSync(dir), ['ctx'], 'no output');
   t.false(qemu.starts().some(({ pid }) => alive(pid)), 'no QEMU left');
   t.deepEqual(await temp.processes(), [], 'no process of this build left');

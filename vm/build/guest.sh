@@ -22,7 +22,8 @@
 #   run-step     a RUN: argv as planned, its env, user, workdir, mounts and network, chrooted
 #   copy-step    a COPY/ADD: a tar from the inputs disk unpacked at its destination, by Docker's rules
 #   workdir-step WORKDIR: the directory made, owned by the USER
-#   secret       stdin → a file on a tmpfs, for a RUN --mount=type=secret (never on a disk)
+#   secret       stdin → a file on a tmpfs, for the next RUN, which mounts it (never on a disk; the
+#                run-step removes it when it ends)
 #   commit       the step's upper packed onto the output disk at the next free MiB, then made a lower
 #   cache-save   after the last step: cache mount directories as tars onto the output disk, for the host to keep
 set -eu
@@ -119,7 +120,7 @@ make_mount_point() {
 CG=/sys/fs/cgroup
 limit_memory() {
   grep -q " $CG cgroup2 " /proc/mounts || mount -t cgroup2 cgroup2 $CG
-  echo +memory > $CG/cgroup.subtree_control
+  echo "+memory +pids" > $CG/cgroup.subtree_control
   mkdir -p $CG/script
   while read -r name kib _; do
     case $name in MemTotal:) total_kib=$kib ;; MemAvailable:) available_kib=$kib; break ;; esac
@@ -134,7 +135,11 @@ limit_memory() {
   [ $limit -le $((available_kib - 24576)) ] || limit=$((available_kib - 24576))
   [ $limit -ge 16384 ] || limit=16384
   echo $((limit * 1024)) > $CG/script/memory.max
-  echo $$ > $CG/script/cgroup.procs
+  # and its processes, as vm/run-in-image.c does: one per 2 MiB of memory, or DOCKVM_MAX_PROCESSES; the
+  # step enters the cgroup through `dockvm-agent pids-guard`, which stops a fork bomb at the limit
+  max=$((total_kib / 2048))
+  [ $max -ge 64 ] || max=64
+  echo "${DOCKVM_MAX_PROCESSES:-$max}" > $CG/script/pids.max
 }
 
 report_oom() {
@@ -176,7 +181,7 @@ exit 127
 # The command's environment and what runs come as arguments (NAME=VALUE… -- ALTERNATIVES…, see LAUNCH);
 # a script to run (DOCKVM_SCRIPT) is written to /dev/pipes/$DOCKVM_SCRIPT_NAME, on the /dev of this run.
 # Chrooted in fresh mount/pid/uts/ipc namespaces with /proc /sys /dev and the bundled tools (/.dockvm)
-# mounted, in the memory cgroup limit_memory describes, mount points the image lacks made and removed
+# mounted, in the memory and pids cgroup limit_memory describes, mount points the image lacks made and removed
 # again, OOM kills reported: all in one process (vm/run-in-image.c), where this shell took ~25 forks.
 # exec: the last thing the step does, and a fork less (10-50 ms under TCG).
 step_run() {
@@ -497,11 +502,19 @@ step_unpack_input() {
     "$GNU_TAR" -C "$dir" $TAR_XATTRS --same-owner --numeric-owner --same-permissions -xf - || die "cannot read the RUN input"
 }
 
-# stdin → $SECRETS/ID on the guest's /run tmpfs, readable by root only until a RUN mounts it.
+# stdin → $SECRETS/ID on the guest's /run tmpfs, readable by root only, for the next run-step, which
+# mounts it and removes $SECRETS when it ends: a later step (root in the VM, out of its chroot) finds it
+# in no file (test/security/secrets.test.ts).
 SECRETS=/run/dockvm-secrets
 step_secret() {
   mkdir -p -m 700 $SECRETS
   (umask 077 && cat > "$SECRETS/$1")
+}
+
+# After a run-step: its secrets removed (its mounts of them died with its namespace); a test builtin
+# first, so that a step without secrets costs no fork.
+forget_secrets() {
+  [ ! -d $SECRETS ] || rm -rf $SECRETS
 }
 
 # A RUN. Arguments: NAME=VALUE… -- ARGV…; DOCKVM_RUN_USER, DOCKVM_RUN_WORKDIR, DOCKVM_RUN_NETWORK (none:
@@ -558,14 +571,14 @@ step_run_step() {
     done < $B/mounts.in
   fi
   unmount_tools
-  if [ $status != 0 ]; then remove_created; return $status; fi
+  if [ $status != 0 ]; then remove_created; forget_secrets; return $status; fi
   netns=""
   [ "${DOCKVM_RUN_NETWORK:-default}" = none ] && netns=--net
   limit_memory
   set +e
   # shellcheck disable=SC2086
   DOCKVM_IDS="$uid $gid $groups" DOCKVM_HOME=$home DOCKVM_TOOLS=$T DOCKVM_SECRETS=$SECRETS \
-    unshare --mount --uts --ipc --pid --fork $netns --propagation private /bin/sh -c '
+    /bin/dockvm-agent pids-guard unshare --mount --uts --ipc --pid --fork $netns --propagation private /bin/sh -c '
       # (Single-quoted: no apostrophes in it, comments included.)
       set -e
       R=$1; shift
@@ -642,6 +655,7 @@ step_run_step() {
     ' dockvm-ns "$R" "$@"
   status=$?
   set -e
+  forget_secrets
   report_oom
   remove_created
   return $status
