@@ -15,7 +15,7 @@ import { ensureInitramfs } from '../../src/vm/initramfs.js';
 import { resolveKernel } from '../../src/vm/kernel.js';
 import { findQemu } from '../../src/vm/qemu.js';
 import { defaultArchitecture } from '../../src/vm/architectures.js';
-import { type Vm, bootVm, chooseTransport, startVm } from '../../src/vm/vm.js';
+import { type Vm, bootVm, chooseTransport, snapshotsSaved, startVm } from '../../src/vm/vm.js';
 import { onlyWhere } from '../helpers/prerequisites.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -161,6 +161,7 @@ onlyWhere(kvmDevicePresent(), 'no /dev/kvm here, so no KVM probe to fall back fr
   t.is(probes.count, 1);
   t.is(notices.length, 1);
   t.regex(notices[0]!, /KVM test boot failed .*using TCG/);
+  await snapshotsSaved(); // the other tests' VMs may still be saving their snapshots in the background
   t.deepEqual(qemuChildren(process.pid), [], 'the probe VM was killed');
   const cached = JSON.parse(await readFile(join(dir, 'accel.json'), 'utf8')) as Record<string, { accel: string }>;
   t.deepEqual(Object.values(cached).map((v) => v.accel), ['tcg']);
