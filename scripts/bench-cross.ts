@@ -105,7 +105,8 @@ async function qemuUserApt(work: string): Promise<number> {
 const accels = new Map<Architecture, string>();
 
 async function bareBoot(architecture: Architecture): Promise<number> {
-  const vm = await startVm({ architecture, onNotice: () => {} });
+  // a boot, not a restore: what the kernel and initramfs cost (useradd builds below restore, as users' do)
+  const vm = await startVm({ architecture, env: { ...process.env, DOCKVM_SNAPSHOTS: 'off' }, onNotice: () => {} });
   const seconds = vm.bootMs / 1000;
   accels.set(architecture, vm.accel.toUpperCase());
   await vm.shutdown();
