@@ -34,16 +34,20 @@ export interface PushedBlob {
   status: BlobStatus;
 }
 
-export interface PushResult {
+/** What a push put at a reference: a manifest, or an index of them. */
+interface PushedReference {
   /** docker://HOST/REPO:TAG (or @DIGEST) as pushed */
   reference: string;
   registry: string;
   repository: string;
   tag?: string;
-  /** the manifest's digest: what to pin */
+  /** the manifest's (or index's) digest: what to pin */
   digest: Digest;
   mediaType: string;
   size: number;
+}
+
+export interface PushResult extends PushedReference {
   config: PushedBlob;
   layers: PushedBlob[];
 }
@@ -77,16 +81,7 @@ export async function pushImage(image: Image, destination: string | ImageReferen
   return result;
 }
 
-export interface PushIndexResult {
-  /** docker://HOST/REPO:TAG (or @DIGEST) as pushed */
-  reference: string;
-  registry: string;
-  repository: string;
-  tag?: string;
-  /** the index's digest: what to pin */
-  digest: Digest;
-  mediaType: string;
-  size: number;
+export interface PushIndexResult extends PushedReference {
   /** each image's manifest, pushed by its digest, in the order given */
   manifests: (Omit<PushResult, 'reference' | 'tag'> & { platform: Platform })[];
 }
