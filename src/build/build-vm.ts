@@ -6,7 +6,7 @@ import { readFile } from 'node:fs/promises';
 import { DockvmError, UsageError, VmError, stderrTail } from '../errors.js';
 import { assetPath } from '../vm/paths.js';
 import type { Readable } from 'node:stream';
-import { partsOf, startVm, type RunningCommand, type Vm, type VmDisk } from '../vm/index.js';
+import { partsOf, startVm, type OutputSink, type RunningCommand, type Vm, type VmDisk } from '../vm/index.js';
 import type { Architecture } from '../vm/architectures.js';
 
 /** A read-only filesystem image the guest mounts as one overlay lower. */
@@ -59,8 +59,8 @@ export interface StepOptions {
   args?: readonly string[];
   /** more DOCKVM_* parameters for this step */
   env?: Readonly<Record<string, string>>;
-  onStdout?: (chunk: Buffer) => void;
-  onStderr?: (chunk: Buffer) => void;
+  onStdout?: OutputSink;
+  onStderr?: OutputSink;
   /** the step's stdin (default: empty) */
   stdin?: Readable;
 }
@@ -149,11 +149,11 @@ export class BuildVm {
           stdout.push(chunk);
           stdoutBytes += chunk.length;
         }
-        options.onStdout?.(chunk);
+        return options.onStdout?.(chunk);
       },
       onStderr: (chunk) => {
         stderr = (stderr + chunk.toString()).slice(-KEEP_STDERR);
-        options.onStderr?.(chunk);
+        return options.onStderr?.(chunk);
       },
     });
     return { exitCode: result.exitCode, ...(result.signal ? { signal: result.signal } : {}), stdout: Buffer.concat(stdout), stderr };

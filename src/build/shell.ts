@@ -14,6 +14,7 @@ import { scriptEnvironment } from './config.js';
 import { commandLaunch, interactiveShellLaunch, runStep } from './interpreter.js';
 import { platformOf, runnableRow } from './platform.js';
 import { requireGuestPieces } from '../vm/guest-platform.js';
+import { toWritable } from '../vm/index.js';
 import { createUpperDisk } from './vm-layer.js';
 
 export interface ShellOptions {
@@ -47,14 +48,13 @@ export async function shell(reference: string, options: ShellOptions): Promise<n
       return withBuildVm({ lowers, scratch }, vmOptions, async (vm) => {
         const launch = options.command.length > 0 ? commandLaunch(options.command) : interactiveShellLaunch();
         const { args } = runStep(scriptEnvironment(image.config.config?.Env, options.env ?? {}), launch);
-        const write = (stream: Writable) => (chunk: Buffer) => void stream.write(chunk);
         if (options.tty) {
           await vm.mustStep('mount');
-          const running = vm.spawnStep('run', { args, tty: options.tty, stdin: options.stdin, onStdout: write(options.stdout) });
+          const running = vm.spawnStep('run', { args, tty: options.tty, stdin: options.stdin, onStdout: toWritable(options.stdout) });
           options.tty.onResize((rows, cols) => running.resize(rows, cols));
           return exitStatus(await running.result);
         }
-        const result = await vm.mountAndRun({ args, stdin: options.stdin, onStdout: write(options.stdout), onStderr: write(options.stderr) });
+        const result = await vm.mountAndRun({ args, stdin: options.stdin, onStdout: toWritable(options.stdout), onStderr: toWritable(options.stderr) });
         return exitStatus(result);
       });
     });

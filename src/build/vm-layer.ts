@@ -10,7 +10,7 @@ import { readUpperManifest } from '../layer/upper-manifest.js';
 import { boundedEntries, layerContentProblem } from '../layer/layer-bound.js';
 import type { TarEntry } from '../layer/tar.js';
 import type { RootStep } from '../plan/plan.js';
-import { createScratchDisk } from '../vm/index.js';
+import { createScratchDisk, type OutputSink } from '../vm/index.js';
 import { describeExit, type BuildVm } from './build-vm.js';
 import { launchFailure, parseShebang, runStep, scriptLaunch, type LaunchFailure } from './interpreter.js';
 import { describePlatform } from './platform.js';
@@ -20,7 +20,7 @@ export interface VmBuildOptions {
   /** give up after this long (the --timeout flag) */
   timeoutMs?: number;
   /** where the script's output goes (default: dockvm's stderr; stdout may carry JSON or data) */
-  onScriptOutput?: (chunk: Buffer) => void;
+  onScriptOutput?: OutputSink;
   /** one-line warnings about the build (default: dockvm's stderr, "dockvm: warning: …") */
   onWarning?: (message: string) => void;
 }
@@ -51,7 +51,7 @@ export async function createUpperDisk(path: string, diskSizeMiB: number): Promis
  * unpacked over it: the runAsRoot script, then extraCommands in the upper (the new layer's root, the
  * overlay unmounted). The executor's stage VM (src/executor/stage-vm.ts) commits the upper as its layer.
  */
-export async function runRootScripts(vm: BuildVm, step: RootStep, output: (chunk: Buffer) => void): Promise<void> {
+export async function runRootScripts(vm: BuildVm, step: RootStep, output: OutputSink): Promise<void> {
   await runScript(vm, step, output);
   if (step.extraCommands.trim() === '') return;
   const extra = await vm.step('extra', { env: { DOCKVM_EXTRA: step.extraCommands }, onStdout: output, onStderr: output });
@@ -160,7 +160,7 @@ export function processLimitHit(stderr: string): string | undefined {
   return limit === undefined ? undefined : `hit the build VM's limit of ${limit} processes (a fork bomb?) and was stopped; set DOCKVM_MAX_PROCESSES to raise it (or give the VM more memory)`;
 }
 
-async function runScript(vm: BuildVm, step: RootStep, output: (chunk: Buffer) => void): Promise<void> {
+async function runScript(vm: BuildVm, step: RootStep, output: OutputSink): Promise<void> {
   const script = step.runAsRoot ?? '';
   const launch = runStep(step.env, scriptLaunch(script));
   const run = await vm.step('run', { ...launch, env: { ...launch.env, ...maxProcessesEnv() }, onStdout: output, onStderr: output });

@@ -3,15 +3,33 @@
 //   #2 [build 2/4] RUN make
 //   #2 0.412 cc -o app main.c
 //   #2 DONE 3.1s
+import type { Writable } from 'node:stream';
 import type { BuildEvent } from '../executor/events.js';
+
+/** Writes into `stream`; a promise when it is full, so that a RUN's output waits for a slow reader of stderr. */
+export function streamWriter(stream: Writable): (text: string) => void | Promise<void> {
+  let drained: Promise<void> | undefined; // one wait for 'drain', however many lines found the stream full
+  return (text) => {
+    if (stream.write(text)) return;
+    drained ??= new Promise<void>((resolve) => stream.once('drain', () => {
+      drained = undefined;
+      resolve();
+    }));
+    return drained;
+  };
+}
+
+const MAX_PARTIAL_LINE = 64 * 1024;
 
 export class BuildProgress {
   readonly #started = new Map<number, number>();
   readonly #partial = new Map<number, string>();
+  /** what the last write returned: output waits on it before it takes more (event kinds other than output are few) */
+  #full: void | Promise<void> = undefined;
 
-  constructor(private readonly write: (text: string) => void = (text) => void process.stderr.write(text)) {}
+  constructor(private readonly write: (text: string) => void | Promise<void> = streamWriter(process.stderr)) {}
 
-  readonly onEvent = (event: BuildEvent): void => {
+  readonly onEvent = (event: BuildEvent): void | Promise<void> => {
     switch (event.type) {
       case 'vertex':
         this.#started.set(event.id, Date.now());
@@ -21,8 +39,9 @@ export class BuildProgress {
         this.write(`#${event.id} CACHED\n`);
         break;
       case 'output':
+        this.#full = undefined;
         this.#output(event.id, event.chunk.toString('utf8'));
-        break;
+        return this.#full;
       case 'done': {
         const rest = this.#partial.get(event.id);
         if (rest) this.#line(event.id, rest);
@@ -41,12 +60,18 @@ export class BuildProgress {
 
   #output(id: number, text: string): void {
     const lines = ((this.#partial.get(id) ?? '') + text).split('\n');
-    this.#partial.set(id, lines.pop()!);
+    let rest = lines.pop()!;
+    // output that never ends a line is shown in pieces rather than held without end
+    if (rest.length >= MAX_PARTIAL_LINE) {
+      lines.push(rest);
+      rest = '';
+    }
+    this.#partial.set(id, rest);
     for (const line of lines) this.#line(id, line);
   }
 
   #line(id: number, line: string): void {
     const seconds = (Date.now() - (this.#started.get(id) ?? Date.now())) / 1000;
-    this.write(`#${id} ${seconds.toFixed(3)} ${line.replace(/\r$/, '')}\n`);
+    this.#full = this.write(`#${id} ${seconds.toFixed(3)} ${line.replace(/\r$/, '')}\n`);
   }
 }

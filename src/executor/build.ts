@@ -15,7 +15,7 @@ import { planContainerfile } from '../frontend/containerfile/index.js';
 import { parseDestination, writeImage } from '../transport/index.js';
 import { pushImage } from '../transport/registry/push.js';
 import type { RegistryOptions } from '../transport/registry/index.js';
-import type { BuildEvent } from './events.js';
+import type { BuildEventSink } from './events.js';
 import { executePlan, type StepReport } from './execute.js';
 import { checkIndexOutput, parsePlatforms, PlatformEvents, writeIndex } from './platforms.js';
 import { writeOciArchive } from '../transport/oci-archive-writer.js';
@@ -49,7 +49,7 @@ export interface BuildOptions {
   registry?: RegistryOptions;
   memoryMiB?: number;
   signal?: AbortSignal;
-  onEvent?: (event: BuildEvent) => void;
+  onEvent?: BuildEventSink;
 }
 
 export interface BuildResult {

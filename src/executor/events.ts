@@ -10,3 +10,6 @@ export type BuildEvent =
   /** the build VM of a stage boots, for `steps` steps */
   | { type: 'boot'; stage: string; steps: number }
   | { type: 'warning'; message: string };
+
+/** Takes the executor's events; a promise (from an output event) slows the guest down until it settles. */
+export type BuildEventSink = (event: BuildEvent) => void | Promise<void>;

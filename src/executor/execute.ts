@@ -35,7 +35,7 @@ import { contextItem, copyItems, copyLayout, selectInTree, treeItems, type CopyI
 import { writeItemsTar } from './copy-input.js';
 import { download, type Download } from './downloads.js';
 import { BuildStepError, notSupported, stepError } from './errors.js';
-import type { BuildEvent } from './events.js';
+import type { BuildEvent, BuildEventSink } from './events.js';
 import { nixpkgsImageConfig, stageImageConfig } from './image-config.js';
 import type { ImageSource } from './image-source.js';
 import { ImageTree } from './image-tree.js';
@@ -64,7 +64,7 @@ export interface ExecuteOptions {
   /** scratch disk (MiB, sparse; default 8192): every step's changes and the cache mounts */
   diskMiB?: number;
   signal?: AbortSignal;
-  onEvent?: (event: BuildEvent) => void;
+  onEvent?: BuildEventSink;
 }
 
 export interface StepReport {
@@ -147,8 +147,8 @@ class PlanRun {
     for (const tree of this.#trees.values()) void tree.then((t) => t.close(), () => undefined);
   }
 
-  #emit(event: BuildEvent): void {
-    this.options.onEvent?.(event);
+  #emit(event: BuildEvent): void | Promise<void> {
+    return this.options.onEvent?.(event);
   }
 
   #label(stage: Stage): string {

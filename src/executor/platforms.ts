@@ -12,7 +12,7 @@ import { parseDestination, writeOciIndex } from '../transport/index.js';
 import { pushIndex } from '../transport/registry/push.js';
 import type { RegistryOptions } from '../transport/registry/index.js';
 import type { Platform } from '../image/config.js';
-import type { BuildEvent } from './events.js';
+import type { BuildEventSink } from './events.js';
 import { writeOciArchive } from '../transport/oci-archive-writer.js';
 
 /**
@@ -51,21 +51,20 @@ export class PlatformEvents {
   #offset = 0;
   #highest = 0;
 
-  constructor(private readonly onEvent: ((event: BuildEvent) => void) | undefined) {}
+  constructor(private readonly onEvent: BuildEventSink | undefined) {}
 
-  for(platform: string): ((event: BuildEvent) => void) | undefined {
+  for(platform: string): BuildEventSink | undefined {
     const { onEvent } = this;
     if (!onEvent) return undefined;
     this.#offset = this.#highest;
     const offset = this.#offset;
     return (event) => {
       if (!('id' in event)) {
-        onEvent(event.type === 'boot' ? { ...event, stage: `${event.stage} (${platform})` } : event);
-        return;
+        return onEvent(event.type === 'boot' ? { ...event, stage: `${event.stage} (${platform})` } : event);
       }
       const id = event.id + offset;
       this.#highest = Math.max(this.#highest, id);
-      onEvent(event.type === 'vertex' ? { ...event, id, name: event.name.replace(/^\[/, `[${platform} `) } : { ...event, id });
+      return onEvent(event.type === 'vertex' ? { ...event, id, name: event.name.replace(/^\[/, `[${platform} `) } : { ...event, id });
     };
   }
 }

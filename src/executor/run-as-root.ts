@@ -16,6 +16,7 @@ import { BuildCache, type BuildCacheOptions } from '../cache/build-cache.js';
 import { executePlan } from './execute.js';
 import { planSpec } from '../frontend/spec/plan.js';
 import { checkLowerCount } from '../build/build-vm.js';
+import { toWritable } from '../vm/index.js';
 import { resolveCreated } from '../build/config.js';
 import { baseTree, CopyPlacement, hiddenShellError, replacedLinkWarnings } from '../build/copy-over-base.js';
 import { copyToRootTar } from '../build/copy-to-root.js';
@@ -46,7 +47,7 @@ export async function runAsRoot(spec: BuildSpec, options: RunAsRootOptions = {})
   const output = options.output ?? spec.output;
   const destination = parseDestination(output);
   const warn = options.onWarning ?? ((message: string) => void process.stderr.write(`dockvm: warning: ${message}\n`));
-  const scriptOutput = options.onScriptOutput ?? ((chunk: Buffer) => void process.stderr.write(chunk));
+  const scriptOutput = options.onScriptOutput ?? toWritable(process.stderr);
   const base = spec.fromImage ? await openBase(spec) : undefined;
   try {
     // Refused before anything is written or booted: a platform the build VM cannot run the script on,
@@ -74,8 +75,8 @@ export async function runAsRoot(spec: BuildSpec, options: RunAsRootOptions = {})
           created,
           ...(options.timeoutMs !== undefined ? { signal: timeoutSignal(options.timeoutMs) } : {}),
           onEvent: (event) => {
-            if (event.type === 'output') scriptOutput(event.chunk);
-            else if (event.type === 'warning') warn(event.message);
+            if (event.type === 'output') return scriptOutput(event.chunk);
+            if (event.type === 'warning') warn(event.message);
           },
         });
         const step = built.steps[0]!;

@@ -19,7 +19,7 @@ import type { LayerFile } from '../layer/layer-file.js';
 import { lowerForLayer } from '../build/lowers.js';
 import { checkUpperSize, createUpperDisk, maxProcessesEnv, outDiskBytes, processLimitHit, runRootScripts, writePackedLayer } from '../build/vm-layer.js';
 import type { CopyStep, RootStep, RunStep, StepLocation, WorkdirStep } from '../plan/plan.js';
-import { createScratchDisk, qemuImgCreate } from '../vm/index.js';
+import { createScratchDisk, qemuImgCreate, type OutputSink } from '../vm/index.js';
 import { EXT4_LOWER_SUFFIX, checkLowerCount, describeExit, withBuildVm, type BuildVm, type LowerImage, type StepResult } from '../build/build-vm.js';
 import type { CopyLayout } from './copy-items.js';
 import { stepError } from './errors.js';
@@ -65,7 +65,8 @@ export interface StageVmOptions {
   /** a job starts */
   onStart?: (job: number) => void;
   /** a RUN's output, as it comes */
-  onOutput?: (job: number, chunk: Buffer) => void;
+  /** a RUN's output; a promise slows the guest down until it settles (see OutputSink) */
+  onOutput?: (job: number, chunk: Buffer) => void | Promise<void>;
   /** a job has committed its layer (the layer file is made after the VM is gone) */
   onCommitted?: (job: number) => void;
   /** cache mount directories (on the scratch disk) the guest tars onto the output disk after the last job */
@@ -166,7 +167,7 @@ function rootStepOf(jobs: readonly VmJob[]): RootStep | undefined {
   return root?.step as RootStep | undefined;
 }
 
-async function runJob(vm: BuildVm, job: VmJob, output: (chunk: Buffer) => void): Promise<void> {
+async function runJob(vm: BuildVm, job: VmJob, output: OutputSink): Promise<void> {
   switch (job.kind) {
     case 'run': {
       for (const input of job.unpack) {

@@ -27,6 +27,13 @@ const STDIN_CHUNK = 64 * 1024;
 /** the agent refuses files larger than this either way ("small file" transfer; bulk data goes over disks) */
 export const MAX_FILE_BYTES = 15 * 1024 * 1024;
 
+/**
+ * Where a command's output goes. A sink that cannot take more returns a promise: the channel stops being
+ * read until it settles, so a guest that prints faster than the output is read waits instead of being
+ * held in dockvm's memory.
+ */
+export type OutputSink = (chunk: Buffer) => void | Promise<void>;
+
 export interface ExecOptions {
   /** program and arguments; argv[0] is looked up in the command's own PATH */
   readonly argv: readonly string[];
@@ -39,8 +46,8 @@ export interface ExecOptions {
   /** run on a pty: stdout and stderr arrive together as stdout */
   readonly tty?: boolean | { readonly rows: number; readonly cols: number };
   /** called with each chunk of output; return a promise to slow the guest down until it settles */
-  readonly onStdout?: (chunk: Buffer) => void | Promise<void>;
-  readonly onStderr?: (chunk: Buffer) => void | Promise<void>;
+  readonly onStdout?: OutputSink;
+  readonly onStderr?: OutputSink;
 }
 
 export type ExecResult = ExitStatus;
@@ -280,7 +287,7 @@ export class AgentClient {
 }
 
 /** An onStdout/onStderr callback that writes into `stream`, slowing the guest down when it is full. */
-export function toWritable(stream: Writable): (chunk: Buffer) => void | Promise<void> {
+export function toWritable(stream: Writable): OutputSink {
   return (chunk) => {
     if (!stream.write(chunk)) return new Promise<void>((resolve) => stream.once('drain', resolve));
   };
