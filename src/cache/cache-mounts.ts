@@ -9,6 +9,7 @@
 // the write-back; another build waits for it. sharing=private takes the lock when it is free and
 // otherwise starts empty and keeps nothing. sharing=shared takes no lock: the last build to finish wins.
 // A lock whose process is gone is taken over. `dockvm cache prune` bounds the tars (src/cache/prune.ts).
+// A cache seeded by from= is kept under its id joined with its seed's digest (the executor names it).
 import { createWriteStream } from 'node:fs';
 import { mkdir, open, readFile, rm, stat, utimes } from 'node:fs/promises';
 import { join } from 'node:path';

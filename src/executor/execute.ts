@@ -270,6 +270,8 @@ class PlanRun {
       this.#checkRun(step);
       for (const [i, mount] of step.mounts.entries()) {
         if (mount.type === 'bind') inputs[`bind${i}`] = await this.#bindDigest(mount.from, mount.source, step, stagePlatform);
+        // what seeds a cache mount is an input of the step, as a mount's from= is in BuildKit
+        if (mount.type === 'cache' && mount.from) inputs[`cache${i}`] = await this.#bindDigest(mount.from, mount.source ?? '/', step, stagePlatform);
       }
     }
     const key = stepKey({
@@ -386,7 +388,6 @@ class PlanRun {
   #checkRun(step: RunStep): void {
     const text = describeStep(step);
     for (const mount of step.mounts) {
-      if (mount.type === 'cache' && mount.from) throw notSupported(step.location, text, '--mount=type=cache,from= (seeding a cache mount)');
       if (mount.type === 'secret' && !this.options.secrets?.has(mount.id) && mount.required) {
         throw stepError(step.location, text, `--mount=type=secret,id=${mount.id} needs the secret: pass --secret id=${mount.id},src=PATH`);
       }
@@ -427,7 +428,7 @@ class PlanRun {
     const inputs = new InputsDisk(join(stageTmp, 'inputs.disk'));
     const jobs: VmJob[] = [];
     let unpackCount = 0;
-    const caches = cacheMountUses(missing);
+    const caches = cacheMountUses(missing, (step, id) => notSupported(step.location, describeStep(step), `cache mount id=${id} with another from= or source= than an earlier step of the stage gives it`));
     for (const item of missing) {
       const { step } = item;
       const text = describeStep(step);
@@ -450,8 +451,17 @@ class PlanRun {
               if (!use.opened) {
                 // before the first step that mounts it: what earlier builds left, unpacked where the steps mount it
                 use.opened = true;
+                const { seed } = use;
+                // a seeded cache is its own cache for each content of its seed (BuildKit keys it by id and the from= ref)
+                if (seed) use.storeId = `${mount.id}:${await this.#bindDigest(seed.from, seed.source, step, stage.platform)}`;
                 const stored = await this.#openCacheMount(mount.id, use, platform, locks);
                 if (stored !== undefined) unpack.push({ dir: use.dir, range: await inputs.append((sink) => pipeline(createReadStream(stored), sink)) });
+                else if (seed) {
+                  // nothing kept yet (or private found it in use): it starts as from=…,source=… is
+                  const collected: CopyItem[] = [];
+                  for await (const it of await this.#bindItems(seed.from, seed.source, step, stage.platform)) collected.push(it);
+                  unpack.push({ dir: use.dir, range: await inputs.append((sink) => writeItemsTar(listOf(collected), { clampMtime: this.options.clampMtime, sink })) });
+                }
               }
               lines.push(['cache', mount.target, use.dir, mount.mode.toString(8), mount.uid, mount.gid, mount.readonly ? 'ro' : 'rw'].join('\t'));
               break;
@@ -526,7 +536,7 @@ class PlanRun {
       onOutput: (job, chunk) => this.#emit({ type: 'output', id: ids[job]!, chunk }),
       onCommitted: (job) => this.#emit({ type: 'done', id: ids[job]!, seconds: (Date.now() - started[job]!) / 1000 }),
       saveCaches: kept.map(([, use]) => use.dir),
-      onCacheSaved: (i, tar) => this.#keepCacheMount(kept[i]![0], platform, tar),
+      onCacheSaved: (i, tar) => this.#keepCacheMount(kept[i]![0], kept[i]![1], platform, tar),
     });
     const layers: Layer[] = [];
     for (const [i, file] of built.entries()) {
@@ -549,7 +559,7 @@ class PlanRun {
   async #openCacheMount(id: string, use: CacheMountUse, platform: string, locks: CacheMountLock[]): Promise<string | undefined> {
     const store = this.#cacheMounts();
     if (use.sharing !== 'shared') {
-      const lock = await store.lock(id, platform, {
+      const lock = await store.lock(use.storeId, platform, {
         wait: use.sharing === 'locked',
         ...(this.options.signal ? { signal: this.options.signal } : {}),
         onWait: (pid) => this.#emit({ type: 'warning', message: `waiting for the cache mount id=${id} (sharing=locked), which another build (pid ${pid}) holds` }),
@@ -560,13 +570,13 @@ class PlanRun {
       }
       locks.push(lock);
     }
-    return store.open(id, platform);
+    return store.open(use.storeId, platform);
   }
 
   /** A cache mount's tar from the VM kept for the next build; when it cannot be, the build goes on with a warning. */
-  async #keepCacheMount(id: string, platform: string, tar: () => Readable): Promise<void> {
+  async #keepCacheMount(id: string, use: CacheMountUse, platform: string, tar: () => Readable): Promise<void> {
     try {
-      await this.#cacheMounts().keep(id, platform, tar);
+      await this.#cacheMounts().keep(use.storeId, platform, tar);
     } catch (err) {
       this.#emit({ type: 'warning', message: `the cache mount id=${id} was not kept for the next build: ${(err as Error).message}` });
     }
@@ -586,17 +596,24 @@ interface CacheMountUse {
   keep: boolean;
   /** its stored content is already on the inputs disk */
   opened: boolean;
+  /** from=…,source=…: what it starts as when nothing is kept */
+  seed?: { from: FileSource; source: string };
+  /** the name it is kept under: its id, and for a seeded one the digest of its seed */
+  storeId: string;
 }
 
 /** The cache mounts the steps use, by id, in the order they are first mounted. */
-function cacheMountUses(items: readonly Prepared[]): Map<string, CacheMountUse> {
+function cacheMountUses(items: readonly Prepared[], otherSeed: (step: RunStep, id: string) => Error): Map<string, CacheMountUse> {
   const uses = new Map<string, CacheMountUse>();
   const rank = { shared: 0, private: 1, locked: 2 } as const;
   for (const { step } of items) {
     if (step.kind !== 'run') continue;
     for (const mount of step.mounts) {
       if (mount.type !== 'cache') continue;
-      const use = uses.get(mount.id) ?? { dir: cacheDirOf(mount.id), sharing: mount.sharing, keep: false, opened: false };
+      const seed = mount.from ? { from: mount.from, source: mount.source ?? '/' } : undefined;
+      const earlier = uses.get(mount.id);
+      if (earlier && JSON.stringify(earlier.seed) !== JSON.stringify(seed)) throw otherSeed(step, mount.id);
+      const use = earlier ?? { dir: cacheDirOf(mount.id), sharing: mount.sharing, keep: false, opened: false, storeId: mount.id, ...(seed ? { seed } : {}) };
       if (rank[mount.sharing] > rank[use.sharing]) use.sharing = mount.sharing;
       use.keep ||= !mount.readonly;
       uses.set(mount.id, use);

@@ -4,7 +4,7 @@
 // again after the cache changed, is a hit without a VM); a locked mount leaves no lock behind; `dockvm
 // cache prune --all` removes the kept tars. Two builds at once over a sharing=locked mount take turns:
 // each sees what the other appended. While another build holds the lock, sharing=private starts empty and
-// keeps nothing, and sharing=shared does not wait.
+// keeps nothing, and sharing=shared does not wait. from=STAGE,source=DIR seeds a cache that has nothing kept.
 import test from 'ava';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
@@ -158,4 +158,44 @@ test.serial('while another build holds the lock: sharing=private starts empty an
   for (const id of ['p', 's']) t.is(readFileSync(`${store.path(id, 'linux/amd64')}.lock`, 'utf8'), `${process.pid}\n`, `the holder's lock of ${id} stays`);
   t.notRegex(run.stderr, /waiting for the cache mount/);
   t.is(qemu.vms(), 1);
+});
+
+// from=STAGE,source=PATH seeds the cache (BuildKit's mount from=): a cache with nothing kept starts as the
+// seed is; once kept, the kept content is what the next build sees; a seed with other content is a cache
+// of its own (BuildKit keys it by id and the from= ref).
+test.serial('type=cache,from=STAGE,source=DIR: starts as the seed, then keeps its content; another seed is another cache', async (t) => {
+  const dir = mkdtempSync(join(scratch, 'seeded-'));
+  const env = { DOCKVM_CACHE_MOUNTS_DIR: join(dir, 'cache-mounts'), DOCKVM_BUILD_CACHE: '', DOCKVM_BUILD_CACHE_DIR: join(dir, 'build-cache') };
+  const context = `${DEBIAN_BASE_REPO_TAG}=docker-archive:${debianBaseFixture()}`;
+  const qemu = await qemuCounter(t);
+  const build = async (name: string, seed: string, run: string) => {
+    await mkdir(join(dir, name));
+    writeFileSync(
+      join(dir, name, 'Containerfile'),
+      [
+        `FROM ${DEBIAN_BASE_REPO_TAG} AS seed`,
+        `RUN mkdir /seed && echo ${seed} > /seed/file && chown 1000 /seed/file`,
+        `FROM ${DEBIAN_BASE_REPO_TAG}`,
+        `RUN --mount=type=cache,target=/c,from=seed,source=/seed ${run}`,
+        '',
+      ].join('\n'),
+    );
+    const out = join(dir, `${name}.tar`);
+    const result = await runDockvm(['build', '--build-context', context, '-o', out, join(dir, name)], { env: { ...env, ...qemu.env } });
+    t.is(result.exitCode, 0, result.stderr);
+    return (await layers(out)).at(-1)!;
+  };
+  const first = await build('first', 'from-seed', 'cp /c/file /first && stat -c %u /c/file > /owner && echo added >> /c/file');
+  t.is(first.get('first')?.text, 'from-seed\n', 'nothing kept yet: the cache starts as the seed stage has /seed');
+  t.is(first.get('owner')?.text, '1000\n', "with the seed's owners");
+  t.false([...first.keys()].some((path) => path === 'c' || path.startsWith('c/')), 'the cache is in no layer');
+  t.is(qemu.vms(), 2, 'the seed stage and the final stage');
+
+  const second = await build('second', 'from-seed', 'cp /c/file /second');
+  t.is(second.get('second')?.text, 'from-seed\nadded\n', 'kept: the next build sees what the first left, not the seed again');
+  t.is(qemu.vms(), 3, 'the seed stage was a build-cache hit');
+
+  const third = await build('third', 'from-other-seed', 'cp /c/file /third');
+  t.is(third.get('third')?.text, 'from-other-seed\n', 'another seed: a cache of its own, starting as that seed');
+  t.is(readdirSync(env.DOCKVM_CACHE_MOUNTS_DIR).filter((name) => name.endsWith('.tar')).length, 2, 'one kept tar per seed');
 });
