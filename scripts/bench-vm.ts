@@ -12,6 +12,11 @@
 //                 squashfs image cached, --no-cache so that the step runs), the CLI end to end; and the
 //                 same with DOCKVM_SNAPSHOTS=off (a boot instead of the restore)
 //   exec          one `true` through the agent of a restored VM (median of EXECS)
+//   shell phases  where `shell -- true` goes: the steps of src/build/shell.ts run here one at a time and
+//                 timed (image opened, scratch disk made, the VM's pieces resolved, QEMU restored to agent
+//                 ready with the disks, mount-run, teardown), the disks' share being the restore with them
+//                 less the disk-less restore above; what the CLI takes beyond their sum is Node's start,
+//                 module loading and the rest
 //
 // Medians over BENCH_RUNS (default 5) rounds; in each round every measurement runs once, one after the
 // other, so that the load of this shared host weighs on all of them alike. Issue 12's goals: shell <= 0.5x
@@ -29,6 +34,16 @@ import { ARCHITECTURES } from '../src/vm/architectures.js';
 import { findQemu, hostTscKhz } from '../src/vm/qemu.js';
 import { packageRoot } from '../src/vm/paths.js';
 import { type Vm, snapshotsSaved, startVm } from '../src/vm/vm.js';
+import { withTempDir } from '../src/cleanup.js';
+import { openImage } from '../src/transport/index.js';
+import { BuildVm } from '../src/build/build-vm.js';
+import { scriptEnvironment } from '../src/build/config.js';
+import { commandLaunch, runStep } from '../src/build/interpreter.js';
+import { lowersFor } from '../src/build/lowers.js';
+import { platformOf, runnableRow } from '../src/build/platform.js';
+import { createUpperDisk } from '../src/build/vm-layer.js';
+import { requireGuestPieces } from '../src/vm/guest-platform.js';
+import { DEFAULT_DISK_SIZE } from '../src/spec/schema.js';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 5);
 const EXECS = 50;
@@ -43,6 +58,7 @@ const median = (values: number[]): number => {
 const work = await mkdtemp(join(tmpdir(), 'dockvm-bench-vm-'));
 const snapshots = join(work, 'snapshots');
 const env = { ...process.env, DOCKVM_SNAPSHOT_DIR: snapshots };
+process.env.DOCKVM_SNAPSHOT_DIR = snapshots; // for BuildVm.start (shellPhases), which reads process.env
 
 /** The reference: the stock kernel to an init that powers off at once. */
 async function bareBootCommand(): Promise<{ qemu: string; args: string[] }> {
@@ -104,6 +120,51 @@ async function coldSplit(vm: Vm): Promise<ColdBootSplit> {
   return { beforeKernel: vm.bootMs - uptimeAtReady, kernelToInit: runInit, initToAgent: uptimeAtReady - runInit };
 }
 
+const SHELL_PHASES = ['open', 'scratch', 'resolve', 'restore', 'mountRun', 'teardown'] as const;
+type ShellPhases = Record<(typeof SHELL_PHASES)[number], number>;
+const SHELL_PHASE_LABELS: Record<(typeof SHELL_PHASES)[number], string> = {
+  open: 'open image, lowers, host pieces',
+  scratch: 'temp dir, scratch disk',
+  resolve: 'VM pieces resolved (before QEMU)',
+  restore: 'QEMU restored, disks, agent begin',
+  mountRun: 'mount-run true (guest)',
+  teardown: 'VM killed, temp dir, image closed',
+};
+
+/** `shell IMAGE -- true` as src/build/shell.ts does it, one step at a time, each timed. */
+async function shellPhases(reference: string): Promise<ShellPhases> {
+  const phases = {} as ShellPhases;
+  let last = performance.now();
+  const lap = (phase: keyof ShellPhases) => {
+    const now = performance.now();
+    phases[phase] = (phases[phase] ?? 0) + now - last;
+    last = now;
+  };
+  const image = await openImage(reference);
+  const row = runnableRow(platformOf(image.config), reference);
+  await requireGuestPieces(row);
+  const lowers = await lowersFor(image, reference);
+  lap('open');
+  await withTempDir('bench-shell', async (tmp) => {
+    const scratch = join(tmp, 'scratch.ext4');
+    await createUpperDisk(scratch, DEFAULT_DISK_SIZE);
+    lap('scratch');
+    const vm = await BuildVm.start({ lowers, scratch }, { architecture: row.architecture, network: false });
+    if (!vm.vm.restored) throw new Error('the shell VM was not restored');
+    phases.resolve = performance.now() - last - vm.vm.bootMs;
+    phases.restore = vm.vm.bootMs;
+    last = performance.now();
+    const { args } = runStep(scriptEnvironment(image.config.config?.Env, {}), commandLaunch(['true']));
+    const result = await vm.mountAndRun({ args });
+    if (result.exitCode !== 0) throw new Error(`mount-run true failed: ${result.stderr}`);
+    lap('mountRun');
+    await vm.kill();
+  });
+  await image.close();
+  lap('teardown');
+  return phases;
+}
+
 const bare = await bareBootCommand();
 const debian = join(FIXTURES, 'debian.tar');
 const cli = join(packageRoot(), 'bin', 'dockvm.js');
@@ -114,7 +175,8 @@ const runAsRoot = (more: NodeJS.ProcessEnv = {}) => execa('node', [cli, 'run-as-
 await execa('node', [cli, 'shell', debian, '--', 'true'], { env, stdio: 'ignore' });
 await runAsRoot();
 
-const figures: Record<'bare' | 'cold' | 'first' | 'restore' | 'shell' | 'exec' | 'runAsRoot' | 'runAsRootBooted', number[]> = {
+const figures: Record<'bare' | 'cold' | 'first' | 'restore' | 'shell' | 'exec' | 'runAsRoot' | 'runAsRootBooted' | 'cliVersion', number[]> = {
+  cliVersion: [],
   bare: [],
   cold: [],
   first: [],
@@ -125,6 +187,7 @@ const figures: Record<'bare' | 'cold' | 'first' | 'restore' | 'shell' | 'exec' |
   runAsRootBooted: [],
 };
 const splits: ColdBootSplit[] = [];
+const shellSplits: ShellPhases[] = [];
 let accel = '';
 for (let round = 0; round < RUNS; round++) {
   figures.bare.push((await timed(() => execa(bare.qemu, bare.args, { stdin: 'ignore' })))[0]);
@@ -150,6 +213,8 @@ for (let round = 0; round < RUNS; round++) {
   await restored.kill();
 
   figures.shell.push((await timed(() => execa('node', [cli, 'shell', debian, '--', 'true'], { env, stdin: 'ignore' })))[0]);
+  figures.cliVersion.push((await timed(() => execa('node', [cli, '--version'], { env, stdin: 'ignore' })))[0]);
+  shellSplits.push(await shellPhases(debian));
   figures.runAsRoot.push((await timed(() => runAsRoot()))[0]);
   figures.runAsRootBooted.push((await timed(() => runAsRoot({ DOCKVM_SNAPSHOTS: 'off' })))[0]);
 }
@@ -167,5 +232,14 @@ console.log(row('shell debian.tar -- true (CLI)', figures.shell, 'goal: <= 0.50x
 console.log(row('exec round trip (true)', figures.exec));
 console.log(row('run-as-root useradd, warm (CLI)', figures.runAsRoot, 'goal: <= 2.00x'));
 console.log(row('  the same, DOCKVM_SNAPSHOTS=off', figures.runAsRootBooted));
+console.log('where shell -- true goes (its steps run one at a time in this process):');
+for (const phase of SHELL_PHASES) {
+  console.log(row(`  ${SHELL_PHASE_LABELS[phase]}`, shellSplits.map((split) => split[phase])));
+  if (phase === 'restore') console.log(row('    startVm with no disks, for comparison', figures.restore));
+}
+const inProcess = shellSplits.map((split) => SHELL_PHASES.reduce((sum, phase) => sum + split[phase], 0));
+console.log(row('  sum of the steps above', inProcess));
+console.log(row('  the CLI beyond them (Node, modules…)', [median(figures.shell) - median(inProcess)]));
+console.log(row('    of which node dockvm --version', figures.cliVersion));
 const m = (key: keyof ColdBootSplit) => `${Math.round(median(splits.map((s) => s[key])))} ms`;
 console.log(`cold boot: before the kernel's clock ${m('beforeKernel')}, kernel to /init ${m('kernelToInit')}, /init to agent ready ${m('initToAgent')}`);
