@@ -16,7 +16,8 @@
 //                 timed (image opened, scratch disk made, the VM's pieces resolved, QEMU restored to agent
 //                 ready with the disks, mount-run, teardown), the disks' share being the restore with them
 //                 less the disk-less restore above; what the CLI takes beyond their sum is Node's start,
-//                 module loading and the rest
+//                 module loading and the rest. The guest's steps also as QEMU's CPU time (user + system),
+//                 which a loaded host inflates less than their wall time
 //
 // Medians over BENCH_RUNS (default 5) rounds; in each round every measurement runs once, one after the
 // other, so that the load of this shared host weighs on all of them alike. Issue 12's goals: shell <= 0.5x
@@ -121,7 +122,13 @@ async function coldSplit(vm: Vm): Promise<ColdBootSplit> {
 }
 
 const SHELL_PHASES = ['open', 'scratch', 'resolve', 'restore', 'mountRun', 'teardown'] as const;
-type ShellPhases = Record<(typeof SHELL_PHASES)[number], number>;
+type ShellPhases = Record<(typeof SHELL_PHASES)[number], number> & { restoreCpu: number; mountRunCpu: number };
+
+/** CPU time (user + system, ms) process `pid` has used so far, from /proc/PID/stat. */
+async function cpuMs(pid: number): Promise<number> {
+  const fields = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ');
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // USER_HZ is 100 on Linux
+}
 const SHELL_PHASE_LABELS: Record<(typeof SHELL_PHASES)[number], string> = {
   open: 'open image, lowers, host pieces',
   scratch: 'temp dir, scratch disk',
@@ -153,11 +160,13 @@ async function shellPhases(reference: string): Promise<ShellPhases> {
     if (!vm.vm.restored) throw new Error('the shell VM was not restored');
     phases.resolve = performance.now() - last - vm.vm.bootMs;
     phases.restore = vm.vm.bootMs;
+    phases.restoreCpu = await cpuMs(vm.vm.pid!);
     last = performance.now();
     const { args } = runStep(scriptEnvironment(image.config.config?.Env, {}), commandLaunch(['true']));
     const result = await vm.mountAndRun({ args });
     if (result.exitCode !== 0) throw new Error(`mount-run true failed: ${result.stderr}`);
     lap('mountRun');
+    phases.mountRunCpu = (await cpuMs(vm.vm.pid!)) - phases.restoreCpu;
     await vm.kill();
   });
   await image.close();
@@ -235,7 +244,11 @@ console.log(row('  the same, DOCKVM_SNAPSHOTS=off', figures.runAsRootBooted));
 console.log('where shell -- true goes (its steps run one at a time in this process):');
 for (const phase of SHELL_PHASES) {
   console.log(row(`  ${SHELL_PHASE_LABELS[phase]}`, shellSplits.map((split) => split[phase])));
-  if (phase === 'restore') console.log(row('    startVm with no disks, for comparison', figures.restore));
+  if (phase === 'restore') {
+    console.log(row('    QEMU CPU time', shellSplits.map((split) => split.restoreCpu)));
+    console.log(row('    startVm with no disks, for comparison', figures.restore));
+  }
+  if (phase === 'mountRun') console.log(row('    QEMU CPU time', shellSplits.map((split) => split.mountRunCpu)));
 }
 const inProcess = shellSplits.map((split) => SHELL_PHASES.reduce((sum, phase) => sum + split[phase], 0));
 console.log(row('  sum of the steps above', inProcess));
