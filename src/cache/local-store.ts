@@ -7,7 +7,7 @@
 // A hit touches the entry and its layer: `dockvm cache prune` drops the least recently used first.
 import { copyFile, link, mkdir, open, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { hex, type Digest } from '../image/digest.js';
 import { verifyLocalTars } from '../layer/verify-in-place.js';
 import { writeAtomically } from '../output.js';

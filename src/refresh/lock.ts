@@ -4,7 +4,7 @@
 // whole refresh (build, push) succeeded.
 import { readFile, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { writeAtomically } from '../output.js';
 import { DockvmError } from '../errors.js';
 

@@ -1,7 +1,7 @@
 // The shape of spec.json: nixpkgs buildImage's fields, names and defaults, plus a few of dockvm's own
 // (network, env, output). One zod schema checks types; src/spec/load.ts adds the checks that span fields
 // and turns the result into a BuildSpec.
-import { z } from 'zod';
+import * as z from 'zod';
 
 const stringList = z.array(z.string());
 const emptyObjectMap = z.record(z.string(), z.object({}).loose());

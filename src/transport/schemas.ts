@@ -1,6 +1,6 @@
 // The JSON documents of image archives and layouts, checked once on the way in so that the rest of the
 // code can trust their shape. A document that fails names the archive, the document and the field.
-import { z } from 'zod';
+import * as z from 'zod';
 import { ImageFormatError } from '../errors.js';
 import { isDigest, type Digest } from '../image/digest.js';
 import type { ImageConfig } from '../image/config.js';
