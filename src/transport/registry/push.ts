@@ -61,24 +61,8 @@ export async function pushImage(image: Image, destination: string | ImageReferen
   const sizes = await Promise.all(image.layers.map(async (layer) => (await describeBlob(layer)).size));
   progress?.({ total: sizes.reduce((a, b) => a + b, 0) + image.rawConfig.length });
   const uploaded = await uploadImage(client, image, options);
-  const digest = sha256(uploaded.manifest.bytes);
-  if (ref.digest !== undefined && ref.digest !== digest) {
-    throw new DigestMismatchError(`${ref.text}: the image's manifest is ${digest}, not the digest the reference names`, { source: ref.text, digest: ref.digest });
-  }
-  const target = ref.digest ?? ref.tag ?? 'latest';
-  await putManifest(client, target, uploaded.manifest, digest);
-  const result: PushResult = {
-    reference: `docker://${client.name}${ref.digest ? `@${ref.digest}` : `:${target}`}`,
-    registry: client.registry,
-    repository: client.repository,
-    digest,
-    mediaType: uploaded.manifest.mediaType,
-    size: uploaded.manifest.bytes.length,
-    config: uploaded.config,
-    layers: uploaded.layers,
-  };
-  if (!ref.digest) result.tag = target;
-  return result;
+  const pushed = await putAtReference(client, ref, uploaded.manifest, "the image's manifest");
+  return { ...pushed, config: uploaded.config, layers: uploaded.layers };
 }
 
 export interface PushIndexResult extends PushedReference {
@@ -122,22 +106,29 @@ export async function pushIndex(images: readonly Image[], destination: string | 
     mediaType,
     manifests: manifests.map((m) => ({ mediaType: m.mediaType, size: m.size, digest: m.digest, platform: m.platform })),
   };
-  const bytes = Buffer.from(JSON.stringify(index));
-  const digest = sha256(bytes);
+  const pushed = await putAtReference(client, ref, { bytes: Buffer.from(JSON.stringify(index)), mediaType }, 'the index');
+  return { ...pushed, manifests };
+}
+
+/**
+ * Put the manifest (or index) where the reference says: at its digest, which must be the bytes' own, or
+ * at its tag (default latest); what was put there, as push results report it.
+ */
+async function putAtReference(client: RegistryClient, ref: ImageReference, manifest: { bytes: Buffer; mediaType: string }, what: string): Promise<PushedReference> {
+  const digest = sha256(manifest.bytes);
   if (ref.digest !== undefined && ref.digest !== digest) {
-    throw new DigestMismatchError(`${ref.text}: the index is ${digest}, not the digest the reference names`, { source: ref.text, digest: ref.digest });
+    throw new DigestMismatchError(`${ref.text}: ${what} is ${digest}, not the digest the reference names`, { source: ref.text, digest: ref.digest });
   }
   const target = ref.digest ?? ref.tag ?? 'latest';
-  await putManifest(client, target, { bytes, mediaType }, digest);
+  await putManifest(client, target, manifest, digest);
   return {
     reference: `docker://${client.name}${ref.digest ? `@${ref.digest}` : `:${target}`}`,
     registry: client.registry,
     repository: client.repository,
     ...(ref.digest ? {} : { tag: target }),
     digest,
-    mediaType,
-    size: bytes.length,
-    manifests,
+    mediaType: manifest.mediaType,
+    size: manifest.bytes.length,
   };
 }
 
