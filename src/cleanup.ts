@@ -10,6 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { timePhase } from './timing.js';
 
 /** What to undo if the process ends now, in the order it was registered (QEMU killed before its dir goes). */
 const pending = new Set<{ undo: () => void }>();
@@ -111,7 +112,7 @@ export async function withTempDir<T>(prefix: string, fn: (dir: string) => Promis
   try {
     return await fn(dir.path);
   } finally {
-    await dir.remove();
+    await timePhase(`temp dir removed (${prefix})`, () => dir.remove());
   }
 }
 

@@ -42,6 +42,7 @@ import { ImageTree } from './image-tree.js';
 import { InputsDisk } from './inputs-disk.js';
 import { rootStepKey } from './root-step.js';
 import { buildStageInVm, type VmJob } from './stage-vm.js';
+import { timePhase } from '../timing.js';
 
 export interface ExecuteOptions {
   /** the images the plan names (run-as-root: its base, opened already) */
@@ -545,7 +546,7 @@ class PlanRun {
         const warning = rootChangeWarning(file.root);
         if (warning) this.#emit({ type: 'warning', message: warning });
       }
-      if (item.key !== null) await this.options.cache.store(item.key, file, { createdBy: item.step.createdBy ?? describeStep(item.step), platform });
+      if (item.key !== null) await timePhase('build cache store', () => this.options.cache.store(item.key!, file, { createdBy: item.step.createdBy ?? describeStep(item.step), platform }));
       layers.push(new FileLayer(file.path, file.diffId, file.size));
       this.#reports.push({ stage: index, name: item.name, key: item.key, diffId: file.diffId, cache: null });
     }

@@ -15,6 +15,7 @@ import type { BuildSpec } from '../spec/load.js';
 import { BuildCache, type BuildCacheOptions } from '../cache/build-cache.js';
 import { executePlan } from './execute.js';
 import { planSpec } from '../frontend/spec/plan.js';
+import { timePhase } from '../timing.js';
 import { checkLowerCount } from '../build/build-vm.js';
 import { toWritable } from '../vm/index.js';
 import { resolveCreated } from '../build/config.js';
@@ -83,9 +84,8 @@ export async function runAsRoot(spec: BuildSpec, options: RunAsRootOptions = {})
         // nixpkgs derives the tag from the output's hash; the config digest names the content the same way.
         const imageTag = spec.tag ?? hex(built.image.configDigest).slice(0, 32);
         const image: Image = { ...built.image, repoTags: [`${spec.name}:${imageTag}`] };
-        if (archive) await archive.finish([{ image, tags: image.repoTags }]);
-        else await writeImage(image, output, { tags: image.repoTags });
-        const layers = await writtenLayers(output, image);
+        await timePhase('output archive written', () => (archive ? archive.finish([{ image, tags: image.repoTags }]) : writeImage(image, output, { tags: image.repoTags })));
+        const layers = await timePhase('output read back', () => writtenLayers(output, image));
         const cache = step.key === null ? null : { key: step.key, hit: step.cache };
         return { imageName: spec.name, imageTag, output, configDigest: image.configDigest, layers, bootedVm: built.vmBoots > 0, cache };
       } catch (err) {

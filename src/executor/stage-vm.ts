@@ -26,6 +26,7 @@ import { stepError } from './errors.js';
 import { ext4InodeCount } from '../layer/layer-bound.js';
 import type { Architecture } from '../vm/architectures.js';
 import type { InputRange } from './inputs-disk.js';
+import { startPhase, timePhase } from '../timing.js';
 
 /** One step for the VM, with what the host prepared for it. */
 export type VmJob =
@@ -99,10 +100,12 @@ export async function buildStageInVm(options: StageVmOptions): Promise<LayerFile
   // packed upper and the cache mounts' tars, one after another: at most the scratch disk's contents,
   // twice over (sparse)
   const outBytes = root ? outDiskBytes(root.diskSize) : 2 * options.diskMiB * 1024 * 1024;
-  if (root) await createUpperDisk(scratch, root.diskSize);
-  else await createScratchDisk(scratch, options.diskMiB);
-  await qemuImgCreate(out, outBytes, 'raw');
-  const maxEntries = ext4InodeCount(scratch); // before the guest can touch it (src/layer/layer-bound.ts)
+  const maxEntries = await timePhase('disks made', async () => {
+    if (root) await createUpperDisk(scratch, root.diskSize);
+    else await createScratchDisk(scratch, options.diskMiB);
+    await qemuImgCreate(out, outBytes, 'raw');
+    return ext4InodeCount(scratch); // before the guest can touch it (src/layer/layer-bound.ts)
+  });
   const network = jobs.some((job) => (job.kind === 'run' && job.network === 'default') || (job.kind === 'root' && job.step.network));
   const signal = options.signal;
   const copy = root?.copyTar ?? undefined;
@@ -112,29 +115,35 @@ export async function buildStageInVm(options: StageVmOptions): Promise<LayerFile
   // is the earlier step's only until a later one runs (test/security/guest-escape.test.ts).
   const layers: LayerFile[] = [];
   let saved: { offset: number; bytes: number }[] = [];
+  let booted = startPhase('VM boot');
+  let stopping = () => {};
   await withBuildVm(
     { lowers, scratch, out, ...(options.inputs ? { inputs: options.inputs } : {}), ...(copy ? { copy } : {}) },
     { architecture: options.architecture, memoryMiB: options.memoryMiB, network, ...(signal ? { signal } : {}) },
     async (vm) => {
+      booted();
+      booted = () => {};
       // copyToRoot (the copy disk) is unpacked over the root as the overlay is mounted
       // spec.json's step needs none of the tools a Containerfile's steps run chrooted
       const env: Record<string, string> = root ? { DOCKVM_KEEP_DIRLINKS: root.keepContentsDirlinks ? '1' : '0', DOCKVM_STAGE_TOOLS: '0' } : {};
-      await vm.mustStep('stage-mount', { env });
+      await timePhase('guest: mount', () => vm.mustStep('stage-mount', { env }));
       for (const [index, job] of jobs.entries()) {
         options.onStart?.(index);
-        await runJob(vm, job, (chunk) => options.onOutput?.(index, chunk)).catch((err: unknown) => {
+        await timePhase('guest: the step', () => runJob(vm, job, (chunk) => options.onOutput?.(index, chunk))).catch((err: unknown) => {
           // the VM dying under a step (a guest kernel it crashed, an agent it killed) is that step's failure
           throw err instanceof VmError && job.kind !== 'root' && !signal?.aborted ? stepError(job.step.location, job.text, err.message, { cause: err }) : err;
         });
-        const commit = parseCommit(await vm.mustStep('commit'));
+        const commit = parseCommit(await timePhase('guest: commit', () => vm.mustStep('commit')));
         if (job.kind === 'root') checkUpperSize(commit.upperKiB, job.step.diskSize);
-        layers.push(await readLayer(job, index, commit));
+        layers.push(await timePhase('host: layer written', () => readLayer(job, index, commit)));
         options.onCommitted?.(index);
       }
       const caches = options.saveCaches ?? [];
       if (caches.length > 0) saved = parseCacheSave(await vm.mustStep('cache-save', { args: [...caches] }), caches.length, outBytes);
+      stopping = startPhase('VM stop');
     },
   );
+  stopping();
   // read after the VM is gone: nothing writes the output disk any more
   for (const [index, { offset, bytes }] of saved.entries()) {
     await options.onCacheSaved?.(index, () => createReadStream(out, { start: offset, end: offset + bytes - 1 }));

@@ -8,6 +8,7 @@ import type { Digest } from '../image/digest.js';
 import { writeLayerTar } from './layer-tar.js';
 import { normalizeEntries, type LayerEntry } from './normalize.js';
 import { printable, readTar, type TarEntry } from './tar.js';
+import { startPhase, timePhase } from '../timing.js';
 
 export interface LayerFileOptions {
   /** names the input in errors ("guest output", "copyToRoot") */
@@ -46,6 +47,7 @@ export async function writeLayerFile(input: string, output: string, options: Lay
  */
 export async function writeLayerFromEntries(input: AsyncIterable<LayerEntry> | Iterable<LayerEntry>, output: string, options: LayerFileOptions): Promise<LayerFile> {
   const convert = options.convert ?? ((entry: TarEntry) => [entry]);
+  const listed = startPhase('host: entries read and sorted');
   const collected = new Map<string, LayerEntry>();
   let root: TarEntry | undefined;
   for await (const { entry, body } of input) {
@@ -62,7 +64,8 @@ export async function writeLayerFromEntries(input: AsyncIterable<LayerEntry> | I
   }
   checkNoEntryUnderNonDirectory(collected, options.source);
   const entries = normalizeEntries([...collected.values()], { source: options.source, ...(options.clampMtime === undefined ? {} : { clampMtime: options.clampMtime }) });
-  const { digest, size } = await writeLayerTar(entries, output);
+  listed();
+  const { digest, size } = await timePhase('host: layer tar written and hashed', () => writeLayerTar(entries, output));
   return { path: output, diffId: digest, size, entries: entries.length, ...(root ? { root } : {}) };
 }
 
