@@ -438,6 +438,7 @@ const PHASES: readonly { name: string; nested?: true }[] = [
   { name: 'host: entries read and sorted', nested: true },
   { name: 'host: layer tar written and hashed', nested: true },
   { name: 'VM stop' },
+  { name: 'scratch disk removed' },
   { name: 'build cache store' },
   { name: 'output archive written' },
   { name: 'output read back' },

@@ -306,7 +306,7 @@ class PlanRun {
     const file = await buildLayerOnHost(step, step.copyTar ?? undefined, stageTmp, this.options.clampMtime);
     this.#emit({ type: 'done', id, seconds: (Date.now() - started) / 1000 });
     this.#reports.push({ stage: index, name: item.name, key: null, diffId: file.diffId, cache: null });
-    return new FileLayer(file.path, file.diffId, file.size);
+    return new FileLayer(file.path, file.diffId, file.size, true);
   }
 
   async #copySources(step: CopyStep, platform: Platform): Promise<{ sources: CopySources; layout: CopyLayout }> {
@@ -547,7 +547,7 @@ class PlanRun {
         if (warning) this.#emit({ type: 'warning', message: warning });
       }
       if (item.key !== null) await timePhase('build cache store', () => this.options.cache.store(item.key!, file, { createdBy: item.step.createdBy ?? describeStep(item.step), platform }));
-      layers.push(new FileLayer(file.path, file.diffId, file.size));
+      layers.push(new FileLayer(file.path, file.diffId, file.size, true));
       this.#reports.push({ stage: index, name: item.name, key: item.key, diffId: file.diffId, cache: null });
     }
     return layers;

@@ -1,5 +1,6 @@
 // A layer that is an uncompressed tar in a local file (a layer dockvm has just built): its blob is its
-// tar, so digest = diff_id. Streams are verified against the diff_id like any other layer's.
+// tar, so digest = diff_id. Streams are verified against the diff_id like any other layer's; a copy by
+// position (the docker-archive writer) skips hashing a layer this process wrote and hashed as it did.
 import { createReadStream } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { DigestingStream, type Digest } from './digest.js';
@@ -11,6 +12,8 @@ export class FileLayer implements Layer {
     readonly path: string,
     readonly diffId: Digest,
     readonly size: number,
+    /** the file was written by this process, diffId computed from its bytes as they were written */
+    private readonly hashedWhenWritten = false,
   ) {}
 
   async blob(): Promise<{ mediaType: string; digest: Digest; size: number }> {
@@ -28,7 +31,7 @@ export class FileLayer implements Layer {
     return file.pipe(verify);
   }
 
-  async localTar(): Promise<{ path: string; offset: number; size: number }> {
-    return { path: this.path, offset: 0, size: this.size };
+  async localTar(): Promise<{ path: string; offset: number; size: number; hashed: boolean }> {
+    return { path: this.path, offset: 0, size: this.size, hashed: this.hashedWhenWritten };
   }
 }

@@ -16,9 +16,11 @@ export interface Layer {
   openTar(): Promise<Readable>;
   /**
    * Where the uncompressed tar lies inside a local file, when it does (an uncompressed layer in a plain
-   * archive or layout), so that readers can seek to entries; undefined otherwise.
+   * archive or layout), so that readers can seek to entries; undefined otherwise. `hashed`: the diff_id
+   * was computed from these very bytes as this process wrote them (a layer it has just built), so a
+   * reader by position need not hash them again.
    */
-  localTar?(): Promise<{ path: string; offset: number; size: number } | undefined>;
+  localTar?(): Promise<{ path: string; offset: number; size: number; hashed?: boolean } | undefined>;
   /**
    * The uncompressed tar's size and a stream of it, when both can be had before the tar is stored
    * anywhere (a layer downloading: registry/live-tar.ts), so that an archive writer streams it in

@@ -262,8 +262,9 @@ async function withSpool<T>(write: (spoolDir: () => Promise<string>) => Promise<
 /** The layer's tar written out into the spool directory (a compressed layer is decompressed once). */
 async function spoolTar(layer: Layer, spoolDir: () => Promise<string>): Promise<LocalRange> {
   const path = join(await spoolDir(), `${hex(layer.diffId)}.tar`);
+  // openTar's stream checked the diff_id as the spool was written
   await pipeline(await layer.openTar(), createWriteStream(path));
-  return { path, offset: 0, size: (await stat(path)).size };
+  return { path, offset: 0, size: (await stat(path)).size, hashed: true };
 }
 
 /** A layer entry as pieces: its header, its bytes copied from where they lie, tar-stream's padding. */

@@ -17,6 +17,8 @@ export interface LocalRange {
   path: string;
   offset: number;
   size: number;
+  /** hashed against the diff_id as this process wrote it (Layer.localTar) */
+  hashed?: boolean;
 }
 
 export interface FileStore {

@@ -12,6 +12,9 @@ import { dockerArchive, layerTar } from '../fixtures/assemble.js';
 import { collect } from '../helpers/streams.js';
 import { Readable } from 'node:stream';
 import { configFor, gzip, sampleLayers, sha, tarOf, tempDir } from './archives.js';
+import { FileLayer } from '../../src/image/file-layer.js';
+import type { Image } from '../../src/image/image.js';
+import type { ImageConfig } from '../../src/image/config.js';
 
 async function entriesOf(archive: Buffer): Promise<[TarEntry, Buffer][]> {
   const result: [TarEntry, Buffer][] = [];
@@ -180,6 +183,31 @@ test('a large layer read in place is copied as it lies and verified on a worker:
   const err = await t.throwsAsync(writeDockerArchive([{ image: bad, tags: ['big:1'], source: 'flipped.tar' }], join(dir, 'out.tar')), { instanceOf: DigestMismatchError });
   t.regex(err!.message, /^flipped\.tar: layer sha256:[0-9a-f]{64}: content does not match its diff_id: expected sha256:[0-9a-f]{64}, got sha256:[0-9a-f]{64}$/);
   t.deepEqual((await readdir(dir)).sort(), ['copy.tar', 'flipped.tar', 'good.tar']);
+});
+
+test('a layer this process hashed as it wrote it (a new build\'s) is copied by position without a second hash; any other local layer is hashed', async (t) => {
+  t.timeout(60_000);
+  const dir = await tempDir(t);
+  const content = Buffer.alloc(20 * 1024 * 1024);
+  for (let i = 0; i < content.length; i += 4) content.writeUInt32LE((i * 2654435761) >>> 0, i);
+  const layer = await layerTar([{ path: 'big', content }]);
+  // the file changed after its diff_id was taken: only a second hash can tell
+  const flipped = Buffer.from(layer);
+  flipped[10 * 1024 * 1024]! ^= 0x01;
+  await writeFile(join(dir, 'layer.tar'), flipped);
+  const rawConfig = configFor([layer]);
+  const imageOf = (hashed: boolean): Image => ({
+    rawConfig,
+    config: JSON.parse(rawConfig.toString()) as ImageConfig,
+    configDigest: `sha256:${sha(rawConfig)}`,
+    layers: [new FileLayer(join(dir, 'layer.tar'), `sha256:${sha(layer)}`, layer.length, hashed)],
+    repoTags: ['big:1'],
+  });
+  await t.throwsAsync(writeDockerArchive([{ image: imageOf(false), tags: ['big:1'] }], join(dir, 'checked.tar')), { instanceOf: DigestMismatchError });
+  t.false(existsSync(join(dir, 'checked.tar')));
+  await writeDockerArchive([{ image: imageOf(true), tags: ['big:1'] }], join(dir, 'trusted.tar'));
+  const copied = (await entriesOf(await readFile(join(dir, 'trusted.tar')))).find(([entry]) => entry.path === `${sha(layer)}.tar`);
+  t.true(copied?.[1].equals(flipped), 'the file\'s bytes, as they lie');
 });
 
 test('an archive of local layers is written by position: the bytes the streaming way writes, for several images, tags and layer sizes', async (t) => {
