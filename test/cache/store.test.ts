@@ -59,6 +59,12 @@ test('a layer damaged on disk is caught the first time a process uses it: a miss
   t.deepEqual(await readdir(join(dir, 'layers')), []);
   t.deepEqual(await readdir(join(dir, 'entries')), []);
 
+  // Zeros where the content was, as a crash can leave a tar the store did not sync: the same.
+  await writeFile(store.entryPath(entry.key), renderEntry(entry));
+  await writeFile(store.layerPath(entry.diffId), Buffer.alloc(tar.length));
+  t.is(await store.get(entry.key), undefined);
+  t.deepEqual(await readdir(join(dir, 'layers')), []);
+
   // The same, undamaged: a hit.
   await writeFile(store.entryPath(entry.key), renderEntry(entry));
   await writeFile(store.layerPath(entry.diffId), tar);
