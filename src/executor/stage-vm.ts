@@ -115,14 +115,13 @@ export async function buildStageInVm(options: StageVmOptions): Promise<LayerFile
   // is the earlier step's only until a later one runs (test/security/guest-escape.test.ts).
   const layers: LayerFile[] = [];
   let saved: { offset: number; bytes: number }[] = [];
-  let booted = startPhase('VM boot');
+  const booted = startPhase('VM boot');
   let stopping = () => {};
   await withBuildVm(
     { lowers, scratch, out, ...(options.inputs ? { inputs: options.inputs } : {}), ...(copy ? { copy } : {}) },
     { architecture: options.architecture, memoryMiB: options.memoryMiB, network, ...(signal ? { signal } : {}) },
     async (vm) => {
       booted();
-      booted = () => {};
       // copyToRoot (the copy disk) is unpacked over the root as the overlay is mounted
       // spec.json's step needs none of the tools a Containerfile's steps run chrooted
       const env: Record<string, string> = root ? { DOCKVM_KEEP_DIRLINKS: root.keepContentsDirlinks ? '1' : '0', DOCKVM_STAGE_TOOLS: '0' } : {};
@@ -144,9 +143,9 @@ export async function buildStageInVm(options: StageVmOptions): Promise<LayerFile
     },
   );
   stopping();
-  // The scratch disk's bytes are in the layers now. Gone at once, its page cache is dropped unwritten
-  // (a 1 GB layer's worth), instead of counting against the host's dirty limit while the layer is
-  // stored and copied into the output, which then waits for the disk.
+  // The scratch disk's bytes are in the layers now. Removed at once, its page cache (a 1 GB layer's
+  // worth) goes, what the host has not written back yet never written, instead of counting against the
+  // host's dirty limit while the layer is stored and copied into the output.
   await timePhase('scratch disk removed', () => rm(scratch, { force: true }));
   // read after the VM is gone: nothing writes the output disk any more
   for (const [index, { offset, bytes }] of saved.entries()) {
