@@ -25,3 +25,13 @@ test('shell without a command reads a script from a piped stdin; changes do not 
   const again = await runDockvm(['shell', debianFixture(), '--', 'test', '-e', '/etc/changed']);
   t.is(again.exitCode, 1, 'the next shell starts from the image again');
 });
+
+test('DOCKVM_CPUS gives the VM that many CPUs; a count that is not one is refused before any VM', async (t) => {
+  const two = await runDockvm(['shell', debianFixture(), '--', 'nproc'], { env: { DOCKVM_CPUS: '2' } });
+  t.is(two.exitCode, 0, two.stderr);
+  t.is(two.stdout, '2\n');
+  const bad = await runDockvm(['shell', debianFixture(), '--', 'nproc'], { env: { DOCKVM_CPUS: 'many' } });
+  t.not(bad.exitCode, 0);
+  t.is(bad.stdout, '');
+  t.regex(bad.stderr, /^dockvm: DOCKVM_CPUS=many is not a number of virtual CPUs \(a whole number from 1 to 64\)$/m);
+});
