@@ -1,13 +1,24 @@
 // What VM starts remember across processes (file-memo.ts): a value stays remembered while its files are
 // unchanged, and is computed again when one changes, even to the same size and mtime; each copy of dockvm
 // sharing a cache remembers its own.
-import { copyFile, mkdir, mkdtemp, rm, utimes, writeFile, stat } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readFile, rm, utimes, writeFile, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, posix } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import test from 'ava';
 import { memoized } from '../../src/vm/file-memo.js';
 import { packageRoot } from '../../src/vm/paths.js';
+
+/** `file` and every module of dist/src it imports, however deep, as paths relative to `root`. */
+async function localImports(root: string, file: string, found = new Set<string>()): Promise<Set<string>> {
+  if (found.has(file)) return found;
+  found.add(file);
+  const code = await readFile(join(root, file), 'utf8');
+  for (const [, spec] of code.matchAll(/(?:from|import)\s*\(?\s*'(\.{1,2}\/[^']+)'/g)) {
+    await localImports(root, posix.normalize(posix.join(posix.dirname(file), spec!)), found);
+  }
+  return found;
+}
 
 test('a value is remembered while its files are unchanged; a rewrite, even keeping size and mtime, computes it again', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'dockvm-file-memo-'));
@@ -44,7 +55,7 @@ test('dockvm never takes a value remembered by another copy of it (another check
   const env = { DOCKVM_CACHE: join(dir, 'cache') };
   // another checkout's build of file-memo.ts (and what it imports), beside this one's
   const built = join(packageRoot(), 'dist', 'src');
-  for (const file of ['vm/file-memo.js', 'cache-dir.js', 'output.js', 'cleanup.js']) {
+  for (const file of await localImports(built, 'vm/file-memo.js')) {
     await mkdir(join(dir, 'other', 'src', file, '..'), { recursive: true });
     await copyFile(join(built, file), join(dir, 'other', 'src', file));
   }
