@@ -154,10 +154,26 @@ export function maxProcessesEnv(): Record<string, string> {
   return { DOCKVM_MAX_PROCESSES: value };
 }
 
-/** The guest stopped a step at its process limit (vm/run-in-image.c says dockvm-pids-max=N): a fork bomb, most likely. */
+// The guest's markers (vm/run-in-image.c) are written once every process of the step is gone, but may
+// follow a partial line one of them left as it was killed ("/bin/sh: 1: dockvm-pids-max=486"): they are
+// found at the end of a line, not only at its start.
+const PIDS_MAX_MARKER = /dockvm-pids-max=(\d+)$/m;
+const OOM_KILLS_MARKER = /dockvm-oom-kills=\d+$/m;
+
+/** The guest stopped a step at its process limit (dockvm-pids-max=N): a fork bomb, most likely. */
 export function processLimitHit(stderr: string): string | undefined {
-  const limit = /^dockvm-pids-max=(\d+)$/m.exec(stderr)?.[1];
+  const limit = PIDS_MAX_MARKER.exec(stderr)?.[1];
   return limit === undefined ? undefined : `hit the build VM's limit of ${limit} processes (a fork bomb?) and was stopped; set DOCKVM_MAX_PROCESSES to raise it (or give the VM more memory)`;
+}
+
+/** The OOM killer killed a process of the step (dockvm-oom-kills=N). */
+export function oomKilled(stderr: string): boolean {
+  return OOM_KILLS_MARKER.test(stderr);
+}
+
+/** `stderr` without the guest's OOM marker, for the tail an error shows. */
+export function withoutOomMarker(stderr: string): string {
+  return stderr.replace(/dockvm-oom-kills=\d+\n?/g, '');
 }
 
 async function runScript(vm: BuildVm, step: RootStep, output: OutputSink): Promise<void> {
@@ -168,7 +184,7 @@ async function runScript(vm: BuildVm, step: RootStep, output: OutputSink): Promi
   const bomb = processLimitHit(run.stderr);
   if (bomb) throw new ScriptError(`runAsRoot ${bomb}`, { command: 'runAsRoot' });
   // guest.sh reports OOM kills in the script's memory cgroup
-  if (/^dockvm-oom-kills=\d+$/m.test(run.stderr)) {
+  if (oomKilled(run.stderr)) {
     throw new SpecError(
       `runAsRoot ran out of memory: buildVMMemorySize ${step.buildVMMemorySize} MiB was too small; set buildVMMemorySize to at least ${step.buildVMMemorySize * 2}`,
       [],

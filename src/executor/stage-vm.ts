@@ -17,7 +17,7 @@ import { VmError, stderrTail } from '../errors.js';
 import type { Layer } from '../image/image.js';
 import type { LayerFile } from '../layer/layer-file.js';
 import { lowerForLayer } from '../build/lowers.js';
-import { checkUpperSize, createUpperDisk, maxProcessesEnv, outDiskBytes, processLimitHit, runRootScripts, writePackedLayer } from '../build/vm-layer.js';
+import { checkUpperSize, createUpperDisk, maxProcessesEnv, oomKilled, outDiskBytes, processLimitHit, runRootScripts, withoutOomMarker, writePackedLayer } from '../build/vm-layer.js';
 import type { CopyStep, RootStep, RunStep, StepLocation, WorkdirStep } from '../plan/plan.js';
 import { createScratchDisk, qemuImgCreate, type OutputSink } from '../vm/index.js';
 import { EXT4_LOWER_SUFFIX, checkLowerCount, describeExit, withBuildVm, type BuildVm, type LowerImage, type StepResult } from '../build/build-vm.js';
@@ -234,11 +234,11 @@ async function runJob(vm: BuildVm, job: VmJob, output: OutputSink): Promise<void
 function runFailure(location: StepLocation, text: string, result: StepResult) {
   const bomb = processLimitHit(result.stderr);
   if (bomb) return stepError(location, text, bomb);
-  if (/^dockvm-oom-kills=\d+$/m.test(result.stderr)) {
+  if (oomKilled(result.stderr)) {
     return stepError(location, text, 'ran out of memory in the build VM (it was killed); give the VM more with --memory');
   }
   const code = result.exitCode === null ? describeExit(result) : `exit code ${result.exitCode}`;
-  const tail = stderrTail(result.stderr.replace(/^dockvm-oom-kills=.*\n?/gm, ''));
+  const tail = stderrTail(withoutOomMarker(result.stderr));
   return stepError(location, text, `the command failed (${code})${tail}`, result.exitCode === null ? {} : { exitCode: result.exitCode });
 }
 
