@@ -3,31 +3,16 @@
 //   #2 [build 2/4] RUN make
 //   #2 0.412 cc -o app main.c
 //   #2 DONE 3.1s
-import type { Writable } from 'node:stream';
 import type { BuildEvent } from '../executor/events.js';
-
-/** Writes into `stream`; a promise when it is full, so that a RUN's output waits for a slow reader of stderr. */
-export function streamWriter(stream: Writable): (text: string) => void | Promise<void> {
-  let drained: Promise<void> | undefined; // one wait for 'drain', however many lines found the stream full
-  return (text) => {
-    if (stream.write(text)) return;
-    drained ??= new Promise<void>((resolve) => stream.once('drain', () => {
-      drained = undefined;
-      resolve();
-    }));
-    return drained;
-  };
-}
+import { toWritable } from '../vm/agent-client.js';
 
 const MAX_PARTIAL_LINE = 64 * 1024;
 
 export class BuildProgress {
   readonly #started = new Map<number, number>();
   readonly #partial = new Map<number, string>();
-  /** what the last write returned: output waits on it before it takes more (event kinds other than output are few) */
-  #full: void | Promise<void> = undefined;
-
-  constructor(private readonly write: (text: string) => void | Promise<void> = streamWriter(process.stderr)) {}
+  /** `write` returns a promise while stderr is full: a RUN's output waits on it (the other events are few) */
+  constructor(private readonly write: (text: string) => void | Promise<void> = toWritable(process.stderr)) {}
 
   readonly onEvent = (event: BuildEvent): void | Promise<void> => {
     switch (event.type) {
@@ -39,9 +24,7 @@ export class BuildProgress {
         this.write(`#${event.id} CACHED\n`);
         break;
       case 'output':
-        this.#full = undefined;
-        this.#output(event.id, event.chunk.toString('utf8'));
-        return this.#full;
+        return this.#output(event.id, event.chunk.toString('utf8'));
       case 'done': {
         const rest = this.#partial.get(event.id);
         if (rest) this.#line(event.id, rest);
@@ -58,7 +41,8 @@ export class BuildProgress {
     }
   };
 
-  #output(id: number, text: string): void {
+  /** what the last line's write returned */
+  #output(id: number, text: string): void | Promise<void> {
     const lines = ((this.#partial.get(id) ?? '') + text).split('\n');
     let rest = lines.pop()!;
     // output that never ends a line is shown in pieces rather than held without end
@@ -67,11 +51,13 @@ export class BuildProgress {
       rest = '';
     }
     this.#partial.set(id, rest);
-    for (const line of lines) this.#line(id, line);
+    let written: void | Promise<void> = undefined;
+    for (const line of lines) written = this.#line(id, line);
+    return written;
   }
 
-  #line(id: number, line: string): void {
+  #line(id: number, line: string): void | Promise<void> {
     const seconds = (Date.now() - (this.#started.get(id) ?? Date.now())) / 1000;
-    this.#full = this.write(`#${id} ${seconds.toFixed(3)} ${line.replace(/\r$/, '')}\n`);
+    return this.write(`#${id} ${seconds.toFixed(3)} ${line.replace(/\r$/, '')}\n`);
   }
 }

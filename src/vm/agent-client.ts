@@ -286,9 +286,20 @@ export class AgentClient {
   }
 }
 
-/** An onStdout/onStderr callback that writes into `stream`, slowing the guest down when it is full. */
-export function toWritable(stream: Writable): OutputSink {
+/**
+ * An onStdout/onStderr callback (an OutputSink; it takes text too) that writes into `stream`: while the
+ * stream is full it returns one promise of its 'drain', however many writes found it full.
+ */
+export function toWritable(stream: Writable): (chunk: Buffer | string) => void | Promise<void> {
+  let drained: Promise<void> | undefined;
   return (chunk) => {
-    if (!stream.write(chunk)) return new Promise<void>((resolve) => stream.once('drain', resolve));
+    if (stream.write(chunk)) return;
+    drained ??= new Promise<void>((resolve) =>
+      stream.once('drain', () => {
+        drained = undefined;
+        resolve();
+      }),
+    );
+    return drained;
   };
 }

@@ -1,7 +1,8 @@
 // The build's progress as BuildKit's plain output shows it, and what it does with a stderr that is full.
 import test from 'ava';
 import { PassThrough } from 'node:stream';
-import { BuildProgress, streamWriter } from '../../src/cli/build-progress.js';
+import { BuildProgress } from '../../src/cli/build-progress.js';
+import { toWritable } from '../../src/vm/agent-client.js';
 
 test('output lines are numbered by their vertex and timed; DONE flushes the last partial line', (t) => {
   const written: string[] = [];
@@ -17,7 +18,7 @@ test('output lines are numbered by their vertex and timed; DONE flushes the last
 
 test('output to a full stderr returns a promise that settles when it drains, so the guest waits', async (t) => {
   const stderr = new PassThrough({ highWaterMark: 16 });
-  const progress = new BuildProgress(streamWriter(stderr));
+  const progress = new BuildProgress(toWritable(stderr));
   progress.onEvent({ type: 'vertex', id: 1, name: '[1/2] RUN yes' });
   const waiting = progress.onEvent({ type: 'output', id: 1, chunk: Buffer.from('y\n'.repeat(100)) });
   t.true(waiting instanceof Promise, 'the full stream slows the producer down');
