@@ -39,7 +39,7 @@ import type { BuildEvent, BuildEventSink } from './events.js';
 import { nixpkgsImageConfig, stageImageConfig } from './image-config.js';
 import type { ImageSource } from './image-source.js';
 import { ImageTree } from './image-tree.js';
-import { InputsDisk } from './inputs-disk.js';
+import { InputsDisk, type InputRange } from './inputs-disk.js';
 import { rootStepKey } from './root-step.js';
 import { buildStageInVm, type VmJob } from './stage-vm.js';
 import { timePhase } from '../timing.js';
@@ -385,6 +385,28 @@ class PlanRun {
     })();
   }
 
+  /** A bind mount's (or a cache seed's) source as one tar on the inputs disk; its items, for the caller to look at. */
+  async #appendBindItems(inputs: InputsDisk, from: FileSource, source: string, step: RunStep, platform: Platform): Promise<{ range: InputRange; items: CopyItem[] }> {
+    const items: CopyItem[] = [];
+    for await (const item of await this.#bindItems(from, source, step, platform)) items.push(item);
+    const range = await inputs.append((sink) => writeItemsTar(listOf(items), { clampMtime: this.options.clampMtime, sink }));
+    return { range, items };
+  }
+
+  /**
+   * What a stage's first step that mounts cache `id` finds there: what an earlier build kept, else (nothing
+   * kept, or sharing=private found it in use) its seed, from=…,source=…, else nothing. A seeded cache is kept
+   * per content of its seed, as BuildKit keys it by id and the from= ref.
+   */
+  async #cacheContent(id: string, use: CacheMountUse, step: RunStep, stagePlatform: Platform, platform: string, locks: CacheMountLock[], inputs: InputsDisk): Promise<InputRange | undefined> {
+    const { seed } = use;
+    if (seed) use.storeId = `${id}:${await this.#bindDigest(seed.from, seed.source, step, stagePlatform)}`;
+    const stored = await this.#openCacheMount(id, use, platform, locks);
+    if (stored !== undefined) return inputs.append((sink) => pipeline(createReadStream(stored), sink));
+    if (seed) return (await this.#appendBindItems(inputs, seed.from, seed.source, step, stagePlatform)).range;
+    return undefined;
+  }
+
   /** What a RUN asks that is not built yet: refused by name. */
   #checkRun(step: RunStep): void {
     const text = describeStep(step);
@@ -450,19 +472,10 @@ class PlanRun {
             case 'cache': {
               const use = caches.get(mount.id)!;
               if (!use.opened) {
-                // before the first step that mounts it: what earlier builds left, unpacked where the steps mount it
+                // before the first step that mounts it: its content, unpacked where the steps mount it
                 use.opened = true;
-                const { seed } = use;
-                // a seeded cache is its own cache for each content of its seed (BuildKit keys it by id and the from= ref)
-                if (seed) use.storeId = `${mount.id}:${await this.#bindDigest(seed.from, seed.source, step, stage.platform)}`;
-                const stored = await this.#openCacheMount(mount.id, use, platform, locks);
-                if (stored !== undefined) unpack.push({ dir: use.dir, range: await inputs.append((sink) => pipeline(createReadStream(stored), sink)) });
-                else if (seed) {
-                  // nothing kept yet (or private found it in use): it starts as from=…,source=… is
-                  const collected: CopyItem[] = [];
-                  for await (const it of await this.#bindItems(seed.from, seed.source, step, stage.platform)) collected.push(it);
-                  unpack.push({ dir: use.dir, range: await inputs.append((sink) => writeItemsTar(listOf(collected), { clampMtime: this.options.clampMtime, sink })) });
-                }
+                const range = await this.#cacheContent(mount.id, use, step, stage.platform, platform, locks, inputs);
+                if (range) unpack.push({ dir: use.dir, range });
               }
               lines.push(['cache', mount.target, use.dir, mount.mode.toString(8), mount.uid, mount.gid, mount.readonly ? 'ro' : 'rw'].join('\t'));
               break;
@@ -482,10 +495,7 @@ class PlanRun {
             }
             case 'bind': {
               const dir = `/build/scratch/inputs/${unpackCount++}`;
-              const items = await this.#bindItems(mount.from, mount.source, step, stage.platform);
-              const collected: CopyItem[] = [];
-              for await (const it of items) collected.push(it);
-              const range = await inputs.append((sink) => writeItemsTar(listOf(collected), { clampMtime: this.options.clampMtime, sink }));
+              const { range, items: collected } = await this.#appendBindItems(inputs, mount.from, mount.source, step, stage.platform);
               unpack.push({ dir, range });
               const single = collected.length === 1 && collected[0]!.entry.type !== 'directory' ? collected[0]!.target : undefined;
               lines.push(['bind', mount.target, single ? `${dir}/${single}` : dir, mount.readwrite ? 'rw' : 'ro'].join('\t'));
