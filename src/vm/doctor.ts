@@ -15,10 +15,10 @@ import { ensureInitramfs, planInitramfs } from './initramfs.js';
 import { type GuestKernel, resolveKernel } from './kernel.js';
 import { planModules } from './modules.js';
 import { cacheDir } from '../cache-dir.js';
-import { assetPath } from './paths.js';
+import { assetPath, findOnPath } from './paths.js';
 import { type Accel, type QemuBinary, findQemu, machineRow } from './qemu.js';
 import { bootVm, chooseMachine, chooseTransport, type Transport } from './vm.js';
-import { PASST_MISSING, findPasst, networkBackend, type NetworkBackend } from './network.js';
+import { PASST_MISSING, networkBackend, type NetworkBackend } from './network.js';
 
 /** Whether this host can build for one architecture. */
 export interface ArchitectureReport {
@@ -96,9 +96,9 @@ export function networkReport(env: NodeJS.ProcessEnv): DoctorReport['network'] {
   try {
     backend = networkBackend(env);
   } catch (err) {
-    return { backend: 'passt', passt: findPasst(env) ?? null, problem: problem(err) };
+    return { backend: 'passt', passt: findOnPath('passt', env) ?? null, problem: problem(err) };
   }
-  const passt = findPasst(env) ?? null;
+  const passt = findOnPath('passt', env) ?? null;
   return { backend, passt, problem: backend === 'passt' && passt === null ? PASST_MISSING : null };
 }
 

@@ -6,28 +6,13 @@
 // NIC is a `-netdev stream` to a passt process of its own; DOCKVM_HOST_LOOPBACK=1 opens the door again
 // (QEMU's user networking, as before), for a build that must reach a service on the host's loopback.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { accessSync, constants, existsSync } from 'node:fs';
-import { delimiter, join } from 'node:path';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { MissingToolError, VmError } from '../errors.js';
 
 /** What a build with network says when passt is not installed (and `dockvm doctor` too). */
 export const PASST_MISSING =
   'the build VM\'s network needs passt, which keeps the host\'s loopback out of its reach: install passt (apt-get install passt), or set DOCKVM_HOST_LOOPBACK=1 to use QEMU\'s user networking, which lets the build reach services on 127.0.0.1';
-
-/** passt as `spawn` finds it: the first executable `passt` in PATH, or undefined. */
-export function findPasst(env: NodeJS.ProcessEnv = process.env): string | undefined {
-  for (const dir of (env.PATH ?? '').split(delimiter)) {
-    if (dir === '') continue;
-    const path = join(dir, 'passt');
-    try {
-      accessSync(path, constants.X_OK);
-      return path;
-    } catch {
-      // not here
-    }
-  }
-  return undefined;
-}
 
 /** How the guest's NIC reaches out: passt (the host's loopback closed) or QEMU's user networking (open). */
 export type NetworkBackend = 'passt' | 'slirp';

@@ -1,7 +1,8 @@
 // Where the guest-side assets (vm/, kernel/) shipped in the package are: looked up the same way from
-// src/ (tsx) and from dist/src/ (compiled). (The per-user cache is src/cache-dir.ts.)
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+// src/ (tsx) and from dist/src/ (compiled); and where a host program on PATH is. (The per-user cache is
+// src/cache-dir.ts.)
+import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
+import { delimiter, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 let root: string | undefined;
@@ -25,4 +26,19 @@ export function packageRoot(): string {
 /** A file of the guest side, e.g. `assetPath('vm', 'agent.c')`. */
 export function assetPath(...parts: string[]): string {
   return join(packageRoot(), ...parts);
+}
+
+/** `name` as spawn (execvp) finds it: the first executable file of that name along PATH, or undefined. */
+export function findOnPath(name: string, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  for (const dir of (env.PATH ?? '').split(delimiter)) {
+    if (dir === '') continue;
+    const path = join(dir, name);
+    try {
+      accessSync(path, constants.X_OK);
+      return path;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
 }

@@ -1,11 +1,10 @@
 // A typed QEMU command line for the build VM. Every option says why it is there; nothing else is
 // passed. The launcher itself (spawn, deadlines, cleanup) is in vm.ts.
-import { existsSync } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { delimiter, join } from 'node:path';
 import { execa } from 'execa';
 import { MissingToolError, VmError } from '../errors.js';
 import { memoized } from './file-memo.js';
+import { findOnPath } from './paths.js';
 import { type ArchitectureRow, type MachineRow, archEnv } from './architectures.js';
 
 export type Accel = 'kvm' | 'tcg';
@@ -209,7 +208,7 @@ export function scsiDiskDevice(disk: QemuDisk, i: number): Record<string, unknow
  */
 async function qemuVersion(path: string, env: NodeJS.ProcessEnv): Promise<string> {
   const ask = async () => /version (\S+)/.exec((await execa(path, ['--version'], { env, stdin: 'ignore' })).stdout)?.[1] ?? 'unknown';
-  const resolved = path.includes('/') ? path : (env.PATH ?? '').split(delimiter).map((dir) => join(dir, path)).find((candidate) => existsSync(candidate));
+  const resolved = path.includes('/') ? path : findOnPath(path, env);
   const head = resolved === undefined ? undefined : await firstBytes(resolved, 4);
   if (resolved === undefined || !head?.equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]))) return ask();
   return memoized('qemu-version', [resolved], async () => ({ value: await ask(), files: [resolved] }), { env });
