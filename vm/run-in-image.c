@@ -89,7 +89,7 @@ static void remove_mount_points(void) {
  * the whole guest thrashing (no swap: it would evict every process's code pages and crawl under TCG). */
 #define RESERVE_KIB (24 * 1024)
 /* The command's process limit: DOCKVM_MAX_PROCESSES when the user set it (src/build/vm-layer.ts), else
- * one per 2 MiB of the VM's memory (256 in 512 MiB): a fork bomb meets it before its memory runs out. */
+ * one per 2 MiB of the VM's memory (235 in a 512 MiB VM, MemTotal being less): a fork bomb meets it before its memory runs out. */
 static char max_text[32];
 static const char *max_processes(void) {
   const char *max = getenv("DOCKVM_MAX_PROCESSES");
@@ -121,26 +121,24 @@ static int limit_memory(void) {
   return 0;
 }
 
-static void report_oom(void) {
-  FILE *events = fopen(CGROUP "/script/memory.events", "re");
+/* The count of the line `format` ("KEY %lld") matches in a cgroup events file; 0 without one. */
+static long long cgroup_event(const char *file, const char *format) {
+  FILE *events = fopen(file, "re");
   char line[128];
-  long long kills = 0;
+  long long count = 0;
   while (events && fgets(line, sizeof line, events))
-    if (sscanf(line, "oom_kill %lld", &kills) == 1) break;
+    if (sscanf(line, format, &count) == 1) break;
   if (events) fclose(events);
+  return count;
+}
+
+static void report_oom(void) {
+  long long kills = cgroup_event(CGROUP "/script/memory.events", "oom_kill %lld");
   if (kills > 0) fprintf(stderr, "dockvm-oom-kills=%lld\n", kills);
 }
 
-/* How often the script's cgroup met its pids.max ("max N" in pids.events). */
-static long long pids_max_events(void) {
-  FILE *events = fopen(CGROUP "/script/pids.events", "re");
-  char line[128];
-  long long hits = 0;
-  while (events && fgets(line, sizeof line, events))
-    if (sscanf(line, "max %lld", &hits) == 1) break;
-  if (events) fclose(events);
-  return hits;
-}
+/* How often the script's cgroup met its pids.max. */
+static long long pids_max_events(void) { return cgroup_event(CGROUP "/script/pids.events", "max %lld"); }
 
 static int mount_at(const char *root, const char *what, const char *where, const char *type, unsigned long flags, const char *options) {
   char path[4200];
