@@ -155,12 +155,18 @@ test('entries larger than the stream buffers are indexed, checked and copied', a
   t.deepEqual(await collect(await copy.layers[0]!.openTar()), layer);
 });
 
+/** `bytes` that no compressor shrinks (a wrong byte among them is not in padding). */
+function incompressible(bytes: number): Buffer {
+  const content = Buffer.alloc(bytes);
+  for (let i = 0; i < content.length; i += 4) content.writeUInt32LE((i * 2654435761) >>> 0, i);
+  return content;
+}
+
 test('a large layer read in place is copied as it lies and verified on a worker: a wrong byte fails the write, which leaves nothing', async (t) => {
   t.timeout(60_000);
   const dir = await tempDir(t);
   // Past VERIFY_ON_WORKER (16 MiB): incompressible, so that a wrong byte is not somewhere in padding.
-  const content = Buffer.alloc(20 * 1024 * 1024);
-  for (let i = 0; i < content.length; i += 4) content.writeUInt32LE((i * 2654435761) >>> 0, i);
+  const content = incompressible(20 * 1024 * 1024);
   const layer = await layerTar([{ path: 'big', content }]);
   const archive = (data: Buffer) =>
     tarOf([
@@ -188,8 +194,7 @@ test('a large layer read in place is copied as it lies and verified on a worker:
 test('a layer this process hashed as it wrote it (a new build\'s) is copied by position without a second hash; any other local layer is hashed', async (t) => {
   t.timeout(60_000);
   const dir = await tempDir(t);
-  const content = Buffer.alloc(20 * 1024 * 1024);
-  for (let i = 0; i < content.length; i += 4) content.writeUInt32LE((i * 2654435761) >>> 0, i);
+  const content = incompressible(20 * 1024 * 1024);
   const layer = await layerTar([{ path: 'big', content }]);
   // the file changed after its diff_id was taken: only a second hash can tell
   const flipped = Buffer.from(layer);
