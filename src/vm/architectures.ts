@@ -103,7 +103,11 @@ export const ARCHITECTURES: Readonly<Record<Architecture, ArchitectureRow>> = {
     // (max) to 1.42x (this model) the CPU time for the same step and was not faster on this shared host.
     // It has no ERMS or FSRM either: with them the kernel's and glibc's copies are `rep movsb`, which TCG
     // runs a byte at a time (a 300 MB dd into the upper took 30-45 % longer under -cpu max than without).
-    cpu: { kvm: 'host', tcg: 'qemu64,+cx16,+lahf-lm,+popcnt,+pni,+sse4.1,+sse4.2,+ssse3,+rdrand' },
+    // model=2: qemu64's own model (107) makes the kernel take it for a K8 of revision C or later and set
+    // REP_GOOD, so that its memcpy, copy_to/from_user and clear_page become `rep movsq`/`rep stosq`,
+    // which TCG (QEMU 7.2) also runs one element per translated-block loop. Below revision C (model < 4)
+    // the kernel keeps its unrolled movq loops: a 200 MB write into a tmpfs took 0.72x the time.
+    cpu: { kvm: 'host', tcg: 'qemu64,model=2,+cx16,+lahf-lm,+popcnt,+pni,+sse4.1,+sse4.2,+ssse3,+rdrand' },
     console: 'ttyS0',
     cmdline: [
       'reboot=t', // reboot by triple fault: needs no ACPI or keyboard controller, and -no-reboot turns it into an exit

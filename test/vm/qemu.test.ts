@@ -34,7 +34,7 @@ function values(args: string[], flag: string): string[] {
 
 /** What each row must produce, as a person reading the row would expect it. */
 const expected = {
-  amd64: { machine: 'microvm,x-option-roms=off,rtc=on,acpi=on', tcgCpu: 'qemu64,+cx16,+lahf-lm,+popcnt,+pni,+sse4.1,+sse4.2,+ssse3,+rdrand', console: 'ttyS0', bus: 'mmio', suffix: '-device', tsc: true },
+  amd64: { machine: 'microvm,x-option-roms=off,rtc=on,acpi=on', tcgCpu: 'qemu64,model=2,+cx16,+lahf-lm,+popcnt,+pni,+sse4.1,+sse4.2,+ssse3,+rdrand', console: 'ttyS0', bus: 'mmio', suffix: '-device', tsc: true },
   arm64: { machine: 'virt,gic-version=max', tcgCpu: 'max,pauth=off', console: 'ttyAMA0', bus: 'mmio', suffix: '-device', tsc: false },
 } as const;
 

@@ -170,6 +170,19 @@ test.serial('consoleTail returns the guest console\'s last lines', async (t) => 
   t.true(await waitFor(() => vm.consoleTail(1)[0] === 'dockvm-console-marker'), vm.consoleTail(3).join(' | '));
 });
 
+// The CPU model is amd64's (src/vm/architectures.ts); an arm64 host's tests run arm64 guests.
+(process.arch === 'x64' ? test.serial : test.serial.skip)('the guest\'s CPU: under TCG no K8 of revision C or later (no rep_good, which turns the kernel\'s copies into rep strings TCG runs slowly); under KVM the host\'s', async (t) => {
+  const r = await run({ argv: ['sh', '-c', 'grep -m1 "^flags" /proc/cpuinfo; grep -m1 "^model[[:space:]]" /proc/cpuinfo'] });
+  const model = /^model\s*: (\d+)$/m.exec(r.stdout)?.[1];
+  if (vm.accel === 'kvm') {
+    t.is(model, /^model\s*: (\d+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]);
+    return;
+  }
+  t.regex(r.stdout, /^flags\s*:.* sse4_2 /m);
+  t.notRegex(r.stdout, /\brep_good\b/);
+  t.is(model, '2');
+});
+
 test.serial('a put over the size limit is refused on the host with a hint', async (t) => {
   await t.throwsAsync(vm.putFile('/tmp/huge', Buffer.alloc(16 * 1024 * 1024)), { instanceOf: VmError, message: /pass big data on a disk/ });
 });
