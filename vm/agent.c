@@ -8,7 +8,8 @@
  * vsock port, because Node.js cannot open AF_VSOCK sockets.
  *
  * Also run by guest.sh as `dockvm-agent upper-manifest …` (vm/upper-manifest.c) and `dockvm-agent
- * run-in-image …` (vm/run-in-image.c).
+ * run-in-image …` (vm/run-in-image.c), and by the host as `dockvm-agent mount-run …` (guest.sh's
+ * mount-run without the shell).
  *
  * Built with: gcc -static -Os -o agent agent.c upper-manifest.c run-in-image.c
  */
@@ -708,8 +709,73 @@ static int mount_lowers(const char *dir, int count, char **specs) {
   return 0;
 }
 
-int upper_manifest(int argc, char **argv); /* vm/upper-manifest.c */
+/* ---- mount-run ------------------------------------------------------------------------------ */
+
+/* guest.sh's paths (B, R, L, TOOLS) and the line its mount-run ends stderr with when a mount fails */
+#define BUILD_DIR "/build"
+#define ROOT_DIR BUILD_DIR "/root"
+#define SCRATCH_DIR BUILD_DIR "/scratch"
+#define LOWERS_DIR "/l"
+#define TOOLS_DIR "/usr/lib/dockvm/shell"
+#define MOUNT_FAILED "dockvm-guest: the mount step failed"
+#define MAX_LOWER_SPECS 128 /* the host's MAX_LOWERS (src/build/build-vm.ts) */
+
 int run_in_image(int argc, char **argv); /* vm/run-in-image.c */
+static int mount_lowers(const char *dir, int count, char **specs);
+
+static int make_dir(const char *path) {
+  if (mkdir(path, 0755) == 0 || errno == EEXIST) return 0;
+  fprintf(stderr, "dockvm-agent: mkdir %s: %s\n", path, strerror(errno));
+  return -1;
+}
+
+/* guest.sh's step_mount for a build with a scratch disk and no copyToRoot: the lowers (DOCKVM_LOWERS),
+ * the ext4 scratch disk (DOCKVM_SCRATCH) and the overlay of them at ROOT_DIR, with the same options. */
+static int mount_overlay(void) {
+  const char *scratch = getenv("DOCKVM_SCRATCH");
+  char *lowers = strdup(getenv("DOCKVM_LOWERS") ? getenv("DOCKVM_LOWERS") : "");
+  char *specs[MAX_LOWER_SPECS], *save = NULL, dev[300];
+  int count = 0;
+  if (!scratch || !*scratch) { fprintf(stderr, "dockvm-agent: mount-run: DOCKVM_SCRATCH is not set\n"); return -1; }
+  for (char *spec = strtok_r(lowers, " ", &save); spec; spec = strtok_r(NULL, " ", &save)) {
+    if (count == MAX_LOWER_SPECS) { fprintf(stderr, "dockvm-agent: mount-run: over %d lowers\n", MAX_LOWER_SPECS); return -1; }
+    specs[count++] = spec;
+  }
+  if (make_dir(BUILD_DIR) || make_dir(ROOT_DIR) || make_dir(SCRATCH_DIR)) return -1;
+  if (count > 0 && mount_lowers(LOWERS_DIR, count, specs)) return -1;
+  /* top first, as overlayfs wants them; FROM scratch gets an empty lower */
+  static char options[8192];
+  size_t used = 0;
+  options[0] = 0;
+  used += (size_t)snprintf(options, sizeof options, "lowerdir=");
+  for (int i = count - 1; i >= 0; i--) used += (size_t)snprintf(options + used, sizeof options - used, "%s" LOWERS_DIR "/%d", i == count - 1 ? "" : ":", i);
+  if (count == 0) {
+    if (make_dir(BUILD_DIR "/empty")) return -1;
+    used += (size_t)snprintf(options + used, sizeof options - used, BUILD_DIR "/empty");
+  }
+  if (!disk_by_name(scratch, dev, sizeof dev)) { fprintf(stderr, "dockvm-guest: no disk named %s\n", scratch); return -1; }
+  if (mount(dev, SCRATCH_DIR, "ext4", MS_NOATIME, NULL)) { fprintf(stderr, "dockvm-agent: mount %s on " SCRATCH_DIR ": %s\n", dev, strerror(errno)); return -1; }
+  if (make_dir(SCRATCH_DIR "/upper") || make_dir(SCRATCH_DIR "/work")) return -1;
+  used += (size_t)snprintf(options + used, sizeof options - used,
+                           ",upperdir=" SCRATCH_DIR "/upper,workdir=" SCRATCH_DIR "/work,redirect_dir=off,index=off,metacopy=off,xino=off");
+  if (used >= sizeof options) { fprintf(stderr, "dockvm-agent: mount-run: the overlay's options are too long\n"); return -1; }
+  if (mount("overlay", ROOT_DIR, "overlay", 0, options)) { fprintf(stderr, "dockvm-agent: mount the overlay on " ROOT_DIR ": %s\n", strerror(errno)); return -1; }
+  return 0;
+}
+
+/* `agent mount-run NAME=VALUE... -- ALTERNATIVES...`: guest.sh's mount-run (dockvm shell -- CMD)
+ * without the shell: the mounts in this process, then run-in-image's run, where guest.sh cost an exec
+ * of sh, the parse of the script and a fork for each mount and mkdir (about 60 ms under TCG). */
+static int mount_run(int argc, char **argv) {
+  if (mount_overlay()) { fprintf(stderr, MOUNT_FAILED "\n"); return 70; }
+  char **args = calloc((size_t)argc + 3, sizeof *args);
+  args[0] = ROOT_DIR;
+  args[1] = TOOLS_DIR;
+  for (int i = 0; i < argc; i++) args[i + 2] = argv[i];
+  return run_in_image(argc + 2, args);
+}
+
+int upper_manifest(int argc, char **argv); /* vm/upper-manifest.c */
 int pids_guard(int argc, char **argv); /* vm/run-in-image.c */
 
 /* Docker's default capabilities (moby's oci/caps/defaults.go, containerd's the same), what a RUN keeps. */
@@ -771,6 +837,7 @@ int main(int argc, char **argv) {
   if (argc >= 3 && strcmp(argv[1], "mount-lowers") == 0) return mount_lowers(argv[2], argc - 3, argv + 3);
   if (argc >= 2 && strcmp(argv[1], "upper-manifest") == 0) return upper_manifest(argc - 2, argv + 2);
   if (argc >= 2 && strcmp(argv[1], "run-in-image") == 0) return run_in_image(argc - 2, argv + 2);
+  if (argc >= 3 && strcmp(argv[1], "mount-run") == 0) return mount_run(argc - 2, argv + 2);
   if (argc >= 2 && strcmp(argv[1], "pids-guard") == 0) return pids_guard(argc - 2, argv + 2);
   if (argc == 4 && strcmp(argv[1], "bridge-vsock") == 0)
     return bridge_vsock((unsigned)strtoul(argv[2], NULL, 10), (unsigned)strtoul(argv[3], NULL, 10));

@@ -1,11 +1,10 @@
 /*
- * `dockvm-agent run-in-image ROOT TOOLS LAUNCH NAME=VALUE... -- ALTERNATIVES...`: run a command in the
+ * `dockvm-agent run-in-image ROOT TOOLS NAME=VALUE... -- ALTERNATIVES...`: run a command in the
  * image mounted at ROOT, as guest.sh's step_run describes: chrooted, in fresh mount, pid, uts and ipc
  * namespaces, with /proc, /sys, a /dev of its own and the bundled tools (TOOLS, read-only at /.dockvm)
  * mounted, in a memory cgroup a little smaller than the VM and a process limit (DOCKVM_MAX_PROCESSES,
  * else one per 2 MiB of memory; met, the command is killed and "dockvm-pids-max=N" reported); the environment is exactly NAME=VALUE...;
- * what runs is the bundled bash with LAUNCH (guest.sh), which picks the first of ALTERNATIVES the image
- * can run. The mount points this makes and the image lacks are removed afterwards, and OOM kills
+ * what runs is the first of ALTERNATIVES the image can run (launch, below). The mount points this makes and the image lacks are removed afterwards, and OOM kills
  * reported ("dockvm-oom-kills=N" on stderr). Exits with the command's status (128 + N for signal N).
  *
  * One process instead of guest.sh's ~25 busybox forks (a fork+exec costs 10-50 ms under TCG). With
@@ -209,8 +208,87 @@ int pids_guard(int argc, char **argv) {
   return WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
 }
 
+/* bash's PATH when the environment has none: a command name is still found */
+#define DEFAULT_PATH "/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin:."
+
+/* The value of NAME in env (NAME=VALUE...), or NULL. */
+static char *env_value(char **env, const char *name) {
+  size_t len = strlen(name);
+  for (; *env; env++)
+    if (strncmp(*env, name, len) == 0 && (*env)[len] == '=') return *env + len + 1;
+  return NULL;
+}
+
+/* execve of a program named as a shell's exec finds it: with a "/" as given, else the first executable
+ * regular file of that name in PATH (else the first regular file, whose execve then says why not). */
+static void exec_found(char **argv, char **env) {
+  const char *name = argv[0];
+  if (strchr(name, '/')) { execve(name, argv, env); return; }
+  const char *path = env_value(env, "PATH");
+  if (!path) path = DEFAULT_PATH;
+  char candidate[4200], first[4200] = "";
+  struct stat st;
+  for (const char *dir = path;; dir = strchr(dir, ':') + 1) {
+    size_t len = strcspn(dir, ":");
+    snprintf(candidate, sizeof candidate, "%.*s%s%s", (int)len, len ? dir : ".", "/", name);
+    if (stat(candidate, &st) == 0 && S_ISREG(st.st_mode)) {
+      if (access(candidate, X_OK) == 0) { execve(candidate, argv, env); return; }
+      if (!first[0]) snprintf(first, sizeof first, "%s", candidate);
+    }
+    if (!dir[len]) break;
+  }
+  if (first[0]) { execve(first, argv, env); return; }
+  errno = ENOENT;
+}
+
+/*
+ * The launcher (once bash with a script of guest.sh's): in the image, as root, in the environment the
+ * command gets, run the first of the host's alternatives whose program the image has, never one after a
+ * program that exists but fails to execute (a binary of another platform is reported, not replaced).
+ * ALTERNATIVES: each NOTICE COUNT PROGRAM ARG... (COUNT: how many words PROGRAM ARG... are; NOTICE,
+ * unless "-", is printed on stderr when it is chosen). The last one runs whether its program exists or
+ * not, so that a missing one is reported. PROGRAM without a "/" is found in PATH. An image without a
+ * shell of its own gets the bundled utilities after its own programs. Returns only on failure, with the
+ * status a shell gives (127: not found; 126: found, not executable), having said why; the host
+ * recognises the last line (src/build/interpreter.ts). A cold bash cost ~80 ms under TCG before it ran
+ * anything.
+ */
+static int launch(int argc, char **argv, char **env) {
+  struct stat st;
+  if (stat("/bin/sh", &st) && stat("/bin/bash", &st)) {
+    static char path[8192];
+    const char *old = env_value(env, "PATH");
+    snprintf(path, sizeof path, "PATH=%s%s/.dockvm", old && *old ? old : "", old && *old ? ":" : "");
+    char **entry = env;
+    while (*entry && strncmp(*entry, "PATH=", 5) != 0) entry++;
+    *entry = path; /* env has room for one more (run_in_image) */
+  }
+  int i = 0;
+  while (i + 2 < argc) {
+    const char *notice = argv[i];
+    int count = atoi(argv[i + 1]);
+    if (count < 1 || i + 2 + count > argc) { fprintf(stderr, "dockvm-guest: run-in-image: bad alternative at %s\n", notice); return 70; }
+    char **program = argv + i + 2;
+    i += 2 + count;
+    int last = i >= argc;
+    if (!last && program[0][0] == '/' && stat(program[0], &st) != 0) continue;
+    if (strcmp(notice, "-") != 0) fprintf(stderr, "%s\n", notice);
+    char *saved = program[count];
+    program[count] = NULL;
+    exec_found(program, env);
+    int error = errno, status = error == ENOENT ? 127 : 126;
+    program[count] = saved;
+    if (error == ENOENT && !strchr(program[0], '/')) fprintf(stderr, "dockvm: %s: not found\n", program[0]);
+    else fprintf(stderr, "dockvm: %s: %s\n", program[0], strerror(error));
+    fprintf(stderr, "dockvm: cannot execute %s in the image (exit %d)\n", program[0], status);
+    return status;
+  }
+  fprintf(stderr, "dockvm-guest: run-in-image: no alternative to run\n");
+  return 127;
+}
+
 /* In the new namespaces (PID 1 of its own): the image's /proc, /sys, /dev and /.dockvm, then the command. */
-static int enter(const char *root, const char *tools, const char *launch, int argc, char **argv) {
+static int enter(const char *root, const char *tools, int argc, char **argv) {
   char path[4200];
   /* nothing mounted here reaches the guest's other mounts, nor theirs this one */
   if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL)) return fail("make private", "/");
@@ -254,27 +332,22 @@ static int enter(const char *root, const char *tools, const char *launch, int ar
   if (is_file("/etc/resolv.conf", 1) && is_file(path, 0) && mount_at(root, "/etc/resolv.conf", "/etc/resolv.conf", NULL, MS_BIND, NULL)) return 70;
   if (sethostname("dockvm", 6)) return fail("set the hostname", "dockvm");
 
-  /* env -i NAME=VALUE... chroot ROOT /.dockvm/bash --posix -c LAUNCH dockvm ALTERNATIVES... */
+  /* env -i NAME=VALUE... chroot ROOT, then the launcher with ALTERNATIVES */
   int split = 0;
   while (split < argc && strcmp(argv[split], "--") != 0) split++;
   if (split == argc) { fprintf(stderr, "dockvm-guest: run-in-image: no -- before the alternatives\n"); return 70; }
-  char **env = calloc((size_t)split + 1, sizeof *env);
-  char **args = calloc((size_t)(argc - split) + 5, sizeof *args);
+  char **env = calloc((size_t)split + 2, sizeof *env); /* room for a PATH the launcher adds */
   for (int i = 0; i < split; i++) env[i] = argv[i];
-  int n = 0;
-  args[n++] = "/.dockvm/bash"; args[n++] = "--posix"; args[n++] = "-c"; args[n++] = (char *)launch; args[n++] = "dockvm";
-  for (int i = split + 1; i < argc; i++) args[n++] = argv[i];
   if (chroot(root) || chdir("/")) return fail("chroot to", root);
   /* On a terminal (dockvm shell), a session of its own whose controlling terminal is the pty: job
    * control works, and the shell can hand the terminal back when it exits. */
   if (isatty(0)) { setsid(); ioctl(0, TIOCSCTTY, 1); }
-  execve(args[0], args, env);
-  return fail("run", args[0]);
+  return launch(argc - split - 1, argv + split + 1, env);
 }
 
 int run_in_image(int argc, char **argv) {
-  if (argc < 4) { fprintf(stderr, "dockvm-guest: usage: run-in-image ROOT TOOLS LAUNCH NAME=VALUE... -- ALTERNATIVES...\n"); return 70; }
-  const char *root = argv[0], *tools = argv[1], *launch = argv[2];
+  if (argc < 3) { fprintf(stderr, "dockvm-guest: usage: run-in-image ROOT TOOLS NAME=VALUE... -- ALTERNATIVES...\n"); return 70; }
+  const char *root = argv[0], *tools = argv[1];
   int status = 0;
   /* .dockvm: where the bundled tools are mounted; with network (init wrote the guest's resolv.conf), a
    * mount point for it unless the image has one */
@@ -290,7 +363,7 @@ int run_in_image(int argc, char **argv) {
      * they and every mount made in them, and this process removes the mount points it made */
     pid_t pid = (pid_t)syscall(SYS_clone, CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC | SIGCHLD, NULL, NULL, NULL, NULL);
     if (pid < 0) status = fail("make the namespaces for", root);
-    else if (pid == 0) _exit(enter(root, tools, launch, argc - 3, argv + 3));
+    else if (pid == 0) _exit(enter(root, tools, argc - 2, argv + 2));
     else {
       int wstatus, bomb = wait_guarded(pid, &wstatus, stop_namespace);
       status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);

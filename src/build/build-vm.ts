@@ -137,12 +137,12 @@ export class BuildVm {
   }
 
   /** Run one guest step; its stdout and stderr are kept (bounded) and passed to the callbacks. */
-  async step(name: string, options: StepOptions = {}): Promise<StepResult> {
+  async step(name: string, options: StepOptions = {}, command = this.command(name, options)): Promise<StepResult> {
     const stdout: Buffer[] = [];
     let stdoutBytes = 0;
     let stderr = '';
     const result = await this.vm.exec({
-      ...this.command(name, options),
+      ...command,
       ...(options.stdin ? { stdin: options.stdin } : {}),
       onStdout: (chunk) => {
         if (stdoutBytes < KEEP_STDOUT) {
@@ -164,7 +164,7 @@ export class BuildVm {
    * a mount that fails is the VmError mustStep('mount') gives; the command's own failure is its result.
    */
   async mountAndRun(options: StepOptions): Promise<StepResult> {
-    const result = await this.step('mount-run', options);
+    const result = await this.step('mount-run', options, this.agentMountRun(options));
     if (result.exitCode !== 0 && result.stderr.endsWith(`${MOUNT_FAILED}\n`)) {
       throw new VmError(`build VM step "mount" failed (${describeExit(result)})${stderrTail(result.stderr.slice(0, -MOUNT_FAILED.length - 1))}`);
     }
@@ -187,6 +187,17 @@ export class BuildVm {
       argv: ['/bin/sh', '-c', this.script, 'dockvm-guest', name, ...(options.args ?? [])],
       env: [GUEST_PATH, ...Object.entries({ ...this.params, ...options.env }).map(([k, v]) => `${k}=${v}`)],
     };
+  }
+
+  /**
+   * mount-run as the agent's own subcommand (vm/agent.c): no shell, no parse of guest.sh, no fork per
+   * mount. Only for what it does: a scratch disk and no copyToRoot to unpack.
+   */
+  private agentMountRun(options: StepOptions): { argv: string[]; env: string[] } | undefined {
+    const params = { ...this.params, ...options.env };
+    if (params.DOCKVM_SCRATCH === undefined || params.DOCKVM_COPY !== undefined) return undefined;
+    const { env } = this.command('mount-run', options);
+    return { argv: ['/bin/dockvm-agent', 'mount-run', ...(options.args ?? [])], env };
   }
 
   /** Run a step that must succeed: a failure is a VmError naming the step and the end of its stderr. */

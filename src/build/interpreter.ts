@@ -6,7 +6,7 @@
 // with a notice. `dockvm shell` offers the same bash; a command after `--` runs as given, found in the
 // image's PATH. A later Containerfile RUN passes its own `/bin/sh -c` (or SHELL) as a command.
 //
-// The host decides; the guest (vm/build/guest.sh, LAUNCH) runs the first alternative whose program the
+// The host decides; the guest (vm/run-in-image.c, launch) runs the first alternative whose program the
 // image has, and reports one that exists but cannot be executed rather than running another.
 
 /** The bundled bash inside the image: guest.sh mounts src/vm/guest-tools.ts's GUEST_SHELL_DIR at /.dockvm. */
@@ -94,7 +94,7 @@ export function commandLaunch(argv: readonly string[]): Launch {
   return { alternatives: [{ program: argv[0]!, args: argv.slice(1) }] };
 }
 
-/** The run step's arguments after "--": each alternative as NOTICE COUNT PROGRAM ARG… (guest.sh's LAUNCH). */
+/** The run step's arguments after "--": each alternative as NOTICE COUNT PROGRAM ARG… (vm/run-in-image.c's launcher). */
 export function launchArguments(launch: Launch): string[] {
   return launch.alternatives.flatMap((alternative) => [alternative.notice ?? '-', String(alternative.args.length + 1), alternative.program, ...alternative.args]);
 }
@@ -112,7 +112,7 @@ export interface LaunchFailure {
   readonly execFormat: boolean;
 }
 
-/** What the guest's launcher said when it could not execute the program it chose (see LAUNCH), if it did. */
+/** What the guest's launcher said when it could not execute the program it chose (vm/run-in-image.c), if it did. */
 export function launchFailure(stderr: string): LaunchFailure | undefined {
   const match = /^dockvm: cannot execute (.+) in the image \(exit (\d+)\)$/m.exec(stderr);
   if (!match) return undefined;

@@ -147,49 +147,20 @@ report_oom() {
   [ "${kills:-0}" = 0 ] || echo "dockvm-oom-kills=$kills" >&2
 }
 
-# The launcher (run by the bundled bash, in POSIX mode so that it reads no startup file, inside the
-# image, as root, in the environment the command gets): runs the first of the host's alternatives whose
-# program the image has, never one after a program that exists but fails to execute (a binary of another
-# platform is reported, not replaced). Arguments: alternatives, each NOTICE COUNT PROGRAM ARG… (COUNT:
-# how many words PROGRAM ARG… are; NOTICE, unless "-", is printed on stderr when it is chosen). The last
-# one runs whether its program exists or not, so a missing one is reported by exec. PROGRAM without a
-# "/" is found in PATH. Test builtins only, no fork: this runs once per command, before it.
-# (Single-quoted: no apostrophes in it, comments included.)
-LAUNCH='
-shopt -s execfail
-unset PWD OLDPWD
-# An image without a shell of its own gets the bundled utilities, after its own programs.
-[ -e /bin/sh ] || [ -e /bin/bash ] || export PATH="${PATH:+$PATH:}/.dockvm"
-while [ $# -gt 0 ]; do
-  notice=$1 count=$2
-  shift 2
-  argv=("${@:1:count}")
-  shift "$count"
-  if [ $# -gt 0 ]; then
-    case ${argv[0]} in /*) [ -e "${argv[0]}" ] || continue ;; esac
-  fi
-  [ "$notice" = - ] || printf "%s\n" "$notice" >&2
-  exec "${argv[@]}"
-  status=$?
-  # The host recognises this line (src/build/interpreter.ts).
-  printf "dockvm: cannot execute %s in the image (exit %s)\n" "${argv[0]}" "$status" >&2
-  exit "$status"
-done
-exit 127
-'
-
-# The command's environment and what runs come as arguments (NAME=VALUE… -- ALTERNATIVES…, see LAUNCH);
+# The command's environment and what runs come as arguments (NAME=VALUE… -- ALTERNATIVES…, see the
+# launcher in vm/run-in-image.c);
 # a script to run (DOCKVM_SCRIPT) is written to /dev/pipes/$DOCKVM_SCRIPT_NAME, on the /dev of this run.
 # Chrooted in fresh mount/pid/uts/ipc namespaces with /proc /sys /dev and the bundled tools (/.dockvm)
 # mounted, in the memory and pids cgroup limit_memory describes, mount points the image lacks made and removed
 # again, OOM kills reported: all in one process (vm/run-in-image.c), where this shell took ~25 forks.
 # exec: the last thing the step does, and a fork less (10-50 ms under TCG).
 step_run() {
-  exec /bin/dockvm-agent run-in-image "$R" "$TOOLS" "$LAUNCH" "$@"
+  exec /bin/dockvm-agent run-in-image "$R" "$TOOLS" "$@"
 }
 
-# mount, then run, in one exec (dockvm shell -- CMD: an exec of this script fewer). A mount that fails
-# ends stderr with MOUNT_FAILED, so that the host tells it from the command's own failure.
+# mount, then run, in one exec, for a build that has copyToRoot to unpack (without, the host runs the
+# agent's own mount-run: vm/agent.c). A mount that fails ends stderr with MOUNT_FAILED, so that the host
+# tells it from the command's own failure.
 MOUNT_FAILED="dockvm-guest: the mount step failed"
 step_mount_run() {
   trap 'echo "$MOUNT_FAILED" >&2' EXIT
