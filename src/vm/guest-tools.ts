@@ -3,7 +3,7 @@
 //   busybox  init, the guest side's shell and utilities; and, for an image without a shell of its own,
 //            the utilities a runAsRoot script finds at the end of its PATH
 //   bash     the bash runAsRoot and extraCommands run with when the image has none (nixpkgs runs them
-//            with its own bash), and the launcher that starts every command inside the image
+//            with its own bash), and `dockvm shell`'s bash
 //   GNU tar  packs the overlay's upper directory and unpacks copyToRoot: busybox tar keeps neither
 //            xattrs (security.capability, trusted.overlay.*) nor PAX records
 // They are Debian's packages of the guest's architecture: for the host's own architecture, the ones
