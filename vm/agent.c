@@ -8,8 +8,8 @@
  * vsock port, because Node.js cannot open AF_VSOCK sockets.
  *
  * Also run by guest.sh as `dockvm-agent upper-manifest …` (vm/upper-manifest.c) and `dockvm-agent
- * run-in-image …` (vm/run-in-image.c), and by the host as `dockvm-agent mount-run …` (guest.sh's
- * mount-run without the shell).
+ * run-in-image …` (vm/run-in-image.c) and `dockvm-agent mount-root`, and by the host as `dockvm-agent
+ * mount-run …` (guest.sh's mount-run without the shell).
  *
  * Built with: gcc -static -Os -o agent agent.c upper-manifest.c run-in-image.c
  */
@@ -709,7 +709,7 @@ static int mount_lowers(const char *dir, int count, char **specs) {
   return 0;
 }
 
-/* ---- mount-run ------------------------------------------------------------------------------ */
+/* ---- mount-root, mount-run ------------------------------------------------------------------ */
 
 /* guest.sh's paths (B, R, L, TOOLS) and the line its mount-run ends stderr with when a mount fails */
 #define BUILD_DIR "/build"
@@ -721,7 +721,6 @@ static int mount_lowers(const char *dir, int count, char **specs) {
 #define MAX_LOWER_SPECS 128 /* the host's MAX_LOWERS (src/build/build-vm.ts) */
 
 int run_in_image(int argc, char **argv); /* vm/run-in-image.c */
-static int mount_lowers(const char *dir, int count, char **specs);
 
 static int make_dir(const char *path) {
   if (mkdir(path, 0755) == 0 || errno == EEXIST) return 0;
@@ -729,45 +728,60 @@ static int make_dir(const char *path) {
   return -1;
 }
 
-/* guest.sh's step_mount for a build with a scratch disk and no copyToRoot: the lowers (DOCKVM_LOWERS),
- * the ext4 scratch disk (DOCKVM_SCRATCH) and the overlay of them at ROOT_DIR, with the same options. */
-static int mount_overlay(void) {
+static int mount_or_say(const char *what, const char *target, const char *type, unsigned long flags, const char *options) {
+  if (mount(what, target, type, flags, options) == 0) return 0;
+  fprintf(stderr, "dockvm-agent: mount %s on %s: %s\n", what, target, strerror(errno));
+  return -1;
+}
+
+/*
+ * `agent mount-root` (guest.sh's step_mount, and mount-run's first half): the lowers (DOCKVM_LOWERS:
+ * FSTYPE:SERIAL per lower, bottom first, or FSTYPE:SERIAL@OFFSET+SIZE for lowers that share a disk) at
+ * LOWERS_DIR/i, and the overlay of them at ROOT_DIR: over the ext4 scratch disk (DOCKVM_SCRATCH) as its
+ * upper, or read-only without one (export). One process, where a shell cost a fork for each mount and
+ * mkdir (10-40 ms each under TCG).
+ */
+static int mount_root(void) {
   const char *scratch = getenv("DOCKVM_SCRATCH");
   char *lowers = strdup(getenv("DOCKVM_LOWERS") ? getenv("DOCKVM_LOWERS") : "");
   char *specs[MAX_LOWER_SPECS], *save = NULL, dev[300];
   int count = 0;
-  if (!scratch || !*scratch) { fprintf(stderr, "dockvm-agent: mount-run: DOCKVM_SCRATCH is not set\n"); return -1; }
   for (char *spec = strtok_r(lowers, " ", &save); spec; spec = strtok_r(NULL, " ", &save)) {
-    if (count == MAX_LOWER_SPECS) { fprintf(stderr, "dockvm-agent: mount-run: over %d lowers\n", MAX_LOWER_SPECS); return -1; }
+    if (count == MAX_LOWER_SPECS) { fprintf(stderr, "dockvm-agent: mount-root: over %d lowers\n", MAX_LOWER_SPECS); return -1; }
     specs[count++] = spec;
   }
   if (make_dir(BUILD_DIR) || make_dir(ROOT_DIR) || make_dir(SCRATCH_DIR)) return -1;
   if (count > 0 && mount_lowers(LOWERS_DIR, count, specs)) return -1;
   /* top first, as overlayfs wants them; FROM scratch gets an empty lower */
   static char options[8192];
-  size_t used = 0;
-  options[0] = 0;
-  used += (size_t)snprintf(options, sizeof options, "lowerdir=");
+  size_t used = (size_t)snprintf(options, sizeof options, "lowerdir=");
   for (int i = count - 1; i >= 0; i--) used += (size_t)snprintf(options + used, sizeof options - used, "%s" LOWERS_DIR "/%d", i == count - 1 ? "" : ":", i);
   if (count == 0) {
     if (make_dir(BUILD_DIR "/empty")) return -1;
     used += (size_t)snprintf(options + used, sizeof options - used, BUILD_DIR "/empty");
   }
-  if (!disk_by_name(scratch, dev, sizeof dev)) { fprintf(stderr, "dockvm-guest: no disk named %s\n", scratch); return -1; }
-  if (mount(dev, SCRATCH_DIR, "ext4", MS_NOATIME, NULL)) { fprintf(stderr, "dockvm-agent: mount %s on " SCRATCH_DIR ": %s\n", dev, strerror(errno)); return -1; }
-  if (make_dir(SCRATCH_DIR "/upper") || make_dir(SCRATCH_DIR "/work")) return -1;
-  used += (size_t)snprintf(options + used, sizeof options - used,
-                           ",upperdir=" SCRATCH_DIR "/upper,workdir=" SCRATCH_DIR "/work,redirect_dir=off,index=off,metacopy=off,xino=off");
-  if (used >= sizeof options) { fprintf(stderr, "dockvm-agent: mount-run: the overlay's options are too long\n"); return -1; }
-  if (mount("overlay", ROOT_DIR, "overlay", 0, options)) { fprintf(stderr, "dockvm-agent: mount the overlay on " ROOT_DIR ": %s\n", strerror(errno)); return -1; }
-  return 0;
+  if (scratch && *scratch) {
+    if (!disk_by_name(scratch, dev, sizeof dev)) { fprintf(stderr, "dockvm-guest: no disk named %s\n", scratch); return -1; }
+    if (mount_or_say(dev, SCRATCH_DIR, "ext4", MS_NOATIME, NULL) || make_dir(SCRATCH_DIR "/upper") || make_dir(SCRATCH_DIR "/work")) return -1;
+    /* Off: redirect_dir and metacopy (their xattrs have no OCI form), index and xino (not needed for a
+     * throwaway mount). A renamed lower directory is then copied up whole, which OCI can express. */
+    used += (size_t)snprintf(options + used, sizeof options - used,
+                             ",upperdir=" SCRATCH_DIR "/upper,workdir=" SCRATCH_DIR "/work,redirect_dir=off,index=off,metacopy=off,xino=off");
+  } else {
+    /* overlayfs wants at least two lowers without an upper; an empty one at the bottom changes nothing
+     * the merged view shows below its root */
+    if (make_dir(BUILD_DIR "/bottom")) return -1;
+    used += (size_t)snprintf(options + used, sizeof options - used, ":" BUILD_DIR "/bottom");
+  }
+  if (used >= sizeof options) { fprintf(stderr, "dockvm-agent: mount-root: the overlay's options are too long\n"); return -1; }
+  return mount_or_say("overlay", ROOT_DIR, "overlay", scratch && *scratch ? 0 : MS_RDONLY, options);
 }
 
 /* `agent mount-run NAME=VALUE... -- ALTERNATIVES...`: guest.sh's mount-run (dockvm shell -- CMD)
- * without the shell: the mounts in this process, then run-in-image's run, where guest.sh cost an exec
- * of sh, the parse of the script and a fork for each mount and mkdir (about 60 ms under TCG). */
+ * without the shell: mount-root, then run-in-image's run, in this process, where guest.sh cost an exec
+ * of sh and the parse of the script as well. */
 static int mount_run(int argc, char **argv) {
-  if (mount_overlay()) { fprintf(stderr, MOUNT_FAILED "\n"); return 70; }
+  if (mount_root()) { fprintf(stderr, MOUNT_FAILED "\n"); return 70; }
   char **args = calloc((size_t)argc + 3, sizeof *args);
   args[0] = ROOT_DIR;
   args[1] = TOOLS_DIR;
@@ -837,6 +851,7 @@ int main(int argc, char **argv) {
   if (argc >= 3 && strcmp(argv[1], "mount-lowers") == 0) return mount_lowers(argv[2], argc - 3, argv + 3);
   if (argc >= 2 && strcmp(argv[1], "upper-manifest") == 0) return upper_manifest(argc - 2, argv + 2);
   if (argc >= 2 && strcmp(argv[1], "run-in-image") == 0) return run_in_image(argc - 2, argv + 2);
+  if (argc == 2 && strcmp(argv[1], "mount-root") == 0) return mount_root() ? 70 : 0;
   if (argc >= 3 && strcmp(argv[1], "mount-run") == 0) return mount_run(argc - 2, argv + 2);
   if (argc >= 2 && strcmp(argv[1], "pids-guard") == 0) return pids_guard(argc - 2, argv + 2);
   if (argc == 4 && strcmp(argv[1], "bridge-vsock") == 0)

@@ -190,12 +190,11 @@ export class BuildVm {
   }
 
   /**
-   * mount-run as the agent's own subcommand (vm/agent.c): no shell, no parse of guest.sh, no fork per
-   * mount. Only for what it does: a scratch disk and no copyToRoot to unpack.
+   * mount-run as the agent's own subcommand (vm/agent.c): no shell, no parse of guest.sh. Not for a
+   * build with copyToRoot to unpack, which guest.sh's mount-run does with GNU tar.
    */
   private agentMountRun(options: StepOptions): { argv: string[]; env: string[] } | undefined {
-    const params = { ...this.params, ...options.env };
-    if (params.DOCKVM_SCRATCH === undefined || params.DOCKVM_COPY !== undefined) return undefined;
+    if ({ ...this.params, ...options.env }.DOCKVM_COPY !== undefined) return undefined;
     const { env } = this.command('mount-run', options);
     return { argv: ['/bin/dockvm-agent', 'mount-run', ...(options.args ?? [])], env };
   }

@@ -68,36 +68,17 @@ lowerdir_list() {
 }
 
 step_mount() {
-  mkdir -p $R $B/scratch
-  # DOCKVM_LOWERS: FSTYPE:SERIAL per lower, bottom first, or FSTYPE:SERIAL@OFFSET+SIZE for lowers that
-  # share a disk; one process mounts them all (a mount command each would cost a fork+exec per layer)
-  # shellcheck disable=SC2086
-  [ -z "${DOCKVM_LOWERS:-}" ] || /bin/dockvm-agent mount-lowers $L $DOCKVM_LOWERS
-  # lowerdir_list, without its subshell
+  # the lowers, the scratch disk and the overlay at $R: one process (vm/agent.c), not a fork per mount
+  /bin/dockvm-agent mount-root
+  # the overlay's lowerdir, top first (step_stage_mount keeps it): lowerdir_list without its subshell
   lowerdirs=""
   i=0
   for _ in ${DOCKVM_LOWERS:-}; do
     lowerdirs="$L/$i${lowerdirs:+:$lowerdirs}"
     i=$((i + 1))
   done
-  # overlayfs needs a lower; FROM scratch gets an empty one.
-  [ -n "$lowerdirs" ] || { mkdir -p $B/empty; lowerdirs=$B/empty; }
-  if [ -n "${DOCKVM_SCRATCH:-}" ]; then
-    disk_dev "$DOCKVM_SCRATCH"
-    mount -t ext4 -o noatime "$dev" $B/scratch
-  else
-    # Read-only (export): overlayfs wants at least two lowers without an upper; an empty one at the
-    # bottom changes nothing the merged view shows below its root.
-    mkdir -p $B/bottom
-    mount -t overlay overlay -o "ro,lowerdir=$lowerdirs:$B/bottom" $R
-    return 0
-  fi
-  mkdir -p $B/scratch/upper $B/scratch/work
-  # Off: redirect_dir and metacopy (their xattrs have no OCI form), index and xino (not needed for a
-  # throwaway mount). A renamed lower directory is then copied up whole, which OCI can express.
-  mount -t overlay overlay \
-    -o "lowerdir=$lowerdirs,upperdir=$B/scratch/upper,workdir=$B/scratch/work,redirect_dir=off,index=off,metacopy=off,xino=off" $R
-  if [ -n "${DOCKVM_COPY:-}" ]; then
+  [ -n "$lowerdirs" ] || lowerdirs=$B/empty
+  if [ -n "${DOCKVM_SCRATCH:-}" ] && [ -n "${DOCKVM_COPY:-}" ]; then
     keep=""
     [ "${DOCKVM_KEEP_DIRLINKS:-0}" = 1 ] && keep=--keep-directory-symlink
     # shellcheck disable=SC2086
