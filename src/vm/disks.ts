@@ -1,9 +1,10 @@
 // Disks for the build VM: sparse raw scratch disks formatted ext4 on the host (no root needed: mkfs.ext4
 // writes into a plain file, and root_owner makes the root directory 0:0 whoever runs it), and disks made
 // of several files end to end.
-import { stat, truncate, writeFile } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { execa } from 'execa';
 import { MissingToolError, VmError } from '../errors.js';
+import { qemuImgCreate } from './qemu-img.js';
 
 /** One file of a disk made of several, and where it lies on that disk. */
 export interface DiskPart {
@@ -62,10 +63,7 @@ export interface Ext4Options {
 
 export async function createScratchDisk(path: string, sizeMiB: number, label = 'dockvm-scratch', ext4: Ext4Options = {}): Promise<void> {
   if (!Number.isInteger(sizeMiB) || sizeMiB < 8) throw new VmError(`scratch disk size must be a whole number of MiB, at least 8 (got ${sizeMiB})`);
-  // a raw image is a sparse file of its size: made here, not by a qemu-img process (~20 ms a spawn)
-  await writeFile(path, '').then(() => truncate(path, sizeMiB * 1024 * 1024)).catch((err: unknown) => {
-    throw new VmError(`cannot make the disk image ${path}: ${(err as Error).message}`, { cause: err });
-  });
+  await qemuImgCreate(path, sizeMiB * 1024 * 1024, 'raw');
   const extra = [
     ...(ext4.inodes !== undefined ? ['-N', String(ext4.inodes)] : []),
     ...(ext4.journal === false ? ['-O', '^has_journal'] : []),

@@ -1,5 +1,6 @@
-// A thin typed wrapper over qemu-img (create, info): the design card's "qemu-img-wrapper" package
+// A thin typed wrapper over qemu-img (create, info; a raw image made without it): the design card's "qemu-img-wrapper" package
 // does not exist.
+import { truncate, writeFile } from 'node:fs/promises';
 import { execa } from 'execa';
 import { MissingToolError, VmError } from '../errors.js';
 
@@ -26,9 +27,20 @@ async function qemuImg(args: string[], what: string): Promise<string> {
   }
 }
 
-/** Create a disk image; raw images are sparse, so a big size costs nothing until written. */
+/**
+ * Create a disk image; raw images are sparse, so a big size costs nothing until written. A raw image is
+ * only a sparse file of its size: made here, as qemu-img would, without its process (~20 ms a spawn).
+ */
 export async function qemuImgCreate(path: string, sizeBytes: number, format: ImageFormat = 'raw'): Promise<void> {
-  await qemuImg(['create', '-q', '-f', format, path, String(sizeBytes)], `create ${path}`);
+  if (format !== 'raw') {
+    await qemuImg(['create', '-q', '-f', format, path, String(sizeBytes)], `create ${path}`);
+    return;
+  }
+  await writeFile(path, '')
+    .then(() => truncate(path, sizeBytes))
+    .catch((err: unknown) => {
+      throw new VmError(`cannot create the disk image ${path}: ${(err as Error).message}`, { cause: err });
+    });
 }
 
 export async function qemuImgInfo(path: string): Promise<ImageInfo> {
