@@ -100,12 +100,7 @@ make_mount_point() {
 # code pages of every process and crawl under TCG). The kill is reported for the host to explain.
 CG=/sys/fs/cgroup
 limit_memory() {
-  # vm/init made it before the VM was saved; a test costs no fork
-  if [ ! -e $CG/script/memory.max ]; then
-    [ -e $CG/cgroup.controllers ] || mount -t cgroup2 cgroup2 $CG
-    echo "+memory +pids" > $CG/cgroup.subtree_control
-    mkdir -p $CG/script
-  fi
+  # $CG/script itself vm/init made, before the VM was saved
   while read -r name kib _; do
     case $name in MemTotal:) total_kib=$kib ;; MemAvailable:) available_kib=$kib; break ;; esac
   done < /proc/meminfo
